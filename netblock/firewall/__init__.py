@@ -1,0 +1,88 @@
+"""The kernel side: one module per backend behind one five-call interface.
+
+Nothing else in netblock touches netfilter. A backend is created with
+``get_backend(name, settings)`` and offers:
+
+* ``ensure()``   create the skeleton (table/sets/chain/jump rule) idempotently;
+                 a second call changes nothing and resets no counter.
+* ``apply(desired)``  make the kernel equal to ``desired`` ({netblock: expiry or
+                 None}) in one transaction, touching only the difference, so
+                 elements that stay keep their counters. Returns a ``Change``.
+* ``counters()`` {netblock: (packets, bytes)} for every installed netblock.
+* ``installed()`` {netblock: kernel expiry or None} as the kernel has it now.
+* ``remove()``   tear down everything the backend created, nothing else.
+
+Netblocks are ``netaddr.IPNetwork`` in canonical form (host bits clear,
+IPv4-mapped IPv6 already turned into IPv4) and must not overlap: the
+aggregation step guarantees both. Expiries are timezone-aware UTC datetimes.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Mapping, Protocol
+
+from netaddr import IPNetwork
+
+from netblock.errors import BadInput
+
+BACKENDS = ("nftables", "ipset", "iptables")
+
+Desired = Mapping[IPNetwork, "datetime | None"]
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What every backend matches and does; defaults are the port-25 drop."""
+
+    ports: tuple[int, ...] = (25,)
+    families: tuple[str, ...] = ("ipv4", "ipv6")
+    verdict: str = "drop"  # or "reject": tcp reset
+    hook: str = "input"  # nftables only: or "prerouting" at raw priority, before conntrack
+    maxelem: int = 1_048_576  # ipset only: far above ipset's default 65536
+
+    def __post_init__(self) -> None:
+        if not self.ports or any(not 0 < p < 65536 for p in self.ports):
+            raise BadInput(f"ports: {list(self.ports)!r} must be 1..65535")
+        if not self.families or set(self.families) - {"ipv4", "ipv6"}:
+            raise BadInput(f"families: {list(self.families)!r} must be ipv4 and/or ipv6")
+        if self.verdict not in ("drop", "reject"):
+            raise BadInput(f"verdict: {self.verdict!r} must be drop or reject")
+        if self.hook not in ("input", "prerouting"):
+            raise BadInput(f"hook: {self.hook!r} must be input or prerouting")
+        if self.maxelem < 1:
+            raise BadInput(f"maxelem: {self.maxelem!r} must be positive")
+
+
+@dataclass
+class Change:
+    """What one apply() did to the kernel."""
+
+    added: list[IPNetwork] = field(default_factory=list)
+    removed: list[IPNetwork] = field(default_factory=list)
+    updated: list[IPNetwork] = field(default_factory=list)  # same netblock, new expiry
+
+    def __bool__(self) -> bool:
+        return bool(self.added or self.removed or self.updated)
+
+
+class Backend(Protocol):
+    name: str
+    settings: Settings
+    description: str  # for `netblock status`, e.g. "nftables table inet netblock via libnftables"
+
+    def ensure(self) -> None: ...
+    def apply(self, desired: Desired) -> Change: ...
+    def counters(self) -> dict[IPNetwork, tuple[int, int]]: ...
+    def installed(self) -> dict[IPNetwork, datetime | None]: ...
+    def remove(self) -> None: ...
+
+
+def get_backend(name: str, settings: Settings | None = None) -> Backend:
+    """Load the backend module by name; each module exposes ``create(settings)``."""
+    if name not in BACKENDS:
+        raise BadInput(f"backend: {name!r} is not one of {', '.join(BACKENDS)}")
+    module = importlib.import_module(f"netblock.firewall.{name}")
+    return module.create(settings or Settings())

@@ -1,0 +1,49 @@
+"""The domain's records, shared by store, policy, sources and reports."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from netaddr import IPAddress, IPNetwork
+
+SOURCES = ("cli", "list", "policy")
+
+
+@dataclass(frozen=True)
+class Block:
+    """A netblock the store wants dropped (before aggregation)."""
+
+    netblock: IPNetwork
+    reason: str
+    source: str  # one of SOURCES
+    created: datetime
+    expires: datetime | None  # None: permanent
+    reblocks: int = 0  # times re-blocked after expiring or while active
+
+
+@dataclass(frozen=True)
+class AllowEntry:
+    netblock: IPNetwork
+    comment: str
+    created: datetime
+
+
+@dataclass(frozen=True)
+class Observation:
+    """One thing an MTA logged about a client: a rejection, a connect, a delivery."""
+
+    time: datetime
+    ip: IPAddress
+    cls: str  # e.g. "dnsbl:zen.spamhaus.org", "no-rdns", "connect", "delivered"
+    mta: str  # "postfix" | "exim" | "sendmail" | "cli"
+    source: str = ""  # file path or "journal"
+    position: int = 0  # byte offset (file) or line number of the raw line
+
+
+@dataclass(frozen=True)
+class Sample:
+    time: datetime
+    netblock: IPNetwork
+    packets: int
+    bytes: int

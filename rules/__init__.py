@@ -1,0 +1,1 @@
+"""The kernel rulesets netblock installs, in their own languages (package data)."""

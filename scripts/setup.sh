@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Set up netblock from nothing on Debian 12 as root: Debian packages, then a venv
+# at .venv with netblock and its test extras. Safe to run again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export DEBIAN_FRONTEND=noninteractive
+# Kernel-side tools and libraries. libnftables1 is what the `nftables` Python module
+# (PyPI: pip-nftables) loads; iptables provides xtables-legacy for python-iptables.
+packages=(nftables libnftables1 iptables ipset iproute2 iputils-ping util-linux procps
+          iprange python3-venv python3-dev gcc)
+missing=()
+for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+    "$PY" -m venv .venv
+fi
+.venv/bin/python -m pip install -q --upgrade pip >/dev/null
+.venv/bin/python -m pip install -q -e '.[test]'
