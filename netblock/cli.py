@@ -1,2 +1,158 @@
-def main(argv=None):
-    return 0
+"""The root CLI: parse, call, print.
+
+Command modules register their subcommands (``register(subparsers)``) and get
+a ``Context`` that opens the config, the store and the backend lazily, so a
+command that needs none of them (``aggregate``) touches nothing. Every
+NetblockError becomes one line on stderr and its exit status; usage errors
+exit 2 through argparse.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import sys
+from datetime import datetime, timezone
+from typing import Any
+
+from netblock import __version__
+from netblock.errors import NetblockError
+
+COMMAND_MODULES = (
+    "netblock.commands.blocks",
+    "netblock.commands.watch",
+    "netblock.commands.report",
+    "netblock.commands.export",
+    "netblock.commands.admin",
+)
+
+DEFAULT_CONFIG = "/etc/netblock/netblock.toml"
+
+
+class Context:
+    """What a command handler may ask for; each piece is opened on first use."""
+
+    def __init__(self, args: argparse.Namespace, stdout=None, stderr=None, stdin=None):
+        self.args = args
+        self.stdout = stdout or sys.stdout
+        self.stderr = stderr or sys.stderr
+        self.stdin = stdin or sys.stdin
+        self._config = None
+        self._store = None
+        self._backend = None
+
+    # -- configuration, store, backend ---------------------------------
+    @property
+    def config(self):
+        if self._config is None:
+            from netblock import config
+
+            path = self.args.config or os.environ.get("NETBLOCK_CONFIG")
+            self._config = config.load(path or DEFAULT_CONFIG, explicit=bool(path))
+        return self._config
+
+    @property
+    def db_path(self) -> str:
+        return self.args.db or os.environ.get("NETBLOCK_DB") or self.config.db
+
+    @property
+    def backend_name(self) -> str:
+        return self.args.backend or os.environ.get("NETBLOCK_BACKEND") or self.config.backend
+
+    def store(self):
+        if self._store is None:
+            from netblock.store import Store
+
+            self._store = Store.open(self.db_path)
+        return self._store
+
+    def backend(self):
+        if self._backend is None:
+            from netblock.firewall import get_backend
+
+            self._backend = get_backend(self.backend_name, self.config.firewall_settings())
+        return self._backend
+
+    def now(self) -> datetime:
+        """The current time; NETBLOCK_NOW (ISO 8601) pins it for tests of expiry."""
+        pinned = os.environ.get("NETBLOCK_NOW")
+        if pinned:
+            when = datetime.fromisoformat(pinned)
+            return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
+        return datetime.now(timezone.utc)
+
+    # -- output ----------------------------------------------------------
+    def print(self, text: str = "") -> None:
+        print(text, file=self.stdout)
+
+    def print_json(self, obj: Any) -> None:
+        json.dump(obj, self.stdout, indent=2, default=_json_default)
+        self.stdout.write("\n")
+
+    def warn(self, message: str) -> None:
+        print(f"netblock: warning: {message}", file=self.stderr)
+
+    def progress(self, total: int, label: str):
+        """A progress bar on stderr when it is a terminal; silent in scripts."""
+        from netblock.progress import Progress
+
+        return Progress(total, label, self.stderr)
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+
+
+def _json_default(obj: Any):
+    if isinstance(obj, datetime):
+        return obj.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+    return str(obj)
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with usage errors on one line, like every other refusal of netblock."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: {message} (see `{self.prog} --help`)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(
+        prog="netblock",
+        description="Keep kernel port-25 drop rules in step with what the mail logs say about abusive senders.",
+        epilog="Exit status: 0 success, 1 runtime failure, 2 bad input or usage. "
+        "See `netblock COMMAND --help` for each command.",
+    )
+    parser.add_argument("--version", action="version", version=f"netblock {__version__}")
+    parser.add_argument("--config", metavar="PATH",
+                        help=f"configuration file (default: $NETBLOCK_CONFIG or {DEFAULT_CONFIG}; optional)")
+    parser.add_argument("--db", metavar="PATH",
+                        help="store (SQLite file; default: $NETBLOCK_DB or `db` from the config, "
+                        "/var/lib/netblock/netblock.db)")
+    parser.add_argument("--backend", choices=("nftables", "ipset", "iptables"),
+                        help="kernel backend (default: $NETBLOCK_BACKEND or `backend` from the config, nftables)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    ctx = Context(args)
+    try:
+        return int(args.handler(args, ctx) or 0)
+    except NetblockError as exc:
+        print(f"netblock: {exc}", file=sys.stderr)
+        return exc.exit_status
+    except KeyboardInterrupt:
+        print("netblock: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+    finally:
+        ctx.close()

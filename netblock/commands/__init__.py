@@ -1,0 +1,1 @@
+"""Subcommands of the root CLI, one module per area; each exposes register(subparsers)."""

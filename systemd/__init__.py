@@ -1,0 +1,1 @@
+"""systemd units for netblock, shipped as package data for `netblock install-units`."""
