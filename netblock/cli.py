@@ -47,11 +47,21 @@ class Context:
     @property
     def config(self):
         if self._config is None:
-            from netblock import config
-
-            path = self.args.config or os.environ.get("NETBLOCK_CONFIG")
-            self._config = config.load(path or DEFAULT_CONFIG, explicit=bool(path))
+            self._config = self._load_config()
         return self._config
+
+    def _load_config(self):
+        from netblock import config
+
+        path = self.args.config or os.environ.get("NETBLOCK_CONFIG")
+        return config.load(path or DEFAULT_CONFIG, explicit=bool(path))
+
+    def reload_config(self):
+        """Read the configuration file again (SIGHUP); if it is refused, the old one stays."""
+        fresh = self._load_config()
+        self._config = fresh
+        self._backend = None  # firewall settings may have changed
+        return fresh
 
     @property
     def db_path(self) -> str:

@@ -1,0 +1,487 @@
+"""The blocking policy: when observations become blocks, and why.
+
+Per rejection class the configuration says how many observations from one
+address within a window make a block, how long the block lives, and whether
+the class feeds density widening. ``decide()`` is a pure function of the store
+(and the clock): run twice on the same store it returns the same blocks, with
+the expiry anchored on the *last* offending observation rather than on "now",
+so re-deciding an active block on every tick does not push its expiry (and the
+kernel's timeout) forward by itself; only new offences do.
+
+Senders that delivered accepted mail recently, allowlisted space and the
+built-in protected ranges are never decided on. A widened prefix that would
+swallow one of them is still decided: aggregation carves the protected
+addresses out of it at sync time, so the rest of the botnet's /24 is blocked.
+
+``explain()`` answers ``netblock why``: the observations, the rule that did or
+did not fire, the widening that covers the address, or what protects it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from typing import Iterable
+
+from netaddr import IPAddress, IPNetwork, IPSet
+
+from netblock.aggregate import WidenRule, protected_builtin, widen_detail
+from netblock.model import Block, Observation
+
+SOURCE = "policy"
+
+
+@dataclass(frozen=True)
+class ClassRule:
+    """One class's rule: threshold observations within window → block for ttl."""
+
+    name: str  # "dnsbl" covers every "dnsbl:ZONE"
+    threshold: int
+    window: timedelta
+    ttl: timedelta | None  # None: permanent
+    widen: bool
+
+
+# -- reading the configuration ------------------------------------------------
+
+def _get(obj, name: str, index: int, default=None):
+    if isinstance(obj, dict):
+        return obj.get(name, default)
+    if isinstance(obj, (tuple, list)):
+        return obj[index] if index < len(obj) else default
+    return getattr(obj, name, default)
+
+
+def class_rules(config) -> dict[str, ClassRule]:
+    """``[policy.classes]`` as ClassRules; a class without a window uses ``policy.window``."""
+    policy = config.policy
+    default_window = getattr(policy, "window", timedelta(days=1))
+    out = {}
+    for name, spec in (getattr(policy, "classes", None) or {}).items():
+        threshold = int(_get(spec, "threshold", 0, 1))
+        window = _get(spec, "window", 1) or default_window
+        ttl = _get(spec, "ttl", 2)
+        if isinstance(ttl, timedelta) and ttl <= timedelta(0):
+            ttl = None
+        out[name] = ClassRule(name, threshold, window, ttl, bool(_get(spec, "widen", 3, False)))
+    return out
+
+
+def rule_for(rules: dict[str, ClassRule], cls: str) -> ClassRule | None:
+    """The rule of an observation class: its own, else its family's (``dnsbl:ZONE`` → ``dnsbl``)."""
+    rule = rules.get(cls)
+    if rule is None and ":" in cls:
+        rule = rules.get(cls.split(":", 1)[0])
+    return rule
+
+
+@dataclass(frozen=True)
+class WidenSettings:
+    enabled: bool
+    rules: tuple[WidenRule, ...]
+    window: timedelta
+    max_prefixlen: dict[int, int]
+
+
+def widen_settings(config) -> WidenSettings:
+    w = getattr(config, "widen", None)
+    if w is None:
+        return WidenSettings(False, (), timedelta(0), {4: 8, 6: 32})
+    rules = []
+    for r in getattr(w, "rules", ()) or ():
+        if isinstance(r, WidenRule):
+            rules.append(r)
+            continue
+        family = _get(r, "family", 0)
+        family = {"ipv4": 4, "ipv6": 6, "inet": 4, "inet6": 6}.get(family, family)
+        unit = _get(r, "unit_prefixlen", 3)
+        rules.append(WidenRule(int(family), int(_get(r, "prefixlen", 1)), int(_get(r, "min_count", 2)),
+                               None if unit is None else int(unit)))
+    limits = {4: int(getattr(w, "max_prefix_v4", 8)), 6: int(getattr(w, "max_prefix_v6", 32))}
+    window = getattr(w, "window", None) or getattr(config.policy, "window", timedelta(days=1))
+    return WidenSettings(bool(getattr(w, "enabled", False)), tuple(rules), window, limits)
+
+
+# -- protection -------------------------------------------------------------------
+
+@dataclass
+class Shield:
+    """What policy must not decide on, kept apart by kind so ``why`` can name it."""
+
+    builtin: list[IPNetwork]
+    allowlist: list[IPNetwork]
+    delivered: set[IPAddress]
+    own: list[IPNetwork] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._nets = IPSet(self.builtin + self.allowlist + self.own)
+
+    def covers(self, ip: IPAddress) -> bool:
+        return ip in self.delivered or ip in self._nets
+
+    def why(self, target: IPNetwork) -> list[tuple[str, str]]:
+        """(kind, netblock) of every protection overlapping ``target``."""
+        out = []
+        for kind, nets in (("builtin", self.builtin), ("allowlist", self.allowlist), ("own address", self.own)):
+            out += [(kind, str(n)) for n in nets if _overlap(n, target)]
+        out += [("delivered", str(ip)) for ip in sorted(self.delivered) if ip in target]
+        return out
+
+
+def _overlap(a: IPNetwork, b: IPNetwork) -> bool:
+    return a.version == b.version and a.first <= b.last and b.first <= a.last
+
+
+def shield(store, config, now: datetime, *, own: Iterable[IPNetwork] = ()) -> Shield:
+    allow = [e.netblock for e in store.allowlist()]
+    blocks_cfg = getattr(config, "blocks", None)
+    allow += [IPNetwork(str(t)) for t in (getattr(blocks_cfg, "allow", None) or ())]
+    window = getattr(config.policy, "delivered_window", None)
+    delivered = store.delivered_since(now - window) if window else set()
+    return Shield(list(protected_builtin()), allow, set(delivered), list(own))
+
+
+# -- deciding ----------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Offence:
+    """One address over one rule's threshold, with what the block would be.
+
+    A rule counts all the classes it covers together: listings in two DNSBL
+    zones are two ``dnsbl`` offences.
+    """
+
+    ip: IPAddress
+    classes: tuple[str, ...]
+    count: int
+    last: datetime
+    rule: ClassRule
+
+    @property
+    def expires(self) -> datetime | None:
+        return None if self.rule.ttl is None else self.last + self.rule.ttl
+
+    @property
+    def label(self) -> str:
+        if self.classes == (self.rule.name,):
+            return self.rule.name
+        return f"{self.rule.name} ({', '.join(self.classes)})"
+
+
+def _offences(store, rules: dict[str, ClassRule], now: datetime, shield_: Shield,
+              *, only: Iterable[str] | None = None, window: timedelta | None = None) -> list[Offence]:
+    """Every (ip, rule) at or over the rule's threshold within its window (or ``window``).
+
+    A class with threshold 0 never blocks on its own; for widening (``only``
+    given) one observation of it makes an offender.
+    """
+    chosen = {n: r for n, r in rules.items()
+              if (only is None and r.threshold > 0) or (only is not None and n in only)}
+    by_window: dict[timedelta, list[str]] = {}
+    for name, rule in chosen.items():
+        by_window.setdefault(window or rule.window, []).append(name)
+    found = []
+    for win, names in by_window.items():
+        since = now - win
+        totals: dict[tuple[IPAddress, str], list] = {}
+        for (ip, cls), n in store.offender_counts(since, classes=names).items():
+            rule = rule_for(rules, cls)
+            if rule is None or rule.name not in names:
+                continue  # a class with a rule of its own, counted there
+            entry = totals.setdefault((ip, rule.name), [0, []])
+            entry[0] += n
+            entry[1].append(cls)
+        for (ip, name), (n, classes) in totals.items():
+            rule = rules[name]
+            if n < max(rule.threshold, 1) or shield_.covers(ip):
+                continue
+            mine = set(classes)
+            last = max(o.time for o in store.observations(since=since, ip=ip) if o.cls in mine)
+            found.append(Offence(ip, tuple(sorted(mine)), n, last, rule))
+    return found
+
+
+def _later(a: datetime | None, b: datetime | None) -> datetime | None:
+    if a is None or b is None:
+        return None
+    return max(a, b)
+
+
+def _fmt_window(td: timedelta) -> str:
+    secs = int(td.total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if secs and secs % size == 0:
+            return f"{secs // size}{unit}"
+    return f"{secs}s"
+
+
+def decide(store, config, now: datetime) -> list[Block]:
+    """The policy blocks the store's observations call for at ``now`` (no writes)."""
+    rules = class_rules(config)
+    if not rules:
+        return []
+    sh = shield(store, config, now)
+    decided: dict[IPNetwork, Block] = {}
+    for off in _offences(store, rules, now, sh):
+        if off.expires is not None and off.expires <= now:
+            continue
+        net = IPNetwork(off.ip)
+        reason = (f"{off.count} {off.label} within {_fmt_window(off.rule.window)} "
+                  f"(threshold {off.rule.threshold})")
+        block = Block(net, reason, SOURCE, now, off.expires)
+        old = decided.get(net)
+        if old is None or (old.expires is not None and (block.expires is None or block.expires > old.expires)):
+            decided[net] = block
+    for block in _widened(store, rules, config, now, sh):
+        decided.setdefault(block.netblock, block)
+    return sorted(decided.values(), key=lambda b: (b.netblock.version, b.netblock.first, b.netblock.prefixlen))
+
+
+def _widened(store, rules, config, now, sh: Shield) -> list[Block]:
+    ws = widen_settings(config)
+    names = [n for n, r in rules.items() if r.widen]
+    if not ws.enabled or not ws.rules or not names:
+        return []
+    expiry: dict[IPAddress, datetime | None] = {}
+    for off in _offences(store, rules, now, sh, only=names, window=ws.window):
+        expiry[off.ip] = _later(expiry[off.ip], off.expires) if off.ip in expiry else off.expires
+    if not expiry:
+        return []
+    found = widen_detail(list(expiry), ws.rules, ws.max_prefixlen)
+    found.sort(key=lambda w: w.netblock.prefixlen)
+    kept = []
+    for w in found:
+        if any(_overlap(k.netblock, w.netblock) for k in kept):
+            continue  # a wider prefix already covers it
+        kept.append(w)
+    out = []
+    for w in kept:
+        ends = [expiry[ip] for ip in w.offenders if ip in expiry]
+        if not ends:
+            continue
+        expires = None if None in ends else max(ends)
+        if expires is not None and expires <= now:
+            continue
+        reason = f"widened: {len(w.offenders)} offenders in {w.netblock}"
+        out.append(Block(w.netblock, reason, SOURCE, now, expires))
+    return out
+
+
+def record(store, decided: Iterable[Block], now: datetime) -> list[Block]:
+    """Write decisions to the store without churn; returns the blocks that are new or extended.
+
+    An active block is only touched when the decision expires later than it
+    does; a hand-made (cli/list) block keeps its reason and source. A block
+    that had expired counts as re-blocked.
+    """
+    changed = []
+    with store.transaction():
+        for block in decided:
+            old = store.get_block(block.netblock)
+            if old is None:
+                new = block
+            elif old.expires is not None and old.expires <= now:
+                new = replace(block, reblocks=old.reblocks + 1)
+            elif old.expires is None:
+                continue
+            elif block.expires is None or block.expires > old.expires:
+                if old.source == SOURCE:
+                    new = replace(block, created=old.created, reblocks=old.reblocks)
+                else:
+                    new = replace(old, expires=block.expires)
+            else:
+                continue
+            changed.append(new)
+        if changed:
+            store.put_blocks(changed)
+    return changed
+
+
+# -- explaining ----------------------------------------------------------------------
+
+@dataclass
+class Check:
+    """One class's rule applied to one address."""
+
+    ip: str
+    cls: str
+    count: int
+    threshold: int
+    window: timedelta
+    ttl: timedelta | None
+    fired: bool
+    expires: datetime | None
+    note: str = ""
+
+
+@dataclass
+class Explanation:
+    target: IPNetwork
+    observations: list[Observation]
+    checks: list[Check]
+    blocks: list[Block]  # active store blocks overlapping the target
+    widened: list[dict]  # {"netblock", "offenders", "rule"} of widening covering it
+    protected: list[tuple[str, str]]  # (kind, netblock)
+    verdict: str
+
+    def to_dict(self) -> dict:
+        return {
+            "target": _show(self.target),
+            "verdict": self.verdict,
+            "observations": [
+                {"time": o.time, "ip": str(o.ip), "class": o.cls, "mta": o.mta,
+                 "source": o.source, "position": o.position}
+                for o in self.observations
+            ],
+            "rules": [
+                {"ip": c.ip, "class": c.cls, "count": c.count, "threshold": c.threshold,
+                 "window": _fmt_window(c.window), "ttl": None if c.ttl is None else _fmt_window(c.ttl),
+                 "fired": c.fired, "expires": c.expires, "note": c.note}
+                for c in self.checks
+            ],
+            "blocks": [
+                {"netblock": str(b.netblock), "reason": b.reason, "source": b.source,
+                 "created": b.created, "expires": b.expires}
+                for b in self.blocks
+            ],
+            "widened": self.widened,
+            "protected": [{"kind": k, "netblock": n} for k, n in self.protected],
+        }
+
+
+def parse_target(text: str) -> IPNetwork:
+    """The address or prefix ``why`` asks about, parsed as strictly as ``netblock add`` does."""
+    from netblock.targets import parse_target as strict
+
+    return strict(text, force=True).netblock
+
+
+def explain(store, config, target: IPNetwork | str, now: datetime, *, own: Iterable[IPNetwork] = ()) -> Explanation:
+    """Everything ``netblock why`` says about an address or prefix."""
+    net = parse_target(target) if isinstance(target, str) else target
+    rules = class_rules(config)
+    ws = widen_settings(config)
+    sh = shield(store, config, now, own=own)
+    longest = max([r.window for r in rules.values()] + [ws.window if ws.enabled else timedelta(0)],
+                  default=timedelta(days=1))
+    since = now - longest
+    if net.size == 1:
+        obs = store.observations(since=since, ip=net.ip)
+    else:
+        obs = [o for o in store.observations(since=since)
+               if o.ip.version == net.version and o.ip in net]
+    checks = _checks(obs, rules, now, sh)
+    blocks = [b for b in store.blocks(now=now) if _overlap(b.netblock, net)]
+    widened = _widening_for(store, rules, config, now, sh, net, ws)
+    protected = sh.why(net)
+    verdict = _verdict(net, blocks, checks, widened, protected)
+    return Explanation(net, obs, checks, blocks, widened, protected, verdict)
+
+
+def _checks(obs: list[Observation], rules, now: datetime, sh: Shield) -> list[Check]:
+    """Each address's offences grouped by the rule that counts them (or by class, if none does)."""
+    groups: dict[tuple[IPAddress, str], list[Observation]] = {}
+    for o in obs:
+        if o.cls in ("connect", "delivered"):
+            continue
+        rule = rule_for(rules, o.cls)
+        groups.setdefault((o.ip, rule.name if rule else o.cls), []).append(o)
+    out = []
+    for (ip, name), items in sorted(groups.items(), key=lambda kv: (kv[0][0].version, kv[0][0], kv[0][1])):
+        rule = rules.get(name)
+        classes = sorted({o.cls for o in items})
+        label = name if classes == [name] else f"{name} ({', '.join(classes)})"
+        if rule is None:
+            out.append(Check(str(ip), label, len(items), 0, timedelta(0), None, False, None,
+                             "no rule for this class: it never blocks"))
+            continue
+        if rule.threshold < 1:
+            out.append(Check(str(ip), label, len(items), 0, rule.window, rule.ttl, False, None,
+                             "threshold 0: this class never blocks on its own"
+                             + (" (it feeds widening)" if rule.widen else "")))
+            continue
+        inside = [o for o in items if o.time >= now - rule.window]
+        last = max((o.time for o in inside), default=None)
+        expires = None if last is None or rule.ttl is None else last + rule.ttl
+        fired = len(inside) >= rule.threshold
+        note = ""
+        if fired and sh.covers(ip):
+            fired, note = False, "over the threshold, but protected"
+        elif fired and expires is not None and expires <= now:
+            fired, note = False, "over the threshold, but the block has run out"
+        elif not fired:
+            note = f"{len(inside)} of {rule.threshold} needed within {_fmt_window(rule.window)}"
+        out.append(Check(str(ip), label, len(inside), rule.threshold, rule.window, rule.ttl,
+                         fired, expires if fired else None, note))
+    return out
+
+
+def _widening_for(store, rules, config, now, sh, net: IPNetwork, ws: WidenSettings) -> list[dict]:
+    names = [n for n, r in rules.items() if r.widen]
+    if not ws.enabled or not ws.rules or not names:
+        return []
+    offenders = {o.ip for o in _offences(store, rules, now, sh, only=names, window=ws.window)}
+    out = []
+    for w in widen_detail(list(offenders), ws.rules, ws.max_prefixlen):
+        if _overlap(w.netblock, net):
+            rule = w.rule
+            out.append({
+                "netblock": str(w.netblock),
+                "offenders": [str(ip) for ip in w.offenders],
+                "rule": {"family": f"ipv{rule.family}", "prefixlen": rule.prefixlen,
+                         "min_count": rule.min_count, "unit_prefixlen": rule.unit_prefixlen},
+            })
+    return out
+
+
+def _verdict(net, blocks, checks, widened, protected) -> str:
+    if protected and any(k != "delivered" or net.size == 1 for k, _ in protected):
+        kinds = sorted({k for k, _ in protected})
+        head = f"protected ({', '.join(kinds)}): never dropped"
+        return head + ("; blocks overlapping it are carved around it" if blocks else "")
+    if blocks:
+        return "blocked: " + "; ".join(f"{b.netblock} ({b.reason})" for b in blocks)
+    if any(c.fired for c in checks):
+        return "over a threshold: blocked at the next sync"
+    if widened:
+        return "inside a widened prefix: blocked at the next sync"
+    if checks:
+        return "not blocked: no rule reached its threshold"
+    return "not blocked: no offences observed"
+
+
+def _show(net: IPNetwork) -> str:
+    return str(net.ip) if net.size == 1 else str(net.cidr)
+
+
+def render(ex: Explanation) -> list[str]:
+    """Human-readable lines for ``netblock why``."""
+    lines = [f"{_show(ex.target)}: {ex.verdict}"]
+    if ex.observations:
+        lines.append("observations:")
+        for o in ex.observations:
+            where = f"{o.source}:{o.position}" if o.source else "-"
+            lines.append(f"  {o.time:%Y-%m-%d %H:%M:%S}Z  {o.ip}  {o.cls}  {o.mta}  {where}")
+    if ex.checks:
+        lines.append("rules:")
+        for c in ex.checks:
+            if c.threshold == 0:
+                lines.append(f"  {c.ip} {c.cls}: {c.count} seen; {c.note}")
+                continue
+            ttl = "permanent" if c.ttl is None else _fmt_window(c.ttl)
+            state = "BLOCK" if c.fired else "no block"
+            extra = f" until {c.expires:%Y-%m-%d %H:%M:%S}Z" if c.fired and c.expires else ""
+            note = f" ({c.note})" if c.note else ""
+            lines.append(f"  {c.ip} {c.cls}: {c.count} seen, threshold {c.threshold} within "
+                         f"{_fmt_window(c.window)}, ttl {ttl} -> {state}{extra}{note}")
+    for w in ex.widened:
+        r = w["rule"]
+        unit = f" (counted per /{r['unit_prefixlen']})" if r["unit_prefixlen"] else ""
+        lines.append(f"widened: {w['netblock']} holds {len(w['offenders'])} offenders, "
+                     f"rule {r['family']} /{r['prefixlen']} at {r['min_count']}{unit}")
+    for b in ex.blocks:
+        until = "permanent" if b.expires is None else f"until {b.expires:%Y-%m-%d %H:%M:%S}Z"
+        lines.append(f"block: {b.netblock} [{b.source}] {b.reason}, {until}")
+    for kind, n in ex.protected:
+        lines.append(f"protected: {n} ({kind})")
+    return lines

@@ -1,0 +1,297 @@
+"""The blocking policy: thresholds, windows and TTLs per class, protection, widening, no churn, `why`."""
+
+from __future__ import annotations
+
+import io
+import json
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from netaddr import IPAddress, IPNetwork
+
+from netblock import cli, config as config_mod, policy
+from netblock.errors import BadInput
+from netblock.model import AllowEntry, Block, Observation
+from netblock.store import Store
+
+NOW = datetime(2026, 11, 27, 12, 0, tzinfo=timezone.utc)
+
+TOML = """
+[policy]
+delivered_window = "30d"
+
+[policy.classes.dnsbl]
+threshold = 2
+window = "1h"
+ttl = "1d"
+widen = true
+
+[policy.classes.no-rdns]
+threshold = 3
+window = "30m"
+ttl = "6h"
+widen = false
+
+[policy.classes.protocol]
+threshold = 1
+window = "1d"
+ttl = "1h"
+widen = false
+
+[widen]
+enabled = true
+window = "1d"
+rules = [{family = 4, prefixlen = 24, min_count = 3}]
+"""
+
+
+@pytest.fixture
+def cfg():
+    return config_mod.loads(TOML)
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = Store.open(tmp_path / "nb.db")
+    yield s
+    s.close()
+
+
+def seen(store, ip: str, cls: str, *minutes_ago: float, source: str = "/var/log/mail.log") -> None:
+    store.add_observations(
+        Observation(NOW - timedelta(minutes=m), IPAddress(ip), cls, "postfix", source, int(m * 1000))
+        for m in minutes_ago)
+
+
+def decided(store, cfg, now=NOW) -> dict[str, Block]:
+    return {str(b.netblock): b for b in policy.decide(store, cfg, now)}
+
+
+# ------------------------------------------------------------------ thresholds, windows, TTLs
+
+def test_threshold_within_the_window_makes_a_block(store, cfg):
+    seen(store, "198.18.1.1", "no-rdns", 20, 10)
+    assert decided(store, cfg) == {}
+    seen(store, "198.18.1.1", "no-rdns", 5)
+    got = decided(store, cfg)
+    assert list(got) == ["198.18.1.1/32"]
+    b = got["198.18.1.1/32"]
+    assert b.source == "policy" and b.created == NOW
+    assert b.expires == NOW - timedelta(minutes=5) + timedelta(hours=6)  # last offence + ttl
+    assert b.reason == "3 no-rdns within 30m (threshold 3)"
+
+
+def test_observations_outside_the_window_do_not_count(store, cfg):
+    seen(store, "198.18.1.2", "no-rdns", 45, 10, 5)  # 45 min ago: outside no-rdns' 30m
+    assert decided(store, cfg) == {}
+
+
+def test_each_class_has_its_own_ttl(store, cfg):
+    seen(store, "198.18.1.3", "dnsbl:zen.example", 30, 20)
+    seen(store, "198.18.1.4", "protocol", 10)
+    got = decided(store, cfg)
+    assert got["198.18.1.3/32"].expires == NOW - timedelta(minutes=20) + timedelta(days=1)
+    assert got["198.18.1.4/32"].expires == NOW - timedelta(minutes=10) + timedelta(hours=1)
+
+
+def test_a_block_that_has_already_run_out_is_not_decided(store, cfg):
+    seen(store, "198.18.1.5", "protocol", 120)  # inside protocol's 1d window, but ttl 1h is over
+    assert decided(store, cfg) == {}
+
+
+def test_classes_without_a_rule_never_block(store, cfg):
+    seen(store, "198.18.1.7", "connect", 1, 2, 3, 4, 5)
+    seen(store, "198.18.1.7", "no-such-class", 1, 2, 3, 4, 5)
+    assert decided(store, cfg) == {}
+
+
+def test_dnsbl_zones_fall_under_the_dnsbl_rule_and_count_together(store, cfg):
+    seen(store, "198.18.1.8", "dnsbl:zen.example", 10)
+    assert decided(store, cfg) == {}
+    seen(store, "198.18.1.8", "dnsbl:bl.example", 5)
+    got = decided(store, cfg)
+    assert got["198.18.1.8/32"].reason == "2 dnsbl (dnsbl:bl.example, dnsbl:zen.example) within 1h (threshold 2)"
+    assert got["198.18.1.8/32"].expires == NOW - timedelta(minutes=5) + timedelta(days=1)
+
+
+def test_a_zone_with_its_own_rule_uses_it(store):
+    cfg = config_mod.loads(TOML + '\n[policy.classes."dnsbl:strict.example"]\n'
+                           'threshold = 1\nwindow = "1h"\nttl = "7d"\nwiden = false\n')
+    seen(store, "198.18.1.9", "dnsbl:strict.example", 10)
+    got = decided(store, cfg)
+    assert got["198.18.1.9/32"].expires == NOW - timedelta(minutes=10) + timedelta(days=7)
+
+
+# ------------------------------------------------------------------ protection
+
+def test_a_sender_that_delivered_mail_is_never_blocked(store, cfg):
+    seen(store, "198.18.2.1", "dnsbl:zen.example", 10, 5, 1)
+    seen(store, "198.18.2.1", "delivered", 60 * 24 * 10)  # ten days ago: inside the 30d window
+    assert decided(store, cfg) == {}
+    seen(store, "198.18.2.2", "dnsbl:zen.example", 10, 5, 1)
+    seen(store, "198.18.2.2", "delivered", 60 * 24 * 40)  # forty days ago: no longer protects
+    assert list(decided(store, cfg)) == ["198.18.2.2/32"]
+
+
+def test_allowlisted_and_builtin_space_is_never_decided(store, cfg):
+    store.allow_add([AllowEntry(IPNetwork("198.18.3.0/28"), "partner", NOW)])
+    seen(store, "198.18.3.1", "dnsbl:zen.example", 10, 5)
+    seen(store, "127.0.0.1", "dnsbl:zen.example", 10, 5)
+    assert decided(store, cfg) == {}
+
+
+# ------------------------------------------------------------------ widening
+
+def test_dense_offenders_widen_to_their_prefix(store, cfg):
+    for i, last in ((1, 10), (2, 8), (3, 6)):
+        seen(store, f"198.18.5.{i}", "dnsbl:zen.example", last + 1, last)
+    got = decided(store, cfg)
+    wide = got["198.18.5.0/24"]
+    assert wide.reason == "widened: 3 offenders in 198.18.5.0/24"
+    assert wide.expires == NOW - timedelta(minutes=6) + timedelta(days=1)  # the last offender's
+    assert {"198.18.5.1/32", "198.18.5.2/32", "198.18.5.3/32"} <= set(got)
+
+
+def test_widening_counts_only_offenders_of_widening_classes(store, cfg):
+    for i in (1, 2, 3):
+        seen(store, f"198.18.6.{i}", "no-rdns", 3, 2, 1)  # blocked, but no-rdns does not widen
+    assert "198.18.6.0/24" not in decided(store, cfg)
+
+
+def test_a_delivered_sender_is_no_offender_for_widening(store, cfg):
+    for i in (1, 2, 3):
+        seen(store, f"198.18.8.{i}", "dnsbl:zen.example", 2, 1)
+    seen(store, "198.18.8.3", "delivered", 60)
+    got = decided(store, cfg)
+    assert "198.18.8.0/24" not in got and "198.18.8.3/32" not in got
+
+
+def test_widening_can_be_switched_off(store):
+    cfg = config_mod.loads(TOML.replace("enabled = true", "enabled = false"))
+    for i in (1, 2, 3):
+        seen(store, f"198.18.9.{i}", "dnsbl:zen.example", 2, 1)
+    assert "198.18.9.0/24" not in decided(store, cfg)
+
+
+# ------------------------------------------------------------------ recording without churn
+
+def test_recording_again_changes_nothing_until_a_new_offence(store, cfg):
+    seen(store, "198.18.10.1", "dnsbl:zen.example", 10, 5)
+    first = policy.record(store, policy.decide(store, cfg, NOW), NOW)
+    assert [str(b.netblock) for b in first] == ["198.18.10.1/32"]
+    later = NOW + timedelta(minutes=3)
+    assert policy.record(store, policy.decide(store, cfg, later), later) == []
+    store.add_observations([Observation(later, IPAddress("198.18.10.1"), "dnsbl:zen.example", "postfix")])
+    again = policy.record(store, policy.decide(store, cfg, later), later)
+    assert len(again) == 1
+    b = store.get_block("198.18.10.1/32")
+    assert b.expires == later + timedelta(days=1)
+    assert b.created == NOW  # the block is the same one, extended
+
+
+def test_an_expired_block_decided_again_counts_as_reblocked(store, cfg):
+    store.put_blocks([Block(IPNetwork("198.18.10.2/32"), "old", "policy", NOW - timedelta(days=3),
+                            NOW - timedelta(days=2), reblocks=1)])
+    seen(store, "198.18.10.2", "dnsbl:zen.example", 2, 1)
+    policy.record(store, policy.decide(store, cfg, NOW), NOW)
+    assert store.get_block("198.18.10.2/32").reblocks == 2
+
+
+def test_a_manual_block_keeps_its_reason_and_a_permanent_one_is_left_alone(store, cfg):
+    store.put_blocks([
+        Block(IPNetwork("198.18.10.3/32"), "by hand", "cli", NOW - timedelta(hours=1), NOW + timedelta(minutes=5)),
+        Block(IPNetwork("198.18.10.4/32"), "forever", "cli", NOW - timedelta(hours=1), None),
+    ])
+    seen(store, "198.18.10.3", "dnsbl:zen.example", 2, 1)
+    seen(store, "198.18.10.4", "dnsbl:zen.example", 2, 1)
+    changed = policy.record(store, policy.decide(store, cfg, NOW), NOW)
+    assert [str(b.netblock) for b in changed] == ["198.18.10.3/32"]
+    kept = store.get_block("198.18.10.3/32")
+    assert (kept.reason, kept.source) == ("by hand", "cli")
+    assert kept.expires == NOW - timedelta(minutes=1) + timedelta(days=1)
+    assert store.get_block("198.18.10.4/32").expires is None
+
+
+# ------------------------------------------------------------------ explaining
+
+def test_explain_a_blocked_address(store, cfg):
+    seen(store, "198.18.5.1", "dnsbl:zen.example", 11, 10)
+    seen(store, "198.18.5.2", "dnsbl:zen.example", 9, 8)
+    seen(store, "198.18.5.3", "dnsbl:zen.example", 7, 6)
+    policy.record(store, policy.decide(store, cfg, NOW), NOW)
+    ex = policy.explain(store, cfg, "198.18.5.2", NOW)
+    assert ex.verdict.startswith("blocked: ")
+    text = "\n".join(policy.render(ex))
+    assert "2026-11-27 11:51:00Z  198.18.5.2  dnsbl:zen.example  postfix  /var/log/mail.log:9000" in text
+    assert ("198.18.5.2 dnsbl (dnsbl:zen.example): 2 seen, threshold 2 within 1h, ttl 1d -> BLOCK "
+            "until 2026-11-28 11:52:00Z") in text
+    assert "widened: 198.18.5.0/24 holds 3 offenders, rule ipv4 /24 at 3" in text
+    assert "block: 198.18.5.0/24 [policy] widened: 3 offenders in 198.18.5.0/24" in text
+    data = json.loads(json.dumps(ex.to_dict(), default=str))
+    assert data["target"] == "198.18.5.2"
+    assert [o["position"] for o in data["observations"]] == [9000, 8000]
+    assert data["rules"][0]["fired"] is True and data["rules"][0]["threshold"] == 2
+    assert data["widened"][0]["offenders"] == ["198.18.5.1", "198.18.5.2", "198.18.5.3"]
+
+
+def test_explain_an_address_below_its_threshold(store, cfg):
+    seen(store, "198.18.11.1", "no-rdns", 10)
+    ex = policy.explain(store, cfg, "198.18.11.1", NOW)
+    assert ex.verdict == "not blocked: no rule reached its threshold"
+    assert ex.checks[0].note == "1 of 3 needed within 30m"
+    assert not ex.checks[0].fired
+
+
+def test_explain_a_protected_address(store, cfg):
+    seen(store, "198.18.12.1", "dnsbl:zen.example", 5, 4)
+    seen(store, "198.18.12.1", "delivered", 60)
+    store.allow_add([AllowEntry(IPNetwork("198.18.13.0/24"), "partner", NOW)])
+    ex = policy.explain(store, cfg, "198.18.12.1", NOW)
+    assert ex.protected == [("delivered", "198.18.12.1")]
+    assert ex.verdict.startswith("protected (delivered)")
+    assert ex.checks[0].note == "over the threshold, but protected"
+    allowed = policy.explain(store, cfg, "198.18.13.7", NOW)
+    assert allowed.protected == [("allowlist", "198.18.13.0/24")]
+    own = policy.explain(store, cfg, "198.18.14.1", NOW, own=[IPNetwork("198.18.14.1/32")])
+    assert own.protected == [("own address", "198.18.14.1/32")]
+
+
+def test_explain_a_prefix_collects_its_addresses(store, cfg):
+    seen(store, "198.18.15.1", "no-rdns", 3)
+    seen(store, "198.18.15.200", "protocol", 2)
+    seen(store, "198.18.16.1", "protocol", 1)
+    ex = policy.explain(store, cfg, "198.18.15.0/24", NOW)
+    assert sorted({str(o.ip) for o in ex.observations}) == ["198.18.15.1", "198.18.15.200"]
+    assert [c.fired for c in ex.checks] == [False, True]
+
+
+def test_explain_refuses_bad_targets():
+    for bad in ("198.18.0.300", "198.18.1.1/33", "mail.example"):
+        with pytest.raises(BadInput):
+            policy.parse_target(bad)
+    assert str(policy.parse_target("::ffff:198.18.1.1")) == "198.18.1.1/32"
+
+
+def test_why_command_prints_text_and_json(tmp_path, monkeypatch):
+    conf = tmp_path / "netblock.toml"
+    conf.write_text(TOML)
+    db = tmp_path / "nb.db"
+    with Store.open(db) as s:
+        seen(s, "198.18.17.1", "no-rdns", 3, 2, 1)
+    monkeypatch.setenv("NETBLOCK_NOW", NOW.isoformat())
+    monkeypatch.setattr("netblock.hostaddrs.own_addresses", lambda: [])
+
+    def run(*argv):
+        out = io.StringIO()
+        args = cli.build_parser().parse_args(["--config", str(conf), "--db", str(db), *argv])
+        ctx = cli.Context(args, stdout=out, stderr=io.StringIO())
+        try:
+            assert args.handler(args, ctx) == 0
+        finally:
+            ctx.close()
+        return out.getvalue()
+
+    text = run("why", "198.18.17.1")
+    assert text.splitlines()[0] == "198.18.17.1: over a threshold: blocked at the next sync"
+    data = json.loads(run("why", "--json", "198.18.17.1"))
+    assert data["rules"][0]["class"] == "no-rdns" and data["rules"][0]["count"] == 3
