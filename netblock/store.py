@@ -1,0 +1,598 @@
+"""The store: netblock's single source of truth, in one SQLite file.
+
+All SQL of the project lives here. The kernel is only a cache of what this
+file says, so the store must never lose an update: several ``netblock``
+commands and the daemon may run at once, every write is a ``BEGIN IMMEDIATE``
+transaction that waits (busy timeout) instead of failing, and callers compose
+read-modify-write sequences inside one ``transaction()``.
+
+Representation choices:
+
+* Netblocks are kept as canonical CIDR text (what a human reading the file
+  with ``sqlite3`` expects) plus family, first/last address as 16-byte
+  big-endian blobs and the prefix length. The blobs give range queries and a
+  numeric sort order, and rebuilding an IPNetwork from integers is several
+  times faster than parsing text, which matters for 100k blocks.
+  IPv4-mapped IPv6 is folded to IPv4 so one sender has one key.
+* Times are integer epoch seconds (UTC); they round-trip to the second.
+  Naive datetimes are refused: a silent local-time guess would shift expiries.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import stat
+from contextlib import contextmanager
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Iterable, Iterator
+
+from netaddr import AddrFormatError, IPAddress, IPNetwork
+
+from netblock.errors import BadInput, StoreError
+from netblock.model import AllowEntry, Block, Observation, Sample
+
+DEFAULT_PATH = "/var/lib/netblock/netblock.db"
+
+# Marks the file as netblock's, so pointing --db at some other SQLite file
+# is refused instead of being "migrated".
+APPLICATION_ID = 0x6E626C6B  # "nblk"
+
+BUSY_TIMEOUT_S = 30.0
+
+# Classes that record normal traffic rather than abuse.
+NOT_OFFENCES = ("connect", "delivered")
+
+# MIGRATIONS[i] upgrades a database from user_version i to i + 1. Steps are
+# only ever appended: a released step is never edited.
+MIGRATIONS: list[tuple[str, ...]] = [
+    (
+        """CREATE TABLE blocks (
+            netblock  TEXT PRIMARY KEY,
+            family    INTEGER NOT NULL,
+            first     BLOB NOT NULL,
+            last      BLOB NOT NULL,
+            prefixlen INTEGER NOT NULL,
+            reason    TEXT NOT NULL,
+            source    TEXT NOT NULL,
+            created   INTEGER NOT NULL,
+            expires   INTEGER,
+            reblocks  INTEGER NOT NULL DEFAULT 0
+        )""",
+        "CREATE INDEX blocks_expires ON blocks (expires)",
+        "CREATE INDEX blocks_range ON blocks (family, first, last)",
+        """CREATE TABLE allowlist (
+            netblock  TEXT PRIMARY KEY,
+            family    INTEGER NOT NULL,
+            first     BLOB NOT NULL,
+            last      BLOB NOT NULL,
+            prefixlen INTEGER NOT NULL,
+            comment   TEXT NOT NULL,
+            created   INTEGER NOT NULL
+        )""",
+        """CREATE TABLE observations (
+            id       INTEGER PRIMARY KEY,
+            time     INTEGER NOT NULL,
+            ip       TEXT NOT NULL,
+            cls      TEXT NOT NULL,
+            mta      TEXT NOT NULL,
+            source   TEXT NOT NULL,
+            position INTEGER NOT NULL
+        )""",
+        "CREATE INDEX observations_time ON observations (time)",
+        "CREATE INDEX observations_cls ON observations (cls, time)",
+        """CREATE TABLE samples (
+            time     INTEGER NOT NULL,
+            netblock TEXT NOT NULL,
+            packets  INTEGER NOT NULL,
+            bytes    INTEGER NOT NULL,
+            PRIMARY KEY (time, netblock)
+        ) WITHOUT ROWID""",
+        "CREATE INDEX samples_netblock ON samples (netblock, time)",
+        """CREATE TABLE state (
+            key   TEXT PRIMARY KEY,
+            value TEXT NOT NULL
+        ) WITHOUT ROWID""",
+    ),
+]
+
+SCHEMA_VERSION = len(MIGRATIONS)
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_SECOND = timedelta(seconds=1)
+
+
+# -- conversions --------------------------------------------------------------
+
+def _ts(when: datetime) -> int:
+    if when.tzinfo is None:
+        raise ValueError(f"naive datetime {when.isoformat()} given to the store; use aware UTC")
+    return (when - _EPOCH) // _SECOND
+
+
+def _dt(seconds: int) -> datetime:
+    return _EPOCH + timedelta(seconds=seconds)
+
+
+def _opt_dt(seconds: int | None) -> datetime | None:
+    return None if seconds is None else _EPOCH + timedelta(seconds=seconds)
+
+
+def canonical_net(net: IPNetwork | IPAddress | str) -> IPNetwork:
+    """The store's key form: host bits cleared, IPv4-mapped IPv6 folded to IPv4."""
+    if not isinstance(net, IPNetwork):
+        try:
+            net = IPNetwork(net)
+        except (AddrFormatError, ValueError, TypeError):
+            raise BadInput(f"netblock: {net!r} is not an IP address or CIDR") from None
+    if net.version == 6 and net.prefixlen >= 96 and net.ip.is_ipv4_mapped():
+        return IPNetwork((int(net.ip) & 0xFFFFFFFF, net.prefixlen - 96), 4).cidr
+    return net.cidr
+
+
+def canonical_ip(ip: IPAddress | str) -> IPAddress:
+    if not isinstance(ip, IPAddress):
+        try:
+            ip = IPAddress(ip)
+        except (AddrFormatError, ValueError, TypeError):
+            raise BadInput(f"address: {ip!r} is not an IP address") from None
+    if ip.version == 6 and ip.is_ipv4_mapped():
+        return ip.ipv4()
+    return ip
+
+
+def _net_cols(net: IPNetwork | str) -> tuple[str, int, bytes, bytes, int]:
+    net = canonical_net(net)
+    return (
+        str(net),
+        net.version,
+        net.first.to_bytes(16, "big"),
+        net.last.to_bytes(16, "big"),
+        net.prefixlen,
+    )
+
+
+def _net(family: int, first: bytes, prefixlen: int) -> IPNetwork:
+    return IPNetwork((int.from_bytes(first, "big"), prefixlen), family)
+
+
+_BLOCK_COLS = "family, first, prefixlen, reason, source, created, expires, reblocks"
+_BLOCK_ORDER = "ORDER BY family, first, prefixlen"
+
+
+def _block(row: tuple) -> Block:
+    family, first, prefixlen, reason, source, created, expires, reblocks = row
+    return Block(
+        netblock=_net(family, first, prefixlen),
+        reason=reason,
+        source=source,
+        created=_dt(created),
+        expires=_opt_dt(expires),
+        reblocks=reblocks,
+    )
+
+
+def _observation(row: tuple) -> Observation:
+    time, ip, cls, mta, source, position = row
+    return Observation(_dt(time), IPAddress(ip), cls, mta, source, position)
+
+
+class Store:
+    """One open connection to the store file; use as a context manager."""
+
+    def __init__(self, path: str, conn: sqlite3.Connection):
+        self.path = path
+        self._conn = conn
+        self._depth = 0
+
+    # -- opening ---------------------------------------------------------------
+
+    @classmethod
+    def open(cls, path: str | os.PathLike = DEFAULT_PATH) -> "Store":
+        """Open (creating and upgrading as needed) the store at ``path``."""
+        path = os.fspath(path)
+        memory = path == ":memory:"
+        old_umask = os.umask(0o077)
+        conn = None
+        try:
+            if not memory:
+                _make_parent(path)
+            conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+            store = cls(path, conn)
+            with store._errors():
+                conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+                if not memory:
+                    conn.execute("PRAGMA journal_mode = WAL")
+                conn.execute("PRAGMA synchronous = NORMAL")
+                store._migrate()
+        except sqlite3.Error as e:
+            if conn is not None:
+                conn.close()
+            raise StoreError(f"{path}: {e}") from None
+        except BaseException:
+            if conn is not None:
+                conn.close()
+            raise
+        finally:
+            os.umask(old_umask)
+        if not memory:
+            _restrict_modes(path)
+        return store
+
+    def _migrate(self) -> None:
+        version = self._schema_version_checked()
+        if version == SCHEMA_VERSION:
+            self._check_application_id()
+            return
+        with self.transaction():
+            # Re-read under the write lock: another process may have upgraded meanwhile.
+            version = self._schema_version_checked()
+            if version == SCHEMA_VERSION:
+                return
+            if version == 0:
+                if self._conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
+                    raise StoreError(f"{self.path}: is an SQLite database but not netblock's")
+                self._conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+            else:
+                self._check_application_id()
+            for step in MIGRATIONS[version:]:
+                for statement in step:
+                    self._conn.execute(statement)
+            self._conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    def _schema_version_checked(self) -> int:
+        version = self._conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"{self.path}: schema version {version} is newer than this netblock "
+                f"understands ({SCHEMA_VERSION}); upgrade netblock"
+            )
+        return version
+
+    def _check_application_id(self) -> None:
+        app_id = self._conn.execute("PRAGMA application_id").fetchone()[0]
+        if app_id != APPLICATION_ID:
+            raise StoreError(f"{self.path}: is an SQLite database but not netblock's")
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def schema_version(self) -> int:
+        with self._errors():
+            return self._conn.execute("PRAGMA user_version").fetchone()[0]
+
+    # -- transactions ----------------------------------------------------------
+
+    @contextmanager
+    def _errors(self) -> Iterator[None]:
+        try:
+            yield
+        except sqlite3.Error as e:
+            raise StoreError(f"{self.path}: {e}") from None
+
+    @contextmanager
+    def transaction(self) -> Iterator["Store"]:
+        """One write transaction; nested uses join the outermost one.
+
+        ``BEGIN IMMEDIATE`` takes the write lock up front, so a transaction
+        that reads and then writes never fails half-way because another
+        process wrote in between: it waits up to the busy timeout instead.
+        """
+        if self._depth:
+            self._depth += 1
+            try:
+                yield self
+            finally:
+                self._depth -= 1
+            return
+        with self._errors():
+            self._conn.execute("BEGIN IMMEDIATE")
+        self._depth = 1
+        try:
+            yield self
+        except BaseException:
+            self._depth = 0
+            if self._conn.in_transaction:
+                with self._errors():
+                    self._conn.execute("ROLLBACK")
+            raise
+        self._depth = 0
+        with self._errors():
+            try:
+                self._conn.execute("COMMIT")
+            except sqlite3.Error:
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
+                raise
+
+    def _all(self, sql: str, params: Iterable = ()) -> list[tuple]:
+        with self._errors():
+            return self._conn.execute(sql, tuple(params)).fetchall()
+
+    def _one(self, sql: str, params: Iterable = ()) -> tuple | None:
+        with self._errors():
+            return self._conn.execute(sql, tuple(params)).fetchone()
+
+    # -- blocks ----------------------------------------------------------------
+
+    def get_block(self, net: IPNetwork | str) -> Block | None:
+        row = self._one(f"SELECT {_BLOCK_COLS} FROM blocks WHERE netblock = ?", (str(canonical_net(net)),))
+        return None if row is None else _block(row)
+
+    def put_blocks(self, blocks: Iterable[Block]) -> int:
+        """Insert or replace each block (keyed by its canonical netblock)."""
+        rows = [
+            (*_net_cols(b.netblock), b.reason, b.source, _ts(b.created),
+             None if b.expires is None else _ts(b.expires), b.reblocks)
+            for b in blocks
+        ]
+        with self.transaction(), self._errors():
+            self._conn.executemany(
+                """INSERT INTO blocks (netblock, family, first, last, prefixlen,
+                                       reason, source, created, expires, reblocks)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                   ON CONFLICT (netblock) DO UPDATE SET
+                       reason = excluded.reason, source = excluded.source,
+                       created = excluded.created, expires = excluded.expires,
+                       reblocks = excluded.reblocks""",
+                rows,
+            )
+        return len(rows)
+
+    def delete_blocks(self, nets: Iterable[IPNetwork | str]) -> list[IPNetwork]:
+        """Delete the given netblocks; returns those that existed, in the order given."""
+        return self._delete("blocks", nets)
+
+    def _delete(self, table: str, nets: Iterable[IPNetwork | str]) -> list[IPNetwork]:
+        keys = [canonical_net(n) for n in nets]
+        gone = []
+        with self.transaction(), self._errors():
+            for net in keys:
+                if self._conn.execute(f"DELETE FROM {table} WHERE netblock = ?", (str(net),)).rowcount:
+                    gone.append(net)
+        return gone
+
+    def blocks(self, *, now: datetime | None = None) -> list[Block]:
+        """Blocks still active at ``now`` (all of them when ``now`` is None), sorted by address."""
+        if now is None:
+            rows = self._all(f"SELECT {_BLOCK_COLS} FROM blocks {_BLOCK_ORDER}")
+        else:
+            rows = self._all(
+                f"SELECT {_BLOCK_COLS} FROM blocks WHERE expires IS NULL OR expires > ? {_BLOCK_ORDER}",
+                (_ts(now),),
+            )
+        return [_block(r) for r in rows]
+
+    def expired_blocks(self, now: datetime) -> list[Block]:
+        rows = self._all(
+            f"SELECT {_BLOCK_COLS} FROM blocks WHERE expires <= ? {_BLOCK_ORDER}", (_ts(now),)
+        )
+        return [_block(r) for r in rows]
+
+    def count_blocks(self, now: datetime | None = None) -> int:
+        if now is None:
+            return self._one("SELECT count(*) FROM blocks")[0]
+        return self._one(
+            "SELECT count(*) FROM blocks WHERE expires IS NULL OR expires > ?", (_ts(now),)
+        )[0]
+
+    def next_expiry(self, now: datetime) -> datetime | None:
+        """When the next active block runs out (what the daemon sleeps towards)."""
+        return _opt_dt(self._one("SELECT min(expires) FROM blocks WHERE expires > ?", (_ts(now),))[0])
+
+    def oldest_block(self) -> Block | None:
+        row = self._one(f"SELECT {_BLOCK_COLS} FROM blocks ORDER BY created, family, first LIMIT 1")
+        return None if row is None else _block(row)
+
+    # -- allowlist -------------------------------------------------------------
+
+    def allow_add(self, entries: Iterable[AllowEntry]) -> int:
+        rows = [(*_net_cols(e.netblock), e.comment, _ts(e.created)) for e in entries]
+        with self.transaction(), self._errors():
+            self._conn.executemany(
+                """INSERT INTO allowlist (netblock, family, first, last, prefixlen, comment, created)
+                   VALUES (?, ?, ?, ?, ?, ?, ?)
+                   ON CONFLICT (netblock) DO UPDATE SET
+                       comment = excluded.comment, created = excluded.created""",
+                rows,
+            )
+        return len(rows)
+
+    def allow_del(self, nets: Iterable[IPNetwork | str]) -> list[IPNetwork]:
+        return self._delete("allowlist", nets)
+
+    def allowlist(self) -> list[AllowEntry]:
+        rows = self._all(
+            "SELECT family, first, prefixlen, comment, created FROM allowlist "
+            "ORDER BY family, first, prefixlen"
+        )
+        return [AllowEntry(_net(f, a, p), c, _dt(t)) for f, a, p, c, t in rows]
+
+    # -- observations ------------------------------------------------------------
+
+    def add_observations(self, obs: Iterable[Observation]) -> int:
+        # A busy sender appears thousands of times: format each address once.
+        texts: dict = {}
+        rows = []
+        for o in obs:
+            ip = o.ip
+            key = (ip.version, ip.value) if isinstance(ip, IPAddress) else ip
+            text = texts.get(key)
+            if text is None:
+                text = texts[key] = str(canonical_ip(ip))
+            rows.append((_ts(o.time), text, o.cls, o.mta, o.source, o.position))
+        with self.transaction(), self._errors():
+            self._conn.executemany(
+                "INSERT INTO observations (time, ip, cls, mta, source, position) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+        return len(rows)
+
+    def observations(
+        self,
+        *,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        ip: IPAddress | str | None = None,
+        cls: str | None = None,
+    ) -> list[Observation]:
+        """Observations with since <= time < until, oldest first.
+
+        There is deliberately no index on ip: it would double the cost of
+        every insert, and only interactive questions ("why is this address
+        blocked?") filter by ip, where scanning the retention window is fine.
+        """
+        where, params = _window(since, until)
+        if ip is not None:
+            where.append("ip = ?")
+            params.append(str(canonical_ip(ip)))
+        if cls is not None:
+            where.append("cls = ?")
+            params.append(cls)
+        sql = "SELECT time, ip, cls, mta, source, position FROM observations"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        return [_observation(r) for r in self._all(sql + " ORDER BY time, id", params)]
+
+    def offender_counts(
+        self, since: datetime, *, classes: Iterable[str] | None = None
+    ) -> dict[tuple[IPAddress, str], int]:
+        """How often each (ip, class) offended since ``since`` (inclusive).
+
+        "connect" and "delivered" are never offences. ``classes`` restricts
+        the result; a name matches itself and its qualified forms, so
+        "dnsbl" selects "dnsbl:zen.spamhaus.org" too.
+        """
+        sql = (
+            "SELECT ip, cls, count(*) FROM observations INDEXED BY observations_time "
+            f"WHERE time >= ? AND cls NOT IN ({', '.join('?' * len(NOT_OFFENCES))})"
+        )
+        params: list = [_ts(since), *NOT_OFFENCES]
+        if classes is not None:
+            names = sorted(set(classes))
+            if not names:
+                return {}
+            marks = ", ".join("?" * len(names))
+            sql += (
+                f" AND (cls IN ({marks}) OR (instr(cls, ':') > 0"
+                f" AND substr(cls, 1, instr(cls, ':') - 1) IN ({marks})))"
+            )
+            params += names + names
+        rows = self._all(sql + " GROUP BY ip, cls", params)
+        return {(IPAddress(ip), cls): n for ip, cls, n in rows}
+
+    def delivered_since(self, since: datetime) -> set[IPAddress]:
+        """Senders that delivered real mail since ``since``: never block them."""
+        rows = self._all(
+            "SELECT DISTINCT ip FROM observations INDEXED BY observations_cls "
+            "WHERE cls = 'delivered' AND time >= ?",
+            (_ts(since),),
+        )
+        return {IPAddress(ip) for (ip,) in rows}
+
+    def prune_observations(self, before: datetime) -> int:
+        with self.transaction(), self._errors():
+            return self._conn.execute("DELETE FROM observations WHERE time < ?", (_ts(before),)).rowcount
+
+    # -- counter samples -----------------------------------------------------------
+
+    def add_samples(self, time: datetime, counters: dict[IPNetwork, tuple[int, int]]) -> int:
+        """Record the kernel's counters read at ``time``; a repeat for the same time replaces."""
+        t = _ts(time)
+        rows = [(t, str(canonical_net(net)), int(p), int(b)) for net, (p, b) in counters.items()]
+        with self.transaction(), self._errors():
+            self._conn.executemany(
+                "INSERT OR REPLACE INTO samples (time, netblock, packets, bytes) VALUES (?, ?, ?, ?)",
+                rows,
+            )
+        return len(rows)
+
+    def samples(
+        self,
+        *,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        netblock: IPNetwork | str | None = None,
+    ) -> list[Sample]:
+        """Samples with since <= time < until, by time then netblock."""
+        where, params = _window(since, until)
+        if netblock is not None:
+            where.append("netblock = ?")
+            params.append(str(canonical_net(netblock)))
+        sql = "SELECT time, netblock, packets, bytes FROM samples"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        rows = self._all(sql + " ORDER BY time, netblock", params)
+        nets: dict[str, IPNetwork] = {}
+        out = []
+        for t, text, packets, nbytes in rows:
+            net = nets.get(text)
+            if net is None:
+                net = nets[text] = IPNetwork(text)
+            out.append(Sample(_dt(t), net, packets, nbytes))
+        return out
+
+    def prune_samples(self, before: datetime) -> int:
+        """Drop samples older than ``before`` (report retention)."""
+        with self.transaction(), self._errors():
+            return self._conn.execute("DELETE FROM samples WHERE time < ?", (_ts(before),)).rowcount
+
+    # -- small state ---------------------------------------------------------------
+
+    def get_state(self, key: str) -> str | None:
+        row = self._one("SELECT value FROM state WHERE key = ?", (key,))
+        return None if row is None else row[0]
+
+    def set_state(self, key: str, value: str) -> None:
+        with self.transaction(), self._errors():
+            self._conn.execute(
+                "INSERT INTO state (key, value) VALUES (?, ?) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (key, str(value)),
+            )
+
+
+def _window(since: datetime | None, until: datetime | None) -> tuple[list[str], list]:
+    where: list[str] = []
+    params: list = []
+    if since is not None:
+        where.append("time >= ?")
+        params.append(_ts(since))
+    if until is not None:
+        where.append("time < ?")
+        params.append(_ts(until))
+    return where, params
+
+
+def _make_parent(path: str) -> None:
+    parent = Path(path).parent
+    if parent.is_dir():
+        return
+    try:
+        parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as e:
+        raise StoreError(f"{path}: cannot create directory {parent}: {e.strerror or e}") from None
+
+
+def _restrict_modes(path: str) -> None:
+    """The store holds who mailed whom and when: readable by root only."""
+    for name in (path, path + "-wal", path + "-shm"):
+        try:
+            mode = os.stat(name).st_mode
+        except FileNotFoundError:
+            continue
+        except OSError as e:
+            raise StoreError(f"{name}: {e.strerror or e}") from None
+        if stat.S_ISREG(mode) and stat.S_IMODE(mode) & 0o077:
+            try:
+                os.chmod(name, 0o600)
+            except OSError as e:
+                raise StoreError(f"{name}: cannot make it private (mode 0600): {e.strerror or e}") from None
