@@ -1,0 +1,162 @@
+"""Tier 1 for the ipset backend: what it would install, checked as text and bytes, no root needed."""
+
+from __future__ import annotations
+
+import struct
+from importlib import resources
+
+import pytest
+from netaddr import IPNetwork
+
+from netblock.errors import ToolMissing
+from netblock.firewall import Settings
+from netblock.firewall import ipset
+
+
+def test_default_skeleton_text():
+    sets, rules = ipset.render(Settings(), "ipv4")
+    assert sets == "create netblock4 hash:net family inet counters timeout 0 maxelem 1048576\n"
+    assert rules == (
+        "*filter\n"
+        ":NETBLOCK - [0:0]\n"
+        "-A NETBLOCK -p tcp -m set --match-set netblock4 src -m comment --comment netblock -j DROP\n"
+        "-I INPUT 1 -p tcp -m tcp --dport 25 -m comment --comment netblock -j NETBLOCK\n"
+        "COMMIT\n"
+    )
+
+
+def test_ipv6_reject_several_ports_and_maxelem():
+    sets, rules = ipset.render(Settings(ports=(25, 465, 587), verdict="reject", maxelem=200_000), "ipv6")
+    assert sets == "create netblock6 hash:net family inet6 counters timeout 0 maxelem 200000\n"
+    lines = rules.splitlines()
+    assert "-A NETBLOCK -p tcp -m set --match-set netblock6 src -m comment --comment netblock " \
+           "-j REJECT --reject-with tcp-reset" in lines
+    assert "-I INPUT 1 -p tcp -m multiport --dports 25,465,587 -m comment --comment netblock -j NETBLOCK" in lines
+    assert "netblock4" not in rules
+
+
+def test_rules_file_is_the_template():
+    text = resources.files("netblock.rules").joinpath("ipset.rules").read_text()
+    assert "# [ipset]" in text and "# [iptables]" in text
+    assert "create {set} hash:net family {family} counters timeout 0 maxelem {maxelem}" in text
+    # Every non-comment line of the file ends up in what render() returns.
+    body = [line for line in text.splitlines() if line.strip() and not line.startswith("#")]
+    rendered = "".join(ipset.render(Settings(), "ipv4"))
+    assert len(body) == len(rendered.splitlines())
+
+
+def test_chain_and_jump_lines():
+    chain_rule, jump = ipset._rule_lines(ipset.render(Settings(ports=(2525,)), "ipv4")[1])
+    assert chain_rule.startswith("-A NETBLOCK ") and chain_rule.endswith("-j DROP")
+    assert jump == "-I INPUT 1 -p tcp -m tcp --dport 2525 -m comment --comment netblock -j NETBLOCK"
+
+
+def _attrs(buf: bytes) -> list[tuple[int, bytes]]:
+    out, off = [], 0
+    while off < len(buf):
+        length, atype = struct.unpack_from("=HH", buf, off)
+        out.append((atype, buf[off + 4:off + length]))
+        off += (length + 3) & ~3
+    return out
+
+
+def test_member_encoding_v4():
+    net = IPNetwork("198.51.100.0/24")
+    data = ipset.encode_member(net.value, 24, False, 7, timeout=3600, counters=(5, 300))
+    ((dtype, body),) = _attrs(data)
+    assert dtype == ipset.A_DATA | ipset.NLA_F_NESTED
+    attrs = dict(_attrs(body))
+    ip_nest = dict(_attrs(attrs[ipset.D_IP | ipset.NLA_F_NESTED]))
+    assert ip_nest[ipset.IPADDR_V4 | ipset.NLA_F_NET_BYTEORDER] == bytes([198, 51, 100, 0])
+    assert attrs[ipset.D_CIDR][0] == 24
+    assert struct.unpack("=I", attrs[ipset.D_LINENO])[0] == 7
+    assert struct.unpack(">I", attrs[ipset.D_TIMEOUT | ipset.NLA_F_NET_BYTEORDER])[0] == 3600
+    assert struct.unpack(">Q", attrs[ipset.D_PACKETS | ipset.NLA_F_NET_BYTEORDER])[0] == 5
+    assert struct.unpack(">Q", attrs[ipset.D_BYTES | ipset.NLA_F_NET_BYTEORDER])[0] == 300
+
+
+def _kernel_style(net: IPNetwork, timeout: int, packets: int, nbytes: int) -> bytes:
+    """A member as the kernel lists it: address without the byte-order flag, then cidr, timeout, counters."""
+    addr = net.value.to_bytes(16 if net.version == 6 else 4, "big")
+    a = ipset._attr
+    ip = a(ipset.D_IP | ipset.NLA_F_NESTED, a(ipset.IPADDR_V6 if net.version == 6 else ipset.IPADDR_V4, addr))
+    body = (ip + a(ipset.D_CIDR, bytes([net.prefixlen]))
+            + a(ipset.D_TIMEOUT | ipset.NLA_F_NET_BYTEORDER, timeout.to_bytes(4, "big"))
+            + a(ipset.D_BYTES | ipset.NLA_F_NET_BYTEORDER, nbytes.to_bytes(8, "big"))
+            + a(ipset.D_PACKETS | ipset.NLA_F_NET_BYTEORDER, packets.to_bytes(8, "big")))
+    return a(ipset.A_DATA | ipset.NLA_F_NESTED, body)
+
+
+@pytest.mark.parametrize("texts", [("198.51.100.0/24", "203.0.113.7/32", "192.0.2.128/25"),
+                                   ("2001:db8:bad::/48", "2001:db8::5/128")])
+def test_fast_and_generic_decoders_agree(texts):
+    nets = [IPNetwork(t) for t in texts]
+    blob = b"".join(_kernel_style(n, 100 * i, i, 40 * i) for i, n in enumerate(nets))
+    v6 = nets[0].version == 6
+    fast, slow = ipset._fast_members(blob, v6), ipset._slow_members(blob)
+    assert fast is not None
+    assert fast == slow
+    assert fast.networks(v6) == nets
+    assert fast.timeouts == [0, 100, 200][:len(nets)] and fast.packets == list(range(len(nets)))
+    # An unknown layout (here: the timeout missing) is left to the generic decoder.
+    odd = ipset._attr(ipset.A_DATA | ipset.NLA_F_NESTED, _attrs(blob)[0][1][:-32])
+    assert ipset._fast_members(odd, v6) is None
+
+
+def test_expiry_tolerance():
+    assert not ipset._differs(100, 102)
+    assert ipset._differs(100, 103)
+    assert ipset._differs(0, 100) and ipset._differs(100, 0)
+    assert not ipset._differs(0, 0)
+
+
+def test_missing_iptables_is_tool_missing(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(ToolMissing, match="iptables"):
+        ipset.Iptables.detect("iptables")
+    # The description still renders: `netblock status` must say what is wrong, not crash.
+    assert "not found" in ipset.create(Settings()).description
+
+
+def test_numpy_diff_agrees_with_plain_diff():
+    import random
+
+    rng = random.Random(25)
+    pool = [(rng.randrange(1 << 32) & ~0xFF) << 8 | rng.choice((24, 32)) for _ in range(3000)]
+    pool = list(dict.fromkeys(pool))
+    kernel = ipset.Members(keys=pool[:2000], timeouts=[rng.choice((0, 100, 3600)) for _ in range(2000)],
+                           packets=[0] * 2000, bytes=[0] * 2000)
+    wanted = pool[1000:3000]
+    timeouts = [rng.choice((0, 99, 101, 103, 3600)) for _ in wanted]
+    plain, fast = ipset.diff(kernel, wanted, timeouts), ipset.diff_v4(kernel, wanted, timeouts)
+    assert plain == fast
+    delete, add, update = plain
+    assert len(delete) == 1000 and len(add) == 1000 and update
+    assert all(ipset._differs(kernel.timeouts[i], t) for _, t, i in update)
+    # Empty kernel or nothing wanted: all added / all deleted, in both.
+    assert ipset.diff_v4(ipset.Members(), wanted, timeouts) == ipset.diff(ipset.Members(), wanted, timeouts)
+    assert ipset.diff_v4(kernel, [], []) == ipset.diff(kernel, [], [])
+
+
+def test_kernel_failures_map_to_one_error_type_each(monkeypatch):
+    import errno
+    import socket
+
+    from netblock.errors import KernelError, KernelFeatureMissing, PermissionDenied
+
+    def refuse(err):
+        def make(*args, **kwargs):
+            raise (PermissionError if err == errno.EPERM else OSError)(err, "refused")
+        return make
+
+    monkeypatch.setattr(socket, "socket", refuse(errno.EPROTONOSUPPORT))
+    with pytest.raises(KernelFeatureMissing, match="netfilter netlink"):
+        ipset.Netlink()
+    monkeypatch.setattr(socket, "socket", refuse(errno.EPERM))
+    with pytest.raises(PermissionDenied, match="CAP_NET_ADMIN"):
+        ipset.Netlink()
+    assert isinstance(ipset._kernel_error(ipset.NetlinkError(errno.EPERM), "x"), PermissionDenied)
+    assert isinstance(ipset._kernel_error(ipset.NetlinkError(4098), "x"), KernelFeatureMissing)
+    full = ipset._kernel_error(ipset.NetlinkError(4353), "set netblock4: 198.51.100.0/24")
+    assert isinstance(full, KernelError) and str(full) == \
+        "ipset: set netblock4: 198.51.100.0/24: hash is full (maxelem reached)"
