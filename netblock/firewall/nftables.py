@@ -1,0 +1,502 @@
+"""The nftables backend (the default): `table inet netblock` with one interval set per family.
+
+The skeleton (table, sets, chain) is the readable ruleset in rules/netblock.nft,
+loaded through libnftables. Set elements are not: nft 1.0.6 reads every
+element of every set before each command, which makes a one-element change to
+a 100k set cost seconds. Elements are therefore added, updated, deleted and
+read over raw nf_tables netlink (netblock.firewall.nfnetlink), one batch per
+apply() — one kernel transaction.
+
+Each netblock is an interval element carrying its remaining lifetime (the
+kernel drops it on time even if netblock is not running) and its own counter,
+cloned by the kernel from the set's `counter` expression. An expiry change is
+an in-place timeout update, which keeps the counter.
+
+Reading a 100k set back costs the kernel seconds, so apply() keeps a snapshot
+of what it committed (in /run/netblock/nftables, per network namespace) and
+trusts it only while the kernel's ruleset generation is still the one its own
+commit produced; counters() and installed() always read the kernel.
+"""
+
+from __future__ import annotations
+
+import errno
+import marshal
+import os
+import hashlib
+import re
+import string
+from datetime import datetime, timezone
+from importlib import resources
+from pathlib import Path
+
+from netaddr import IPNetwork, iprange_to_cidrs, IPAddress
+
+from netblock.errors import (KernelError, KernelFeatureMissing, NameClash, NetblockError, PermissionDenied,
+                             ToolMissing)
+from netblock.firewall import Change, Desired, Settings
+from netblock.firewall import names
+from netblock.firewall import nfnetlink as nl
+
+# Expiry differences below this are not worth a kernel update (no churn on repeated applies).
+EXPIRY_TOLERANCE = 2.0  # seconds
+MAX_EXPIRY_TOLERANCE = 60.0
+APPLY_ATTEMPTS = 3
+
+_FAMILY = {"ipv4": (4, 32), "ipv6": (6, 128)}
+_VERSION_FAMILY = {4: "ipv4", 6: "ipv6"}
+_OPEN_END_UDATA = nl.attr(6, bytes([1, 4, 1, 0, 0, 0]))  # libnftnl: element flag "interval open"
+
+_TABLE_REF = f"{names.NFT_FAMILY} {names.NFT_TABLE}"
+
+
+def template() -> str:
+    """The ruleset template exactly as shipped in rules/netblock.nft."""
+    return resources.files("netblock.rules").joinpath("netblock.nft").read_text()
+
+
+def render(settings: Settings) -> str:
+    """The skeleton ruleset for ``settings``: what goes into the kernel, comments removed."""
+    return _render(settings, chain_comment=_chain_comment(settings))
+
+
+def _chain_comment(settings: Settings) -> str:
+    """The chain's comment: a fingerprint of everything else rendered, so ensure() sees a changed setting."""
+    text = _render(settings, chain_comment="")
+    return f"netblock {hashlib.sha256(text.encode()).hexdigest()[:16]}"
+
+
+def _render(settings: Settings, chain_comment: str) -> str:
+    ports = settings.ports
+    values = {
+        "table_comment": names.NFT_TABLE_COMMENT,
+        "chain_comment": chain_comment,
+        "hook": settings.hook,
+        "priority": "raw" if settings.hook == "prerouting" else "filter",
+        "ports": str(ports[0]) if len(ports) == 1 else "{ " + ", ".join(map(str, sorted(set(ports)))) + " }",
+        "verdict": "drop" if settings.verdict == "drop" else "reject with tcp reset",
+    }
+    body = "\n".join(line for line in template().splitlines() if not line.lstrip().startswith("#"))
+    disabled = [re.compile(rf"@{names.NFT_SET[fam]}\b") for fam in names.NFT_SET if fam not in settings.families]
+    lines = [line for line in string.Template(body).substitute(values).splitlines()
+             if not any(d.search(line) for d in disabled)]
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------- conversions
+
+def _network_elements(first: int, prefixlen: int, bits: int, expires: float | None) -> list[nl.ElemSpec]:
+    """A CIDR as the kernel's interval pair: start key, and the first address after it."""
+    width = bits // 8
+    start = nl.ElemSpec(first.to_bytes(width, "big"), False, expires)
+    after = first + (1 << (bits - prefixlen))
+    if after >> bits:
+        start.udata = _OPEN_END_UDATA  # reaches the top of the address space: no end element
+        return [start]
+    return [start, nl.ElemSpec(after.to_bytes(width, "big"), True)]
+
+
+def _range_elements(first: int, last: int, has_end: bool, bits: int) -> list[nl.ElemSpec]:
+    """The interval [first, last] as the kernel keys it, for deletion."""
+    width = bits // 8
+    start = nl.ElemSpec(first.to_bytes(width, "big"))
+    if not has_end:
+        return [start]
+    return [start, nl.ElemSpec((last + 1).to_bytes(width, "big"), True)]
+
+
+def _ranges(elements: list[nl.Element], bits: int) -> list[tuple[int, int, bool, nl.Element]]:
+    """Pair dumped interval starts with the key that ends them: [(first, last, has end element, start)].
+
+    An end element with no live start before it is the leftover of an
+    expired interval (the kernel collects it later) and is skipped.
+    """
+    elements = sorted(elements, key=lambda e: (e.key, not e.end))  # an end sorts before a start at the same key
+    top = (1 << bits) - 1
+    out = []
+    for i, el in enumerate(elements):
+        if el.end:
+            continue
+        first = int.from_bytes(el.key, "big")
+        nxt = elements[i + 1] if i + 1 < len(elements) else None
+        last = int.from_bytes(nxt.key, "big") - 1 if nxt is not None else top
+        out.append((first, last, nxt is not None and nxt.end, el))
+    return out
+
+
+def _cidrs(first: int, last: int, version: int, bits: int) -> list[tuple[int, int]]:
+    """[(first, prefixlen)] covering [first, last]: one CIDR unless the range was made by hand."""
+    size = last - first + 1
+    if size & (size - 1) == 0 and first & (size - 1) == 0:
+        return [(first, bits + 1 - size.bit_length())]
+    return [(n.first, n.prefixlen) for n in iprange_to_cidrs(IPAddress(first, version), IPAddress(last, version))]
+
+
+class NftablesBackend:
+    """Keeps `table inet netblock` equal to the desired netblocks.
+
+    The kernel holds the state; the only thing kept between calls is apply()'s
+    snapshot, used only while the kernel's ruleset generation proves it true.
+    """
+
+    name = "nftables"
+
+    def __init__(self, settings: Settings, nft) -> None:
+        self.settings = settings
+        self._nft = nft
+        self.description = (f"nftables table {_TABLE_REF} (sets "
+                            + ", ".join(names.NFT_SET[f] for f in settings.families)
+                            + f", hook {settings.hook}) via libnftables and nf_tables netlink")
+
+    # ------------------------------------------------------------ plumbing
+
+    def _netlink(self) -> nl.Nfnl:
+        try:
+            return nl.Nfnl(names.NFT_TABLE)
+        except nl.NetlinkError as exc:
+            raise _translate(exc, "open nf_tables netlink socket") from None
+
+    def _run_nft(self, text: str, what: str) -> None:
+        try:
+            rc, _out, err = self._nft.cmd(text)
+        except Exception as exc:  # noqa: BLE001 - a binding failure becomes one line
+            raise KernelError(f"nftables: {what}: libnftables failed: {exc}") from None
+        if rc != 0:
+            first = next((line.strip() for line in err.splitlines() if line.strip()), f"exit status {rc}")
+            if "Operation not permitted" in err:
+                raise PermissionDenied(f"nftables: {what}: {first} (needs CAP_NET_ADMIN)")
+            if "Protocol not supported" in err:
+                raise KernelFeatureMissing(f"nftables: {what}: {first}")
+            raise KernelError(f"nftables: {what}: {first}")
+
+    def _table_state(self, sock: nl.Nfnl) -> str:
+        """"missing", "ours" or "foreign" for the table named netblock."""
+        try:
+            attrs = sock.get_table()
+        except nl.NetlinkError as exc:
+            if exc.errno == errno.ENOENT:
+                return "missing"
+            raise _translate(exc, f"read table {_TABLE_REF}") from None
+        comment = nl.parse_udata_comment(attrs.get(nl.NFTA_TABLE_USERDATA, b""))
+        return "ours" if comment == names.NFT_TABLE_COMMENT else "foreign"
+
+    # ------------------------------------------------------------ the five calls
+
+    def ensure(self) -> None:
+        """Create what is missing; leave the sets (and their elements and counters) alone.
+
+        The chain is rebuilt only when its fingerprint differs from the
+        rendered Settings or a rule is missing: deleting the chain keeps the
+        sets, so counters survive a change of ports, hook or verdict.
+        """
+        with self._netlink() as sock:
+            state = self._table_state(sock)
+            if state == "foreign":
+                raise NameClash(f"nftables: table {_TABLE_REF} exists and was not created by netblock "
+                                f"(its comment is not {names.NFT_TABLE_COMMENT!r})")
+            chain_present = False
+            if state == "ours":
+                sets_ok = all([self._check_set(sock, fam) for fam in names.NFT_SET])  # check both for clashes
+                chain_ok, chain_present = self._check_chain(sock)
+                if sets_ok and chain_ok:
+                    return
+        prefix = f"delete chain {_TABLE_REF} {names.NFT_CHAIN}\n" if chain_present else ""
+        self._run_nft(prefix + render(self.settings), f"create table {_TABLE_REF}")
+
+    def _check_set(self, sock: nl.Nfnl, family: str) -> bool:
+        name = names.NFT_SET[family]
+        try:
+            attrs = sock.get_set(name)
+        except nl.NetlinkError as exc:
+            if exc.errno == errno.ENOENT:
+                return False
+            raise _translate(exc, f"read set {_TABLE_REF} {name}") from None
+        flags = int.from_bytes(attrs.get(nl.NFTA_SET_FLAGS, b"\0\0\0\0"), "big")
+        keylen = int.from_bytes(attrs.get(nl.NFTA_SET_KEY_LEN, b"\0\0\0\0"), "big")
+        need = nl.NFT_SET_INTERVAL | nl.NFT_SET_TIMEOUT
+        if flags & need != need or keylen != _FAMILY[family][1] // 8:
+            raise NameClash(f"nftables: set {_TABLE_REF} {name} exists but is not an interval set "
+                            f"with timeouts of {family} addresses")
+        return True
+
+    def _check_chain(self, sock: nl.Nfnl) -> tuple[bool, bool]:
+        """(chain matches the Settings, chain exists)."""
+        try:
+            attrs = sock.get_chain(names.NFT_CHAIN)
+        except nl.NetlinkError as exc:
+            if exc.errno == errno.ENOENT:
+                return False, False
+            raise _translate(exc, f"read chain {_TABLE_REF} {names.NFT_CHAIN}") from None
+        comment = nl.parse_udata_comment(attrs.get(nl.NFTA_CHAIN_USERDATA, b""))
+        if comment != _chain_comment(self.settings):
+            return False, True
+        try:
+            rules = sock.count_rules(names.NFT_CHAIN)
+        except nl.NetlinkError as exc:
+            raise _translate(exc, f"read chain {_TABLE_REF} {names.NFT_CHAIN}") from None
+        return rules == len(self.settings.families), True
+
+    def apply(self, desired: Desired) -> Change:
+        """Make the sets equal to ``desired`` in one netlink batch (one transaction).
+
+        What the kernel holds comes from the snapshot of the last apply if
+        the ruleset generation proves nothing changed since (see
+        _load_snapshot), else from a dump of the sets. The batch is guarded
+        by that generation, so a concurrent change makes the kernel refuse
+        it and the apply starts over from a fresh dump.
+        """
+        now = datetime.now(timezone.utc)
+        want: dict[str, dict[tuple[int, int], tuple[IPNetwork, float | None]]] = {
+            fam: {} for fam in self.settings.families}
+        now_ts = now.timestamp()
+        for net, expiry in desired.items():
+            fam = _VERSION_FAMILY[net.version]
+            expires = None if expiry is None else expiry.timestamp()
+            if fam not in want or (expires is not None and expires <= now_ts):
+                continue
+            want[fam][(net.value, net.prefixlen)] = (net, expires)  # canonical: value is the first address
+        what = f"update sets of {_TABLE_REF}"
+        with self._netlink() as sock:
+            for attempt in range(APPLY_ATTEMPTS):
+                genid = self._genid(sock)
+                current = self._load_snapshot(sock, genid, now) if attempt == 0 else None
+                from_snapshot = current is not None
+                if current is None:
+                    current = {fam: self._read(sock, fam) for fam in want}
+                    if self._genid(sock) != genid:
+                        continue  # someone committed while the sets were being read
+                change, ops, after = _plan(want, current, now_ts)
+                try:
+                    sock.batch(ops, genid=genid)
+                except nl.NetlinkError as exc:
+                    _forget_snapshot(sock)
+                    if exc.errno == nl.ERESTART or from_snapshot:
+                        continue  # the kernel moved on (or the snapshot was wrong): read it afresh
+                    raise _translate(exc, f"{what} ({len(change.added)} added, {len(change.removed)} removed, "
+                                          f"{len(change.updated)} updated)") from None
+                _save_snapshot(sock, nl.next_genid(genid) if ops else genid, after)
+                return change
+        raise KernelError(f"nftables: {what}: the ruleset kept changing under netblock; try again")
+
+    def _genid(self, sock: nl.Nfnl) -> int:
+        try:
+            return sock.get_genid()
+        except nl.NetlinkError as exc:
+            raise _translate(exc, "read the ruleset generation") from None
+
+    def _load_snapshot(self, sock: nl.Nfnl, genid: int, now: datetime):
+        """The sets as the last apply left them, if the kernel is provably still in that state.
+
+        Valid only for the same network namespace (its cookie) at the same
+        ruleset generation: any commit by anyone, a hand edit included,
+        moves the generation on. Elements the kernel expired since are
+        dropped here as the kernel dropped them.
+        """
+        cutoff = now.timestamp()
+        try:
+            data = _read_snapshot_file(sock)
+            if data["genid"] != genid:
+                return None
+            sets = data["sets"]
+            return {fam: {(first, plen): (exp, 0, 0, tuple(raw)) for first, plen, exp, raw in sets[fam]
+                          if exp is None or exp > cutoff}
+                    for fam in self.settings.families}
+        except (OSError, LookupError, ValueError, EOFError, TypeError):
+            return None  # no snapshot, another layout, or not one at all: read the kernel
+
+    def _read(self, sock: nl.Nfnl, family: str) -> dict[tuple[int, int], tuple]:
+        """{(first, prefixlen): (expiry or None, packets, bytes, (first, last, has end element))} of one set.
+
+        Expiries are epoch seconds: the kernel's remaining lifetime counted
+        from when the reply carrying the element arrived.
+
+        The kernel's range is kept because a hand-made range that is no CIDR
+        must be deleted as the one interval the kernel holds.
+        """
+        set_name = names.NFT_SET[family]
+        version, bits = _FAMILY[family]
+        try:
+            elements = sock.dump_elements(set_name)
+        except nl.NetlinkError as exc:
+            if exc.errno == errno.ENOENT:
+                raise NetblockError(f"nftables: set {_TABLE_REF} {set_name} is missing; "
+                                    f"run ensure() (netblock sync) first") from None
+            raise _translate(exc, f"read set {_TABLE_REF} {set_name}") from None
+        out = {}
+        for first, last, has_end, el in _ranges(elements, bits):
+            expiry = None if el.expires_ms is None else el.seen + el.expires_ms / 1000
+            raw = (first, last, has_end)
+            pieces = _cidrs(first, last, version, bits)
+            out[pieces[0]] = (expiry, el.packets, el.bytes, raw)
+            for piece in pieces[1:]:
+                # A hand-made range that is no CIDR: its counter went to the first piece only.
+                out[piece] = (expiry, 0, 0, raw)
+        return out
+
+    def _read_all(self):
+        with self._netlink() as sock:
+            return {fam: self._read(sock, fam) for fam in self.settings.families}
+
+    def counters(self) -> dict[IPNetwork, tuple[int, int]]:
+        return {IPNetwork(key, version=_FAMILY[fam][0]): (p, b)
+                for fam, entries in self._read_all().items() for key, (_e, p, b, _r) in entries.items()}
+
+    def installed(self) -> dict[IPNetwork, datetime | None]:
+        return {IPNetwork(key, version=_FAMILY[fam][0]): None if e is None else datetime.fromtimestamp(e, timezone.utc)
+                for fam, entries in self._read_all().items() for key, (e, _p, _b, _r) in entries.items()}
+
+    def remove(self) -> None:
+        """Delete netblock's table (sets, elements, chain) in one transaction; a stranger's stays."""
+        with self._netlink() as sock:
+            _forget_snapshot(sock)
+            if self._table_state(sock) != "ours":
+                return
+            try:
+                sock.batch([], delete_table=True)
+            except nl.NetlinkError as exc:
+                if exc.errno != errno.ENOENT:
+                    raise _translate(exc, f"delete table {_TABLE_REF}") from None
+
+
+def _plan(want, current, now: float):
+    """The batch that turns ``current`` into ``want``: (Change, [SetOp], state after it)."""
+    change = Change()
+    ops: list[nl.SetOp] = []
+    after = {}
+    for fam, wanted in want.items():
+        set_name = names.NFT_SET[fam]
+        version, bits = _FAMILY[fam]
+        have = current[fam]
+        state = dict(have)
+        adds, dels, updates = [], [], []
+        gone = set()
+        for key, cur in have.items():
+            if key not in wanted:
+                gone.add(cur[3])
+                change.removed.append(IPNetwork(key, version=version))
+                del state[key]
+        for key, (net, expires) in wanted.items():
+            cur = have.get(key)
+            if cur is None or (gone and cur[3] in gone):
+                # (A wanted piece of a hand-made range that goes is sent again on its own.)
+                adds.extend(_network_elements(key[0], key[1], bits, expires))
+                change.added.append(net)
+            elif _differs(cur[0], expires, now):
+                # In-place: a new timeout (0 = permanent) on the interval start keeps its counter.
+                updates.append(nl.ElemSpec(key[0].to_bytes(bits // 8, "big"), False, expires or 0))
+                change.updated.append(net)
+            else:
+                continue
+            last = key[0] + (1 << (bits - key[1])) - 1
+            state[key] = (expires, 0, 0, (key[0], last, last + 1 < 1 << bits))
+        for first, last, has_end in sorted(gone):
+            dels.extend(_range_elements(first, last, has_end, bits))
+        if dels:
+            ops.append(nl.SetOp(set_name, True, dels))
+        if updates:
+            ops.append(nl.SetOp(set_name, False, updates, exclusive=False))
+        if adds:
+            ops.append(nl.SetOp(set_name, False, adds))
+        after[fam] = state
+    return change, ops, after
+
+
+# ---------------------------------------------------------------- apply's snapshot
+#
+# A dump of a 100k-element set costs the kernel seconds (it walks the tree
+# from the start for every reply), so apply() remembers what it left behind,
+# keyed by the namespace cookie and the ruleset generation right after its own
+# commit. It is only ever a shortcut: a missing, unreadable or outdated
+# snapshot means a dump, and counters()/installed() always read the kernel.
+
+SNAPSHOT_DIR = Path("/run/netblock/nftables")
+SNAPSHOTS_KEPT = 32  # network namespaces; losing one costs that namespace one dump
+
+
+def _snapshot_path(sock: nl.Nfnl) -> Path:
+    return SNAPSHOT_DIR / f"nftables-{sock.netns_cookie()}.snapshot"
+
+
+def _read_snapshot_file(sock: nl.Nfnl):
+    path = _snapshot_path(sock)
+    st = SNAPSHOT_DIR.stat()
+    if st.st_uid != os.geteuid() or st.st_mode & 0o022:
+        return None  # only a directory nobody else can write to is trusted
+    return marshal.loads(path.read_bytes())
+
+
+def _save_snapshot(sock: nl.Nfnl, genid: int, state) -> None:
+    try:
+        SNAPSHOT_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
+        path = _snapshot_path(sock)
+        sets = {fam: [(first, plen, exp, raw)
+                      for (first, plen), (exp, _p, _b, raw) in entries.items()]
+                for fam, entries in state.items()}
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(marshal.dumps({"genid": genid, "sets": sets}))
+        os.replace(tmp, path)
+    except (OSError, ValueError):
+        _forget_snapshot(sock)
+        return
+    _prune_snapshots()
+
+
+def _prune_snapshots() -> None:
+    """Keep the newest few: a namespace that is gone never comes back to read its snapshot."""
+    def age(path: Path) -> float:
+        try:
+            return -path.stat().st_mtime
+        except OSError:
+            return 0.0  # pruned by another netblock meanwhile
+
+    try:
+        for old in sorted(SNAPSHOT_DIR.glob("nftables-*.snapshot"), key=age)[SNAPSHOTS_KEPT:]:
+            old.unlink(missing_ok=True)
+    except OSError:
+        pass
+
+
+def _forget_snapshot(sock: nl.Nfnl) -> None:
+    try:
+        _snapshot_path(sock).unlink(missing_ok=True)
+    except OSError:
+        pass
+
+
+def _differs(current: float | None, wanted: float | None, now: float) -> bool:
+    """Whether the kernel's expiry (epoch seconds, None = never) is far enough from the wanted one to update it.
+
+    The kernel starts an element's timeout when it processes the element,
+    and a 100k batch takes seconds, so late elements of a bulk load expire a
+    few seconds after the wanted time; 1% of the remaining life (at most a
+    minute) absorbs that, so the next apply does not rewrite them all.
+    """
+    if current is None or wanted is None:
+        return (current is None) != (wanted is None)
+    slack = min(MAX_EXPIRY_TOLERANCE, max(EXPIRY_TOLERANCE, (wanted - now) / 100))
+    return abs(current - wanted) > slack
+
+
+def _translate(exc: OSError, what: str) -> NetblockError:
+    """A netlink errno as the one-line error a user can act on."""
+    if exc.errno in (errno.EPERM, errno.EACCES):
+        return PermissionDenied(f"nftables: {what}: operation not permitted (needs CAP_NET_ADMIN)")
+    if exc.errno in (errno.EPROTONOSUPPORT, errno.EAFNOSUPPORT):
+        return KernelFeatureMissing(f"nftables: {what}: the kernel has no nf_tables support")
+    return KernelError(f"nftables: {what}: kernel refused: {exc.strerror or errno.errorcode.get(exc.errno)}")
+
+
+def create(settings: Settings) -> NftablesBackend:
+    """The backend object; fails early with ToolMissing if libnftables cannot be loaded."""
+    try:
+        import nftables  # the libnftables binding (pip-nftables or Debian's python3-nftables)
+
+        nft = nftables.Nftables()
+    except (ImportError, OSError, TypeError) as exc:
+        raise ToolMissing(f"nftables: libnftables cannot be loaded ({exc}); "
+                          f"install libnftables1 and the nftables Python module") from None
+    nft.set_json_output(False)
+    nft.set_handle_output(False)
+    return NftablesBackend(settings, nft)

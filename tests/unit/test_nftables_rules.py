@@ -1,0 +1,226 @@
+"""The nftables backend without a kernel: the rendered ruleset and the netlink encoding.
+
+What goes into the kernel must be exactly the text of rules/netblock.nft with
+the Settings filled in, and the element keys must be the interval pairs nft
+itself would send; both are checked here without root.
+"""
+
+from __future__ import annotations
+
+import struct
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from netaddr import IPNetwork
+
+from netblock.firewall import Settings, names
+from netblock.firewall import nfnetlink as nl
+from netblock.firewall import nftables
+
+
+def rule_lines(text: str) -> list[str]:
+    return [line.strip() for line in text.splitlines() if "saddr @" in line]
+
+
+def test_default_ruleset_text():
+    text = nftables.render(Settings())
+    assert text.startswith("table inet netblock {\n")
+    assert f'comment "{names.NFT_TABLE_COMMENT}"' in text
+    assert "type filter hook input priority filter; policy accept;" in text
+    assert rule_lines(text) == ["tcp dport 25 ip saddr @block4 drop", "tcp dport 25 ip6 saddr @block6 drop"]
+    for set_name, key in (("block4", "ipv4_addr"), ("block6", "ipv6_addr")):
+        block = text.split(f"set {set_name} {{")[1].split("}")[0]
+        assert [line.strip() for line in block.strip().splitlines()] == [
+            f"type {key}", "flags interval,timeout", "counter"]
+    assert "$" not in text and "#" not in text
+
+
+def test_variants_fill_every_substitution_point():
+    text = nftables.render(Settings(ports=(587, 25, 465), verdict="reject", hook="prerouting"))
+    assert "type filter hook prerouting priority raw; policy accept;" in text
+    assert rule_lines(text) == ["tcp dport { 25, 465, 587 } ip saddr @block4 reject with tcp reset",
+                                "tcp dport { 25, 465, 587 } ip6 saddr @block6 reject with tcp reset"]
+
+
+@pytest.mark.parametrize("families,kept", [(("ipv4",), "@block4"), (("ipv6",), "@block6")])
+def test_a_disabled_family_has_no_rule_but_keeps_its_set(families, kept):
+    text = nftables.render(Settings(families=families))
+    assert [kept in line for line in rule_lines(text)] == [True]
+    assert "set block4 {" in text and "set block6 {" in text
+
+
+def test_chain_fingerprint_follows_the_settings():
+    def comment(s):
+        return [line.strip() for line in nftables.render(s).splitlines() if line.strip().startswith("comment")][1]
+
+    assert comment(Settings()) == comment(Settings())
+    assert len({comment(Settings()), comment(Settings(ports=(25, 587))), comment(Settings(verdict="reject")),
+                comment(Settings(hook="prerouting")), comment(Settings(families=("ipv4",)))}) == 5
+
+
+def test_template_uses_the_names_of_names_py():
+    text = nftables.template()
+    assert f"table {names.NFT_FAMILY} {names.NFT_TABLE} {{" in text
+    assert f"chain {names.NFT_CHAIN} {{" in text
+    for set_name in names.NFT_SET.values():
+        assert f"set {set_name} {{" in text and f"@{set_name} " in text
+
+
+def test_cidr_becomes_the_interval_pair_nft_sends():
+    start, end = nftables._network_elements(IPNetwork("198.51.100.0/24").first, 24, 32, None)
+    assert (start.key.hex(), start.end, end.key.hex(), end.end) == ("c6336400", False, "c6336500", True)
+    (host, after) = nftables._network_elements(IPNetwork("203.0.113.7").first, 32, 32, 5.0)
+    assert (host.key.hex(), host.expires, after.key.hex(), after.expires) == ("cb007107", 5.0, "cb007108", None)
+    v6 = nftables._network_elements(IPNetwork("2001:db8:bad::/48").first, 48, 128, None)
+    assert [e.key.hex() for e in v6] == ["20010db80bad" + "00" * 10, "20010db80bae" + "00" * 10]
+    # Up to the top of the address space there is no first address after it: no end element.
+    (top,) = nftables._network_elements(IPNetwork("255.255.255.0/24").first, 24, 32, None)
+    assert top.key.hex() == "ffffff00" and top.udata
+
+
+def el(key: str, end: bool = False, expires_ms=None, packets=0, seen=1000.0) -> nl.Element:
+    return nl.Element(bytes.fromhex(key), end, None, expires_ms, packets, packets * 40, seen)
+
+
+def test_dumped_elements_pair_into_cidrs():
+    dump = [  # reverse order as the kernel walks it, with the quirks seen on real kernels
+        el("ffffff00", packets=2),                        # open range to the top
+        el("cb007108", True), el("cb007107", packets=5),  # 203.0.113.7/32
+        el("c6336500", True),                             # end of an expired interval: no start left
+        el("c0000210", True), el("c0000200"),             # 192.0.2.0/28
+        el("c0000200", True), el("c00001ff"),             # hand-made 192.0.1.255-192.0.1.255 adjacent to it
+        el("00000000", True),                             # nft's leading end element
+    ]
+    ranges = {(f, l, has_end): e.packets for f, l, has_end, e in nftables._ranges(dump, 32)}
+    ip = lambda t: IPNetwork(t).first  # noqa: E731
+    assert ranges == {
+        (ip("192.0.1.255"), ip("192.0.1.255"), True): 0,
+        (ip("192.0.2.0"), ip("192.0.2.15"), True): 0,
+        (ip("203.0.113.7"), ip("203.0.113.7"), True): 5,
+        (ip("255.255.255.0"), ip("255.255.255.255"), False): 2,
+    }
+
+
+def test_a_range_that_is_no_cidr_is_split():
+    first, last = IPNetwork("192.0.2.200").first, IPNetwork("192.0.2.202").first
+    assert nftables._cidrs(first, last, 4, 32) == [(first, 31), (last, 32)]
+    whole = IPNetwork("192.0.2.0/24")
+    assert nftables._cidrs(whole.first, whole.last, 4, 32) == [(whole.first, 24)]
+
+
+def test_expiry_tolerance():
+    now = 1_800_000_000.0
+    hour, week = now + 3600, now + 7 * 86400
+    assert not nftables._differs(hour + 30, hour, now)  # 1% of an hour
+    assert nftables._differs(hour + 40, hour, now)
+    assert not nftables._differs(now + 11.5, now + 10, now)
+    assert nftables._differs(now + 13, now + 10, now)
+    assert nftables._differs(week + 120, week, now)  # never more than a minute
+    assert nftables._differs(None, hour, now) and nftables._differs(hour, None, now)
+    assert not nftables._differs(None, None, now)
+
+
+def test_element_encoding_carries_the_remaining_lifetime():
+    enc = nl.ElemSpec(bytes.fromhex("c6336400"), False, 1010.5).encode(now=1000.0)
+    inner = nl.parse_attrs(enc)[nl.NFTA_LIST_ELEM]
+    attrs = nl.parse_attrs(inner)
+    assert nl.parse_attrs(attrs[nl.NFTA_SET_ELEM_KEY]) == {nl.NFTA_DATA_VALUE: bytes.fromhex("c6336400")}
+    assert struct.unpack("!Q", attrs[nl.NFTA_SET_ELEM_TIMEOUT]) == (10500,)
+    assert nl.NFTA_SET_ELEM_FLAGS not in attrs
+    permanent = nl.parse_attrs(nl.parse_attrs(nl.ElemSpec(b"\0" * 4, True, 0).encode(now=5.0))[nl.NFTA_LIST_ELEM])
+    assert struct.unpack("!Q", permanent[nl.NFTA_SET_ELEM_TIMEOUT]) == (0,)
+    assert struct.unpack("!I", permanent[nl.NFTA_SET_ELEM_FLAGS]) == (nl.NFT_SET_ELEM_INTERVAL_END,)
+
+
+def _counter(packets: int, nbytes: int) -> bytes:
+    return nl.strz(nl.NFTA_EXPR_NAME, "counter") + nl.nest(
+        nl.NFTA_EXPR_DATA, nl.attr(nl.NFTA_COUNTER_BYTES, struct.pack("!Q", nbytes)),
+        nl.attr(nl.NFTA_COUNTER_PACKETS, struct.pack("!Q", packets)))
+
+
+def test_dump_parser_reads_keys_flags_lifetimes_and_counters():
+    key = lambda hexkey: nl.nest(nl.NFTA_SET_ELEM_KEY, nl.attr(nl.NFTA_DATA_VALUE, bytes.fromhex(hexkey)))  # noqa
+    elements = nl.nest(
+        nl.NFTA_SET_ELEM_LIST_ELEMENTS,
+        nl.nest(nl.NFTA_LIST_ELEM, key("c6336400"), nl.nest(nl.NFTA_SET_ELEM_EXPR, _counter(7, 280)),
+                nl.attr(nl.NFTA_SET_ELEM_TIMEOUT, struct.pack("!Q", 60000)),
+                nl.attr(nl.NFTA_SET_ELEM_EXPIRATION, struct.pack("!Q", 59000))),
+        nl.nest(nl.NFTA_LIST_ELEM, key("c6336500"), nl.attr(nl.NFTA_SET_ELEM_FLAGS, struct.pack("!I", 1))),
+        # Several set expressions come as a list; the counter is found among them.
+        nl.nest(nl.NFTA_LIST_ELEM, key("cb007107"), nl.nest(
+            nl.NFTA_SET_ELEM_EXPRESSIONS, nl.nest(nl.NFTA_LIST_ELEM, nl.strz(nl.NFTA_EXPR_NAME, "limit")),
+            nl.nest(nl.NFTA_LIST_ELEM, _counter(2**40, 3)))),
+    )
+    body = nl.strz(nl.NFTA_SET_ELEM_LIST_TABLE, "netblock") + nl.strz(nl.NFTA_SET_ELEM_LIST_SET, "block4") + elements
+    out: list[nl.Element] = []
+    nl._parse_elements(body, 0, len(body), out, seen=123.0)
+    assert out == [
+        nl.Element(bytes.fromhex("c6336400"), False, 60000, 59000, 7, 280, 123.0),
+        nl.Element(bytes.fromhex("c6336500"), True, None, None, 0, 0, 123.0),
+        nl.Element(bytes.fromhex("cb007107"), False, None, None, 2**40, 3, 123.0),
+    ]
+
+
+def test_udata_comment():
+    comment = b"managed by netblock\0"
+    assert nl.parse_udata_comment(bytes([3, 1, 9, 0, len(comment)]) + comment) == "managed by netblock"
+    assert nl.parse_udata_comment(b"") is None
+
+
+@pytest.mark.parametrize("spec", [
+    nl.ElemSpec(bytes.fromhex("c6336400")), nl.ElemSpec(bytes.fromhex("c6336500"), True),
+    nl.ElemSpec(bytes(range(16)), False, 1234.5), nl.ElemSpec(bytes.fromhex("c6336400"), False, 0),
+    nl.ElemSpec(bytes.fromhex("c6336400"), True, 99.0)])
+def test_prepared_frames_encode_exactly_like_the_generic_encoder(spec):
+    assert spec.encode(now=100.0) == spec._encode_generic(now=100.0)
+
+
+def _have(*entries):
+    """Kernel state as apply() reads it: {(first, plen): (expiry, packets, bytes, raw range)}."""
+    out = {}
+    for text, expiry, raw in entries:
+        net = IPNetwork(text)
+        out[(net.first, net.prefixlen)] = (expiry, 0, 0, raw or (net.first, net.last, True))
+    return out
+
+
+def _want(*entries):
+    return {(IPNetwork(t).first, IPNetwork(t).prefixlen): (IPNetwork(t), e) for t, e in entries}
+
+
+def test_plan_touches_only_the_difference():
+    now = 1_800_000_000.0
+    have = _have(("198.51.100.0/24", None, None), ("203.0.113.9/32", now + 3600, None),
+                 ("203.0.113.10/32", now + 3600, None), ("192.0.2.0/28", now + 60, None))
+    want = _want(("198.51.100.0/24", None), ("203.0.113.9/32", now + 3610),  # within 1% of an hour
+                 ("203.0.113.10/32", now + 7200), ("192.0.2.128/25", None))
+    change, ops, after = nftables._plan({"ipv4": want}, {"ipv4": have}, now)
+    assert [str(n) for n in change.added] == ["192.0.2.128/25"]
+    assert [str(n) for n in change.removed] == ["192.0.2.0/28"]
+    assert [str(n) for n in change.updated] == ["203.0.113.10/32"]
+    deletes, updates, adds = ops
+    assert (deletes.delete, [e.key.hex() for e in deletes.elements]) == (True, ["c0000200", "c0000210"])
+    assert (updates.exclusive, [(e.key.hex(), e.end, e.expires) for e in updates.elements]) == (
+        False, [("cb00710a", False, now + 7200)])
+    assert (adds.exclusive, [(e.key.hex(), e.end) for e in adds.elements]) == (
+        True, [("c0000280", False), ("c0000300", True)])
+    assert set(after["ipv4"]) == set(want)
+
+
+def test_plan_sends_a_wanted_piece_of_a_hand_made_range_again():
+    now = 1_800_000_000.0
+    first, last = IPNetwork("192.0.2.200").first, IPNetwork("192.0.2.202").first
+    have = _have(("192.0.2.200/31", None, (first, last, True)), ("192.0.2.202/32", None, (first, last, True)))
+    change, ops, _ = nftables._plan({"ipv4": _want(("192.0.2.200/31", None))}, {"ipv4": have}, now)
+    assert [str(n) for n in change.removed] == ["192.0.2.202/32"]
+    assert [str(n) for n in change.added] == ["192.0.2.200/31"]
+    deletes, adds = ops
+    assert [e.key.hex() for e in deletes.elements] == ["c00002c8", "c00002cb"]  # the kernel's one interval
+    assert [e.key.hex() for e in adds.elements] == ["c00002c8", "c00002ca"]
+
+
+def test_plan_makes_a_timed_element_permanent_in_place():
+    now = 1_800_000_000.0
+    change, (updates,), _ = nftables._plan({"ipv4": _want(("203.0.113.9/32", None))},
+                                           {"ipv4": _have(("203.0.113.9/32", now + 50, None))}, now)
+    assert change.updated and updates.elements[0].expires == 0  # timeout 0: never expires
