@@ -12,7 +12,7 @@ import json
 import os
 from datetime import timezone
 
-from netblock import follow, policy
+from netblock import follow
 from netblock.errors import BadInput, NetblockError
 
 FORMATS = ("auto", "postfix", "exim", "sendmail")
@@ -121,6 +121,8 @@ def cmd_ingest(args, ctx) -> int:
             ctx.print(f"{lines_read} lines, {observed} observations (dry run: nothing stored)")
         return 0
     with store.transaction():
+        from netblock import policy  # numpy: loaded only by the commands that decide
+
         decided = policy.record(store, policy.decide(store, ctx.config, now), now)
     from netblock.sync import sync
 
@@ -150,6 +152,12 @@ def _show_observation(ctx, obs, text: str, *, as_json: bool) -> None:
 def _runner(ctx, *, follow_mode: bool):
     from netblock.daemon import Runner
 
+    if ctx.config.routed.enabled:
+        # A routing table that cannot be read would stop every decision of every
+        # tick; refuse to start instead, with the one-line reason.
+        from netblock import asn
+
+        asn.from_config(ctx.config)
     return Runner(ctx.config, ctx.store(), ctx.backend, clock=ctx.now, follow_mode=follow_mode,
                   stderr=ctx.stderr)
 
@@ -194,6 +202,8 @@ def cmd_why(args, ctx) -> int:
         own = hostaddrs.own_addresses()
     except (NetblockError, OSError, ImportError):
         own = []  # own addresses are extra detail here, not a reason to fail
+    from netblock import policy
+
     ex = policy.explain(ctx.store(), ctx.config, target, ctx.now(), own=own)
     if args.json:
         ctx.print_json(ex.to_dict())

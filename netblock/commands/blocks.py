@@ -1,0 +1,663 @@
+"""The root CLI's block commands: add, del, list, allow, expire, sync, status,
+remove-rules, config, aggregate.
+
+Each mutating command validates all of its input before it writes anything,
+writes the store in one transaction, and ends with sync(), so the kernel
+always equals the store: a refused input changes neither.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from bisect import bisect_right
+from datetime import datetime, timedelta, timezone
+
+from netaddr import IPNetwork
+
+from netblock.errors import BadInput, NetblockError
+from netblock.lock import kernel_lock
+from netblock.model import AllowEntry, Block
+
+MAX_WARNINGS = 5  # host-bit warnings shown one by one before they are only counted
+EXPIRE_STATE_KEY = "cli.expire.last"
+
+
+# ---------------------------------------------------------------- formatting
+
+def iso(when: datetime | None) -> str | None:
+    """ISO 8601 UTC with a Z, to the second (the store keeps seconds); None stays None."""
+    if when is None:
+        return None
+    return when.astimezone(timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+def show(net: IPNetwork) -> str:
+    """A single host bare (198.18.9.7), anything wider as CIDR, like `netblock aggregate`."""
+    return str(net.ip) if net.prefixlen == (32 if net.version == 4 else 128) else str(net.cidr)
+
+
+def format_duration(delta: timedelta) -> str:
+    """The largest exact unit of the config's duration syntax: 604800 s -> 7d."""
+    seconds = int(delta.total_seconds())
+    for unit, size in (("w", 604800), ("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds and seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def table(rows: list[list[str]], header: list[str]) -> list[str]:
+    widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
+    return ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in [header] + rows]
+
+
+# ---------------------------------------------------------------- input
+
+def read_target_lines(stream) -> list[tuple[str, str]]:
+    """(text, where) of each target in a list file: first field of each line.
+
+    '#' and ';' start comments (FireHOL and Spamhaus headers); whatever follows
+    the first whitespace-separated field is ignored, so `198.18.1.0/24 ; SBL1`
+    loads as is.
+    """
+    out = []
+    for n, line in enumerate(stream, 1):
+        field = line.split(None, 1)[0] if line.strip() else ""
+        if not field or field[0] in "#;":
+            continue
+        out.append((field, f"stdin line {n}"))
+    return out
+
+
+def parse_targets(items: list[tuple[str, str]], ctx, *, force: bool, progress=None) -> list[IPNetwork]:
+    """Parse every target or raise BadInput on the first bad one; warnings go to stderr."""
+    from netblock.targets import parse_target
+
+    nets = []
+    warned = 0
+    for text, where in items:
+        try:
+            target = parse_target(text, force=force)
+        except BadInput as exc:
+            raise BadInput(f"{where}: {exc}" if where.startswith("stdin") else str(exc)) from None
+        if target.warning:
+            warned += 1
+            if warned <= MAX_WARNINGS:
+                ctx.warn(f"{where}: {target.warning}" if where.startswith("stdin") else target.warning)
+        nets.append(target.netblock)
+        if progress is not None:
+            progress.advance()
+    if warned > MAX_WARNINGS:
+        ctx.warn(f"{warned - MAX_WARNINGS} more targets had host bits set and were normalised")
+    return nets
+
+
+class Refusals:
+    """Answers "is this target entirely inside protected space?" for many targets fast.
+
+    A target merely overlapping protected space is fine: aggregation carves
+    the protected part out. One entirely inside it could never be installed,
+    so it is refused with the reason.
+    """
+
+    def __init__(self, labelled: list[tuple[IPNetwork, str]]):
+        from netblock.sync import span
+
+        self.labelled = labelled
+        self.merged: dict[int, tuple[list[int], list[int]]] = {}
+        spans = sorted(span(net) for net, _ in labelled)
+        for fam, first, last in spans:
+            firsts, lasts = self.merged.setdefault(fam, ([], []))
+            if lasts and first <= lasts[-1] + 1:
+                lasts[-1] = max(lasts[-1], last)
+            else:
+                firsts.append(first)
+                lasts.append(last)
+
+    def why(self, net: IPNetwork) -> str | None:
+        from netblock.sync import span
+
+        fam, first, last = span(net)
+        if fam not in self.merged:
+            return None
+        firsts, lasts = self.merged[fam]
+        k = bisect_right(firsts, first) - 1
+        if k < 0 or lasts[k] < last:
+            return None
+        for prot, label in self.labelled:
+            pf, pfirst, plast = span(prot)
+            if pf == fam and pfirst <= first and last <= plast:
+                return f"{label} {prot}" if prot.prefixlen < (32 if prot.version == 4 else 128) else label
+        return "protected space"
+
+
+def refusals(store, config, now: datetime) -> Refusals:
+    """What `add` refuses outright: sync's protected space, minus recent deliverers.
+
+    A sender that delivered mail is carved out by sync but may still be
+    blocked by hand: the next sync after the delivery window honours it.
+    """
+    from netblock.sync import protected
+
+    prot = protected(store, config, now=now)
+    labelled = [(net, "protected: built-in never-block range") for net in prot.builtin]
+    labelled += [(net, "protected: allowlisted") for net in prot.allowlist]
+    labelled += [(net, "protected: this host's own address") for net in prot.own]
+    return Refusals(labelled)
+
+
+def parse_ttl(text: str, config) -> timedelta:
+    from netblock.targets import parse_duration
+
+    try:
+        ttl = parse_duration(text)
+    except BadInput as exc:
+        raise BadInput(f"--ttl: {exc}") from None
+    max_ttl = config.blocks.max_ttl
+    if max_ttl and ttl > max_ttl:
+        raise BadInput(f"--ttl {text!r}: longer than blocks.max_ttl ({format_duration(max_ttl)}); "
+                       "use --permanent for a block that never expires")
+    return ttl
+
+
+def escalated_ttl(base: timedelta, reblocks: int, factor: float, cap: timedelta | None) -> timedelta:
+    """base × factor^reblocks, capped: a repeat offender stays out longer each time (fail2ban's bantime.increment)."""
+    try:
+        seconds = base.total_seconds() * (factor ** reblocks)
+    except OverflowError:
+        seconds = float("inf")
+    if cap is not None and seconds > cap.total_seconds():
+        return cap
+    try:
+        return timedelta(seconds=seconds)
+    except OverflowError:
+        return timedelta.max if cap is None else cap
+
+
+def new_block(net: IPNetwork, old: Block | None, *, now: datetime, ttl: timedelta | None, permanent: bool,
+              reason: str | None, source: str, config) -> Block:
+    """The block to store for ``net``, escalating if the store still remembers it.
+
+    Re-adding never shortens a block that is still active: its later expiry
+    (or permanence) wins over the freshly computed one.
+    """
+    reblocks = old.reblocks + 1 if old is not None else 0
+    if permanent:
+        expires = None
+    else:
+        base = ttl if ttl is not None else config.blocks.default_ttl
+        try:
+            expires = now + escalated_ttl(base, reblocks, config.blocks.reblock_factor, config.blocks.max_ttl)
+        except OverflowError:  # beyond year 9999 without a max_ttl: that is permanent
+            expires = None
+        if old is not None and (old.expires is None or old.expires > now):
+            if old.expires is None or old.expires > expires:
+                expires = old.expires
+    if reason is None:
+        reason = old.reason if old is not None else ""
+    return Block(netblock=net, reason=reason, source=source, created=now, expires=expires, reblocks=reblocks)
+
+
+def remembered(store, nets) -> dict[IPNetwork, Block]:
+    """The stored rows (active or history) of ``nets``: one lookup each, or one scan when that is cheaper.
+
+    A list of 100k targets against a store of similar size is read in one
+    pass instead of 100k queries.
+    """
+    if len(nets) > 1000 and store.count_blocks() <= 2 * len(nets):
+        return {b.netblock: b for b in store.blocks() if b.netblock in nets}
+    found = {}
+    for net in nets:
+        old = store.get_block(net)
+        if old is not None:
+            found[net] = old
+    return found
+
+
+def check_width(net: IPNetwork, config, force: bool, text: str) -> None:
+    """The config's widest-prefix limits, on top of the parser's fixed /8 and /32."""
+    if force:
+        return
+    limit = config.blocks.max_prefix_v4 if net.version == 4 else config.blocks.max_prefix_v6
+    if net.prefixlen < limit:
+        raise BadInput(f"{text}: wider than /{limit} (blocks.max_prefix_v{net.version}); use --force")
+
+
+# ---------------------------------------------------------------- sync glue
+
+def run_sync(ctx, *, dry_run: bool = False):
+    from netblock.sync import sync
+
+    return sync(ctx.store(), ctx.backend(), ctx.config, now=ctx.now(), dry_run=dry_run)
+
+
+def sync_after_write(ctx):
+    """sync() after a committed store write: a kernel failure must not read as "nothing happened"."""
+    try:
+        return run_sync(ctx)
+    except NetblockError as exc:
+        raise type(exc)(f"{exc} (the store is updated; `netblock sync` retries the kernel)") from None
+
+
+def report_sync(ctx, result) -> None:
+    c = result.change
+    ctx.print(f"kernel: {len(result.desired)} netblocks "
+              f"(+{len(c.added)} -{len(c.removed)} ~{len(c.updated)})")
+
+
+# ---------------------------------------------------------------- handlers
+
+def cmd_add(args, ctx) -> int:
+    if args.permanent and args.ttl is not None:
+        raise BadInput(f"--ttl {args.ttl} and --permanent exclude each other")
+    config = ctx.config
+    ttl = None if args.ttl is None else parse_ttl(args.ttl, config)
+    items: list[tuple[str, str, str]] = []  # (text, where, source)
+    stdin_read = False
+    for text in args.targets:
+        if text == "-":
+            if not stdin_read:
+                stdin_read = True
+                items += [(t, w, "list") for t, w in read_target_lines(ctx.stdin)]
+        else:
+            items.append((text, "argument", "cli"))
+    if not items:
+        ctx.warn("no targets read from stdin")
+
+    with ctx.progress(len(items), "checking") as bar:
+        nets = parse_targets([(t, w) for t, w, _ in items], ctx, force=args.force,
+                             progress=bar if len(items) > 1000 else None)
+    store = ctx.store()
+    now = ctx.now()
+    guard = refusals(store, config, now)
+    wanted: dict[IPNetwork, str] = {}
+    for net, (text, where, source) in zip(nets, items):
+        label = f"{where}: {text}" if where.startswith("stdin") else text
+        check_width(net, config, args.force, label)
+        why = guard.why(net)
+        if why:
+            raise BadInput(f"{label}: refused: {why}")
+        wanted.setdefault(net, source)
+
+    fresh = again = 0
+    with store.transaction():
+        known = remembered(store, wanted)
+        blocks = []
+        for net, source in wanted.items():
+            old = known.get(net)
+            blocks.append(new_block(net, old, now=now, ttl=ttl, permanent=args.permanent,
+                                    reason=args.reason, source=source, config=config))
+            if old is None:
+                fresh += 1
+            else:
+                again += 1
+        store.put_blocks(blocks)
+    if len(blocks) == 1:
+        b = blocks[0]
+        until = "permanently" if b.expires is None else f"until {iso(b.expires)}"
+        extra = f" (re-block #{b.reblocks})" if b.reblocks else ""
+        ctx.print(f"blocked {show(b.netblock)} {until}{extra}")
+    else:
+        ctx.print(f"blocked {len(blocks)} netblocks ({fresh} new, {again} re-blocked)")
+    report_sync(ctx, sync_after_write(ctx))
+    return 0
+
+
+def cmd_del(args, ctx) -> int:
+    nets = parse_targets([(t, "argument") for t in args.targets], ctx, force=True)
+    store = ctx.store()
+    with store.transaction():
+        for net, text in zip(nets, args.targets):
+            if store.get_block(net) is None:
+                raise BadInput(f"{text}: not in the store (see `netblock list --all`)")
+        gone = store.delete_blocks(dict.fromkeys(nets))
+    for net in gone:
+        ctx.print(f"deleted {show(net)}")
+    report_sync(ctx, sync_after_write(ctx))
+    return 0
+
+
+def block_json(b: Block) -> dict:
+    return {"netblock": str(b.netblock), "reason": b.reason, "source": b.source,
+            "created": iso(b.created), "expires": iso(b.expires)}
+
+
+def cmd_list(args, ctx) -> int:
+    now = ctx.now()
+    blocks = ctx.store().blocks(now=None if args.all else now)
+    if args.json:
+        ctx.print_json([block_json(b) for b in blocks])
+        return 0
+    if not blocks:
+        ctx.print("no blocks" if args.all else "no active blocks")
+        return 0
+    rows = []
+    for b in blocks:
+        if b.expires is None:
+            expires = "never"
+        else:
+            expires = iso(b.expires) + (" (expired)" if b.expires <= now else "")
+        rows.append([str(b.netblock), expires, iso(b.created), b.source, str(b.reblocks), b.reason or "-"])
+    for line in table(rows, ["NETBLOCK", "EXPIRES", "CREATED", "SOURCE", "REBLOCKS", "REASON"]):
+        ctx.print(line)
+    return 0
+
+
+def cmd_allow_add(args, ctx) -> int:
+    nets = parse_targets([(t, "argument") for t in args.cidrs], ctx, force=True)
+    store = ctx.store()
+    now = ctx.now()
+    entries = [AllowEntry(netblock=net, comment=args.comment, created=now) for net in dict.fromkeys(nets)]
+    with store.transaction():
+        store.allow_add(entries)
+    for e in entries:
+        ctx.print(f"allowed {show(e.netblock)}")
+    report_sync(ctx, sync_after_write(ctx))
+    return 0
+
+
+def cmd_allow_del(args, ctx) -> int:
+    nets = parse_targets([(t, "argument") for t in args.cidrs], ctx, force=True)
+    store = ctx.store()
+    with store.transaction():
+        present = {e.netblock for e in store.allowlist()}
+        for net, text in zip(nets, args.cidrs):
+            if net not in present:
+                raise BadInput(f"{text}: not in the allowlist (see `netblock allow list`)")
+        gone = store.allow_del(dict.fromkeys(nets))
+    for net in gone:
+        ctx.print(f"no longer allowed: {show(net)}")
+    report_sync(ctx, sync_after_write(ctx))
+    return 0
+
+
+def cmd_allow_list(args, ctx) -> int:
+    entries = [{"netblock": str(e.netblock), "comment": e.comment, "created": iso(e.created), "source": "store"}
+               for e in ctx.store().allowlist()]
+    entries += [{"netblock": str(IPNetwork(t)), "comment": "", "created": None, "source": "config"}
+                for t in ctx.config.blocks.allow]
+    if args.json:
+        ctx.print_json(entries)
+        return 0
+    if not entries:
+        ctx.print("allowlist is empty")
+        return 0
+    rows = [[e["netblock"], e["created"] or "(config)", e["comment"] or "-"] for e in entries]
+    for line in table(rows, ["NETBLOCK", "CREATED", "COMMENT"]):
+        ctx.print(line)
+    return 0
+
+
+def _parse_time(text: str | None) -> datetime | None:
+    """A time this module stored; anything unreadable counts as never (all expiries are news)."""
+    try:
+        when = datetime.fromisoformat(text) if text else None
+    except ValueError:
+        return None
+    return when if when is None or when.tzinfo else when.replace(tzinfo=timezone.utc)
+
+
+def cmd_expire(args, ctx) -> int:
+    config = ctx.config
+    store = ctx.store()
+    now = ctx.now()
+    keep = config.blocks.max_ttl
+    with store.transaction():
+        expired = store.expired_blocks(now)
+        last = _parse_time(store.get_state(EXPIRE_STATE_KEY))
+        newly = [b for b in expired if last is None or b.expires > last]
+        purge = [b for b in expired if keep is not None and b.expires <= now - keep]
+        store.delete_blocks([b.netblock for b in purge])
+        store.set_state(EXPIRE_STATE_KEY, now.isoformat())
+    result = sync_after_write(ctx)
+    if args.json:
+        ctx.print_json({"expired": [block_json(b) for b in newly], "purged": [block_json(b) for b in purge],
+                        "kernel": change_json(result)})
+        return 0
+    for b in newly:
+        ctx.print(f"expired {show(b.netblock)} at {iso(b.expires)}")
+    for b in purge:
+        ctx.print(f"purged {show(b.netblock)} (expired {iso(b.expires)}, history no longer kept)")
+    ctx.print(f"{len(newly)} expired, {len(purge)} purged from the store")
+    report_sync(ctx, result)
+    return 0
+
+
+def change_json(result) -> dict:
+    c = result.change
+    return {"desired": len(result.desired), "added": [str(n) for n in c.added],
+            "removed": [str(n) for n in c.removed], "updated": [str(n) for n in c.updated]}
+
+
+def cmd_sync(args, ctx) -> int:
+    result = run_sync(ctx, dry_run=args.dry_run)
+    if args.json:
+        ctx.print_json(change_json(result) | {"dry_run": args.dry_run, "missing": result.missing})
+        return 0
+    if not args.dry_run:
+        report_sync(ctx, result)
+        return 0
+    c = result.change
+    for net in c.added:
+        ctx.print(f"+ {show(net)}")
+    for net in c.removed:
+        ctx.print(f"- {show(net)}")
+    for net in c.updated:
+        ctx.print(f"~ {show(net)} expires {iso(result.desired[net]) or 'never'}")
+    if result.missing:
+        ctx.warn(f"{result.missing}")
+    if not c and not result.missing:
+        ctx.print(f"in sync ({len(result.desired)} netblocks)")
+    return 0
+
+
+def cmd_status(args, ctx) -> int:
+    from netblock.sync import desired_for, diff, read_installed
+
+    store = ctx.store()
+    backend = ctx.backend()
+    now = ctx.now()
+    desired = desired_for(store, ctx.config, now=now)
+    installed, missing = read_installed(backend)
+    drift = diff(installed, desired)
+    oldest = store.oldest_block()
+    info = {
+        "backend": backend.name,
+        "description": backend.description,
+        "store": ctx.db_path,
+        "blocks_active": store.count_blocks(now),
+        "blocks_stored": store.count_blocks(),
+        "allowlist": len(store.allowlist()),
+        "desired": len(desired),
+        "installed": len(installed),
+        "in_sync": not drift and missing is None,
+        "kernel_objects": "missing" if missing else "present",
+        "drift": {"missing": len(drift.added), "extra": len(drift.removed), "expiry": len(drift.updated)},
+        "oldest_block": None if oldest is None else {"netblock": str(oldest.netblock), "created": iso(oldest.created)},
+        "next_expiry": iso(store.next_expiry(now)),
+    }
+    if args.json:
+        ctx.print_json(info)
+        return 0
+    if missing:
+        state = f"NOT INSTALLED ({missing})"
+    elif drift:
+        state = (f"DRIFTED: {len(drift.added)} missing, {len(drift.removed)} extra, "
+                 f"{len(drift.updated)} with another expiry (run `netblock sync`)")
+    else:
+        state = "in sync"
+    lines = [
+        ("backend", f"{backend.name} ({backend.description})"),
+        ("store", info["store"]),
+        ("blocks", f"{info['blocks_active']} active, {info['blocks_stored']} stored (incl. expired history)"),
+        ("allowlist", f"{info['allowlist']} entries"),
+        ("kernel", f"{info['installed']} netblocks installed, {info['desired']} desired: {state}"),
+        ("oldest block", "-" if oldest is None else f"{oldest.netblock} created {iso(oldest.created)}"),
+        ("next expiry", info["next_expiry"] or "-"),
+    ]
+    for key, value in lines:
+        ctx.print(f"{key + ':':<14}{value}")
+    return 0
+
+
+def cmd_remove_rules(args, ctx) -> int:
+    backend = ctx.backend()
+    with kernel_lock(ctx.config.lock_file):
+        backend.remove()
+    ctx.print(f"removed netblock's kernel objects ({backend.description}); the store is kept, "
+              "`netblock sync` installs them again")
+    return 0
+
+
+def config_json(cfg) -> dict:
+    """The TOML dump read back: JSON then shows exactly what `config` prints (durations as "7d")."""
+    import tomllib
+
+    from netblock import config as config_mod
+
+    return tomllib.loads(config_mod.dump(cfg))
+
+
+def cmd_config(args, ctx) -> int:
+    from netblock import config as config_mod
+
+    cfg = ctx.config
+    overrides = {"db": ctx.db_path, "backend": ctx.backend_name}
+    if dataclasses.is_dataclass(cfg):
+        names = {f.name for f in dataclasses.fields(cfg)}
+        cfg = dataclasses.replace(cfg, **{k: v for k, v in overrides.items() if k in names})
+    if args.json:
+        ctx.print_json(config_json(cfg))
+    else:
+        ctx.stdout.write(config_mod.dump(cfg))
+    return 0
+
+
+def cmd_aggregate(args, ctx) -> int:
+    from netblock.aggregate import aggregate_text
+
+    exclude = b""
+    if args.exclude is not None:
+        try:
+            with open(args.exclude, "rb") as f:
+                exclude = f.read()
+        except OSError as exc:
+            raise BadInput(f"--exclude {args.exclude}: {exc.strerror}") from None
+    stdin = getattr(ctx.stdin, "buffer", ctx.stdin)
+    data = stdin.read()
+    out = aggregate_text(data, exclude)
+    if args.json:
+        ctx.print_json(out)
+    elif out:
+        ctx.stdout.write("\n".join(out) + "\n")
+    return 0
+
+
+# ---------------------------------------------------------------- registration
+
+TARGET_HELP = ("an IPv4/IPv6 address or CIDR (198.18.1.7, 198.18.1.0/24, 2001:db8::/48); "
+               "host bits are cleared with a warning")
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "add", help="block netblocks (port 25 drop) and sync the kernel",
+        description="Block each TARGET, then make the kernel equal to the store. All targets are checked "
+        "first: one bad target refuses them all and changes nothing. A netblock the store still remembers "
+        "(active, or expired but kept as history) is a repeat offender: its TTL grows by "
+        "blocks.reblock_factor per re-block, up to blocks.max_ttl.")
+    p.add_argument("targets", nargs="+", metavar="TARGET",
+                   help=TARGET_HELP + "; `-` reads targets from stdin, one per line, first field only, "
+                   "`#` and `;` comments (a Spamhaus DROP or FireHOL file loads as is)")
+    p.add_argument("--ttl", metavar="DURATION",
+                   help="how long the block lasts: 90s, 45m, 12h, 7d, 2w (default: blocks.default_ttl "
+                   "from the config, 7d); escalated for repeat offenders, never beyond blocks.max_ttl")
+    p.add_argument("--permanent", action="store_true",
+                   help="never expire (default: off, blocks expire after their TTL)")
+    p.add_argument("--reason", metavar="TEXT",
+                   help="why, shown by `list` (default: empty, or the reason already stored for a re-block)")
+    p.add_argument("--force", action="store_true",
+                   help="allow prefixes wider than /8 (IPv4) or /32 (IPv6), i.e. blocks.max_prefix_v4/v6 "
+                   "(default: off; /0 is always refused)")
+    p.set_defaults(handler=cmd_add)
+
+    p = sub.add_parser("del", help="remove blocks from the store and the kernel",
+                       description="Delete each TARGET's block (also its re-block history) and sync. "
+                       "A TARGET not in the store is an error and nothing is deleted.")
+    p.add_argument("targets", nargs="+", metavar="TARGET", help="a netblock exactly as blocked (" + TARGET_HELP + ")")
+    p.set_defaults(handler=cmd_del)
+
+    p = sub.add_parser("list", help="list blocks", description="List active blocks, sorted by address.")
+    p.add_argument("--all", action="store_true",
+                   help="also list expired blocks still kept as re-block history (default: active only)")
+    p.add_argument("--json", action="store_true",
+                   help="print a JSON array of {netblock, reason, source, created, expires}; times are "
+                   "ISO 8601 UTC, expires null when permanent (default: a table)")
+    p.set_defaults(handler=cmd_list)
+
+    p = sub.add_parser("allow", help="the allowlist: addresses never blocked",
+                       description="Allowlisted netblocks are carved out of every block (the block stays, "
+                       "minus them) and refused as targets of `add`.")
+    allow = p.add_subparsers(dest="allow_command", metavar="ACTION", required=True)
+    a = allow.add_parser("add", help="allowlist netblocks and sync the kernel at once",
+                         description="Allowlist each CIDR and carve it out of the kernel at once.")
+    a.add_argument("cidrs", nargs="+", metavar="CIDR", help="an address or CIDR (any width except /0)")
+    a.add_argument("--comment", metavar="TEXT", default="", help="why it is allowed (default: empty)")
+    a.set_defaults(handler=cmd_allow_add)
+    a = allow.add_parser("del", help="remove allowlist entries and sync",
+                         description="Remove each CIDR from the allowlist; one not in it is an error "
+                         "and nothing is removed. Entries from the config file stay.")
+    a.add_argument("cidrs", nargs="+", metavar="CIDR", help="an entry exactly as listed by `allow list`")
+    a.set_defaults(handler=cmd_allow_del)
+    a = allow.add_parser("list", help="list the allowlist (store and config)",
+                         description="List the allowlist: entries added with `allow add` and blocks.allow "
+                         "from the config.")
+    a.add_argument("--json", action="store_true",
+                   help="print a JSON array of {netblock, comment, created, source} (default: a table)")
+    a.set_defaults(handler=cmd_allow_list)
+
+    p = sub.add_parser("expire", help="drop expired blocks from the kernel, purge old history",
+                       description="Remove expired blocks from the kernel (by syncing) and purge store rows "
+                       "that expired more than blocks.max_ttl ago; until then they are re-block history. "
+                       "Prints the blocks that expired since the last `expire`.")
+    p.add_argument("--json", action="store_true",
+                   help="print a JSON object {expired, purged, kernel}; blocks as in `list --json` "
+                   "(default: text)")
+    p.set_defaults(handler=cmd_expire)
+
+    p = sub.add_parser("sync", help="make the kernel equal to the store",
+                       description="Install the aggregated active blocks minus the protected space "
+                       "(built-in ranges, allowlist, this host's addresses, recent deliverers) in one "
+                       "transaction, touching only the difference.")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the difference (`+ CIDR` to add, `- CIDR` to remove, `~ CIDR` new expiry) "
+                   "and change nothing (default: off)")
+    p.add_argument("--json", action="store_true",
+                   help="print a JSON object {desired, added, removed, updated, dry_run, missing} "
+                   "(default: text)")
+    p.set_defaults(handler=cmd_sync)
+
+    p = sub.add_parser("status", help="backend, store and kernel at a glance",
+                       description="Show the backend, block counts, kernel element count, whether the "
+                       "kernel equals the store, the oldest block and the next expiry.")
+    p.add_argument("--json", action="store_true", help="print a JSON object (default: text)")
+    p.set_defaults(handler=cmd_status)
+
+    p = sub.add_parser("remove-rules", help="remove netblock's kernel objects (the store is kept)",
+                       description="Tear down everything the backend created in the kernel, nothing else. "
+                       "The store is kept; `netblock sync` reinstalls.")
+    p.set_defaults(handler=cmd_remove_rules)
+
+    p = sub.add_parser("config", help="print the effective configuration",
+                       description="Print the configuration in effect: the file's values, defaults for "
+                       "the rest, --db/--backend applied.")
+    p.add_argument("--json", action="store_true", help="print JSON (default: TOML)")
+    p.set_defaults(handler=cmd_config)
+
+    p = sub.add_parser("aggregate", help="merge IPs/CIDRs from stdin into the fewest CIDRs",
+                       description="Read IPs/CIDRs on stdin (one per line, `#` comments, first field only) "
+                       "and print the fewest CIDRs covering exactly them, one per line. Touches no store "
+                       "and no kernel.")
+    p.add_argument("--exclude", metavar="FILE",
+                   help="carve these IPs/CIDRs (same format) out of the result (default: none)")
+    p.add_argument("--json", action="store_true", help="print a JSON array of strings (default: one per line)")
+    p.set_defaults(handler=cmd_aggregate)

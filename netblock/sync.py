@@ -1,0 +1,193 @@
+"""The one code path that makes the kernel equal to the store.
+
+The CLI's mutating commands, `run-once` and every daemon tick call sync();
+nothing else decides what goes into the kernel, so a crash, a reboot or a
+hand-edited ruleset is repaired by whichever of them runs next.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_right
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Iterable, Mapping
+
+from netaddr import IPNetwork
+
+from netblock import hostaddrs
+from netblock.aggregate import aggregate, protected_builtin
+from netblock.errors import NetblockError
+from netblock.firewall import Change
+from netblock.lock import DEFAULT_TIMEOUT, kernel_lock
+from netblock.model import Block
+
+_V4_MAPPED_FIRST = 0xFFFF_0000_0000
+_V4_MAPPED_LAST = 0xFFFF_FFFF_FFFF
+_PERMANENT = object()  # marks a desired netblock covered by a permanent block
+
+# Kernel timeouts count down in whole seconds (and were set a moment before the
+# store's expiry was computed), so a smaller difference is no drift.
+EXPIRY_TOLERANCE = timedelta(seconds=5)
+
+
+@dataclass
+class SyncResult:
+    desired: dict[IPNetwork, datetime | None]
+    change: Change
+    installed_before: dict[IPNetwork, datetime | None] = field(default_factory=dict)
+    missing: str | None = None  # dry run only: why nothing could be read (skeleton not installed)
+
+
+@dataclass(frozen=True)
+class Protected:
+    """What must never be dropped, by kind, so a refusal can say why."""
+
+    builtin: list[IPNetwork]
+    allowlist: list[IPNetwork]  # store allowlist + config blocks.allow
+    own: list[IPNetwork]
+    delivered: list[IPNetwork]
+
+    def all(self) -> list[IPNetwork]:
+        return self.builtin + self.allowlist + self.own + self.delivered
+
+
+def protected(store, config, *, now: datetime, own: Iterable[IPNetwork] | None = None) -> Protected:
+    """Everything aggregation must carve out of the blocked set right now."""
+    allow = [entry.netblock for entry in store.allowlist()]
+    allow += [IPNetwork(text) for text in config.blocks.allow]
+    window = config.policy.delivered_window
+    delivered = [IPNetwork(ip) for ip in store.delivered_since(now - window)] if window else []
+    return Protected(
+        builtin=list(protected_builtin()),
+        allowlist=allow,
+        own=list(hostaddrs.own_addresses() if own is None else own),
+        delivered=delivered,
+    )
+
+
+def span(net: IPNetwork) -> tuple[int, int, int]:
+    """(family, first, last) with IPv4-mapped IPv6 folded into IPv4, as aggregation does."""
+    if net.version == 6 and _V4_MAPPED_FIRST <= net.first and net.last <= _V4_MAPPED_LAST:
+        return 4, net.first - _V4_MAPPED_FIRST, net.last - _V4_MAPPED_FIRST
+    return net.version, net.first, net.last
+
+
+def compute_desired(blocks: Iterable[Block], protect: Iterable[IPNetwork]) -> dict[IPNetwork, datetime | None]:
+    """{CIDR: expiry} for the kernel: aggregated blocks minus protected.
+
+    A CIDR that merges several blocks expires with the last of them (never, if
+    any is permanent): dropping it earlier would unblock a still-active block,
+    and the next sync after the earlier expiry splits it again anyway.
+    """
+    blocks = list(blocks)
+    nets = aggregate([b.netblock for b in blocks], list(protect))
+    families: dict[int, tuple[list[int], list[int], list[int]]] = {}
+    for i, net in enumerate(nets):
+        fam, first, last = span(net)
+        firsts, lasts, index = families.setdefault(fam, ([], [], []))
+        firsts.append(first)
+        lasts.append(last)
+        index.append(i)
+    # aggregate() sorts, but do not rely on it for correctness of the bisection
+    for fam, (firsts, lasts, index) in list(families.items()):
+        order = sorted(range(len(firsts)), key=firsts.__getitem__)
+        families[fam] = ([firsts[k] for k in order], [lasts[k] for k in order], [index[k] for k in order])
+
+    latest: list[object] = [None] * len(nets)  # None: not yet seen
+    for block in blocks:
+        fam, first, last = span(block.netblock)
+        if fam not in families:
+            continue
+        firsts, lasts, index = families[fam]
+        k = bisect_right(firsts, last) - 1
+        while k >= 0 and lasts[k] >= first:
+            i = index[k]
+            if block.expires is None:
+                latest[i] = _PERMANENT
+            elif latest[i] is None or (latest[i] is not _PERMANENT and block.expires > latest[i]):
+                latest[i] = block.expires
+            k -= 1
+    return {net: (None if when is _PERMANENT else when) for net, when in zip(nets, latest)}
+
+
+def desired_for(store, config, *, now: datetime, own: Iterable[IPNetwork] | None = None):
+    """The desired kernel state from the store as it is now.
+
+    No store transaction is held here: sync runs under the kernel lock, and a
+    caller holding the store's write lock while waiting for the kernel lock
+    would deadlock against us. A write racing these reads is picked up by the
+    next sync, which every writer runs after committing.
+    """
+    blocks = store.blocks(now=now)
+    return compute_desired(blocks, protected(store, config, now=now, own=own).all())
+
+
+def diff(installed: Mapping[IPNetwork, datetime | None],
+         desired: Mapping[IPNetwork, datetime | None]) -> Change:
+    """What apply(desired) would have to do to ``installed``.
+
+    An installed element without an expiry is not "updated": the iptables
+    backend has no timeouts, and its rules are removed by sync instead.
+    """
+    change = Change()
+    for net in desired:
+        if net not in installed:
+            change.added.append(net)
+    for net, have in installed.items():
+        if net not in desired:
+            change.removed.append(net)
+            continue
+        want = desired[net]
+        if have is not None and (want is None or abs(have - want) > EXPIRY_TOLERANCE):
+            change.updated.append(net)
+    for part in (change.added, change.removed, change.updated):
+        part.sort(key=span)
+    return change
+
+
+def read_installed(backend) -> tuple[dict[IPNetwork, datetime | None], str | None]:
+    """installed(), or ({}, why) when netblock's kernel objects are not there at all.
+
+    Read-only callers (dry run, status) must not ensure() the skeleton, and a
+    flushed ruleset is exactly the drift they report. Backends say "missing"
+    with a plain NetblockError; every more specific error (permission, missing
+    tool or kernel feature, a stranger's object) still propagates.
+    """
+    try:
+        return dict(backend.installed()), None
+    except NetblockError as exc:
+        if type(exc) is not NetblockError:
+            raise
+        return {}, str(exc)
+
+
+def sync(store, backend, config, *, now: datetime, dry_run: bool = False, lock: bool = True,
+         lock_timeout: float = DEFAULT_TIMEOUT, own: Iterable[IPNetwork] | None = None) -> SyncResult:
+    """Make the kernel equal to the store (or, with dry_run, only say how it differs).
+
+    The store is read under the kernel lock, so of two concurrent syncs the one
+    that applies last has also read last. ``own`` overrides this host's
+    addresses (tests); by default they are read from the kernel every time.
+    """
+    if dry_run:
+        desired = desired_for(store, config, now=now, own=own)
+        installed, missing = read_installed(backend)
+        return SyncResult(desired=desired, change=diff(installed, desired), installed_before=installed,
+                          missing=missing)
+    if not lock:
+        return _apply(store, backend, config, now=now, own=own)
+    with kernel_lock(config.lock_file, timeout=lock_timeout):
+        return _apply(store, backend, config, now=now, own=own)
+
+
+def _apply(store, backend, config, *, now, own) -> SyncResult:
+    desired = desired_for(store, config, now=now, own=own)
+    backend.ensure()
+    installed = dict(backend.installed())
+    planned = diff(installed, desired)
+    if planned.removed or planned.updated:  # their counters go with them: keep what they counted
+        from netblock import sampling
+
+        sampling.sample(store, backend, now)
+    change = backend.apply(desired)
+    return SyncResult(desired=desired, change=change, installed_before=installed)

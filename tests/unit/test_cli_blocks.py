@@ -1,0 +1,441 @@
+"""The block commands' logic against a real store and the fake backend.
+
+Kernel behaviour is proven in tests/kernel/test_cli*.py; here: escalation,
+validation-before-write, expiry bookkeeping, output formats.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import sys
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+from netaddr import IPNetwork
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(__file__)))
+
+from fakes import FakeBackend, FakeConfig  # noqa: E402
+
+from netblock import cli, hostaddrs  # noqa: E402
+from netblock.errors import NetblockError  # noqa: E402
+from netblock.store import Store  # noqa: E402
+
+DATA = Path(__file__).resolve().parents[2] / "../shared/data"
+NOW = datetime(2026, 11, 27, 12, 0, tzinfo=timezone.utc)
+OWN = [IPNetwork("203.0.113.25/32")]
+
+
+def N(text):
+    return IPNetwork(text)
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+class Harness:
+    """Runs `netblock ARGV` in-process with the fake backend; the store is a real file."""
+
+    def __init__(self, tmp_path, monkeypatch):
+        self.db = tmp_path / "nb.db"
+        self.config = FakeConfig(lock_file=str(tmp_path / "lock"), db=str(self.db))
+        self.backend = FakeBackend()
+        self.monkeypatch = monkeypatch
+        self.at(NOW)
+
+    def at(self, when: datetime) -> None:
+        self.monkeypatch.setenv("NETBLOCK_NOW", when.isoformat())
+
+    def __call__(self, *argv: str, stdin: str = "", tty: bool = False) -> tuple[int, str, str]:
+        out, err = io.StringIO(), (Terminal() if tty else io.StringIO())
+        try:
+            args = cli.build_parser().parse_args(list(argv))
+        except SystemExit as exc:
+            return exc.code, "", ""
+        ctx = cli.Context(args, stdout=out, stderr=err, stdin=io.StringIO(stdin))
+        ctx._config = self.config
+        ctx._backend = self.backend
+        ctx._store = Store.open(self.db)
+        try:
+            rc = args.handler(args, ctx)
+        except NetblockError as exc:
+            err.write(f"netblock: {exc}\n")
+            rc = exc.exit_status
+        finally:
+            ctx.close()
+        return rc, out.getvalue(), err.getvalue()
+
+    def ok(self, *argv: str, stdin: str = "") -> str:
+        rc, out, err = self(*argv, stdin=stdin)
+        assert rc == 0, err
+        return out
+
+    def refused(self, *argv: str, stdin: str = "") -> str:
+        before_store, before_kernel, before_calls = self.rows(), dict(self.backend.elements), len(self.backend.calls)
+        rc, out, err = self(*argv, stdin=stdin)
+        assert rc == 2, (argv, out, err)
+        assert len(err.strip().splitlines()) == 1, err
+        assert self.rows() == before_store
+        assert self.backend.elements == before_kernel
+        assert not set(self.backend.calls[before_calls:]) & {"ensure", "apply", "remove"}
+        return err.strip()
+
+    def rows(self) -> dict:
+        with Store.open(self.db) as store:
+            return {b.netblock: b for b in store.blocks()} | {("allow", e.netblock): e for e in store.allowlist()}
+
+    def block(self, net: str):
+        with Store.open(self.db) as store:
+            return store.get_block(N(net))
+
+
+@pytest.fixture
+def nb(tmp_path, monkeypatch):
+    monkeypatch.setattr(hostaddrs, "own_addresses", lambda: list(OWN))
+    return Harness(tmp_path, monkeypatch)
+
+
+# ---------------------------------------------------------------- add
+
+def test_add_stores_blocks_with_the_default_ttl_and_syncs(nb):
+    out = nb.ok("add", "198.18.1.0/24", "2001:db8:7::/48", "--reason", "spam run")
+    assert "blocked 2 netblocks (2 new, 0 re-blocked)" in out
+    b = nb.block("198.18.1.0/24")
+    assert (b.source, b.reason, b.reblocks, b.created, b.expires) == ("cli", "spam run", 0, NOW, NOW + timedelta(days=7))
+    assert nb.backend.elements == {N("198.18.1.0/24"): NOW + timedelta(days=7),
+                                   N("2001:db8:7::/48"): NOW + timedelta(days=7)}
+
+
+def test_add_ttl_and_permanent(nb):
+    nb.ok("add", "198.18.1.1", "--ttl", "90s")
+    nb.ok("add", "198.18.1.4", "--ttl", "1d12h")
+    nb.ok("add", "198.18.1.9", "--permanent")
+    assert nb.block("198.18.1.1").expires == NOW + timedelta(seconds=90)
+    assert nb.block("198.18.1.4").expires == NOW + timedelta(hours=36)
+    assert nb.block("198.18.1.9").expires is None
+    assert nb.backend.elements[N("198.18.1.9/32")] is None
+
+
+def test_repeat_offender_ttl_grows_until_max_ttl(nb):
+    nb.ok("add", "198.18.2.0/24")
+    first = nb.block("198.18.2.0/24")
+    assert first.expires == NOW + timedelta(days=7)
+    later = NOW + timedelta(days=8)  # expired, but the row is still history
+    nb.at(later)
+    assert nb.ok("list", "--json").strip() == "[]"
+    out = nb.ok("add", "198.18.2.0/24")
+    assert "re-block #1" in out
+    b = nb.block("198.18.2.0/24")
+    assert (b.reblocks, b.expires) == (1, later + timedelta(days=14))
+    expiries = []
+    for n in range(2, 6):
+        later = b.expires + timedelta(seconds=1)
+        nb.at(later)
+        nb.ok("add", "198.18.2.0/24")
+        b = nb.block("198.18.2.0/24")
+        assert b.reblocks == n
+        expiries.append(b.expires - later)
+    assert expiries == [timedelta(days=28), timedelta(days=56), timedelta(days=90), timedelta(days=90)]
+
+
+def test_readding_an_active_block_escalates_but_never_shortens_it(nb):
+    nb.ok("add", "198.18.3.0/24", "--permanent", "--reason", "known bad")
+    nb.ok("add", "198.18.3.0/24", "--ttl", "1h")
+    b = nb.block("198.18.3.0/24")
+    assert (b.expires, b.reblocks, b.reason) == (None, 1, "known bad")
+    nb.ok("add", "198.18.4.0/24", "--ttl", "12h")
+    nb.ok("add", "198.18.4.0/24", "--ttl", "1h")  # 1h × 2 = 2h < the 12h still running
+    assert nb.block("198.18.4.0/24").expires == NOW + timedelta(hours=12)
+
+
+def test_add_from_stdin_skips_comments_and_trailing_fields(nb):
+    listing = ("; Spamhaus DROP List\n# a FireHOL header\n\n198.18.5.0/24 ; SBL123\n"
+               "198.18.6.7   seen 3 times\n  2001:db8:8::/48\n; EOF\n")
+    out = nb.ok("add", "-", "198.18.9.9", stdin=listing)
+    assert "blocked 4 netblocks" in out
+    assert nb.block("198.18.5.0/24").source == "list"
+    assert nb.block("198.18.9.9").source == "cli"
+    assert set(nb.backend.elements) == {N("198.18.5.0/24"), N("198.18.6.7/32"), N("198.18.9.9/32"),
+                                        N("2001:db8:8::/48")}
+
+
+def test_a_real_spamhaus_drop_file_loads_as_is(nb):
+    text = (DATA / "netsets/spamhaus/wsock-trace/drop.txt").read_text()
+    cidrs = {line.split()[0] for line in text.splitlines() if line.strip() and not line.startswith(";")}
+    nb.ok("add", "-", stdin=text)
+    assert set(nb.rows()) == {N(c) for c in cidrs}
+    assert len(cidrs) > 1000
+
+
+def test_header_only_list_adds_nothing(nb):
+    text = (DATA / "netsets/spamhaus/wsock-trace/edrop-merged-notice-2024-10-18.txt").read_text()
+    rc, out, err = nb("add", "-", stdin=text)
+    assert rc == 0 and "no targets" in err and nb.rows() == {}
+
+
+def test_host_bits_are_normalised_with_a_warning(nb):
+    rc, out, err = nb("add", "198.18.1.7/24")
+    assert rc == 0 and "198.18.1.7/24" in err and "198.18.1.0/24" in err
+    assert N("198.18.1.0/24") in nb.rows()
+
+
+BAD_ADDS = [
+    (["198.18.1.256"], "198.18.1.256"),
+    (["010.1.2.3"], "010.1.2.3"),
+    (["198.18.1.0/33"], "198.18.1.0/33"),
+    (["0.0.0.0/0", "--force"], "0.0.0.0/0"),
+    (["::/0", "--force"], "::/0"),
+    (["198.0.0.0/7"], "198.0.0.0/7"),
+    (["2001:db8::/31"], "2001:db8::/31"),
+    (["fe80::1%eth0"], "fe80::1%eth0"),
+    (["127.0.0.1"], "127.0.0.1"),
+    (["169.254.1.0/24"], "169.254.1.0/24"),
+    (["224.0.0.0/4"], "224.0.0.0/4"),
+    (["ff02::1"], "ff02::1"),
+    (["203.0.113.25"], "203.0.113.25"),
+    ([""], "''"),
+    (["198.18.1.1;reboot"], "198.18.1.1;reboot"),
+    (["198.18.1.1", "--ttl", "0s"], "0s"),
+    (["198.18.1.1", "--ttl", "7"], "7"),
+    (["198.18.1.1", "--ttl", "1y"], "1y"),
+    (["198.18.1.1", "--ttl", "100d"], "100d"),
+    (["198.18.1.1", "--ttl", "99999999999w"], "99999999999w"),
+    (["198.18.1.1", "--ttl", "1h", "--permanent"], "--ttl 1h"),
+    (["198.18.1.1", "198.18.1.2", "198.18.300.3", "198.18.1.4"], "198.18.300.3"),
+]
+
+
+@pytest.mark.parametrize("argv,named", BAD_ADDS, ids=[" ".join(a) or "empty" for a, _ in BAD_ADDS])
+def test_bad_add_is_one_line_exit_2_and_changes_nothing(nb, argv, named):
+    nb.ok("add", "198.18.100.0/24", "--permanent")
+    err = nb.refused("add", *argv)
+    assert named in err
+
+
+def test_bad_line_in_stdin_names_the_line_and_changes_nothing(nb):
+    nb.ok("add", "198.18.100.0/24")
+    err = nb.refused("add", "-", stdin="198.18.1.0/24\n# note\n198.18.2.0/24\n1.2.3.4.5\n198.18.3.0/24\n")
+    assert "stdin line 4" in err and "1.2.3.4.5" in err
+
+
+def test_allowlisted_targets_are_refused_but_wider_blocks_are_carved(nb):
+    nb.ok("allow", "add", "198.18.7.0/28", "--comment", "partner")
+    assert "allowlisted" in nb.refused("add", "198.18.7.5")
+    nb.ok("add", "198.18.7.0/24")
+    assert N("198.18.7.0/24") in nb.rows()
+    assert not any(N("198.18.7.5/32") in n for n in nb.backend.elements if n.version == 4)
+    assert N("198.18.7.128/25") in nb.backend.elements
+
+
+def test_force_allows_wide_prefixes(nb):
+    nb.ok("add", "198.0.0.0/7", "--force")
+    assert N("198.0.0.0/7") in nb.rows()
+
+
+# ---------------------------------------------------------------- del, list
+
+def test_del_removes_and_an_unknown_target_changes_nothing(nb):
+    nb.ok("add", "198.18.1.0/24", "198.18.9.7")
+    err = nb.refused("del", "198.18.9.7", "198.18.2.0/24")
+    assert "198.18.2.0/24" in err and "not in the store" in err
+    out = nb.ok("del", "198.18.9.7")
+    assert "deleted 198.18.9.7" in out
+    assert set(nb.rows()) == {N("198.18.1.0/24")} and set(nb.backend.elements) == {N("198.18.1.0/24")}
+
+
+def test_list_json_and_all(nb):
+    nb.ok("add", "198.18.1.0/24", "--ttl", "1h", "--reason", "r1")
+    nb.ok("add", "2001:db8::/48", "--permanent")
+    nb.at(NOW + timedelta(hours=2))
+    active = json.loads(nb.ok("list", "--json"))
+    assert active == [{"netblock": "2001:db8::/48", "reason": "", "source": "cli",
+                       "created": "2026-11-27T12:00:00Z", "expires": None}]
+    every = json.loads(nb.ok("list", "--all", "--json"))
+    assert every[0] == {"netblock": "198.18.1.0/24", "reason": "r1", "source": "cli",
+                        "created": "2026-11-27T12:00:00Z", "expires": "2026-11-27T13:00:00Z"}
+    table = nb.ok("list", "--all").splitlines()
+    assert table[0].split() == ["NETBLOCK", "EXPIRES", "CREATED", "SOURCE", "REBLOCKS", "REASON"]
+    assert "(expired)" in table[1] and "never" in table[2]
+
+
+# ---------------------------------------------------------------- allow
+
+def test_allow_add_carves_at_once_and_del_restores(nb):
+    nb.ok("add", "198.51.100.0/24")
+    nb.ok("allow", "add", "198.51.100.9", "--comment", "our relay")
+    assert N("198.51.100.0/24") not in nb.backend.elements
+    assert N("198.51.100.8/32") in nb.backend.elements and N("198.51.100.9/32") not in nb.backend.elements
+    listing = json.loads(nb.ok("allow", "list", "--json"))
+    assert listing == [{"netblock": "198.51.100.9/32", "comment": "our relay",
+                        "created": "2026-11-27T12:00:00Z", "source": "store"}]
+    assert "not in the allowlist" in nb.refused("allow", "del", "198.51.100.9", "198.51.100.10")
+    nb.ok("allow", "del", "198.51.100.9")
+    assert set(nb.backend.elements) == {N("198.51.100.0/24")}
+    assert "'198.51.100.1/99'" in nb.refused("allow", "add", "198.51.100.1/99")
+
+
+# ---------------------------------------------------------------- expire, sync, status
+
+def test_expire_reports_new_expiries_once_and_purges_old_history(nb):
+    nb.ok("add", "198.18.1.0/24", "--ttl", "1h")
+    nb.ok("add", "198.18.2.0/24", "--ttl", "2d")
+    nb.ok("add", "198.18.5.0/24", "--permanent")
+    nb.at(NOW + timedelta(hours=3))
+    out = nb.ok("expire")
+    assert "expired 198.18.1.0/24 at 2026-11-27T13:00:00Z" in out and "198.18.2.0/24" not in out
+    assert set(nb.backend.elements) == {N("198.18.2.0/24"), N("198.18.5.0/24")}
+    assert N("198.18.1.0/24") in nb.rows()  # kept as history for escalation
+    nb.at(NOW + timedelta(days=3))
+    out = nb.ok("expire")
+    assert "expired 198.18.2.0/24" in out and "198.18.1.0/24" not in out
+    nb.at(NOW + timedelta(days=91))
+    out = nb.ok("expire")
+    assert "purged 198.18.1.0/24" in out and "purged 198.18.2.0/24" not in out
+    assert set(nb.rows()) == {N("198.18.2.0/24"), N("198.18.5.0/24")}
+
+
+def test_sync_dry_run_prints_the_diff_and_changes_nothing(nb):
+    nb.ok("add", "198.18.1.0/24")
+    nb.backend.elements = {N("198.18.9.7/32"): None}
+    calls = len(nb.backend.calls)
+    out = nb.ok("sync", "--dry-run")
+    assert out.splitlines() == ["+ 198.18.1.0/24", "- 198.18.9.7"]
+    assert nb.backend.elements == {N("198.18.9.7/32"): None}
+    assert "apply" not in nb.backend.calls[calls:]
+    assert "+1 -1" in nb.ok("sync")
+    assert nb.ok("sync", "--dry-run").startswith("in sync (1 netblocks)")
+
+
+def test_status_tells_in_sync_from_drifted(nb):
+    nb.ok("add", "198.18.1.0/24", "--ttl", "1h")
+    nb.ok("add", "198.18.2.0/24", "--permanent")
+    status = json.loads(nb.ok("status", "--json"))
+    assert status["in_sync"] is True and status["backend"] == "fake"
+    assert (status["blocks_active"], status["desired"], status["installed"]) == (2, 2, 2)
+    assert status["next_expiry"] == "2026-11-27T13:00:00Z"
+    assert status["oldest_block"]["created"] == "2026-11-27T12:00:00Z"
+    nb.backend.elements.pop(N("198.18.2.0/24"))
+    status = json.loads(nb.ok("status", "--json"))
+    assert status["in_sync"] is False and status["drift"]["missing"] == 1
+    assert "DRIFTED" in nb.ok("status")
+
+
+def test_remove_rules_tears_the_backend_down_and_status_and_sync_notice(nb):
+    nb.ok("add", "198.18.1.0/24")
+    nb.ok("remove-rules")
+    assert nb.backend.elements == {} and nb.backend.calls[-1] == "remove"
+    assert N("198.18.1.0/24") in nb.rows()
+    status = json.loads(nb.ok("status", "--json"))
+    assert (status["in_sync"], status["kernel_objects"], status["installed"]) == (False, "missing", 0)
+    rc, out, err = nb("sync", "--dry-run")
+    assert (rc, out, nb.backend.present) == (0, "+ 198.18.1.0/24\n", False) and "missing" in err
+    nb.ok("sync")
+    assert json.loads(nb.ok("status", "--json"))["in_sync"] is True
+
+
+# ---------------------------------------------------------------- aggregate, help
+
+def test_aggregate_merges_stdin_and_honours_exclude(nb, tmp_path):
+    exclude = tmp_path / "exclude"
+    exclude.write_text("198.18.0.3\n")
+    text = "198.18.0.0\n198.18.0.1\n198.18.0.2\n198.18.0.3 # x\n2001:db8::/33\n2001:db8:8000::/33\n"
+    out = nb.ok("aggregate", "--exclude", str(exclude), stdin=text)
+    assert out.splitlines() == ["198.18.0.0/31", "198.18.0.2", "2001:db8::/32"]
+    assert json.loads(nb.ok("aggregate", "--json", stdin=text)) == ["198.18.0.0/30", "2001:db8::/32"]
+    assert "no-such-file" in nb.refused("aggregate", "--exclude", str(tmp_path / "no-such-file"), stdin=text)
+    assert not nb.db.exists() or nb.rows() == {}
+
+
+def test_every_option_of_every_block_command_documents_its_default():
+    parser = cli.build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    names = ["add", "del", "list", "expire", "sync", "status", "remove-rules", "config", "aggregate"]
+    parsers = [sub.choices[n] for n in names]
+    allow = next(a for a in sub.choices["allow"]._actions if a.dest == "allow_command")
+    parsers += list(allow.choices.values())
+    for p in parsers:
+        assert p.description, p.prog
+        for action in p._actions:
+            if action.option_strings and action.dest != "help":
+                assert "default" in (action.help or ""), (p.prog, action.option_strings)
+
+
+def test_large_lists_escalate_the_rows_the_store_remembers(nb):
+    first = "".join(f"198.18.{i // 200}.{i % 200}\n" for i in range(1200))
+    nb.ok("add", "-", stdin=first)
+    nb.at(NOW + timedelta(days=30))
+    again = first + "".join(f"198.19.0.{i}\n" for i in range(10))
+    assert "(10 new, 1200 re-blocked)" in nb.ok("add", "-", stdin=again)
+    assert nb.block("198.18.5.199").reblocks == 1 and nb.block("198.19.0.9").reblocks == 0
+    assert nb.block("198.18.5.199").expires == NOW + timedelta(days=30 + 14)
+
+
+def test_config_prints_the_effective_configuration(tmp_path, capsys, monkeypatch):
+    import tomllib
+
+    monkeypatch.delenv("NETBLOCK_DB", raising=False)
+    conf = tmp_path / "netblock.toml"
+    conf.write_text('[blocks]\ndefault_ttl = "3d"\nallow = ["198.51.100.0/24"]\n')
+    common = ["--config", str(conf), "--db", str(tmp_path / "x.db"), "--backend", "ipset", "config"]
+    assert cli.main(common + ["--json"]) == 0
+    as_json = json.loads(capsys.readouterr().out)
+    assert as_json["blocks"]["default_ttl"] == "3d" and as_json["blocks"]["allow"] == ["198.51.100.0/24"]
+    assert (as_json["db"], as_json["backend"]) == (str(tmp_path / "x.db"), "ipset")
+    assert cli.main(common) == 0
+    assert tomllib.loads(capsys.readouterr().out) == as_json
+    assert not (tmp_path / "x.db").exists()
+
+
+def test_usage_errors_are_one_line_exit_2(capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["add", "198.18.1.1", "--ttl"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and len(err.splitlines()) == 1 and "--ttl" in err
+
+
+def test_escalation_survives_absurd_reblock_counts():
+    from netblock.commands.blocks import escalated_ttl
+
+    day, cap = timedelta(days=1), timedelta(days=90)
+    assert escalated_ttl(day, 0, 2.0, cap) == day
+    assert escalated_ttl(day, 3, 1.5, cap) == timedelta(days=3.375)
+    assert escalated_ttl(day, 5000, 2.0, cap) == cap
+    assert escalated_ttl(day, 5000, 2.0, None) == timedelta.max
+
+
+def test_sync_and_expire_speak_json(nb):
+    nb.ok("add", "198.18.1.0/24", "--ttl", "1h")
+    nb.ok("add", "198.18.3.3", "--permanent")
+    nb.backend.elements = {N("198.18.9.7/32"): None, N("198.18.3.3/32"): None}
+    dry = json.loads(nb.ok("sync", "--dry-run", "--json"))
+    assert dry == {"desired": 2, "added": ["198.18.1.0/24"], "removed": ["198.18.9.7/32"], "updated": [],
+                   "dry_run": True, "missing": None}
+    nb.at(NOW + timedelta(hours=2))
+    out = json.loads(nb.ok("expire", "--json"))
+    assert [b["netblock"] for b in out["expired"]] == ["198.18.1.0/24"] and out["purged"] == []
+    assert out["kernel"] == {"desired": 1, "added": [], "removed": ["198.18.9.7/32"], "updated": []}
+
+
+def test_a_kernel_failure_after_the_write_says_the_store_is_updated(nb):
+    from netblock.errors import KernelError
+
+    def refuse(desired):
+        raise KernelError("nftables: the kernel refused the batch")
+
+    nb.backend.apply = refuse
+    rc, out, err = nb("add", "198.18.1.0/24")
+    assert rc == 1 and "store is updated" in err and len(err.splitlines()) == 1
+    assert N("198.18.1.0/24") in nb.rows()
+
+
+def test_long_lists_show_progress_on_a_terminal_only(nb):
+    listing = "".join(f"198.18.{i // 250}.{i % 250}\n" for i in range(1500))
+    rc, out, err = nb("add", "-", stdin=listing, tty=True)
+    assert rc == 0 and "checking [" in err and "1500/1500" in err
+    rc, out, err = nb("add", "-", stdin=listing)
+    assert rc == 0 and err == ""
