@@ -321,6 +321,40 @@ class WidenConfig:
     max_prefix_v6: int = _k(_int(1, 128), 48)
 
 
+# -- [routed]: widening to announced prefixes (netblock/routed.py explains the defaults) --
+
+# Webmail and mail-service providers' ASes (names as in pyasn's asnames.json):
+# a site exchanges real mail with them, so their networks are never widened to.
+DEFAULT_DO_NOT_WIDEN = (
+    15169,  # GOOGLE
+    8075, 8068, 8069,  # MICROSOFT-CORP-MSN-AS-BLOCK (Outlook.com, Exchange Online)
+    36647, 10310, 26101, 34010,  # YAHOO-GQ1, YAHOO-1, YAHOO-3, YAHOO-IRD
+    714, 6185,  # APPLE-ENGINEERING, APPLE-AUSTIN (iCloud mail)
+    16509, 14618,  # AMAZON-02, AMAZON-AES (Amazon SES)
+    11377,  # SENDGRID
+    14782,  # THEROCKETSCIENCEGROUP (Mailchimp, Mandrill)
+    22843, 26211, 52129,  # PROOFPOINT
+    13238,  # YANDEX
+    47764,  # MAILRU-AS
+    8560,  # ONEANDONE-AS (1&1, GMX, web.de)
+    2639,  # ZOHO-AS
+    32934,  # FACEBOOK
+)
+
+
+@dataclass(frozen=True)
+class RoutedConfig:
+    """Off by default: it needs ``[report] asn_file``, and it is the widest widening there is."""
+
+    enabled: bool = _k(_bool(), False)
+    min_offenders: int = _k(_int(2), 16)
+    min_spread: int = _k(_int(1), 8)
+    window: timedelta = _k(_dur(timedelta(seconds=1)), timedelta(days=1))
+    max_prefix_v4: int = _k(_int(8, 32), 12)
+    max_prefix_v6: int = _k(_int(19, 128), 32)
+    do_not_widen: tuple[int, ...] = _k(_list(_int(0, 2**32 - 1), unique=True), DEFAULT_DO_NOT_WIDEN)
+
+
 @dataclass(frozen=True)
 class ClassPolicy:
     """When observations of one class turn an address into a block."""
@@ -401,6 +435,7 @@ _SECTIONS = {
     "firewall": FirewallConfig,
     "blocks": BlocksConfig,
     "widen": WidenConfig,
+    "routed": RoutedConfig,
     "policy": PolicyConfig,
     "sources": SourcesConfig,
     "daemon": DaemonConfig,
@@ -418,6 +453,7 @@ class Config:
     firewall: FirewallConfig = field(default_factory=FirewallConfig)
     blocks: BlocksConfig = field(default_factory=BlocksConfig)
     widen: WidenConfig = field(default_factory=WidenConfig)
+    routed: RoutedConfig = field(default_factory=RoutedConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     sources: SourcesConfig = field(default_factory=SourcesConfig)
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
@@ -483,7 +519,10 @@ def from_dict(table: dict, *, name: str = "netblock.toml") -> Config:
                 top[key] = _section(_SECTIONS[key], value, name, f"[{key}] ")
         else:
             top[key] = value
-    return _section(Config, top, name, "", sections=set(_SECTIONS))
+    cfg = _section(Config, top, name, "", sections=set(_SECTIONS))
+    if cfg.routed.enabled and not cfg.report.asn_file:
+        raise ConfigError(f"{name}: [routed] enabled: needs [report] asn_file (a pyasn ipasn_*.dat table)")
+    return cfg
 
 
 def _section(cls, table: dict, name: str, where: str, *, sections: frozenset | set = frozenset()):

@@ -13,6 +13,9 @@ built-in protected ranges are never decided on. A widened prefix that would
 swallow one of them is still decided: aggregation carves the protected
 addresses out of it at sync time, so the rest of the botnet's /24 is blocked.
 
+With ``[routed] enabled`` the same offenders also widen to the prefix their
+provider announces (netblock/routed.py says when, and why those defaults).
+
 ``explain()`` answers ``netblock why``: the observations, the rule that did or
 did not fire, the widening that covers the address, or what protects it.
 """
@@ -234,6 +237,8 @@ def decide(store, config, now: datetime) -> list[Block]:
             decided[net] = block
     for block in _widened(store, rules, config, now, sh):
         decided.setdefault(block.netblock, block)
+    for block in _routed(store, rules, config, now, sh):
+        decided.setdefault(block.netblock, block)
     return sorted(decided.values(), key=lambda b: (b.netblock.version, b.netblock.first, b.netblock.prefixlen))
 
 
@@ -265,6 +270,52 @@ def _widened(store, rules, config, now, sh: Shield) -> list[Block]:
         reason = f"widened: {len(w.offenders)} offenders in {w.netblock}"
         out.append(Block(w.netblock, reason, SOURCE, now, expires))
     return out
+
+
+# -- widening to announced prefixes (netblock/routed.py) -------------------------------
+
+def _routed_input(store, rules, config, now, sh: Shield):
+    """(settings, table, offences) for the routed level, or None while it is off."""
+    from netblock import asn, routed
+
+    rs = routed.settings(config)
+    names = [n for n, r in rules.items() if r.widen]
+    if not rs.enabled or not names:
+        return None
+    return rs, asn.from_config(config), _offences(store, rules, now, sh, only=names, window=rs.window)
+
+
+def _routed(store, rules, config, now, sh: Shield) -> list[Block]:
+    from netblock import routed
+
+    found = _routed_input(store, rules, config, now, sh)
+    if found is None:
+        return []
+    rs, table, offences = found
+    return routed.blocks(offences, table, rs, sh.builtin + sh.allowlist + sh.own, now)
+
+
+def _routed_for(store, rules, config, now, sh: Shield, net: IPNetwork) -> list[dict]:
+    """The routed candidates ``why`` shows: blocked ones overlapping ``net``, refused ones holding it."""
+    from netblock import routed
+
+    given = _routed_input(store, rules, config, now, sh)
+    if given is None:
+        return []
+    rs, table, offences = given
+    classes: dict[IPAddress, set[str]] = {}
+    for off in offences:
+        classes.setdefault(off.ip, set()).update(off.classes)
+    candidates = routed.assess(list(classes), table, rs, sh.builtin + sh.allowlist + sh.own)
+
+    def holds(c) -> bool:
+        return c.netblock.first <= net.first and net.last <= c.netblock.last
+
+    shown = [c for c in candidates if c.blocked and _overlap(c.netblock, net)]
+    if not any(holds(c) for c in shown):
+        shown += [c for c in candidates if not c.blocked and holds(c)]
+    named = {ip: sorted(c) for ip, c in classes.items()}
+    return [routed.describe(c, table, named) for c in shown]
 
 
 def record(store, decided: Iterable[Block], now: datetime) -> list[Block]:
@@ -323,6 +374,7 @@ class Explanation:
     widened: list[dict]  # {"netblock", "offenders", "rule"} of widening covering it
     protected: list[tuple[str, str]]  # (kind, netblock)
     verdict: str
+    routed: list[dict] = field(default_factory=list)  # routed.describe() of announced prefixes holding it
 
     def to_dict(self) -> dict:
         return {
@@ -346,6 +398,7 @@ class Explanation:
             ],
             "widened": self.widened,
             "protected": [{"kind": k, "netblock": n} for k, n in self.protected],
+            "routed": self.routed,
         }
 
 
@@ -373,9 +426,10 @@ def explain(store, config, target: IPNetwork | str, now: datetime, *, own: Itera
     checks = _checks(obs, rules, now, sh)
     blocks = [b for b in store.blocks(now=now) if _overlap(b.netblock, net)]
     widened = _widening_for(store, rules, config, now, sh, net, ws)
+    announced = _routed_for(store, rules, config, now, sh, net)
     protected = sh.why(net)
-    verdict = _verdict(net, blocks, checks, widened, protected)
-    return Explanation(net, obs, checks, blocks, widened, protected, verdict)
+    verdict = _verdict(net, blocks, checks, widened or [r for r in announced if r["blocked"]], protected)
+    return Explanation(net, obs, checks, blocks, widened, protected, verdict, announced)
 
 
 def _checks(obs: list[Observation], rules, now: datetime, sh: Shield) -> list[Check]:
@@ -479,6 +533,11 @@ def render(ex: Explanation) -> list[str]:
         unit = f" (counted per /{r['unit_prefixlen']})" if r["unit_prefixlen"] else ""
         lines.append(f"widened: {w['netblock']} holds {len(w['offenders'])} offenders, "
                      f"rule {r['family']} /{r['prefixlen']} at {r['min_count']}{unit}")
+    if ex.routed:
+        from netblock.routed import render as render_routed
+
+        for r in ex.routed:
+            lines += render_routed(r)
     for b in ex.blocks:
         until = "permanent" if b.expires is None else f"until {b.expires:%Y-%m-%d %H:%M:%S}Z"
         lines.append(f"block: {b.netblock} [{b.source}] {b.reason}, {until}")

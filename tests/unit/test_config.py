@@ -240,3 +240,22 @@ def test_duration_syntax():
             d(bad)
     with pytest.raises(config._Bad):
         d("99999999999999w")
+
+
+# -- [routed] (netblock/routed.py) ---------------------------------------------------------
+
+
+def test_routed_section(tmp_path):
+    d = Config().routed
+    assert (d.enabled, d.min_offenders, d.min_spread, d.window) == (False, 16, 8, timedelta(days=1))
+    assert (d.max_prefix_v4, d.max_prefix_v6) == (12, 32) and 15169 in d.do_not_widen
+    cfg = load(write(tmp_path, '[report]\nasn_file = "/x.dat"\n[routed]\nenabled = true\nmax_prefix_v4 = 10\n'
+                     'do_not_widen = [64500]\n'), explicit=True)
+    assert (cfg.routed.enabled, cfg.routed.max_prefix_v4, cfg.routed.do_not_widen) == (True, 10, (64500,))
+    assert load(write(tmp_path, dump(cfg)), explicit=True) == cfg
+    assert error(tmp_path, "[routed]\nenabled = true\n") == \
+        "[routed] enabled: needs [report] asn_file (a pyasn ipasn_*.dat table)"
+    assert error(tmp_path, "[routed]\nmax_prefix_v4 = 7\n") == \
+        "[routed] max_prefix_v4: expected an integer from 8 to 32, got 7"
+    assert error(tmp_path, "[routed]\ndo_not_widen = [15169, -1]\n") == \
+        "[routed] do_not_widen[1]: expected an integer from 0 to 4294967295, got -1"
