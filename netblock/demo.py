@@ -188,7 +188,7 @@ def run(backend: str = "nftables", keep: bool = False, out=sys.stdout, seed: int
                 say()
                 say(r.stdout.rstrip())
         say()
-        elements = status.get("kernel_elements", status.get("elements_in_kernel", "?"))
+        elements = status["installed"]
         say(f"What happened: {len(storm.zombies)} abusive IPs in the log became {len(blocks)} blocks in the store "
             f"and {elements} netblocks in the kernel (dense ranges widened, the rest merged).")
         say(f"The zombies knocked again with {sum(sent.values())} SYNs to port 25; the kernel dropped and counted "
