@@ -23,15 +23,17 @@ import select
 import signal
 import sys
 import time
+from bisect import bisect_right
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Callable, Iterable
 
 from netaddr import IPAddress, IPNetwork
 
-from netblock import follow, journal, policy
+from netblock import follow, hostaddrs, journal, policy
+from netblock.aggregate import widen_detail
 from netblock.errors import NetblockError
-from netblock.model import Observation
+from netblock.model import Block, Observation
 from netblock.sdnotify import Notifier
 
 NOT_OFFENCES = ("connect", "delivered")
@@ -100,6 +102,8 @@ class Runner:
         self.applied: set[IPNetwork] | None = None  # what the last good sync left in the kernel
         self.last_tick: datetime | None = None
         self.last_result = TickResult()
+        self.tracker: Tracker | None = None  # the daemon's in-memory view of recent offences
+        self.own: list[IPNetwork] | None = None  # this host's addresses, read again every tick
 
     def log(self, message: str) -> None:
         log(message, self.stderr)
@@ -146,8 +150,8 @@ class Runner:
 
         return sources.parse_line(text, fmt=self.fmt, source=source, position=position, now=now)
 
-    def read_files(self, *, limit: int | None = None) -> tuple[int, list[IPAddress], bool]:
-        """Store what the followed files have added: (observations, offending IPs, more pending)."""
+    def read_files(self, *, limit: int | None = None) -> tuple[int, list[Observation], bool]:
+        """Store what the followed files have added: (observations, offences, more pending)."""
         limit = MAX_BATCHES_PER_WAKE if limit is None else limit
         total, offenders = 0, []
         for path, fol in self.followers.items():
@@ -168,12 +172,19 @@ class Runner:
                 if batch.restarted:
                     self.log(f"{path}: file was truncated (copytruncate); reading it again from the start")
                 total += len(obs)
-                offenders += [o.ip for o in obs if o.cls not in NOT_OFFENCES]
+                offenders += self._offences(obs)
             else:
                 return total, offenders, True
         return total, offenders, False
 
-    def read_journal(self, *, wait: bool = False, limit: int | None = None) -> tuple[int, list[IPAddress], bool]:
+    def _offences(self, stored: list[Observation]) -> list[Observation]:
+        """The offences among observations just stored, handed to the tracker (if the daemon keeps one)."""
+        found = [o for o in stored if o.cls not in NOT_OFFENCES]
+        if self.tracker is not None and found:
+            self.tracker.feed(found)
+        return found
+
+    def read_journal(self, *, wait: bool = False, limit: int | None = None) -> tuple[int, list[Observation], bool]:
         limit = MAX_BATCHES_PER_WAKE if limit is None else limit
         if self.journal is None:
             return 0, [], False
@@ -197,7 +208,7 @@ class Runner:
                 raise
             self.journal.commit(batch)
             total += len(obs)
-            offenders += [o.ip for o in obs if o.cls not in NOT_OFFENCES]
+            offenders += self._offences(obs)
             if batch.eof or (not batch.entries and not batch.ignored):
                 if batch.eof and self.follow_mode:
                     self.log("journalctl exited; starting it again from the saved cursor next tick")
@@ -205,8 +216,8 @@ class Runner:
                 return total, offenders, False
         return total, offenders, True
 
-    def read_some(self, limit: int | None = None) -> tuple[int, list[IPAddress], bool]:
-        """Up to ``limit`` batches per source: (observations, offending IPs, more pending)."""
+    def read_some(self, limit: int | None = None) -> tuple[int, list[Observation], bool]:
+        """Up to ``limit`` batches per source: (observations, offences, more pending)."""
         limit = MAX_BATCHES_PER_WAKE if limit is None else limit
         if limit <= 0:
             return 0, [], True
@@ -214,7 +225,7 @@ class Runner:
         n_journal, ips_journal, more_journal = self.read_journal(wait=not self.follow_mode, limit=limit)
         return n_files + n_journal, ips_files + ips_journal, more_files or more_journal
 
-    def read_all(self) -> tuple[int, list[IPAddress]]:
+    def read_all(self) -> tuple[int, list[Observation]]:
         """Everything available now, to the end (run-once)."""
         total, offenders, more = 0, [], True
         while more:
@@ -235,6 +246,7 @@ class Runner:
         None reads to the end.
         """
         result = TickResult()
+        self.own = None  # addresses come and go: read them again once per tick
         try:
             if read_limit is None:
                 result.observations, _ = self.read_all()
@@ -244,6 +256,8 @@ class Runner:
             result.errors.append(f"reading logs: {_failure(exc)}")
         now = self.clock()
         self._decide(now, result)
+        if self.tracker is not None:
+            self.tracker.settled(now)  # the full decision covered whatever was pending
         self._sync(now, result)
         self._sample(now, result)
         self._prune(now, result)
@@ -258,15 +272,70 @@ class Runner:
         return result
 
     def react(self) -> TickResult:
-        """Decide and, only if something new is to be blocked, sync (between ticks)."""
+        """Block what crossed a threshold since the last look, at once (between ticks).
+
+        With a tracker (the daemon) only the addresses that just crossed are
+        decided, and, when the backend can add to what the kernel holds
+        without reading it all back, only they are sent to the kernel: the
+        cost follows the burst, not the number of blocks already in place.
+        Anything else (a widened prefix, an own address, a backend without
+        ``add``) takes the full sync, like a tick.
+        """
         result = TickResult()
         now = self.clock()
-        self._decide(now, result)
-        if result.decided and not result.errors:
-            self._sync(now, result)
+        if self.tracker is None:
+            self._decide(now, result)
+            if result.decided and not result.errors:
+                self._sync(now, result)
+        else:
+            changed = self._decide_new(now, result)
+            if changed and not result.errors:
+                self._push(changed, now, result)
         for err in result.errors:
             self.log(f"event handling failed: {err} (retrying next tick)")
         return result
+
+    def _decide_new(self, now: datetime, result: TickResult) -> list[Block]:
+        try:
+            blocks = self.tracker.decide(self.store, self.config, now)
+            if not blocks:
+                return []
+            with self.store.transaction():
+                changed = policy.record(self.store, blocks, now)
+        except TRANSIENT as exc:
+            result.errors.append(f"policy: {_failure(exc)}")
+            return []
+        result.decided = len(changed)
+        return changed
+
+    def _push(self, blocks: list[Block], now: datetime, result: TickResult) -> None:
+        """Add ``blocks`` to the kernel as one small transaction, or fall back to a full sync."""
+        from netblock.lock import kernel_lock
+
+        try:
+            backend = self.backend()
+            add = getattr(backend, "add", None)
+            own = self.own_addresses()
+            hosts = all(b.netblock.prefixlen == (32 if b.netblock.version == 4 else 128)
+                        and b.netblock not in own for b in blocks)
+            change = None
+            if add is not None and hosts:
+                with kernel_lock(self.config.lock_file):
+                    change = add({b.netblock: b.expires for b in blocks})
+        except TRANSIENT as exc:
+            result.errors.append(f"adding to the kernel: {_failure(exc)}")
+            return
+        if change is None:  # not expressible as plain additions: make the kernel equal to the store
+            self._sync(now, result)
+            return
+        result.added = len(change.added)
+        if self.applied is not None:
+            self.applied.update(change.added)
+
+    def own_addresses(self) -> set[IPNetwork]:
+        if self.own is None:
+            self.own = list(hostaddrs.own_addresses())
+        return set(self.own)
 
     def _decide(self, now: datetime, result: TickResult) -> None:
         try:
@@ -308,6 +377,17 @@ class Runner:
             sampling.sample(self.store, self.backend(), now)
         except TRANSIENT as exc:
             result.errors.append(f"sampling: {_failure(exc)}")
+            return
+        try:  # what `netblock export` shows as netblock_last_tick_timestamp_seconds
+            self.store.set_state("last_tick", str(now.timestamp()))
+        except TRANSIENT as exc:
+            result.errors.append(f"recording the tick: {_failure(exc)}")
+        retention = _setting(self.config, "report", "retention", None)
+        if retention:
+            try:
+                sampling.thin_if_due(self.store, now, retention)
+            except TRANSIENT as exc:
+                result.errors.append(f"thinning samples: {_failure(exc)}")
     # ---- end of sampling hook ---------------------------------------------
 
     def _prune(self, now: datetime, result: TickResult) -> None:
@@ -346,6 +426,201 @@ def newly_crossing(store, config, ips: Iterable[IPAddress], now: datetime) -> bo
     return False
 
 
+class _FastShield:
+    """policy.Shield.covers() by bisection: an IPSet lookup costs ~0.1 ms, and a storm asks thousands of times."""
+
+    def __init__(self, shield: policy.Shield):
+        self.delivered = shield.delivered
+        merged: list[list[int]] = []  # [version, first, last], disjoint and sorted
+        for v, first, last in sorted((n.version, n.first, n.last)
+                                     for n in shield.builtin + shield.allowlist + shield.own):
+            if merged and merged[-1][0] == v and first <= merged[-1][2] + 1:
+                merged[-1][2] = max(merged[-1][2], last)
+            else:
+                merged.append([v, first, last])
+        self._starts = [(v, first) for v, first, _ in merged]
+        self._spans = merged
+
+    def covers(self, ip: IPAddress) -> bool:
+        if ip in self.delivered:
+            return True
+        k = bisect_right(self._starts, (ip.version, ip.value)) - 1
+        return k >= 0 and self._spans[k][0] == ip.version and ip.value <= self._spans[k][2]
+
+
+class Tracker:
+    """The offences of recent minutes in memory, so a threshold crossing is seen as its line is read.
+
+    Asking the store instead means a scan of the window per look (it keeps
+    no index on the address, on purpose) and policy.decide() over every
+    offender: both grow with the size of a storm, while what has to be done
+    per new line does not. The tracker applies the same rules as
+    policy.decide() to the addresses it saw offend, and only to them; the
+    tick's full decision stays the reference and catches up on anything
+    missed here (the clock moving on, a reload, a failed store write).
+
+    Seeded from the store at start, so offences from before a restart count.
+    """
+
+    def __init__(self, config, store=None, now: datetime | None = None):
+        self.rules = policy.class_rules(config)
+        self.widening = policy.widen_settings(config)
+        widen_names = [n for n, r in self.rules.items() if r.widen]
+        self.widens = bool(self.widening.enabled and self.widening.rules and widen_names)
+        self.keep = max([r.window for r in self.rules.values()]
+                        + ([self.widening.window] if self.widens else []), default=timedelta(0))
+        # ip -> rule name -> [(time, class)], oldest first
+        self.recent: dict[IPAddress, dict[str, list[tuple[datetime, str]]]] = {}
+        self.pending: set[IPAddress] = set()  # over a threshold since the last decide()
+        self.pending_widen: set[IPAddress] = set()  # became widening offenders since the last decide()
+        # widening offenders, by the widest rule's prefix that holds them: (family, first) -> ips
+        self._neighbourhoods: dict[tuple[int, int], set[IPAddress]] = {}
+        self._widest = {fam: min((r.prefixlen for r in self.widening.rules if r.family == fam), default=None)
+                        for fam in (4, 6)}
+        if store is not None and now is not None and self.rules:
+            self.feed(o for o in store.observations(since=now - self.keep) if o.cls not in NOT_OFFENCES)
+            self.settled(now)
+
+    def feed(self, offences: Iterable[Observation]) -> None:
+        for o in offences:
+            rule = policy.rule_for(self.rules, o.cls)
+            if rule is None:
+                continue
+            seen = self.recent.setdefault(o.ip, {}).setdefault(rule.name, [])
+            seen.append((o.time, o.cls))
+            if len(seen) > 1 and o.time < seen[-2][0]:
+                seen.sort(key=lambda e: e[0])  # a late line from another log
+            if 0 < rule.threshold <= len(seen):  # maybe over it: decide() counts within the window
+                self.pending.add(o.ip)
+            if self.widens and rule.widen:
+                self.pending_widen.add(o.ip)
+                key = self._key(o.ip)
+                if key is not None:
+                    self._neighbourhoods.setdefault(key, set()).add(o.ip)
+
+    def settled(self, now: datetime) -> None:
+        """Forget what is pending (a full decision just covered it) and offences older than any window."""
+        self.pending.clear()
+        self.pending_widen.clear()
+        cutoff = now - self.keep
+        for ip in list(self.recent):
+            per_rule = self.recent[ip]
+            for name in list(per_rule):
+                kept = [e for e in per_rule[name] if e[0] >= cutoff]
+                if kept:
+                    per_rule[name] = kept
+                else:
+                    del per_rule[name]
+            if not per_rule:
+                del self.recent[ip]
+                self._forget_offender(ip)
+
+    def _offence(self, ip: IPAddress, rule: policy.ClassRule, now: datetime,
+                 window: timedelta) -> policy.Offence | None:
+        since = now - window
+        seen = [e for e in self.recent.get(ip, {}).get(rule.name, ()) if e[0] >= since]
+        if not seen or len(seen) < max(rule.threshold, 1):
+            return None
+        return policy.Offence(ip, tuple(sorted({c for _t, c in seen})), len(seen), seen[-1][0], rule)
+
+    def _key(self, ip: IPAddress) -> tuple[int, int] | None:
+        plen = self._widest.get(ip.version)
+        if plen is None:
+            return None
+        bits = 32 if ip.version == 4 else 128
+        return ip.version, ip.value >> (bits - plen)
+
+    def _forget_offender(self, ip: IPAddress) -> None:
+        key = self._key(ip)
+        if key is not None and key in self._neighbourhoods:
+            self._neighbourhoods[key].discard(ip)
+            if not self._neighbourhoods[key]:
+                del self._neighbourhoods[key]
+
+    def decide(self, store, config, now: datetime) -> list[Block]:
+        """Blocks for what is pending that the store does not already hold active (as policy.decide() words them)."""
+        if not self.pending and not self.pending_widen:
+            return []
+        shield = _FastShield(policy.shield(store, config, now))
+        decided: dict[IPNetwork, Block] = {}
+        for ip in self.pending:
+            for name in self.recent.get(ip, ()):
+                rule = self.rules[name]
+                if rule.threshold <= 0:
+                    continue
+                off = self._offence(ip, rule, now, rule.window)
+                if off is None or (off.expires is not None and off.expires <= now):
+                    continue
+                net = IPNetwork(ip)
+                old = decided.get(net)
+                if old is not None and (old.expires is None or (off.expires is not None
+                                                                 and off.expires <= old.expires)):
+                    continue
+                if shield.covers(ip):
+                    break
+                reason = (f"{off.count} {off.label} within {policy._fmt_window(rule.window)} "
+                          f"(threshold {rule.threshold})")
+                decided[net] = Block(net, reason, policy.SOURCE, now, off.expires)
+        if self.widens:
+            for block in self._widened(store, shield, now):
+                decided.setdefault(block.netblock, block)
+        self.pending.clear()
+        self.pending_widen.clear()
+        out = []
+        for net, block in decided.items():
+            old = store.get_block(net)
+            if old is not None and (old.expires is None or old.expires > now):
+                continue  # active already: extending it is the tick's business
+            out.append(block)
+        return sorted(out, key=lambda b: (b.netblock.version, b.netblock.first, b.netblock.prefixlen))
+
+    def _widening_expiry(self, ip: IPAddress, now: datetime) -> tuple[bool, datetime | None]:
+        """(ip is a widening offender, the latest expiry of its offences)."""
+        found, expires = False, None
+        for rule in self.rules.values():
+            if not rule.widen:
+                continue
+            off = self._offence(ip, rule, now, self.widening.window)
+            if off is None:
+                continue
+            expires = off.expires if not found else policy._later(expires, off.expires)
+            found = True
+        return found, expires
+
+    def _widened(self, store, shield: "_FastShield", now: datetime) -> list[Block]:
+        """Widened prefixes around the addresses that just became widening offenders.
+
+        Only their neighbourhood (the widest rule's prefix around each) is
+        looked at: a prefix elsewhere cannot have changed.
+        """
+        touched = {key for ip in self.pending_widen if (key := self._key(ip)) is not None}
+        out = []
+        for key in touched:
+            expiry = {}
+            for ip in list(self._neighbourhoods.get(key, ())):
+                is_offender, expires = self._widening_expiry(ip, now)
+                if is_offender and not shield.covers(ip):
+                    expiry[ip] = expires
+                elif not self.recent.get(ip):
+                    self._forget_offender(ip)
+            if not expiry:
+                continue
+            found = widen_detail(list(expiry), self.widening.rules, self.widening.max_prefixlen)
+            found.sort(key=lambda w: w.netblock.prefixlen)
+            kept = []
+            for w in found:
+                if not any(k.netblock.first <= w.netblock.first and w.netblock.last <= k.netblock.last for k in kept):
+                    kept.append(w)
+            for w in kept:
+                ends = [expiry[ip] for ip in w.offenders if ip in expiry]
+                expires = None if None in ends else max(ends)
+                if expires is not None and expires <= now:
+                    continue
+                out.append(Block(w.netblock, f"widened: {len(w.offenders)} offenders in {w.netblock}",
+                                 policy.SOURCE, now, expires))
+        return out
+
+
 class Daemon:
     """The event loop around a Runner: inotify, journalctl's pipe, signals, the tick timer."""
 
@@ -358,6 +633,9 @@ class Daemon:
         self._stop = False
         self._reload = False
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        from netblock import fleet
+
+        self.fleet = fleet.listener_for(runner)  # PostgreSQL store: other hosts' changes wake us
 
     @property
     def config(self):
@@ -393,10 +671,13 @@ class Daemon:
             os.close(self._wake_r)
             os.close(self._wake_w)
             self.notifier.close()
+            if self.fleet is not None:
+                self.fleet.close()
 
     def _loop(self) -> int:
         runner = self.runner
         runner.open_sources()
+        self._track()
         self._watch_sources()
         if runner.journal is not None:
             runner.journal.start()
@@ -434,12 +715,23 @@ class Daemon:
             jfd = runner.journal.fileno() if runner.journal is not None else None
             if jfd is not None:
                 fds.append(jfd)
+            fleet_fd = self.fleet.fileno() if self.fleet is not None else None
+            if fleet_fd is not None:
+                fds.append(fleet_fd)
+            elif self.fleet is not None:  # reconnecting: look again soon
+                timeout = min(timeout, self.fleet.retry_every)
             try:
                 ready, _, _ = select.select(fds, [], [], timeout)
             except InterruptedError:
                 ready = []
             if self._wake_r in ready:
                 _drain(self._wake_r)
+            if fleet_fd is not None and fleet_fd in ready:
+                from netblock import fleet
+
+                if self.fleet.changed():
+                    fleet.follow_change(runner)
+                ready.remove(fleet_fd)
             if self._stop:
                 break
             if not (backlog or ready):
@@ -447,21 +739,25 @@ class Daemon:
             if self.inotify.fileno() in ready:
                 self.inotify.drain()
                 self._watch_sources()  # a rotated file is a new inode to watch
-            offenders, backlog = self._read_sources(read_journal=backlog or (jfd is not None and jfd in ready))
-            if offenders and react_at is None:
-                try:
-                    crossing = newly_crossing(runner.store, self.config, offenders, runner.clock())
-                except TRANSIENT as exc:
-                    runner.log(f"event handling failed: {_failure(exc)} (retrying next tick)")
-                    crossing = False
-                if crossing:
-                    react_at = time.monotonic() + self._interval("coalesce", 0.05)
+            _, backlog = self._read_sources(read_journal=backlog or (jfd is not None and jfd in ready))
+            tracker = runner.tracker
+            if react_at is None and tracker is not None and (tracker.pending or tracker.pending_widen):
+                react_at = time.monotonic() + self._interval("coalesce", 0.05)
         self.notifier.stopping()
         return 0
 
-    def _read_sources(self, *, read_journal: bool) -> tuple[list[IPAddress], bool]:
+    def _track(self) -> None:
+        """A tracker for the current configuration, seeded from the store; without one, events use the tick's path."""
         runner = self.runner
-        offenders: list[IPAddress] = []
+        try:
+            runner.tracker = Tracker(self.config, runner.store, runner.clock())
+        except TRANSIENT as exc:
+            runner.tracker = None
+            runner.log(f"reading recent offences failed: {_failure(exc)} (events wait for the tick)")
+
+    def _read_sources(self, *, read_journal: bool) -> tuple[list[Observation], bool]:
+        runner = self.runner
+        offenders: list[Observation] = []
         more = False
         try:
             _, ips, more_files = runner.read_files()
@@ -484,6 +780,7 @@ class Daemon:
             runner.log(f"reload failed, keeping the old configuration: {_failure(exc)}")
             return
         runner.config = config
+        self._track()
         try:
             runner.open_sources()
             self._watch_sources()

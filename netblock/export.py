@@ -17,6 +17,8 @@ from datetime import datetime
 
 from netaddr import IPNetwork
 
+from netblock.errors import BadInput
+
 
 @dataclass
 class Snapshot:
@@ -89,6 +91,23 @@ def prometheus(read) -> str:
     return generate_latest(registry).decode()
 
 
+def serve(addr: str, port: int, read):
+    """Serve the Prometheus text of ``read()`` at http://addr:port/metrics from a thread.
+
+    Returns the server; ``shutdown()`` stops it. Each scrape calls ``read()``
+    afresh, so /metrics and the textfile show the same numbers.
+    """
+    from prometheus_client import CollectorRegistry, start_http_server
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Collector(read))
+    try:
+        server, _thread = start_http_server(port, addr=addr, registry=registry)
+    except OSError as e:
+        raise BadInput(f"--listen: cannot listen on {addr}:{port}: {e.strerror or e}") from None
+    return server
+
+
 def as_json(snap: Snapshot) -> str:
     return json.dumps({
         "host": snap.host,
@@ -109,13 +128,16 @@ def as_csv(snap: Snapshot) -> str:
     return out.getvalue()
 
 
-def write_atomically(path: str, text: str) -> None:
+def write_atomically(path: str, data: str | bytes) -> None:
     """Temp file in the same directory + rename: node_exporter never reads half a file."""
     directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".netblock-", suffix=".tmp", dir=directory)
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        fd, tmp = tempfile.mkstemp(prefix=".netblock-", suffix=".tmp", dir=directory)
+    except OSError as e:
+        raise BadInput(f"{path}: cannot write there: {e.strerror or e}") from None
+    try:
+        with os.fdopen(fd, "wb" if isinstance(data, bytes) else "w") as f:
+            f.write(data)
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:

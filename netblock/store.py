@@ -189,8 +189,16 @@ class Store:
     # -- opening ---------------------------------------------------------------
 
     @classmethod
-    def open(cls, path: str | os.PathLike = DEFAULT_PATH) -> "Store":
-        """Open (creating and upgrading as needed) the store at ``path``."""
+    def open(cls, path: str | os.PathLike = DEFAULT_PATH, *, host_id: str | None = None) -> "Store":
+        """Open (creating and upgrading as needed) the store at ``path``.
+
+        A ``postgresql://`` DSN opens the fleet's shared PostgreSQL store
+        instead (netblock.store_pg, which alone needs psycopg), as ``host_id``.
+        """
+        if isinstance(path, str) and path.startswith(("postgresql://", "postgres://")):
+            from netblock.store_pg import PgStore
+
+            return PgStore.open(path, host_id=host_id)
         path = os.fspath(path)
         memory = path == ":memory:"
         old_umask = os.umask(0o077)
@@ -558,6 +566,173 @@ class Store:
                 "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                 (key, str(value)),
             )
+
+    # -- reports (samples, class counts) -------------------------------------------
+
+    def observation_class_counts(self, since: datetime | None = None,
+                                 until: datetime | None = None) -> dict[str, int]:
+        """Observations per class with since <= time < until (all time by default)."""
+        where, params = _window(since, until)
+        sql = "SELECT cls, count(*) FROM observations"
+        if where:
+            sql += " INDEXED BY observations_time WHERE " + " AND ".join(where)
+        return dict(self._all(sql + " GROUP BY cls ORDER BY cls", params))
+
+    def last_samples(self, nets: Iterable[str]) -> dict[str, tuple[int, int, int]]:
+        """{netblock text: (time, packets, bytes)} of the latest sample of each given netblock.
+
+        One statement with an index seek per netblock, so change-only
+        sampling of 100k elements costs one round trip, not 100k.
+        """
+        import json
+
+        rows = self._all(
+            "SELECT j.value, s.time, s.packets, s.bytes FROM json_each(?) AS j "
+            "JOIN samples AS s ON s.netblock = j.value AND s.time = "
+            "(SELECT max(time) FROM samples WHERE netblock = j.value)",
+            (json.dumps(list(nets)),),
+        )
+        return {net: (t, p, b) for net, t, p, b in rows}
+
+    @staticmethod
+    def _sample_key(net: IPNetwork) -> str:
+        """canonical_net(net) as text; an IPv4 CIDR with its host bits clear (what every backend
+        returns) is formatted straight from its integers, which 100k samples a tick notice."""
+        if isinstance(net, IPNetwork) and net._module.version == 4:
+            value, plen = net._value, net._prefixlen
+            if not value & ((1 << (32 - plen)) - 1):
+                return f"{value >> 24}.{value >> 16 & 255}.{value >> 8 & 255}.{value & 255}/{plen}"
+        return str(canonical_net(net))
+
+    def add_changed_samples(self, time: datetime, counters: dict[IPNetwork, tuple[int, int]]) -> int:
+        """Record only the counters that differ from the netblock's latest sample; returns rows written.
+
+        Unchanged counters add nothing a report could use: drops are deltas,
+        and a delta of zero is what a missing row already says. That keeps a
+        year of one-a-minute sampling proportional to the minutes with drops.
+        A sample in the same second as the latest (sync sampling right
+        before it removes, then the tick sampling after) replaces it if the
+        counter only grew; if it went down, the earlier value moves one
+        second back, so a reset is never hidden by it and no sample lands
+        after "now" where a report ending now would not see it.
+        """
+        t = _ts(time)
+        texts = {net: self._sample_key(net) for net in counters}
+        rows = []
+        with self.transaction(), self._errors():
+            last = self.last_samples(texts.values())
+            for net, (p, b) in counters.items():
+                text = texts[net]
+                prev = last.get(text)
+                if prev is None:
+                    rows.append((t, text, int(p), int(b)))
+                    continue
+                lt, lp, lb = prev
+                if (p, b) == (lp, lb):
+                    continue
+                if lt < t or (p >= lp and b >= lb):
+                    rows.append((max(lt, t), text, int(p), int(b)))
+                else:
+                    rows.append((lt - 1, text, lp, lb))
+                    rows.append((lt, text, int(p), int(b)))
+            rows.sort()  # in key order both B-trees are appended to, not split all over
+            self._conn.executemany(
+                "INSERT OR REPLACE INTO samples (time, netblock, packets, bytes) VALUES (?, ?, ?, ?)", rows)
+        return len(rows)
+
+    def _drop_deltas(self, since: datetime | None, until: datetime | None) -> Iterator[tuple[str, int, int, int]]:
+        """(netblock text, time, packets, bytes) dropped per sample inside [since, until], in time order.
+
+        Each netblock's series starts from its last sample before ``since``
+        (0 if none), and a counter lower than the one before it restarted
+        from zero (reset). Only the window's rows are read (a range scan of
+        the (time, netblock) key) plus one baseline row per netblock sampled
+        in it (an index seek each, in one statement): a weekly report does
+        not read the year before it.
+        """
+        import json
+
+        where, params = [], []
+        if since is not None:
+            where.append("time >= ?")
+            params.append(_ts(since))
+        if until is not None:
+            where.append("time <= ?")
+            params.append(_ts(until))
+        sql = "SELECT netblock, time, packets, bytes FROM samples"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        rows = self._all(sql + " ORDER BY time", params)
+        last: dict[str, tuple[int, int]] = {}
+        if since is not None and rows:
+            nets = json.dumps(sorted({r[0] for r in rows}))
+            for net, p, b in self._all(
+                    "SELECT j.value, s.packets, s.bytes FROM json_each(?) AS j "
+                    "JOIN samples AS s ON s.netblock = j.value AND s.time = "
+                    "(SELECT max(time) FROM samples WHERE netblock = j.value AND time < ?)",
+                    (nets, _ts(since))):
+                last[net] = (p, b)
+        for net, t, p, b in rows:
+            pp, pb = last.get(net, (0, 0))
+            last[net] = (p, b)
+            if p < pp or b < pb:
+                yield net, t, p, b
+            else:
+                yield net, t, p - pp, b - pb
+
+    def sample_drops(self, since: datetime | None, until: datetime | None
+                     ) -> dict[str, tuple[int, int, datetime | None, datetime | None]]:
+        """{netblock text: (packets, bytes, first_seen, last_seen)} of the netblocks that dropped
+        anything within [since, until]; the store-side twin of report.drops()."""
+        acc: dict[str, list] = {}
+        get = acc.get
+        for net, t, dp, db in self._drop_deltas(since, until):
+            if dp or db:
+                a = get(net)
+                if a is None:
+                    acc[net] = [dp, db, t, t]
+                else:
+                    a[0] += dp
+                    a[1] += db
+                    a[3] = t
+        return {net: (p, b, _dt(first), _dt(last)) for net, (p, b, first, last) in acc.items()}
+
+    def daily_drops(self, since: datetime | None, until: datetime | None) -> dict[datetime, tuple[int, int]]:
+        """{UTC midnight: (packets, bytes)} dropped by all netblocks together, per day of the window."""
+        acc: dict[int, list[int]] = {}
+        for _net, t, dp, db in self._drop_deltas(since, until):
+            a = acc.setdefault(t // 86400, [0, 0])
+            a[0] += dp
+            a[1] += db
+        return {_dt(day * 86400): (p, b) for day, (p, b) in sorted(acc.items())}
+
+    def block_reasons(self, at: datetime) -> dict[str, tuple[str, bool]]:
+        """{netblock text: (reason, active at ``at``)} of every block, without building 10k Block objects."""
+        t = _ts(at)
+        rows = self._all("SELECT netblock, reason, created <= ? AND (expires IS NULL OR expires > ?) FROM blocks",
+                         (t, t))
+        return {net: (reason, bool(active)) for net, reason, active in rows}
+
+    def thin_samples(self, before: datetime, after: datetime | None = None) -> int:
+        """Keep, of the samples older than ``before``, the last per netblock per UTC day; returns rows deleted.
+
+        ``after`` (a previous ``before``) limits the work to the days not
+        thinned yet; it is rounded down to its UTC day so that day is redone.
+
+        Counters are cumulative, so the deltas telescope: the dropped
+        intermediate rows lose no packet, only when within the day they fell
+        (except across a reset inside a thinned day: what was counted before
+        it is gone with the rows that showed it).
+        """
+        with self.transaction(), self._errors():
+            return self._conn.execute(
+                """DELETE FROM samples WHERE time < :b AND time >= :a AND EXISTS (
+                       SELECT 1 FROM samples AS later INDEXED BY samples_netblock
+                       WHERE later.netblock = samples.netblock AND later.time > samples.time
+                         AND later.time < :b AND later.time / 86400 = samples.time / 86400)""",
+                {"b": _ts(before), "a": 0 if after is None else _ts(after) // 86400 * 86400},
+            ).rowcount
+
 
 
 def _window(since: datetime | None, until: datetime | None) -> tuple[list[str], list]:

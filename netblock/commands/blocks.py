@@ -463,7 +463,7 @@ def cmd_status(args, ctx) -> int:
     info = {
         "backend": backend.name,
         "description": backend.description,
-        "store": ctx.db_path,
+        "store": store.path,  # a DSN with its password masked
         "blocks_active": store.count_blocks(now),
         "blocks_stored": store.count_blocks(),
         "allowlist": len(store.allowlist()),
@@ -500,8 +500,15 @@ def cmd_status(args, ctx) -> int:
 
 
 def cmd_remove_rules(args, ctx) -> int:
+    from netblock.errors import NetblockError
+    from netblock.sampling import sample
+
     backend = ctx.backend()
     with kernel_lock(ctx.config.lock_file):
+        try:
+            sample(ctx.store(), backend, ctx.now())  # the last drops count in reports
+        except NetblockError as exc:
+            ctx.warn(f"counters not sampled before removal: {exc}")
         backend.remove()
     ctx.print(f"removed netblock's kernel objects ({backend.description}); the store is kept, "
               "`netblock sync` installs them again")

@@ -38,8 +38,6 @@ def cmd_export(args, ctx) -> int:
         return export.snapshot(ctx.store(), ctx.backend(), host, ctx.now())
 
     if args.listen is not None:
-        from prometheus_client import CollectorRegistry, start_http_server
-
         from netblock.store import Store
 
         addr, port = _addr(args.listen or ctx.config.export.listen)
@@ -49,9 +47,7 @@ def cmd_export(args, ctx) -> int:
             with Store.open(db) as store:
                 return export.snapshot(store, backend, host, ctx.now())
 
-        registry = CollectorRegistry(auto_describe=False)
-        registry.register(export._Collector(fresh))
-        start_http_server(port, addr=addr, registry=registry)
+        export.serve(addr, port, fresh)
         ctx.warn(f"serving http://{addr}:{port}/metrics; Ctrl-C stops")
         while True:
             time.sleep(3600)

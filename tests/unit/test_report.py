@@ -75,3 +75,41 @@ def test_thinning_keeps_totals():
     thinned = rep.thin(samples, T0 + timedelta(days=2))
     assert len(thinned) < len(samples)
     assert rep.drops(thinned, None, None)[IPNetwork("198.18.1.0/24")].packets == samples[-1].packets
+
+
+def test_store_drops_equal_the_pure_arithmetic():
+    """store.sample_drops (what reports run on) against report.drops, on change-only samples with resets."""
+    import random
+
+    from netblock.store import Store
+
+    rng = random.Random(7)
+    nets = [IPNetwork(f"198.18.{i}.0/24") for i in range(6)] + [IPNetwork("2001:db8:1::/48")]
+    counts = {n: [0, 0] for n in nets}
+    everything = []
+    with Store.open(":memory:") as store:
+        for m in range(0, 4000, 7):
+            now = {}
+            for n in nets:
+                r = rng.random()
+                if r < 0.05:
+                    counts[n] = [0, 0]  # reset
+                elif r < 0.5:
+                    counts[n][0] += rng.randint(1, 5)
+                    counts[n][1] += rng.randint(40, 400)
+                now[n] = tuple(counts[n])
+            store.add_changed_samples(T0 + timedelta(minutes=m), now)
+            everything += [Sample(T0 + timedelta(minutes=m), n, *now[n]) for n in nets]
+        assert len(store.samples()) < len(everything)  # change-only wrote less
+        for since, until in ((None, None), (T0 + timedelta(minutes=500), T0 + timedelta(minutes=2000)),
+                             (T0 + timedelta(minutes=501), None), (None, T0 + timedelta(minutes=700))):
+            pure = {str(k): (r.packets, r.bytes, r.first_seen, r.last_seen)
+                    for k, r in rep.drops(everything, since, until).items() if r.packets or r.bytes}
+            assert store.sample_drops(since, until) == pure
+            daily = store.daily_drops(since, until)
+            assert sum(p for p, _ in daily.values()) == sum(v[0] for v in pure.values())
+
+
+def test_parse_net_is_the_store_text_form():
+    for text in ("198.18.1.0/24", "203.0.113.7/32", "2001:db8::/32", "2001:db8::1/128"):
+        assert rep.parse_net(text) == IPNetwork(text)
