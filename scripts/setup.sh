@@ -16,6 +16,8 @@ if [ "${#missing[@]}" -gt 0 ]; then
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
+# The end-to-end scene's real mail servers (Postfix installed, Exim unpacked beside it).
+./scripts/e2e-setup.sh
 PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
     "$PY" -m venv .venv

@@ -95,6 +95,8 @@ def reject_class(verb: str, rest: str) -> str:
         if rest.startswith("EHLO or HELO"):
             return "bad-helo"
         low = reason.lower()
+        if low.startswith("host lookup failed"):  # Exim's words for a client without reverse DNS
+            return "no-rdns"
         if "relay not permitted" in low:
             return "relay-denied"
         if "sender verify failed" in low:
