@@ -75,7 +75,9 @@ class Context:
         if self._store is None:
             from netblock.store import Store
 
-            self._store = Store.open(self.db_path)
+            path = self.db_path
+            fleet = path.startswith(("postgresql://", "postgres://"))
+            self._store = Store.open(path, host_id=self.config.host_id if fleet else None)
         return self._store
 
     def backend(self):
@@ -140,8 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", metavar="PATH",
                         help=f"configuration file (default: $NETBLOCK_CONFIG or {DEFAULT_CONFIG}; optional)")
     parser.add_argument("--db", metavar="PATH",
-                        help="store (SQLite file; default: $NETBLOCK_DB or `db` from the config, "
-                        "/var/lib/netblock/netblock.db)")
+                        help="store (SQLite file, or a postgresql:// DSN for a fleet; default: $NETBLOCK_DB "
+                        "or `db` from the config, /var/lib/netblock/netblock.db)")
     parser.add_argument("--backend", choices=("nftables", "ipset", "iptables"),
                         help="kernel backend (default: $NETBLOCK_BACKEND or `backend` from the config, nftables)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)

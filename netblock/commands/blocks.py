@@ -451,9 +451,15 @@ def cmd_sync(args, ctx) -> int:
 
 
 def cmd_status(args, ctx) -> int:
+    from netblock.errors import StoreError
     from netblock.sync import desired_for, diff, read_installed
 
-    store = ctx.store()
+    try:
+        store = ctx.store()
+    except StoreError as exc:  # a fleet's PostgreSQL may be away: say since when, and what the kernel keeps
+        from netblock.fleet import status_unreachable
+
+        return status_unreachable(ctx, exc, as_json=args.json)
     backend = ctx.backend()
     now = ctx.now()
     desired = desired_for(store, ctx.config, now=now)
@@ -528,7 +534,9 @@ def cmd_config(args, ctx) -> int:
     from netblock import config as config_mod
 
     cfg = ctx.config
-    overrides = {"db": ctx.db_path, "backend": ctx.backend_name}
+    from netblock.store_pg import mask_dsn  # psycopg-free: only masks a DSN's password
+
+    overrides = {"db": mask_dsn(ctx.db_path), "backend": ctx.backend_name}
     if dataclasses.is_dataclass(cfg):
         names = {f.name for f in dataclasses.fields(cfg)}
         cfg = dataclasses.replace(cfg, **{k: v for k, v in overrides.items() if k in names})

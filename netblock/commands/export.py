@@ -32,10 +32,12 @@ def _addr(text: str) -> tuple[str, int]:
 
 
 def cmd_export(args, ctx) -> int:
+    from netblock.fleet import own_view  # a fleet's store, seen as this host (as labelled)
+
     host = ctx.config.host_id
 
     def read():
-        return export.snapshot(ctx.store(), ctx.backend(), host, ctx.now())
+        return export.snapshot(own_view(ctx.store(), host), ctx.backend(), host, ctx.now())
 
     if args.listen is not None:
         from netblock.store import Store
@@ -44,8 +46,8 @@ def cmd_export(args, ctx) -> int:
         db, backend = ctx.db_path, ctx.backend()
 
         def fresh():  # the HTTP thread opens its own store connection per scrape
-            with Store.open(db) as store:
-                return export.snapshot(store, backend, host, ctx.now())
+            with Store.open(db, host_id=host) as store:
+                return export.snapshot(own_view(store, host), backend, host, ctx.now())
 
         export.serve(addr, port, fresh)
         ctx.warn(f"serving http://{addr}:{port}/metrics; Ctrl-C stops")

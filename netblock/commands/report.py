@@ -214,6 +214,12 @@ def cmd_report(args, ctx) -> int:
     rows = top_rows(store, config, since, until, n, args.by)
     records = [{"netblock": str(r.netblock.cidr), "packets": r.packets, "bytes": r.bytes,
                 "first_seen": r.first_seen, "last_seen": r.last_seen, "reason": r.reason} for r in rows]
+    if args.json and args.host is None and hasattr(store, "hosts"):  # a fleet: which MX dropped what
+        from netblock.fleet import per_host_packets
+
+        per_host = per_host_packets(store, since, until)
+        for r in records:
+            r["hosts"] = per_host.get(r["netblock"], {})
     return _emit(args, ctx, records, lambda: rep.table(rows, exact=args.exact),
                  fields=["netblock", "packets", "bytes", "first_seen", "last_seen", "reason"])
 

@@ -1,0 +1,750 @@
+"""The store on PostgreSQL: fleet mode, several MX hosts sharing one database.
+
+Same interface and semantics as netblock.store.Store (SQLite), so every
+caller stays unaware of which one it holds. What differs is only what a
+fleet needs:
+
+* Blocks and the allowlist are shared by every host. Observations, counter
+  samples and small state carry the id of the host that wrote them.
+  Observations are read fleet-wide (density widening counts offenders seen
+  by any MX); samples are per host, because each host's kernel counters are
+  an independent cumulative series: drops are computed per (host, netblock)
+  and then summed, so a fleet report adds deltas, never raw counters.
+* A write to blocks or allowlist (by a CLI command, a policy decision or
+  pruning, on any host) fires a statement-level trigger that NOTIFYs
+  ``netblock_changes``: netblock.fleet listens and syncs within a second.
+* ``transaction()`` takes one transaction-level advisory lock first, which
+  gives every write transaction the serialisation SQLite's ``BEGIN
+  IMMEDIATE`` gives: read-modify-write sequences never interleave.
+* The connection is re-opened on the next use after it broke (the server
+  restarted); ``unreachable_since`` says since when it has been failing.
+
+psycopg is imported only here, and this module only when a DSN is given, so
+an SQLite-only install never needs it. The password (from the DSN,
+PGPASSWORD or PGPASSFILE, all handled by libpq) never appears in a message.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import time
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from typing import Iterable, Iterator
+
+from netaddr import IPAddress, IPNetwork
+
+from netblock.errors import StoreError
+from netblock.model import AllowEntry, Block, Observation, Sample
+from netblock.store import (
+    _BLOCK_COLS, _BLOCK_ORDER, NOT_OFFENCES, Store, _block, _dt, _net, _net_cols, _observation,
+    _opt_dt, _ts, canonical_ip, canonical_net,
+)
+
+DSN_PREFIXES = ("postgresql://", "postgres://")
+CHANNEL = "netblock_changes"
+APPLICATION = "netblock"
+LOCK_KEY = 0x6E626C6B  # "nblk": the one advisory lock every write transaction takes
+LOCK_TIMEOUT = "30s"  # as long as SQLite's busy timeout
+CONNECT_TIMEOUT_S = 10
+RECONNECT_EVERY_S = 1.0
+
+# MIGRATIONS[i] upgrades a database from version i to i + 1; only ever appended.
+# Text is compared byte-wise (COLLATE "C"), as SQLite does, whatever the
+# server's locale: the same ORDER BY gives the same order on both backends.
+MIGRATIONS: list[tuple[str, ...]] = [
+    (
+        """CREATE TABLE blocks (
+            netblock  text COLLATE "C" PRIMARY KEY,
+            family    smallint NOT NULL,
+            first     bytea NOT NULL,
+            last      bytea NOT NULL,
+            prefixlen smallint NOT NULL,
+            reason    text COLLATE "C" NOT NULL,
+            source    text COLLATE "C" NOT NULL,
+            created   bigint NOT NULL,
+            expires   bigint,
+            reblocks  integer NOT NULL DEFAULT 0
+        )""",
+        "CREATE INDEX blocks_expires ON blocks (expires)",
+        "CREATE INDEX blocks_range ON blocks (family, first, last)",
+        """CREATE TABLE allowlist (
+            netblock  text COLLATE "C" PRIMARY KEY,
+            family    smallint NOT NULL,
+            first     bytea NOT NULL,
+            last      bytea NOT NULL,
+            prefixlen smallint NOT NULL,
+            comment   text COLLATE "C" NOT NULL,
+            created   bigint NOT NULL
+        )""",
+        """CREATE TABLE observations (
+            id       bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            host     text COLLATE "C" NOT NULL,
+            time     bigint NOT NULL,
+            ip       text COLLATE "C" NOT NULL,
+            cls      text COLLATE "C" NOT NULL,
+            mta      text COLLATE "C" NOT NULL,
+            source   text COLLATE "C" NOT NULL,
+            position bigint NOT NULL
+        )""",
+        "CREATE INDEX observations_time ON observations (time)",
+        "CREATE INDEX observations_cls ON observations (cls, time)",
+        """CREATE TABLE samples (
+            host     text COLLATE "C" NOT NULL,
+            time     bigint NOT NULL,
+            netblock text COLLATE "C" NOT NULL,
+            packets  bigint NOT NULL,
+            bytes    bigint NOT NULL,
+            PRIMARY KEY (host, time, netblock)
+        )""",
+        "CREATE INDEX samples_netblock ON samples (host, netblock, time)",
+        """CREATE TABLE hosts (
+            host       text COLLATE "C" PRIMARY KEY,
+            first_seen bigint NOT NULL
+        )""",
+        """CREATE TABLE state (
+            host  text COLLATE "C" NOT NULL,
+            key   text COLLATE "C" NOT NULL,
+            value text COLLATE "C" NOT NULL,
+            PRIMARY KEY (host, key)
+        )""",
+        f"""CREATE FUNCTION netblock_notify() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN PERFORM pg_notify('{CHANNEL}', TG_TABLE_NAME); RETURN NULL; END $$""",
+        """CREATE TRIGGER blocks_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON blocks
+            FOR EACH STATEMENT EXECUTE FUNCTION netblock_notify()""",
+        """CREATE TRIGGER allowlist_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON allowlist
+            FOR EACH STATEMENT EXECUTE FUNCTION netblock_notify()""",
+    ),
+]
+
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def is_dsn(path) -> bool:
+    return isinstance(path, str) and path.startswith(DSN_PREFIXES)
+
+
+_URI_PASSWORD = re.compile(r"^(postgres(?:ql)?://[^:@/?#]*):[^@/?#]*@")
+_PARAM_PASSWORD = re.compile(r"(?i)(password=)[^&\s]*")
+
+
+def mask_dsn(dsn: str) -> str:
+    """The DSN as it may appear in a message or a log: any password replaced by ***."""
+    return _PARAM_PASSWORD.sub(r"\1***", _URI_PASSWORD.sub(r"\1:***@", dsn))
+
+
+def default_host_id() -> str:
+    return os.environ.get("NETBLOCK_HOST_ID") or socket.gethostname()
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0]
+
+
+def connect(dsn: str):
+    """An autocommit psycopg connection, or StoreError naming the masked DSN."""
+    try:
+        import psycopg
+    except ImportError:
+        raise StoreError(
+            f"{mask_dsn(dsn)}: PostgreSQL needs psycopg 3: install netblock[fleet] (pip install 'psycopg[binary]')"
+        ) from None
+    try:
+        return psycopg.connect(dsn, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S)
+    except psycopg.Error as e:
+        raise StoreError(f"{mask_dsn(dsn)}: cannot connect: {_first_line(e)}") from None
+
+
+class PgStore:
+    """One connection to the fleet's PostgreSQL database; use as a context manager."""
+
+    def __init__(self, dsn: str, conn, host_id: str):
+        self.dsn = dsn
+        self.path = mask_dsn(dsn)  # what messages name, as Store.path does
+        self.host_id = host_id
+        self.view_host: str | None = None  # reports: one host's samples, or the fleet's (None)
+        self.unreachable_since: datetime | None = None
+        self._conn = conn
+        self._depth = 0
+        self._last_failure = float("-inf")  # when connecting last failed
+        self._registered = False  # this host is in the hosts table (reports list it)
+
+    # -- opening ---------------------------------------------------------------
+
+    @classmethod
+    def open(cls, dsn: str, *, host_id: str | None = None) -> "PgStore":
+        """Connect to ``dsn`` and create or upgrade netblock's tables as needed."""
+        conn = connect(dsn)
+        store = cls(dsn, conn, host_id or default_host_id())
+        try:
+            store._setup()
+        except BaseException:
+            conn.close()
+            raise
+        return store
+
+    def _setup(self) -> None:
+        with self._errors():
+            self._conn.execute(f"SET lock_timeout = '{LOCK_TIMEOUT}'")
+        self._migrate()
+
+    def _migrate(self) -> None:
+        if self._version_checked() == SCHEMA_VERSION:
+            return
+        with self.transaction():
+            # Re-read under the lock: another host may have upgraded meanwhile.
+            version = self._version_checked()
+            if version == SCHEMA_VERSION:
+                return
+            with self._errors():
+                if version == 0:
+                    tables = self._conn.execute(
+                        "SELECT count(*) FROM pg_tables WHERE schemaname = current_schema()").fetchone()[0]
+                    if tables:
+                        raise StoreError(f"{self.path}: is a PostgreSQL database but not netblock's")
+                    self._conn.execute("CREATE TABLE schema_version (application text NOT NULL, version integer NOT NULL)")
+                    self._conn.execute("INSERT INTO schema_version VALUES (%s, 0)", (APPLICATION,))
+                for step in MIGRATIONS[version:]:
+                    for statement in step:
+                        self._conn.execute(statement)
+                self._conn.execute("UPDATE schema_version SET version = %s", (SCHEMA_VERSION,))
+
+    def _version_checked(self) -> int:
+        with self._errors():
+            present = self._conn.execute("SELECT to_regclass('schema_version') IS NOT NULL").fetchone()[0]
+            if not present:
+                return 0
+            row = self._conn.execute("SELECT application, version FROM schema_version").fetchone()
+        if row is None or row[0] != APPLICATION:
+            raise StoreError(f"{self.path}: is a PostgreSQL database but not netblock's")
+        if row[1] > SCHEMA_VERSION:
+            raise StoreError(
+                f"{self.path}: schema version {row[1]} is newer than this netblock "
+                f"understands ({SCHEMA_VERSION}); upgrade netblock"
+            )
+        return row[1]
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def __enter__(self) -> "PgStore":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def schema_version(self) -> int:
+        return self._one("SELECT version FROM schema_version")[0]
+
+    def backend_pid(self) -> int | None:
+        """The server process of this connection: notifications it caused carry it."""
+        try:
+            return self._conn.info.backend_pid
+        except Exception:
+            return None
+
+    # -- connection, transactions ------------------------------------------------
+
+    def _usable(self) -> None:
+        """Re-open a connection that broke (server restart) before the next statement.
+
+        While the server stays away, one attempt per RECONNECT_EVERY_S: a
+        daemon reading a busy log would otherwise try to connect per line.
+        """
+        if self._depth or not (self._conn.closed or self._conn.broken):
+            return
+        now = time.monotonic()
+        if self.unreachable_since is not None and now - self._last_failure < RECONNECT_EVERY_S:
+            raise StoreError(f"{self.path}: store unreachable since "
+                             f"{self.unreachable_since.isoformat(timespec='seconds')}")
+        try:
+            self._conn.close()
+        except Exception:
+            pass
+        try:
+            self._conn = connect(self.dsn)
+        except StoreError:
+            self._last_failure = now
+            raise
+        self._setup()
+
+    @contextmanager
+    def _errors(self) -> Iterator[None]:
+        import psycopg
+
+        try:
+            yield
+        except psycopg.Error as e:
+            if isinstance(e, psycopg.OperationalError) and (self._conn.closed or self._conn.broken):
+                if self.unreachable_since is None:
+                    self.unreachable_since = datetime.now(timezone.utc)
+            raise StoreError(f"{self.path}: {_first_line(e)}") from None
+        else:
+            self.unreachable_since = None
+
+    def _execute(self, sql: str, params=None):
+        """Run one statement; outside a transaction, a connection found dead by it is replaced once.
+
+        A server restart is only noticed by the next statement on the old
+        connection; retrying that one statement (a read, or the BEGIN of a
+        transaction) on a new connection spares every caller a spurious failure.
+        """
+        if self._depth:
+            with self._errors():
+                return self._conn.execute(sql, params)
+        for retry in (False, True):
+            try:
+                self._usable()
+            except StoreError:
+                if self.unreachable_since is None:
+                    self.unreachable_since = datetime.now(timezone.utc)
+                raise
+            try:
+                with self._errors():
+                    return self._conn.execute(sql, params)
+            except StoreError:
+                if retry or not (self._conn.closed or self._conn.broken):
+                    raise
+
+    def _all(self, sql: str, params=None) -> list[tuple]:
+        cur = self._execute(sql, params)
+        with self._errors():
+            return cur.fetchall()
+
+    def _one(self, sql: str, params=None) -> tuple | None:
+        cur = self._execute(sql, params)
+        with self._errors():
+            return cur.fetchone()
+
+    def _many(self, sql: str, rows: list) -> None:
+        if rows:
+            with self._errors():
+                self._conn.cursor().executemany(sql, rows)
+
+    @contextmanager
+    def transaction(self) -> Iterator["PgStore"]:
+        """One write transaction; nested uses join the outermost one.
+
+        The advisory lock taken first serialises netblock's write
+        transactions across the fleet (waiting up to the lock timeout), so a
+        transaction that reads and then writes sees no write in between.
+        """
+        if self._depth:
+            self._depth += 1
+            try:
+                yield self
+            finally:
+                self._depth -= 1
+            return
+        self._execute("BEGIN")
+        self._depth = 1
+        try:
+            with self._errors():
+                self._conn.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK_KEY,))
+            yield self
+        except BaseException:
+            self._depth = 0
+            if not (self._conn.closed or self._conn.broken):
+                with self._errors():
+                    self._conn.execute("ROLLBACK")
+            raise
+        self._depth = 0
+        with self._errors():
+            self._conn.execute("COMMIT")
+
+    # -- blocks ----------------------------------------------------------------
+
+    def get_block(self, net: IPNetwork | str) -> Block | None:
+        row = self._one(f"SELECT {_BLOCK_COLS} FROM blocks WHERE netblock = %s", (str(canonical_net(net)),))
+        return None if row is None else _block(row)
+
+    def put_blocks(self, blocks: Iterable[Block]) -> int:
+        """Insert or replace each block (keyed by its canonical netblock)."""
+        rows = [
+            (*_net_cols(b.netblock), b.reason, b.source, _ts(b.created),
+             None if b.expires is None else _ts(b.expires), b.reblocks)
+            for b in blocks
+        ]
+        with self.transaction():
+            if len(rows) > 200:  # one COPY instead of a round trip per row
+                self._copy_upsert(rows)
+            else:
+                self._many(
+                    """INSERT INTO blocks (netblock, family, first, last, prefixlen,
+                                           reason, source, created, expires, reblocks)
+                       VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+                       ON CONFLICT (netblock) DO UPDATE SET
+                           reason = excluded.reason, source = excluded.source,
+                           created = excluded.created, expires = excluded.expires,
+                           reblocks = excluded.reblocks""",
+                    rows,
+                )
+        return len(rows)
+
+    def _copy_upsert(self, rows: list[tuple]) -> None:
+        rows = list({r[0]: r for r in rows}.values())  # the last of duplicates wins, as row by row
+        with self._errors():
+            self._conn.execute("CREATE TEMP TABLE IF NOT EXISTS incoming_blocks "
+                               "(LIKE blocks INCLUDING DEFAULTS) ON COMMIT DELETE ROWS")
+            with self._conn.cursor().copy(
+                    "COPY incoming_blocks (netblock, family, first, last, prefixlen, reason, source, "
+                    "created, expires, reblocks) FROM STDIN") as copy:
+                for row in rows:
+                    copy.write_row(row)
+            self._conn.execute(
+                """INSERT INTO blocks SELECT * FROM incoming_blocks
+                   ON CONFLICT (netblock) DO UPDATE SET
+                       reason = excluded.reason, source = excluded.source,
+                       created = excluded.created, expires = excluded.expires,
+                       reblocks = excluded.reblocks""")
+
+    def delete_blocks(self, nets: Iterable[IPNetwork | str]) -> list[IPNetwork]:
+        """Delete the given netblocks; returns those that existed, in the order given."""
+        return self._delete("blocks", nets)
+
+    def _delete(self, table: str, nets: Iterable[IPNetwork | str]) -> list[IPNetwork]:
+        keys = [canonical_net(n) for n in nets]
+        if not keys:
+            return []
+        with self.transaction():
+            rows = self._all(f"DELETE FROM {table} WHERE netblock = ANY(%s) RETURNING netblock",
+                             ([str(k) for k in keys],))
+        gone = {text for (text,) in rows}
+        out = []
+        for net in keys:
+            if str(net) in gone:
+                gone.discard(str(net))
+                out.append(net)
+        return out
+
+    def blocks(self, *, now: datetime | None = None) -> list[Block]:
+        """Blocks still active at ``now`` (all of them when ``now`` is None), sorted by address."""
+        if now is None:
+            rows = self._all(f"SELECT {_BLOCK_COLS} FROM blocks {_BLOCK_ORDER}")
+        else:
+            rows = self._all(
+                f"SELECT {_BLOCK_COLS} FROM blocks WHERE expires IS NULL OR expires > %s {_BLOCK_ORDER}",
+                (_ts(now),),
+            )
+        return [_block(r) for r in rows]
+
+    def expired_blocks(self, now: datetime) -> list[Block]:
+        rows = self._all(f"SELECT {_BLOCK_COLS} FROM blocks WHERE expires <= %s {_BLOCK_ORDER}", (_ts(now),))
+        return [_block(r) for r in rows]
+
+    def count_blocks(self, now: datetime | None = None) -> int:
+        if now is None:
+            return self._one("SELECT count(*) FROM blocks")[0]
+        return self._one("SELECT count(*) FROM blocks WHERE expires IS NULL OR expires > %s", (_ts(now),))[0]
+
+    def next_expiry(self, now: datetime) -> datetime | None:
+        """When the next active block runs out (what the daemon sleeps towards)."""
+        return _opt_dt(self._one("SELECT min(expires) FROM blocks WHERE expires > %s", (_ts(now),))[0])
+
+    def oldest_block(self) -> Block | None:
+        row = self._one(f"SELECT {_BLOCK_COLS} FROM blocks ORDER BY created, family, first LIMIT 1")
+        return None if row is None else _block(row)
+
+    # -- allowlist -------------------------------------------------------------
+
+    def allow_add(self, entries: Iterable[AllowEntry]) -> int:
+        rows = [(*_net_cols(e.netblock), e.comment, _ts(e.created)) for e in entries]
+        with self.transaction():
+            self._many(
+                """INSERT INTO allowlist (netblock, family, first, last, prefixlen, comment, created)
+                   VALUES (%s, %s, %s, %s, %s, %s, %s)
+                   ON CONFLICT (netblock) DO UPDATE SET
+                       comment = excluded.comment, created = excluded.created""",
+                rows,
+            )
+        return len(rows)
+
+    def allow_del(self, nets: Iterable[IPNetwork | str]) -> list[IPNetwork]:
+        return self._delete("allowlist", nets)
+
+    def allowlist(self) -> list[AllowEntry]:
+        rows = self._all("SELECT family, first, prefixlen, comment, created FROM allowlist "
+                         "ORDER BY family, first, prefixlen")
+        return [AllowEntry(_net(f, a, p), c, _dt(t)) for f, a, p, c, t in rows]
+
+    # -- observations ------------------------------------------------------------
+
+    def add_observations(self, obs: Iterable[Observation]) -> int:
+        texts: dict = {}
+        rows = []
+        for o in obs:
+            ip = o.ip
+            key = (ip.version, ip.value) if isinstance(ip, IPAddress) else ip
+            text = texts.get(key)
+            if text is None:
+                text = texts[key] = str(canonical_ip(ip))
+            rows.append((self.host_id, _ts(o.time), text, o.cls, o.mta, o.source, o.position))
+        if not rows:
+            return 0
+        with self.transaction(), self._errors():
+            self._register()
+            with self._conn.cursor().copy(
+                    "COPY observations (host, time, ip, cls, mta, source, position) FROM STDIN") as copy:
+                for row in rows:
+                    copy.write_row(row)
+        return len(rows)
+
+    def observations(
+        self,
+        *,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        ip: IPAddress | str | None = None,
+        cls: str | None = None,
+    ) -> list[Observation]:
+        """Observations of the whole fleet with since <= time < until, oldest first."""
+        where, params = _window(since, until)
+        if ip is not None:
+            where.append("ip = %s")
+            params.append(str(canonical_ip(ip)))
+        if cls is not None:
+            where.append("cls = %s")
+            params.append(cls)
+        sql = "SELECT time, ip, cls, mta, source, position FROM observations"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        return [_observation(r) for r in self._all(sql + " ORDER BY time, id", params)]
+
+    def offender_counts(
+        self, since: datetime, *, classes: Iterable[str] | None = None
+    ) -> dict[tuple[IPAddress, str], int]:
+        """How often each (ip, class) offended since ``since``, on any host of the fleet."""
+        return {key: n for key, (n, _) in self.offender_stats(since, classes=classes).items()}
+
+    def offender_stats(
+        self, since: datetime, *, classes: Iterable[str] | None = None
+    ) -> dict[tuple[IPAddress, str], tuple[int, datetime]]:
+        """Like offender_counts, with the time of each (ip, class)'s latest offence."""
+        sql = "SELECT ip, cls, count(*), max(time) FROM observations WHERE time >= %s AND cls <> ALL(%s)"
+        params: list = [_ts(since), list(NOT_OFFENCES)]
+        if classes is not None:
+            names = sorted(set(classes))
+            if not names:
+                return {}
+            sql += " AND (cls = ANY(%s) OR (strpos(cls, ':') > 0 AND split_part(cls, ':', 1) = ANY(%s)))"
+            params += [names, names]
+        rows = self._all(sql + " GROUP BY ip, cls", params)
+        return {(IPAddress(ip), cls): (n, _dt(last)) for ip, cls, n, last in rows}
+
+    def delivered_since(self, since: datetime) -> set[IPAddress]:
+        """Senders that delivered real mail to any host since ``since``: never block them."""
+        rows = self._all("SELECT DISTINCT ip FROM observations WHERE cls = 'delivered' AND time >= %s",
+                         (_ts(since),))
+        return {IPAddress(ip) for (ip,) in rows}
+
+    def prune_observations(self, before: datetime) -> int:
+        with self.transaction():
+            return self._execute("DELETE FROM observations WHERE time < %s", (_ts(before),)).rowcount
+
+    def observation_class_counts(self, since: datetime | None = None,
+                                 until: datetime | None = None) -> dict[str, int]:
+        """Observations per class with since <= time < until, of ``view_host`` or the fleet."""
+        where, params = _window(since, until)
+        self._host_filter(where, params)
+        sql = "SELECT cls, count(*) FROM observations"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        return dict(self._all(sql + " GROUP BY cls ORDER BY cls", params))
+
+    def _host_filter(self, where: list[str], params: list) -> None:
+        if self.view_host is not None:
+            where.append("host = %s")
+            params.append(self.view_host)
+
+    # -- counter samples -----------------------------------------------------------
+
+    _SAMPLE_UPSERT = ("INSERT INTO samples (host, time, netblock, packets, bytes) VALUES (%s, %s, %s, %s, %s) "
+                      "ON CONFLICT (host, time, netblock) DO UPDATE SET "
+                      "packets = excluded.packets, bytes = excluded.bytes")
+
+    def add_samples(self, time: datetime, counters: dict[IPNetwork, tuple[int, int]]) -> int:
+        """Record this host's kernel counters read at ``time``; a repeat for the same time replaces."""
+        t = _ts(time)
+        rows = [(self.host_id, t, str(canonical_net(net)), int(p), int(b)) for net, (p, b) in counters.items()]
+        with self.transaction():
+            self._register()
+            self._many(self._SAMPLE_UPSERT, rows)
+        return len(rows)
+
+    def samples(
+        self,
+        *,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        netblock: IPNetwork | str | None = None,
+    ) -> list[Sample]:
+        """Samples with since <= time < until, by time then netblock, of ``view_host`` or every host."""
+        where, params = _window(since, until)
+        self._host_filter(where, params)
+        if netblock is not None:
+            where.append("netblock = %s")
+            params.append(str(canonical_net(netblock)))
+        sql = "SELECT time, netblock, packets, bytes FROM samples"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        rows = self._all(sql + " ORDER BY time, netblock, host", params)
+        nets: dict[str, IPNetwork] = {}
+        out = []
+        for t, text, packets, nbytes in rows:
+            net = nets.get(text)
+            if net is None:
+                net = nets[text] = IPNetwork(text)
+            out.append(Sample(_dt(t), net, packets, nbytes))
+        return out
+
+    def prune_samples(self, before: datetime) -> int:
+        """Drop samples older than ``before`` (report retention), of every host."""
+        with self.transaction():
+            return self._execute("DELETE FROM samples WHERE time < %s", (_ts(before),)).rowcount
+
+    def last_samples(self, nets: Iterable[str]) -> dict[str, tuple[int, int, int]]:
+        """{netblock text: (time, packets, bytes)} of this host's latest sample of each given netblock."""
+        rows = self._all(
+            "SELECT n, s.time, s.packets, s.bytes FROM unnest(%s::text[]) AS n "
+            "JOIN LATERAL (SELECT time, packets, bytes FROM samples "
+            "              WHERE host = %s AND netblock = n ORDER BY time DESC LIMIT 1) AS s ON true",
+            (list(nets), self.host_id),
+        )
+        return {net: (t, p, b) for net, t, p, b in rows}
+
+    _sample_key = staticmethod(Store._sample_key)
+
+    def add_changed_samples(self, time: datetime, counters: dict[IPNetwork, tuple[int, int]]) -> int:
+        """Record only the counters that differ from this host's latest sample (see Store)."""
+        t = _ts(time)
+        texts = {net: self._sample_key(net) for net in counters}
+        rows = []
+        with self.transaction():
+            self._register()
+            last = self.last_samples(texts.values())
+            for net, (p, b) in counters.items():
+                text = texts[net]
+                prev = last.get(text)
+                if prev is None:
+                    rows.append((t, text, int(p), int(b)))
+                    continue
+                lt, lp, lb = prev
+                if (p, b) == (lp, lb):
+                    continue
+                if lt < t or (p >= lp and b >= lb):
+                    rows.append((max(lt, t), text, int(p), int(b)))
+                else:
+                    rows.append((lt - 1, text, lp, lb))
+                    rows.append((lt, text, int(p), int(b)))
+            rows.sort()
+            self._many(self._SAMPLE_UPSERT, [(self.host_id, *r) for r in rows])
+        return len(rows)
+
+    def _drop_deltas(self, since: datetime | None, until: datetime | None) -> Iterator[tuple[str, int, int, int]]:
+        """(netblock text, time, packets, bytes) dropped per sample inside [since, until], in time order.
+
+        Like Store._drop_deltas, but each host's series of a netblock is its
+        own (its own baseline, its own resets), for ``view_host`` or every host.
+        """
+        where, params = [], []
+        if since is not None:
+            where.append("time >= %s")
+            params.append(_ts(since))
+        if until is not None:
+            where.append("time <= %s")
+            params.append(_ts(until))
+        self._host_filter(where, params)
+        sql = "SELECT host, netblock, time, packets, bytes FROM samples"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        rows = self._all(sql + " ORDER BY time, host, netblock", params)
+        last: dict[tuple[str, str], tuple[int, int]] = {}
+        if since is not None and rows:
+            keys = sorted({(r[0], r[1]) for r in rows})
+            for host, net, p, b in self._all(
+                    "SELECT k.h, k.n, s.packets, s.bytes FROM unnest(%s::text[], %s::text[]) AS k(h, n) "
+                    "JOIN LATERAL (SELECT packets, bytes FROM samples WHERE host = k.h AND netblock = k.n "
+                    "              AND time < %s ORDER BY time DESC LIMIT 1) AS s ON true",
+                    ([h for h, _ in keys], [n for _, n in keys], _ts(since))):
+                last[(host, net)] = (p, b)
+        for host, net, t, p, b in rows:
+            pp, pb = last.get((host, net), (0, 0))
+            last[(host, net)] = (p, b)
+            if p < pp or b < pb:
+                yield net, t, p, b
+            else:
+                yield net, t, p - pp, b - pb
+
+    # Pure folds over _drop_deltas: the same code serves both backends.
+    sample_drops = Store.sample_drops
+    daily_drops = Store.daily_drops
+
+    def block_reasons(self, at: datetime) -> dict[str, tuple[str, bool]]:
+        """{netblock text: (reason, active at ``at``)} of every block."""
+        t = _ts(at)
+        rows = self._all("SELECT netblock, reason, created <= %s AND (expires IS NULL OR expires > %s) FROM blocks",
+                         (t, t))
+        return {net: (reason, bool(active)) for net, reason, active in rows}
+
+    def thin_samples(self, before: datetime, after: datetime | None = None) -> int:
+        """Keep, of this host's samples older than ``before``, the last per netblock per UTC day (see Store)."""
+        with self.transaction():
+            return self._execute(
+                """DELETE FROM samples AS s WHERE host = %(h)s AND time < %(b)s AND time >= %(a)s AND EXISTS (
+                       SELECT 1 FROM samples AS later
+                       WHERE later.host = s.host AND later.netblock = s.netblock AND later.time > s.time
+                         AND later.time < %(b)s AND later.time / 86400 = s.time / 86400)""",
+                {"h": self.host_id, "b": _ts(before),
+                 "a": 0 if after is None else _ts(after) // 86400 * 86400},
+            ).rowcount
+
+    # -- small state (per host: file positions, journal cursor, last tick) ------------
+
+    def get_state(self, key: str) -> str | None:
+        row = self._one("SELECT value FROM state WHERE host = %s AND key = %s", (self.host_id, key))
+        return None if row is None else row[0]
+
+    def set_state(self, key: str, value: str) -> None:
+        with self.transaction():
+            self._register()
+            self._execute(
+                "INSERT INTO state (host, key, value) VALUES (%s, %s, %s) "
+                "ON CONFLICT (host, key) DO UPDATE SET value = excluded.value",
+                (self.host_id, key, str(value)),
+            )
+
+    # -- fleet -------------------------------------------------------------------
+
+    def hosts(self) -> list[str]:
+        """Every host id that has written observations, samples or state, sorted."""
+        return [h for (h,) in self._all("SELECT host FROM hosts ORDER BY host")]
+
+    def _register(self) -> None:
+        """Put this host in the hosts table, once per connection, before its first own row.
+
+        A table of its own because asking the data (DISTINCT host over
+        millions of observations) would scan all of it for one short list.
+        """
+        if self._registered:
+            return
+        outermost = not self._depth
+        with self.transaction():
+            self._execute("INSERT INTO hosts (host, first_seen) VALUES (%s, %s) ON CONFLICT (host) DO NOTHING",
+                          (self.host_id, int(time.time())))
+        # Inside a caller's transaction the row is only sure once that commits: ask again next time.
+        self._registered = outermost
+
+
+def _window(since: datetime | None, until: datetime | None) -> tuple[list[str], list]:
+    where: list[str] = []
+    params: list = []
+    if since is not None:
+        where.append("time >= %s")
+        params.append(_ts(since))
+    if until is not None:
+        where.append("time < %s")
+        params.append(_ts(until))
+    return where, params
