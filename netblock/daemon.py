@@ -5,8 +5,9 @@ have added since the saved positions, store the observations (with the new
 positions, in one transaction per batch), decide, record, sync, sample, prune.
 ``run-once`` (the systemd timer mode) calls it once; ``Daemon`` calls it every
 ``daemon.tick`` and, between ticks, reacts to new lines at once: when a new
-offence puts an address over its threshold, decisions arriving within
-``daemon.coalesce`` are folded into one sync.
+offence puts an address over its threshold, it is blocked right away, and
+event transactions are at least ``daemon.coalesce`` apart, so whatever
+crosses in between goes to the kernel as one.
 
 Failure rules: a kernel or store failure in one tick is one line on stderr
 and is retried by the next tick. Lines are only committed after their
@@ -38,6 +39,7 @@ from netblock.sdnotify import Notifier
 
 NOT_OFFENCES = ("connect", "delivered")
 MAX_BATCHES_PER_WAKE = 20  # then look at signals and the clock before reading on
+MAX_TRACKED = 200_000  # addresses the event path remembers offences of (~160 MB at most)
 
 
 def log(message: str, stream=None) -> None:
@@ -256,7 +258,7 @@ class Runner:
             result.errors.append(f"reading logs: {_failure(exc)}")
         now = self.clock()
         self._decide(now, result)
-        if self.tracker is not None:
+        if self.tracker is not None and not result.errors:
             self.tracker.settled(now)  # the full decision covered whatever was pending
         self._sync(now, result)
         self._sample(now, result)
@@ -313,15 +315,14 @@ class Runner:
         from netblock.lock import kernel_lock
 
         try:
-            backend = self.backend()
-            add = getattr(backend, "add", None)
-            own = self.own_addresses()
-            hosts = all(b.netblock.prefixlen == (32 if b.netblock.version == 4 else 128)
-                        and b.netblock not in own for b in blocks)
+            add = getattr(self.backend(), "add", None)
             change = None
-            if add is not None and hosts:
-                with kernel_lock(self.config.lock_file):
-                    change = add({b.netblock: b.expires for b in blocks})
+            if add is not None:
+                own = self.own_addresses()
+                if all(b.netblock.prefixlen == (32 if b.netblock.version == 4 else 128)
+                       and b.netblock not in own for b in blocks):
+                    with kernel_lock(self.config.lock_file):
+                        change = add({b.netblock: b.expires for b in blocks})
         except TRANSIENT as exc:
             result.errors.append(f"adding to the kernel: {_failure(exc)}")
             return
@@ -460,9 +461,12 @@ class Tracker:
     missed here (the clock moving on, a reload, a failed store write).
 
     Seeded from the store at start, so offences from before a restart count.
+    At most ``limit`` addresses are kept (about 0.8 kB each): past that, the
+    first seen is forgotten, and a crossing of its is left to the tick.
     """
 
-    def __init__(self, config, store=None, now: datetime | None = None):
+    def __init__(self, config, store=None, now: datetime | None = None, *, limit: int = MAX_TRACKED):
+        self.limit = limit
         self.rules = policy.class_rules(config)
         self.widening = policy.widen_settings(config)
         widen_names = [n for n, r in self.rules.items() if r.widen]
@@ -473,12 +477,14 @@ class Tracker:
         self.recent: dict[IPAddress, dict[str, list[tuple[datetime, str]]]] = {}
         self.pending: set[IPAddress] = set()  # over a threshold since the last decide()
         self.pending_widen: set[IPAddress] = set()  # became widening offenders since the last decide()
-        # widening offenders, by the widest rule's prefix that holds them: (family, first) -> ips
+        # widening offenders (as of when they became one), by the widest rule's prefix around them
         self._neighbourhoods: dict[tuple[int, int], set[IPAddress]] = {}
         self._widest = {fam: min((r.prefixlen for r in self.widening.rules if r.family == fam), default=None)
                         for fam in (4, 6)}
         if store is not None and now is not None and self.rules:
             self.feed(o for o in store.observations(since=now - self.keep) if o.cls not in NOT_OFFENCES)
+            if self.widens:
+                self._note_widening(_FastShield(policy.shield(store, config, now)), now)
             self.settled(now)
 
     def feed(self, offences: Iterable[Observation]) -> None:
@@ -486,7 +492,12 @@ class Tracker:
             rule = policy.rule_for(self.rules, o.cls)
             if rule is None:
                 continue
-            seen = self.recent.setdefault(o.ip, {}).setdefault(rule.name, [])
+            per_rule = self.recent.get(o.ip)
+            if per_rule is None:
+                if len(self.recent) >= self.limit:
+                    self._evict()
+                per_rule = self.recent[o.ip] = {}
+            seen = per_rule.setdefault(rule.name, [])
             seen.append((o.time, o.cls))
             if len(seen) > 1 and o.time < seen[-2][0]:
                 seen.sort(key=lambda e: e[0])  # a late line from another log
@@ -494,9 +505,14 @@ class Tracker:
                 self.pending.add(o.ip)
             if self.widens and rule.widen:
                 self.pending_widen.add(o.ip)
-                key = self._key(o.ip)
-                if key is not None:
-                    self._neighbourhoods.setdefault(key, set()).add(o.ip)
+
+    def _evict(self) -> None:
+        """Forget the address seen first: memory stays bounded in a storm; the tick still decides on it."""
+        oldest = next(iter(self.recent))
+        del self.recent[oldest]
+        self.pending.discard(oldest)
+        self.pending_widen.discard(oldest)
+        self._forget_offender(oldest)
 
     def settled(self, now: datetime) -> None:
         """Forget what is pending (a full decision just covered it) and offences older than any window."""
@@ -513,6 +529,7 @@ class Tracker:
                     del per_rule[name]
             if not per_rule:
                 del self.recent[ip]
+            if not any(self.rules[name].widen for name in per_rule):
                 self._forget_offender(ip)
 
     def _offence(self, ip: IPAddress, rule: policy.ClassRule, now: datetime,
@@ -587,32 +604,40 @@ class Tracker:
             found = True
         return found, expires
 
+    def _note_widening(self, shield: "_FastShield", now: datetime) -> dict[tuple[int, int], set[IPAddress]]:
+        """Put the pending addresses that are widening offenders into their neighbourhoods: {key: those new}."""
+        touched: dict[tuple[int, int], set[IPAddress]] = {}
+        for ip in self.pending_widen:
+            key = self._key(ip)
+            if key is None or shield.covers(ip) or not self._widening_expiry(ip, now)[0]:
+                continue
+            self._neighbourhoods.setdefault(key, set()).add(ip)
+            touched.setdefault(key, set()).add(ip)
+        return touched
+
     def _widened(self, store, shield: "_FastShield", now: datetime) -> list[Block]:
         """Widened prefixes around the addresses that just became widening offenders.
 
         Only their neighbourhood (the widest rule's prefix around each) is
-        looked at: a prefix elsewhere cannot have changed.
+        looked at, a prefix elsewhere cannot have changed; and a prefix the
+        store already holds active is left to the tick, so a storm inside a
+        widened /16 costs a lookup per react, not a pass over its offenders.
         """
-        touched = {key for ip in self.pending_widen if (key := self._key(ip)) is not None}
         out = []
-        for key in touched:
-            expiry = {}
-            for ip in list(self._neighbourhoods.get(key, ())):
-                is_offender, expires = self._widening_expiry(ip, now)
-                if is_offender and not shield.covers(ip):
-                    expiry[ip] = expires
-                elif not self.recent.get(ip):
-                    self._forget_offender(ip)
-            if not expiry:
-                continue
-            found = widen_detail(list(expiry), self.widening.rules, self.widening.max_prefixlen)
+        for key, new in self._note_widening(shield, now).items():
+            found = widen_detail(list(self._neighbourhoods[key]), self.widening.rules, self.widening.max_prefixlen)
             found.sort(key=lambda w: w.netblock.prefixlen)
             kept = []
             for w in found:
                 if not any(k.netblock.first <= w.netblock.first and w.netblock.last <= k.netblock.last for k in kept):
                     kept.append(w)
             for w in kept:
-                ends = [expiry[ip] for ip in w.offenders if ip in expiry]
+                if not any(ip in w.netblock for ip in new):
+                    continue  # unchanged since it was decided
+                old = store.get_block(w.netblock)
+                if old is not None and (old.expires is None or old.expires > now):
+                    continue
+                ends = [self._widening_expiry(ip, now)[1] for ip in w.offenders]
                 expires = None if None in ends else max(ends)
                 if expires is not None and expires <= now:
                     continue
@@ -636,6 +661,9 @@ class Daemon:
         from netblock import fleet
 
         self.fleet = fleet.listener_for(runner)  # PostgreSQL store: other hosts' changes wake us
+        # The store refused the last read (e.g. the fleet's PostgreSQL is away): new lines wait for
+        # the tick instead of each one costing a failed attempt and a log line.
+        self._reads_failed = False
 
     @property
     def config(self):
@@ -686,6 +714,7 @@ class Daemon:
         tick_every = self._interval("tick", 30.0)
         next_tick = time.monotonic() + tick_every
         react_at: float | None = None
+        last_react = float("-inf")  # when the last event transaction started
         watchdog = self.notifier.watchdog_interval
         next_watchdog = time.monotonic() if watchdog else None
         backlog = True  # whatever the logs gained while netblock was down
@@ -700,6 +729,7 @@ class Daemon:
                 self.notifier.watchdog()
                 next_watchdog = now_m + watchdog
             if now_m >= next_tick:
+                self._reads_failed = False
                 backlog = runner.tick(read_limit=MAX_BATCHES_PER_WAKE).backlog
                 self.notifier.status(runner.status())
                 react_at = None
@@ -707,12 +737,13 @@ class Daemon:
                 continue
             if react_at is not None and now_m >= react_at:
                 react_at = None
+                last_react = now_m
                 runner.react()
                 continue
             deadlines = [next_tick] + [d for d in (react_at, next_watchdog) if d is not None]
             timeout = 0 if backlog else max(0.0, min(deadlines) - time.monotonic())
             fds = [self.inotify.fileno(), self._wake_r]
-            jfd = runner.journal.fileno() if runner.journal is not None else None
+            jfd = runner.journal.fileno() if runner.journal is not None and not self._reads_failed else None
             if jfd is not None:
                 fds.append(jfd)
             fleet_fd = self.fleet.fileno() if self.fleet is not None else None
@@ -739,10 +770,14 @@ class Daemon:
             if self.inotify.fileno() in ready:
                 self.inotify.drain()
                 self._watch_sources()  # a rotated file is a new inode to watch
+            if self._reads_failed:
+                continue
             _, backlog = self._read_sources(read_journal=backlog or (jfd is not None and jfd in ready))
             tracker = runner.tracker
             if react_at is None and tracker is not None and (tracker.pending or tracker.pending_widen):
-                react_at = time.monotonic() + self._interval("coalesce", 0.05)
+                # At once if the kernel was left alone for a coalesce interval; else what arrives
+                # until then joins one transaction at its end.
+                react_at = max(time.monotonic(), last_react + self._interval("coalesce", 0.05))
         self.notifier.stopping()
         return 0
 
@@ -769,6 +804,7 @@ class Daemon:
                 more = more or more_journal
         except TRANSIENT as exc:
             runner.log(f"reading logs failed: {_failure(exc)} (retrying next tick)")
+            self._reads_failed = True
             return offenders, False
         return offenders, more
 

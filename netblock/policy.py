@@ -187,20 +187,19 @@ def _offences(store, rules: dict[str, ClassRule], now: datetime, shield_: Shield
     for win, names in by_window.items():
         since = now - win
         totals: dict[tuple[IPAddress, str], list] = {}
-        for (ip, cls), n in store.offender_counts(since, classes=names).items():
+        for (ip, cls), (n, last) in store.offender_stats(since, classes=names).items():
             rule = rule_for(rules, cls)
             if rule is None or rule.name not in names:
                 continue  # a class with a rule of its own, counted there
-            entry = totals.setdefault((ip, rule.name), [0, []])
+            entry = totals.setdefault((ip, rule.name), [0, [], last])
             entry[0] += n
             entry[1].append(cls)
-        for (ip, name), (n, classes) in totals.items():
+            entry[2] = max(entry[2], last)
+        for (ip, name), (n, classes, last) in totals.items():
             rule = rules[name]
             if n < max(rule.threshold, 1) or shield_.covers(ip):
                 continue
-            mine = set(classes)
-            last = max(o.time for o in store.observations(since=since, ip=ip) if o.cls in mine)
-            found.append(Offence(ip, tuple(sorted(mine)), n, last, rule))
+            found.append(Offence(ip, tuple(sorted(set(classes))), n, last, rule))
     return found
 
 

@@ -15,7 +15,13 @@ an in-place timeout update, which keeps the counter.
 Reading a 100k set back costs the kernel seconds, so apply() keeps a snapshot
 of what it committed (in /run/netblock/nftables, per network namespace) and
 trusts it only while the kernel's ruleset generation is still the one its own
-commit produced; counters() and installed() always read the kernel.
+commit produced (the object keeps the same state in memory, which spares the
+daemon reading the file back); counters() and installed() always read the
+kernel.
+
+Beyond the five calls every backend has, add() serves the daemon's event
+path: new single addresses go in as one small batch, checked against that
+snapshot, at a cost that follows the burst rather than the set.
 """
 
 from __future__ import annotations
@@ -144,6 +150,8 @@ class NftablesBackend:
     def __init__(self, settings: Settings, nft) -> None:
         self.settings = settings
         self._nft = nft
+        # The last committed state in memory too: (netns cookie, genid, sets), trusted like the file.
+        self._memo: tuple[int, int, dict] | None = None
         self.description = (f"nftables table {_TABLE_REF} (sets "
                             + ", ".join(names.NFT_SET[f] for f in settings.families)
                             + f", hook {settings.hook}) via libnftables and nf_tables netlink")
@@ -259,7 +267,7 @@ class NftablesBackend:
         with self._netlink() as sock:
             for attempt in range(APPLY_ATTEMPTS):
                 genid = self._genid(sock)
-                current = self._load_snapshot(sock, genid, now) if attempt == 0 else None
+                current = self._current(sock, genid, now, live_only=True) if attempt == 0 else None
                 from_snapshot = current is not None
                 if current is None:
                     current = {fam: self._read(sock, fam) for fam in want}
@@ -269,14 +277,98 @@ class NftablesBackend:
                 try:
                     sock.batch(ops, genid=genid)
                 except nl.NetlinkError as exc:
+                    self._memo = None
                     _forget_snapshot(sock)
                     if exc.errno == nl.ERESTART or from_snapshot:
                         continue  # the kernel moved on (or the snapshot was wrong): read it afresh
                     raise _translate(exc, f"{what} ({len(change.added)} added, {len(change.removed)} removed, "
                                           f"{len(change.updated)} updated)") from None
-                _save_snapshot(sock, nl.next_genid(genid) if ops else genid, after)
+                committed = nl.next_genid(genid) if ops else genid
+                _save_snapshot(sock, committed, after)
+                self._memo = (sock.netns_cookie(), committed, after)
                 return change
         raise KernelError(f"nftables: {what}: the ruleset kept changing under netblock; try again")
+
+    def add(self, additions: Desired) -> Change | None:
+        """Add single addresses that nothing in the sets covers yet, as one small transaction.
+
+        The daemon's event path: a burst of new offenders must reach the
+        kernel at a cost that follows the burst, not the set. What the
+        kernel holds comes from the snapshot of the last commit (read back
+        only when the generation says it is stale); an address some live
+        element covers already is skipped. Returns None when the additions
+        are not plain additions (a prefix wider than one address, an expired
+        element in the way, a missing set): then the caller runs a full
+        sync, which knows how to replace and carve.
+        """
+        now = datetime.now(timezone.utc)
+        now_ts = now.timestamp()
+        adding: dict[str, dict[tuple[int, int], tuple[IPNetwork, float | None]]] = {}
+        for net, expiry in additions.items():
+            fam = _VERSION_FAMILY[net.version]
+            if net.prefixlen != _FAMILY[fam][1]:
+                return None
+            expires = None if expiry is None else expiry.timestamp()
+            if fam in self.settings.families and (expires is None or expires > now_ts):
+                adding.setdefault(fam, {})[(net.value, net.prefixlen)] = (net, expires)
+        if not adding:
+            return Change()
+        with self._netlink() as sock:
+            for attempt in range(APPLY_ATTEMPTS):
+                genid = self._genid(sock)
+                current = self._current(sock, genid, now) if attempt == 0 else None
+                if current is None:
+                    try:
+                        current = {fam: self._read(sock, fam) for fam in self.settings.families}
+                    except NetblockError:
+                        return None
+                    if self._genid(sock) != genid:
+                        continue
+                change, ops, new = Change(), [], {}
+                for fam, wanted in adding.items():
+                    bits = _FAMILY[fam][1]
+                    have = current[fam]
+                    elements = []
+                    for key, (net, expires) in sorted(wanted.items()):
+                        cover = _covering(have, key[0], bits)
+                        if cover is not None:
+                            if cover[0] is not None and cover[0] <= now_ts:
+                                return None  # expired but maybe not collected yet: let apply() sort it out
+                            continue
+                        elements.extend(_network_elements(key[0], key[1], bits, expires))
+                        change.added.append(net)
+                        new[(fam, key)] = (expires, 0, 0, (key[0], key[0], key[0] + 1 < 1 << bits))
+                    if elements:
+                        ops.append(nl.SetOp(names.NFT_SET[fam], False, elements))
+                if not ops:
+                    return change
+                try:
+                    sock.batch(ops, genid=genid)
+                except nl.NetlinkError as exc:
+                    self._memo = None
+                    if exc.errno == nl.ERESTART:
+                        continue
+                    return None  # the full sync says what is wrong, as one line
+                for (fam, key), entry in new.items():
+                    current[fam][key] = entry
+                self._memo = (sock.netns_cookie(), nl.next_genid(genid), current)
+                return change
+        return None
+
+    def _current(self, sock: nl.Nfnl, genid: int, now: datetime, live_only: bool = False):
+        """What the last commit left, if the kernel is still at its generation; else None.
+
+        From memory when this object made that commit (as is, unless
+        ``live_only`` drops what has expired since), else from the snapshot file.
+        """
+        memo = self._memo
+        if memo is not None and memo[1] == genid and memo[0] == sock.netns_cookie():
+            if not live_only:
+                return memo[2]
+            cutoff = now.timestamp()
+            return {fam: {k: v for k, v in entries.items() if v[0] is None or v[0] > cutoff}
+                    for fam, entries in memo[2].items()}
+        return self._load_snapshot(sock, genid, now)
 
     def _genid(self, sock: nl.Nfnl) -> int:
         try:
@@ -347,6 +439,7 @@ class NftablesBackend:
 
     def remove(self) -> None:
         """Delete netblock's table (sets, elements, chain) in one transaction; a stranger's stays."""
+        self._memo = None
         with self._netlink() as sock:
             _forget_snapshot(sock)
             if self._table_state(sock) != "ours":
@@ -463,6 +556,15 @@ def _forget_snapshot(sock: nl.Nfnl) -> None:
         _snapshot_path(sock).unlink(missing_ok=True)
     except OSError:
         pass
+
+
+def _covering(have: dict, first: int, bits: int):
+    """The entry of ``have`` whose CIDR holds the address ``first``, or None (one lookup per prefix length)."""
+    for plen in range(bits, -1, -1):
+        entry = have.get((first >> (bits - plen) << (bits - plen), plen))
+        if entry is not None:
+            return entry
+    return None
 
 
 def _differs(current: float | None, wanted: float | None, now: float) -> bool:
