@@ -1,17 +1,28 @@
-"""How fast netblock reads a busy Postfix log, against fail2ban-regex on the same file.
+"""How fast `netblock ingest --dry-run` reads a busy Postfix log, against fail2ban-regex; and its memory.
 
 Generates a deterministic 1M-line Postfix log (about 70% rejections of several
 classes -- DNSBL, no rDNS, unknown user, relay, HELO, SASL, lost connections,
 pipelining, postscreen -- the rest connects, disconnects, deliveries and queue
-chatter; benchmark/documentation addresses only), then runs each tool as a
-whole process on it and prints lines per second and the ratio.  Absolute
-speeds mean little across machines; the ratio is the figure.
+chatter; benchmark/documentation addresses only), then times each tool as a
+whole process on it (start-up, reading, parsing, output) and prints lines per
+second and the ratio.  Absolute speeds mean little across machines; the ratio
+is the figure.
 
     .venv/bin/python bench/bench_ingest.py [--lines 1000000] [--fail2ban-lines 100000] [--repeat 3]
+                                           [--rss-lines 1000000] [--rss-ips 100000]
 
 fail2ban-regex is far slower, so by default it gets only the first
 --fail2ban-lines lines of the same file (its rate is per line either way);
 netblock is timed on the whole file, best of --repeat runs.
+
+Memory: `netblock ingest` (not a dry run: into a fresh store, then policy and
+sync) of a log with --rss-lines rejections from --rss-ips distinct addresses,
+run inside a network namespace this script creates and deletes (the sync
+works there, never on the host); its peak RSS is printed.  The DNSBL threshold
+is set above the 10 rejections each address gets, so the policy counts every
+address but decides no block (deciding 100,000 blocks is the policy's own
+benchmark).
+--rss-lines 0 skips it.
 """
 
 from __future__ import annotations
@@ -29,24 +40,9 @@ from pathlib import Path
 
 PY = sys.executable
 
-# Stand-in for `netblock ingest --dry-run FILE` until that command exists: read
-# the file, parse every line, count observations per class -- the same calls.
-NETBLOCK_RUNNER = """
-import sys
-from collections import Counter
-from datetime import datetime, timezone
-from netblock.sources import parse_line
-now = datetime(2026, 12, 31, tzinfo=timezone.utc)
-counts = Counter()
-pos = 0
-with open(sys.argv[1], encoding="utf-8", errors="replace") as f:
-    for line in f:
-        obs = parse_line(line, source=sys.argv[1], position=pos, now=now)
-        pos += len(line)
-        if obs is not None:
-            counts[obs.cls] += 1
-print(sum(counts.values()), dict(counts.most_common(6)))
-"""
+NETBLOCK = [os.path.join(os.path.dirname(PY), "netblock")]
+if not os.path.exists(NETBLOCK[0]):
+    NETBLOCK = [PY, "-m", "netblock"]
 FAIL2BAN_FILTER = "/etc/fail2ban/filter.d/postfix.conf"
 
 MONTH_DAY = "Nov 27"
@@ -116,7 +112,7 @@ def generate(path: Path, n: int, seed: int = 25) -> None:
     path.write_text("\n".join(out) + "\n", encoding="utf-8")
 
 
-def timed(cmd: list[str], repeat: int) -> tuple[float, float, str]:
+def timed(cmd: list[str], repeat: int, env: dict | None = None) -> tuple[float, float, str]:
     """Best wall-clock and best CPU (user+sys) seconds of `repeat` runs, and the output.
 
     CPU time is printed too because on a shared machine the wall clock mostly
@@ -126,7 +122,7 @@ def timed(cmd: list[str], repeat: int) -> tuple[float, float, str]:
     for _ in range(repeat):
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         t = time.perf_counter()
-        proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
         best = min(best, time.perf_counter() - t)
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         best_cpu = min(best_cpu, after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
@@ -134,19 +130,72 @@ def timed(cmd: list[str], repeat: int) -> tuple[float, float, str]:
     return best, best_cpu, text
 
 
+def generate_distinct(path: Path, n: int, distinct: int) -> None:
+    """`n` DNSBL rejections within one hour from `distinct` addresses of 198.18.0.0/15, each equally often."""
+    assert distinct <= 131_000
+    step = 7919  # prime, so i * step walks every residue
+    with path.open("w", encoding="utf-8") as f:
+        for i in range(n):
+            k = (i * step) % distinct + 1
+            ip = f"198.{18 + (k >> 16)}.{(k >> 8) & 255}.{k & 255}"
+            sec = i * 3600 // n
+            f.write(f"Nov 27 10:{sec // 60:02d}:{sec % 60:02d} mx1 postfix/smtpd[{1000 + i % 5000}]: NOQUEUE: reject: "
+                    f"RCPT from unknown[{ip}]: 554 5.7.1 Service unavailable; Client host [{ip}] blocked using "
+                    f"zen.spamhaus.org; from=<u{i % 977}@example.org> to=<r@example.com> proto=ESMTP helo=<x>\n")
+
+
+RSS_CHILD = """
+import resource, subprocess, sys
+proc = subprocess.run(sys.argv[1:], capture_output=True, text=True)
+if proc.returncode:
+    sys.exit(proc.stderr.strip() or proc.returncode)
+print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, proc.stdout.strip())
+"""
+
+
+def peak_rss(tmp: Path, lines: int, distinct: int) -> None:
+    log = tmp / "distinct.log"
+    generate_distinct(log, lines, distinct)
+    conf = tmp / "netblock.toml"
+    # Each address offends 10 times; a threshold above that keeps the policy's
+    # per-offender look-ups (one scan of the window each) out of the figure.
+    conf.write_text(f'lock_file = "{tmp}/lock"\nhost_id = "bench"\n\n'
+                    '[policy.classes.dnsbl]\nthreshold = 1000\nwindow = "1h"\nttl = "1d"\nwiden = true\n')
+    ns = f"nbbenchingest{os.getpid()}"
+    env = dict(os.environ, TZ="UTC", NETBLOCK_NOW="2026-11-27T11:00:00+00:00")
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    try:
+        cmd = ["ip", "netns", "exec", ns, PY, "-c", RSS_CHILD, *NETBLOCK, "--config", str(conf),
+               "--db", str(tmp / "nb.db"), "ingest", str(log)]
+        t = time.perf_counter()
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        if proc.returncode:
+            raise SystemExit(f"netblock ingest failed: {proc.stderr.strip()}")
+        out = proc.stdout.split(None, 1)
+        took = time.perf_counter() - t
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], check=True)
+    rss_mb = int(out[0]) / 1024
+    print(f"memory: `netblock ingest` (store, policy, sync) of {lines:,} observations from {distinct:,} distinct "
+          f"addresses: peak RSS {rss_mb:.0f} MB, {took:.1f} s wall ({out[1].strip() if len(out) > 1 else ''})")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--lines", type=int, default=1_000_000)
     ap.add_argument("--fail2ban-lines", type=int, default=100_000)
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--rss-lines", type=int, default=1_000_000)
+    ap.add_argument("--rss-ips", type=int, default=100_000)
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="nb-bench-ingest-") as tmp:
         log = Path(tmp) / "mail.log"
         generate(log, args.lines)
-        nb_time, nb_cpu, nb_out = timed([PY, "-c", NETBLOCK_RUNNER, str(log)], args.repeat)
+        env = dict(os.environ, NETBLOCK_NOW="2026-11-28T00:00:00+00:00")
+        nb_time, nb_cpu, nb_out = timed([*NETBLOCK, "ingest", "--dry-run", str(log)], args.repeat, env)
         nb_rate, nb_cpu_rate = args.lines / nb_time, args.lines / nb_cpu
-        print(f"netblock parse_line: {args.lines} lines in {nb_time:.2f} s wall = {nb_rate:,.0f} lines/s; "
-              f"{nb_cpu:.2f} s CPU = {nb_cpu_rate:,.0f} lines/CPU-s (observations: {nb_out.strip()})")
+        print(f"netblock ingest --dry-run: {args.lines:,} lines in {nb_time:.2f} s wall = {nb_rate:,.0f} lines/s; "
+              f"{nb_cpu:.2f} s CPU = {nb_cpu_rate:,.0f} lines/CPU-s ({nb_out.splitlines()[0]})")
         f2b = shutil.which("fail2ban-regex")
         if f2b is None:
             print("fail2ban-regex not installed (apt-get install -y fail2ban): no ratio")
@@ -161,12 +210,15 @@ def main() -> int:
         f2b_time, f2b_cpu, f2b_out = timed([f2b, str(part), FAIL2BAN_FILTER], 1)
         f2b_rate, f2b_cpu_rate = n_f2b / f2b_time, n_f2b / f2b_cpu
         matched = next((ln.strip() for ln in f2b_out.splitlines() if ln.startswith("Lines:")), "")
-        print(f"fail2ban-regex ({FAIL2BAN_FILTER}): first {n_f2b} lines in {f2b_time:.2f} s wall = "
+        print(f"fail2ban-regex ({FAIL2BAN_FILTER}): first {n_f2b:,} lines of the same file in {f2b_time:.2f} s wall = "
               f"{f2b_rate:,.0f} lines/s; {f2b_cpu:.2f} s CPU = {f2b_cpu_rate:,.0f} lines/CPU-s ({matched})")
         print(f"ratio netblock / fail2ban-regex: {nb_rate / f2b_rate:.1f}x lines per wall second, "
               f"{nb_cpu_rate / f2b_cpu_rate:.1f}x lines per CPU second")
         print(f"load average during the run: {' '.join(f'{x:.1f}' for x in os.getloadavg())} "
               f"on {os.cpu_count()} CPUs")
+        log.unlink()
+        if args.rss_lines:
+            peak_rss(Path(tmp), args.rss_lines, args.rss_ips)
     return 0
 
 

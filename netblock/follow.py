@@ -27,6 +27,7 @@ import errno
 import gzip
 import os
 import select
+import stat
 import struct
 import sys
 from dataclasses import dataclass, field
@@ -400,6 +401,178 @@ def read_lines(path: str, *, max_line: int = DEFAULT_MAX_LINE, on_bytes=None) ->
             stream.close()
             if raw_file is not stream:
                 raw_file.close()
+
+
+BLOCK = 1 << 20  # bytes per read_blocks() block: big enough that per-block costs vanish
+
+
+@dataclass(frozen=True)
+class Block:
+    """Complete lines of a file, each ending in "\\n" (a missing last one is added).
+
+    Pure ASCII stays bytes (nothing to decode, indexes are byte offsets);
+    anything else is decoded as read_lines() decodes it.
+    """
+
+    text: str | bytes
+    position: int  # byte offset of the first line in its file
+    lines: int
+
+
+def read_blocks(path: str, *, max_line: int = DEFAULT_MAX_LINE, block_line: int | None = None,
+                on_bytes=None, size: int = BLOCK, start: int = 0, stop: int | None = None,
+                ) -> Iterator["Block | Line"]:
+    """A finished file (plain, .gz or stdin) in big blocks of lines, for whole-block parsing.
+
+    Yields the same lines as read_lines(), grouped: runs of lines no longer than
+    ``block_line`` bytes (default ``max_line``) as Blocks, every longer line on
+    its own as a Line, cut to ``max_line`` bytes exactly as read_lines() cuts
+    it, so the caller can hand it to a per-line parser that caps it.  Memory
+    stays bounded by ``size`` + ``max_line`` however long a line is.
+
+    ``start`` and ``stop`` (a plain file only, on line starts: see pieces())
+    restrict reading to those bytes.
+    """
+    limit = max_line if block_line is None else min(block_line, max_line)
+    stream, _ = _open_input(path)
+    raw_file = getattr(stream, "fileobj", None) or stream
+    left = None
+    if start or stop is not None:
+        if raw_file is not stream or stream is sys.stdin.buffer:
+            raise ValueError("read_blocks: start/stop need a plain file")
+        stream.seek(start)
+        left = (os.fstat(stream.fileno()).st_size if stop is None else stop) - start
+
+    def read(n: int) -> bytes:
+        nonlocal left
+        if left is None:
+            return stream.read(n)
+        data = stream.read(min(n, left))
+        left -= len(data)
+        return data
+
+    offset = start  # file offset of pending[0]
+    pending = b""
+    last_raw = 0
+    try:
+        while True:
+            data = read(size)
+            if not data:
+                break
+            if pending:
+                data = pending + data
+            cut = data.rfind(b"\n") + 1
+            if cut:
+                yield from _split_block(data[:cut], offset, limit, max_line)
+                offset += cut
+                pending = data[cut:]
+            else:
+                pending = data
+            if len(pending) > max_line:
+                # One line longer than max_line and no end in sight: keep its head, skip the rest.
+                head = pending[:max_line]
+                skipped = len(pending)
+                while True:
+                    data = read(size)
+                    nl = data.find(b"\n")
+                    if nl >= 0 or not data:
+                        break
+                    skipped += len(data)
+                yield Line(_decode(head), offset, True)
+                if nl >= 0:
+                    offset += skipped + nl + 1
+                    pending = data[nl + 1:]
+                else:
+                    offset += skipped
+                    pending = b""
+            if on_bytes is not None:
+                last_raw = _report(raw_file, last_raw, on_bytes)
+        if pending:  # what follows a skipped tail may hold whole lines, or end unterminated
+            yield from _split_block(pending if pending.endswith(b"\n") else pending + b"\n",
+                                    offset, limit, max_line)
+    finally:
+        if stream is not sys.stdin.buffer:
+            stream.close()
+            if raw_file is not stream:
+                raw_file.close()
+
+
+def pieces(path: str, size: int) -> list[tuple[int, int]] | None:
+    """(start, stop) byte ranges of about ``size`` covering a plain file, each from a line start.
+
+    None for stdin, a gzip file or anything else that cannot be read from the middle.
+    """
+    if path == "-":
+        return None
+    try:
+        with open(path, "rb") as f:
+            st = os.fstat(f.fileno())
+            if not stat.S_ISREG(st.st_mode) or f.read(2) == b"\x1f\x8b":
+                return None
+            cuts = [0]
+            for guess in range(size, st.st_size, size):
+                if guess <= cuts[-1]:
+                    continue
+                f.seek(guess - 1)
+                while True:  # the line that ``guess`` falls in ends at the next newline
+                    chunk = f.read(CHUNK)
+                    nl = chunk.find(b"\n")
+                    if nl >= 0 or not chunk:
+                        break
+                if nl < 0:
+                    break
+                cut = f.tell() - len(chunk) + nl + 1
+                if cut < st.st_size:
+                    cuts.append(cut)
+    except OSError:
+        return None
+    return list(zip(cuts, cuts[1:] + [st.st_size]))
+
+
+def _split_block(data: bytes, offset: int, limit: int, max_line: int) -> Iterator["Block | Line"]:
+    """``data`` (whole lines) as one Block, or, around over-long lines, several."""
+    if not _has_long_line(data, limit):
+        yield _block(data, offset)
+        return
+    start = i = 0
+    while i < len(data):
+        nl = data.index(b"\n", i)
+        if nl - i > limit:
+            if i > start:
+                yield _block(data[start:i], offset + start)
+            raw = data[i:nl]
+            yield Line(_decode(raw[:max_line]), offset + i, len(raw) > max_line)
+            start = nl + 1
+        i = nl + 1
+    if start < len(data):
+        yield _block(data[start:], offset + start)
+
+
+def _has_long_line(data: bytes, limit: int) -> bool:
+    """Whether a line of ``data`` (whole lines) is longer than ``limit`` bytes.
+
+    Every such line covers one of the offsets 0, limit, 2*limit, ...: only the
+    line around each of those is measured, so a block costs a few hundred
+    short memchr() calls instead of a pass over every line.
+    """
+    if len(data) <= limit + 1:
+        return False
+    for p in range(0, len(data), limit):
+        if p <= limit:
+            start = data.rfind(b"\n", 0, p) + 1
+        else:
+            nl = data.rfind(b"\n", p - limit - 1, p)
+            if nl < 0:
+                return True
+            start = nl + 1
+        if data.find(b"\n", p, start + limit + 1) < 0:
+            return True
+    return False
+
+
+def _block(data: bytes, offset: int) -> Block:
+    text = data if data.isascii() else data.decode("utf-8", errors="replace")
+    return Block(text, offset, data.count(b"\n"))
 
 
 def _report(raw_file, last: int, on_bytes) -> int:

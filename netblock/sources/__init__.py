@@ -73,6 +73,9 @@ _observation = (
     else Observation
 )
 
+# For callers that build observations in bulk (ingest, from sources.batch tuples).
+make_observation = _observation
+
 # Classic syslog header and every Postfix pattern in one regex: see postfix.fused().
 _FAST, _FAST_GROUPS = postfix.fused(syslog.CLASSIC_HEADER)
 

@@ -38,6 +38,15 @@ def client_ip(text: str) -> IPAddress | None:
         return _CACHE[text]
     except KeyError:
         pass
+    result = parse_client_ip(text)
+    if len(_CACHE) >= _CACHE_MAX:
+        _CACHE.clear()
+    _CACHE[text] = result
+    return result
+
+
+def parse_client_ip(text: str) -> IPAddress | None:
+    """client_ip() without its cache, for callers that keep their own."""
     raw = text[5:] if text[:5] in ("IPv6:", "ipv6:") else text
     if ":" not in raw:
         result = _ipv4(raw)
@@ -51,9 +60,6 @@ def client_ip(text: str) -> IPAddress | None:
                 result = IPAddress(int(addr.ipv4_mapped), 4)
             else:
                 result = IPAddress(int(addr), 6)
-    if len(_CACHE) >= _CACHE_MAX:
-        _CACHE.clear()
-    _CACHE[text] = result
     return result
 
 
@@ -69,7 +75,38 @@ def _ipv4(text: str) -> IPAddress | None:
     """
     if _DOTTED_QUAD.fullmatch(text) is None:
         return None
-    return IPAddress(int.from_bytes(inet_aton(text), "big"), 4)
+    return _ipv4_from_int(int.from_bytes(inet_aton(text), "big"))
+
+
+def _ipv4_checked(value: int) -> IPAddress:
+    return IPAddress(value, 4)
+
+
+_IPV4_MODULE = IPAddress(0, 4)._module
+
+
+def _ipv4_fast(value: int) -> IPAddress:
+    """IPAddress(value, 4) without the constructor's argument checks.
+
+    A log with 100,000 distinct senders spends most of its address handling in
+    netaddr's general-purpose constructor; the value is already a checked
+    32-bit integer here.  Used only while netaddr's IPAddress is the slotted
+    (_value, _module) object this builds (checked below).
+    """
+    ip = _new_ip(IPAddress)
+    ip._value = value
+    ip._module = _IPV4_MODULE
+    return ip
+
+
+_new_ip = object.__new__
+try:
+    _probe = _ipv4_fast(0xC0000201)
+    _usable = (_probe == IPAddress("192.0.2.1") and str(_probe) == "192.0.2.1" and _probe.version == 4
+               and hash(_probe) == hash(IPAddress("192.0.2.1")) and "__dict__" not in dir(_probe))
+except Exception:  # any other netaddr: its own constructor
+    _usable = False
+_ipv4_from_int = _ipv4_fast if _usable else _ipv4_checked
 
 
 # The phrases MTAs and DNSBL ACLs use to name the list that matched.  Each is

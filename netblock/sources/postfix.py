@@ -80,23 +80,40 @@ _ZONE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,62}(?:\.[A-Za-z0-9_-]{1,63}){1,1
 def reject_class(reason: str) -> str | None:
     """The class of a Postfix reject reply ("554 5.7.1 <x>: Relay access denied; from=<...").
 
-    Only the restriction's own words count: the reply code, the echoed target
-    "<...>: " in front and the "; from=<...> to=<...> helo=<...>" tail the
-    client wrote are cut off first.  None for what is no verdict on the client:
-    greylisting (a lawful sender retries) and postscreen's "all server ports
-    busy".
+    Only the restriction's own words count (see reply_words): the reply code,
+    the echoed target "<...>: " in front and the "; from=<...> to=<...>
+    helo=<...>" tail the client wrote are cut off first.  None for what is no
+    verdict on the client: greylisting (a lawful sender retries) and
+    postscreen's "all server ports busy".
     """
+    return words_class(reply_words(reason))
+
+
+def reply_words(reason: str) -> str:
+    """The restriction's own words of a reject reply: without code, echoed target and client tail."""
+    pos = words_start(reason)
+    tail = reason.find("; from=<", pos)
+    return reason[pos:] if tail < 0 else reason[pos:tail]
+
+
+def words_start(reason: str) -> int:
+    """Where the restriction's words begin: after "NNN N.N.N " and an echoed "<target>: "."""
+    pos = 0
     if reason[3:4] == " " and reason[:3].isdigit():
-        reason = reason[4:]
-        if reason[:1].isdigit() and reason[1:2] == ".":
-            reason = reason[reason.find(" ") + 1:]
-    if reason.startswith("<"):
-        end = reason.find(">: ")
+        pos = 4
+        if reason[4:5].isdigit() and reason[5:6] == ".":
+            blank = reason.find(" ", 4)
+            if blank >= 0:
+                pos = blank + 1
+    if reason.startswith("<", pos):
+        end = reason.find(">: ", pos)
         if end >= 0:
-            reason = reason[end + 3:]
-    tail = reason.find("; from=<")
-    if tail >= 0:
-        reason = reason[:tail]
+            pos = end + 3
+    return pos
+
+
+def words_class(reason: str) -> str | None:
+    """reject_class() of what reply_words() kept."""
     if "reylist" in reason or "all server ports busy" in reason:
         return None
     at = reason.find("blocked using ")

@@ -118,12 +118,40 @@ def timestamp(kind: str, stamp: str, year: int | None = None, now: datetime | No
     return t.astimezone(timezone.utc)
 
 
+_MINUTES: dict[tuple[str, int], datetime | None] = {}
+_SECONDS = [timedelta(seconds=s) for s in range(60)]
+
+
 def _bsd(stamp: str, year: int) -> datetime | None:
     key = (stamp, year)
     try:
         return _BSD_CACHE[key]
     except KeyError:
         pass
+    # A log of one day holds 86,400 stamps but only 1,440 minutes: the start of
+    # the minute is computed once, its seconds added (the offset to UTC is the
+    # hour's).  A second beyond 59 takes the general path, which refuses it.
+    ss = stamp[-2:]
+    base = None
+    if "0" <= ss[0] <= "5" and "0" <= ss[1] <= "9":
+        minute = (stamp[:-3], year)
+        try:
+            base = _MINUTES[minute]
+        except KeyError:
+            base = _MINUTES[minute] = _bsd_exact(stamp[:-3] + ":00", year)
+    if base is not None:
+        t = base + _SECONDS[int(ss)]
+    else:
+        t = _bsd_exact(stamp, year)
+    if len(_BSD_CACHE) > 100_000:
+        _BSD_CACHE.clear()
+        _MINUTES.clear()
+        _OFFSETS.clear()
+    _BSD_CACHE[key] = t
+    return t
+
+
+def _bsd_exact(stamp: str, year: int) -> datetime | None:
     month = _MONTHS.get(stamp[:3])
     day, clock = stamp[4:].split()
     hh, mm, ss = clock.split(":")
@@ -132,11 +160,6 @@ def _bsd(stamp: str, year: int) -> datetime | None:
         offset = _OFFSETS.get(hour)
         if offset is None:
             offset = _OFFSETS[hour] = datetime(*hour).astimezone().utcoffset()
-        t = datetime(*hour, int(mm), int(ss), tzinfo=timezone.utc) - offset
+        return datetime(*hour, int(mm), int(ss), tzinfo=timezone.utc) - offset
     except (ValueError, TypeError):  # Feb 29 of a year without one, 25:00:00, "Foo 1", ...
-        t = None
-    if len(_BSD_CACHE) > 100_000:
-        _BSD_CACHE.clear()
-        _OFFSETS.clear()
-    _BSD_CACHE[key] = t
-    return t
+        return None

@@ -1,0 +1,250 @@
+"""Whole-chunk parsing: one regex search over many lines instead of one call per line.
+
+`parse_line` costs a Python call, a regex match and a route lookup per line,
+whatever the line says.  Here one compiled search runs over a chunk of
+complete lines and stops only on lines that can yield an observation, so the
+TLS chatter, disconnects and queue lines of a busy log cost no Python at all.
+
+The result must be exactly what `parse_line` gives line by line (a test
+compares both on the sample corpus, the real-world corpus and a generated
+log), so the chunk regex is built from the same pieces and keeps the same
+anchors:
+
+* every match starts right after a newline and runs through the classic
+  syslog header, with the program field spelled out (Postfix's smtpd or
+  postscreen); the message patterns are postfix.PATTERNS themselves, with
+  their end-of-line anchors turned into "before this line's newline";
+* a line the fast patterns cannot settle -- another MTA's program field, or a
+  header that is not classic syslog (it starts with a digit: RFC 3339 or
+  Exim's own log) -- is handed whole to `parse_line`;
+* any other line cannot match `parse_line`'s patterns either, and is skipped.
+
+Over-long lines never reach this module: the reader (follow.read_blocks)
+passes them one by one to `parse_line`, which caps them.  A pure-ASCII block
+stays bytes and is searched by the same regex compiled for bytes, so most of a
+log is never decoded.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+
+from . import _check_format, parse_line, postfix, syslog
+from .fields import _CACHE as _TEXT_IPS, parse_client_ip
+
+# Tag part of postfix.PROGRAM up to the daemon.  Lazy: the common "postfix/smtpd"
+# is found without backtracking; the tag is matched whole either way, because
+# the daemon must be followed by the pid or ": ".
+_POSTFIX_TAG = r"postfix[\w.-]{0,64}(?:/[\w.-]{1,64}){0,4}?/"
+_PID = r"(?:\[\d{1,10}\])?: "
+_OTHER_TAGS = r"(?:exim\d?|sendmail|sm-mta|sm-acceptingconnections)"  # exim.PROGRAM, sendmail.PROGRAM
+
+
+def _header() -> str:
+    """syslog.CLASSIC_HEADER up to the tag, which the caller spells out.
+
+    The lookahead keeps the tag's own bounds (no blank, bracket or colon, at
+    most 128 characters).
+    """
+    head = syslog.CLASSIC_HEADER
+    cut = head.index("(?P<tag>")
+    assert head.startswith("^(?P<stamp>") and head[cut:].startswith(r"(?P<tag>[^\s\[\]:]{1,128})(?:\[\d{1,10}\])?: ")
+    return head[1:cut] + r"(?=[^\s\[\]:]{1,128}" + _PID + ")"
+
+
+def _body(pattern: re.Pattern[str], marker: str, ip: str) -> str:
+    """A postfix pattern as one branch: "$" means the end of this line, not of the chunk."""
+    body = pattern.pattern
+    assert body.startswith("^") and "\\$" not in body, body
+    body = body[1:].replace("$", r"(?=\r?\n)")
+    body = body.replace("(?P<ip>", f"(?P<{ip}>").replace("(?P<name>", "(?:")
+    # The empty marker group closes last, so lastindex names the branch; the
+    # branch itself starts with fixed text, which lets the engine skip it at once.
+    return f"{body}(?P<{marker}>)"
+
+
+_GENERAL_ROUTE = ("general",)  # the whole line goes to parse_line
+
+
+def _source(with_postfix: bool) -> tuple[str, dict[str, tuple]]:
+    head = _header()
+    branches: dict[str, list[str]] = {"smtpd": [], "postscreen": []}
+    names: dict[str, tuple] = {}
+    if with_postfix:
+        for i, (name, pattern) in enumerate(postfix.PATTERNS.items()):
+            marker, ip = f"p_{i}", f"ip_{i}"
+            branches[postfix.KINDS[name]].append(_body(pattern, marker, ip))
+            fixed = postfix.FIXED_CLASS.get(name)
+            names[marker] = (name, ip, None if name == "smtpd-sasl" else fixed)
+    alternatives = [f"{_OTHER_TAGS}{_PID}(?P<other>)"]
+    if with_postfix:
+        alternatives.insert(0, _POSTFIX_TAG + "(?:" + "|".join(
+            f"{kind}{_PID}(?:{'|'.join(bodies)})" for kind, bodies in branches.items()) + ")")
+    # One leading "\n" outside any alternation: the engine then jumps from
+    # newline to newline instead of trying every character.
+    return r"\n(?:" + head + "(?:" + "|".join(alternatives) + r")|(?P<digit>(?=\d)))", names
+
+
+def _ascii_source(source: str) -> bytes:
+    r"""The same regex for ASCII bytes.
+
+    On ASCII text a str pattern's \d and \w mean what a bytes pattern's do;
+    \s does not: Unicode counts the separators \x1c-\x1f as blanks.
+    """
+    assert r"\S" not in source and source.count(r"\s") == source.count(r"[^\s")
+    return source.replace(r"[^\s", r"[^\s\x1c-\x1f").encode("ascii")
+
+
+_COMPILED: dict[tuple[bool, bool], tuple[re.Pattern, dict[int, tuple]]] = {}
+
+
+def _compiled(with_postfix: bool, ascii: bool) -> tuple[re.Pattern, dict[int, tuple]]:
+    """The chunk regex and, per branch's marker group, (pattern name, address group, class)."""
+    try:
+        return _COMPILED[with_postfix, ascii]
+    except KeyError:
+        pass
+    source, names = _source(with_postfix)
+    rx = re.compile(_ascii_source(source) if ascii else source)
+    assert rx.groupindex["stamp"] == _STAMP
+    routes: dict[int, tuple] = {}
+    for group, index in rx.groupindex.items():
+        if group in ("other", "digit"):
+            routes[index] = _GENERAL_ROUTE
+        elif group in names:
+            name, ip, cls = names[group]
+            routes[index] = (name, rx.groupindex[ip], cls)
+    _COMPILED[with_postfix, ascii] = rx, routes
+    return rx, routes
+
+
+_STAMP = 1  # group of the classic stamp
+_SASL_LOST = "Connection lost to authentication server"
+_MISSING = object()
+
+# Addresses and reject classes by their text as found in a line (str, or bytes
+# from an ASCII block).  Bounded: cleared when full.
+_IPS: dict = {}
+_REASONS: dict = {}
+_CACHE_MAX = 200_000
+_REASONS_MAX = 20_000
+
+
+def scan(text: str | bytes, *, fmt: str = "auto", year: int | None = None,
+         now: datetime | None = None) -> list[tuple]:
+    """Observations in `text` (complete lines, each ending in "\\n") as cheap tuples.
+
+    Each is (time, ip, cls, mta, start) with `start` the index of the line's
+    first character in `text`; the line ends at the next "\\n" (less one "\\r").
+    `text` may be bytes when it is pure ASCII (then indexes are byte offsets
+    and no decoding is needed); anything else must be decoded first.
+    """
+    _check_format(fmt)
+    binary = isinstance(text, bytes)
+    rx, routes = _compiled(fmt == "auto" or fmt == "postfix", binary)
+    if binary:
+        nl, cr, sasl_lost = b"\n", 13, _SASL_LOST.encode()
+    else:
+        nl, cr, sasl_lost = "\n", "\r", _SASL_LOST
+    text = nl + text if text.endswith(nl) else nl + text + nl
+    out: list[tuple] = []
+    append = out.append
+    times: dict = {}
+    # Text keys share client_ip()'s cache; bytes keys have their own.
+    ips, reasons = (_IPS if binary else _TEXT_IPS), _REASONS
+    find = text.find
+    for m in rx.finditer(text):
+        # m starts at the newline before the line: m.start() is the line's
+        # index in the caller's text, m.start() + 1 in this one.
+        route = routes[m.lastindex]
+        if route is _GENERAL_ROUTE:
+            obs = parse_line(line_at(text, m.start() + 1), fmt=fmt, year=year, now=now)
+            if obs is not None:
+                append((obs.time, obs.ip, obs.cls, obs.mta, m.start()))
+            continue
+        name, ip_group, cls = route
+        stamp, ip_text = m.group(_STAMP, ip_group)
+        ip = ips.get(ip_text, _MISSING)
+        if ip is _MISSING:
+            if len(ips) >= _CACHE_MAX:
+                ips.clear()
+            ip = ips[ip_text] = parse_client_ip(ip_text.decode("ascii") if binary else ip_text)
+        if ip is None:
+            continue
+        if cls is None:
+            end = find(nl, m.end())
+            if text[end - 1] == cr:
+                end -= 1
+            if name == "smtpd-sasl":
+                if sasl_lost in text[m.start() + 1:end]:
+                    continue
+                cls = "auth-failed"
+            else:
+                cls = _reject_class(text, m.end(), end, reasons, binary)
+                if cls is None:
+                    continue
+        time = times.get(stamp, _MISSING)
+        if time is _MISSING:
+            time = times[stamp] = syslog.timestamp(
+                syslog.BSD, stamp.decode("ascii") if binary else stamp, year, now)
+        if time is None:
+            continue
+        append((time, ip, cls, "postfix", m.start()))
+    return out
+
+
+def _reject_class(text, begin: int, end: int, cache: dict, binary: bool) -> str | None:
+    """postfix.reject_class of the reply text[begin:end], remembered by the reply's head.
+
+    A storm repeats a handful of replies ("User unknown in local recipient
+    table"), each followed by different client-written "; from=<...> to=<...>".
+    The head before that tail is the key when it alone decides the class: when
+    the restriction's words start inside it (reject_class looks for the tail
+    only after the echoed "<target>: ").  Otherwise nothing is remembered.
+    """
+    tail = text.find(b"; from=<" if binary else "; from=<", begin, end)
+    if tail >= 0:
+        key = text[begin:tail]
+        cls = cache.get(key, _MISSING)
+        if cls is not _MISSING:
+            return cls
+    reason = text[begin:end]
+    if binary:
+        reason = reason.decode("ascii")
+    start = postfix.words_start(reason)
+    cut = reason.find("; from=<", start)
+    cls = postfix.words_class(reason[start:] if cut < 0 else reason[start:cut])  # = reject_class(reason)
+    if tail >= 0 and start <= tail - begin:
+        if len(cache) >= _REASONS_MAX:
+            cache.clear()
+        cache[key] = cls
+    return cls
+
+
+def line_at(text: str | bytes, start: int) -> str:
+    """The line of `text` starting at `start`, as parse_line sees it (no newline, one "\\r" less)."""
+    if isinstance(text, bytes):
+        end = text.find(b"\n", start)
+        if end < 0:
+            end = len(text)
+        if end > start and text[end - 1] == 13:
+            end -= 1
+        return text[start:end].decode("ascii")
+    end = text.find("\n", start)
+    if end < 0:
+        end = len(text)
+    if end > start and text[end - 1] == "\r":
+        end -= 1
+    return text[start:end]
+
+
+def byte_offsets(text: str, starts: list[int]) -> list[int]:
+    """Byte offsets (UTF-8) of ascending character indexes of `text`."""
+    out = []
+    done_chars = done_bytes = 0
+    for s in starts:
+        done_bytes += len(text[done_chars:s].encode("utf-8", "surrogatepass"))
+        done_chars = s
+        out.append(done_bytes)
+    return out
