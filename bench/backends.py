@@ -29,15 +29,20 @@ def main() -> int:
     ap.add_argument("--only", default="nftables,ipset,iptables")
     a = ap.parse_args()
     sizes = tuple(int(s) for s in a.sizes.split(","))
-    rows = []
+    rows, notes = [], []
     for name in a.only.split(","):
         mod = importlib.import_module(f"bench_{name}")
-        rows += mod.run(sizes=tuple(s for s in sizes if name != "iptables" or s <= 10000))
+        mine = mod.run(sizes=tuple(s for s in sizes if name != "iptables" or s <= 10000))
+        rows += mine
+        if hasattr(mod, "growth") and (note := mod.growth(mine)):
+            notes.append(f"{name}: {note}")
     print(f"{'backend':<9} {'operation':<34} {'N':>7} {'netblock':>10} {'peer':>10}  {'ratio':>6}  peer tool")
     for r in rows:
         ratio = f"{r['ours_s'] / r['peer_s']:.2f}x" if r.get("peer_s") else "-"
         print(f"{r['backend']:<9} {r['op']:<34} {r['n']:>7} {fmt_s(r['ours_s']):>10} {fmt_s(r.get('peer_s')):>10}"
               f"  {ratio:>6}  {r.get('peer') or ''}")
+    for note in notes:
+        print(note)
     return 0
 
 

@@ -178,6 +178,32 @@ def _observation(row: tuple) -> Observation:
     return Observation(_dt(time), IPAddress(ip), cls, mta, source, position)
 
 
+def changed_sample_rows(t: int, counters, texts: dict, last: dict) -> list[tuple[int, str, int, int]]:
+    """The (time, netblock, packets, bytes) rows a change-only sample writes (see add_changed_samples).
+
+    ``texts`` maps each counted netblock to its key in the samples table,
+    ``last`` a key to its latest stored (time, packets, bytes). Sorted, so
+    both B-trees are appended to in key order rather than split all over.
+    """
+    rows = []
+    for net, (p, b) in counters.items():
+        text = texts[net]
+        prev = last.get(text)
+        if prev is None:
+            rows.append((t, text, int(p), int(b)))
+            continue
+        lt, lp, lb = prev
+        if (p, b) == (lp, lb):
+            continue
+        if lt < t or (p >= lp and b >= lb):
+            rows.append((max(lt, t), text, int(p), int(b)))
+        else:
+            rows.append((lt - 1, text, lp, lb))
+            rows.append((lt, text, int(p), int(b)))
+    rows.sort()
+    return rows
+
+
 class Store:
     """One open connection to the store file; use as a context manager."""
 
@@ -626,26 +652,9 @@ class Store:
         second back, so a reset is never hidden by it and no sample lands
         after "now" where a report ending now would not see it.
         """
-        t = _ts(time)
         texts = {net: self._sample_key(net) for net in counters}
-        rows = []
         with self.transaction(), self._errors():
-            last = self.last_samples(texts.values())
-            for net, (p, b) in counters.items():
-                text = texts[net]
-                prev = last.get(text)
-                if prev is None:
-                    rows.append((t, text, int(p), int(b)))
-                    continue
-                lt, lp, lb = prev
-                if (p, b) == (lp, lb):
-                    continue
-                if lt < t or (p >= lp and b >= lb):
-                    rows.append((max(lt, t), text, int(p), int(b)))
-                else:
-                    rows.append((lt - 1, text, lp, lb))
-                    rows.append((lt, text, int(p), int(b)))
-            rows.sort()  # in key order both B-trees are appended to, not split all over
+            rows = changed_sample_rows(_ts(time), counters, texts, self.last_samples(texts.values()))
             self._conn.executemany(
                 "INSERT OR REPLACE INTO samples (time, netblock, packets, bytes) VALUES (?, ?, ?, ?)", rows)
         return len(rows)

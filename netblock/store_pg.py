@@ -40,7 +40,7 @@ from netblock.errors import StoreError
 from netblock.model import AllowEntry, Block, Observation, Sample
 from netblock.store import (
     _BLOCK_COLS, _BLOCK_ORDER, NOT_OFFENCES, Store, _block, _dt, _net, _net_cols, _observation,
-    _opt_dt, _ts, canonical_ip, canonical_net,
+    _opt_dt, _ts, canonical_ip, canonical_net, changed_sample_rows,
 )
 
 DSN_PREFIXES = ("postgresql://", "postgres://")
@@ -619,27 +619,10 @@ class PgStore:
 
     def add_changed_samples(self, time: datetime, counters: dict[IPNetwork, tuple[int, int]]) -> int:
         """Record only the counters that differ from this host's latest sample (see Store)."""
-        t = _ts(time)
         texts = {net: self._sample_key(net) for net in counters}
-        rows = []
         with self.transaction():
             self._register()
-            last = self.last_samples(texts.values())
-            for net, (p, b) in counters.items():
-                text = texts[net]
-                prev = last.get(text)
-                if prev is None:
-                    rows.append((t, text, int(p), int(b)))
-                    continue
-                lt, lp, lb = prev
-                if (p, b) == (lp, lb):
-                    continue
-                if lt < t or (p >= lp and b >= lb):
-                    rows.append((max(lt, t), text, int(p), int(b)))
-                else:
-                    rows.append((lt - 1, text, lp, lb))
-                    rows.append((lt, text, int(p), int(b)))
-            rows.sort()
+            rows = changed_sample_rows(_ts(time), counters, texts, self.last_samples(texts.values()))
             self._many(self._SAMPLE_UPSERT, [(self.host_id, *r) for r in rows])
         return len(rows)
 
