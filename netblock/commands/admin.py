@@ -16,6 +16,12 @@ def register(sub) -> None:
     p.set_defaults(handler=cmd_install_units)
     register_demo(sub)
 
+    p = sub.add_parser("completion", help="print the shell completion script",
+                       description="Print a bash completion script for netblock, generated from its own "
+                       "options: `netblock completion bash > /etc/bash_completion.d/netblock`.")
+    p.add_argument("shell", choices=("bash",), help="the shell (bash)")
+    p.set_defaults(handler=cmd_completion)
+
 
 def cmd_install_units(args, ctx) -> int:
     written = units.install(args.prefix)
@@ -46,3 +52,11 @@ def cmd_demo(args, ctx) -> int:
     from netblock import demo
 
     return demo.run(backend=args.demo_backend, keep=args.keep, out=ctx.stdout)
+
+
+def cmd_completion(args, ctx) -> int:
+    from netblock.cli import build_parser
+    from netblock.completion import bash
+
+    ctx.stdout.write(bash(build_parser()))
+    return 0

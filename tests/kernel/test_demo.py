@@ -75,3 +75,13 @@ def test_demo_keep_leaves_namespaces_and_says_how_to_remove_them():
         m = re.search(r"rm -r (\S+)", out)
         if m and m.group(1).startswith("/tmp/netblock-demo-"):
             sh("rm", "-r", m.group(1), check=False)
+
+
+@pytest.mark.parametrize("backend", ["ipset", "iptables"])
+def test_demo_on_the_other_backends(backend):
+    proc, out, err = run_demo("--backend", backend)
+    assert proc.returncode == 0, out + err
+    assert f"backend {backend}" in out.splitlines()[0]
+    assert re.search(r"including ([1-9]\d*) from 198\.19\.250\.9", out)
+    assert "198.18.5.200 admitted" in out
+    assert namespaces_of(proc.pid) == []
