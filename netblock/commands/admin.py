@@ -12,7 +12,7 @@ def register(sub) -> None:
                        "pointing at this installation's netblock command. Enable either netblock.service "
                        "or netblock-run.timer afterwards, not both.")
     p.add_argument("--prefix", default="/", help="root to install under (default: /)")
-    p.add_argument("--json", action="store_true", help="print the paths written as JSON")
+    p.add_argument("--json", action="store_true", help="print the paths written as JSON (default: text)")
     p.set_defaults(handler=cmd_install_units)
     register_demo(sub)
 
@@ -44,7 +44,7 @@ def register_demo(sub) -> None:
     p.add_argument("--backend", dest="demo_backend", choices=("nftables", "ipset", "iptables"), default="nftables",
                    help="kernel backend to demonstrate (default: nftables)")
     p.add_argument("--keep", action="store_true", help="leave the namespaces for poking around (prints how to "
-                   "remove them)")
+                   "remove them; default: clean up)")
     p.set_defaults(handler=cmd_demo)
 
 

@@ -16,7 +16,7 @@ def register(sub) -> None:
                        "for node_exporter's textfile collector.")
     p.add_argument("--format", choices=("prometheus", "json", "csv"), default="prometheus",
                    help="output format (default: prometheus)")
-    p.add_argument("--output", metavar="FILE", help="write to FILE atomically instead of stdout")
+    p.add_argument("--output", metavar="FILE", help="write to FILE atomically (default: stdout)")
     p.add_argument("--listen", metavar="ADDR:PORT", nargs="?", const="",
                    help="serve the Prometheus format at http://ADDR:PORT/metrics until interrupted "
                    "(default address: [export] listen, 127.0.0.1:9425)")

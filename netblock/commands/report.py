@@ -13,7 +13,7 @@ def register(sub) -> None:
     p = sub.add_parser("sample", help="read the kernel's per-netblock counters into the store",
                        description="Read counters() from the backend and store one sample per netblock "
                        "(time, packets, bytes). The daemon and run-once do this every tick.")
-    p.add_argument("--json", action="store_true", help="print the counters read as JSON")
+    p.add_argument("--json", action="store_true", help="print the counters read as JSON (default: a count)")
     p.set_defaults(handler=cmd_sample)
 
     p = sub.add_parser("report", help="the top-N Host/Mask Packets Bytes table from the kernel's counters",
@@ -25,21 +25,21 @@ def register(sub) -> None:
                    "summary: the week in numbers; asn: distinct rejected IPs per origin AS "
                    "(needs [report] asn_file)")
     p.add_argument("--since", metavar="DURATION", help="window ending now, e.g. 7d, 24h (default 7d)")
-    p.add_argument("--from", dest="from_", metavar="TIME", help="window start, ISO 8601 (UTC if no zone)")
+    p.add_argument("--from", dest="from_", metavar="TIME", help="window start, ISO 8601 (UTC if no zone; default: --to minus 7d)")
     p.add_argument("--to", metavar="TIME", help="window end, ISO 8601 (default: now)")
     p.add_argument("--top", type=int, default=None, metavar="N", help="rows to show (default: [report] top, 10)")
     p.add_argument("--by", choices=("packets", "bytes"), default="packets", help="rank by (default packets)")
-    p.add_argument("--exact", action="store_true", help="raw integers instead of K/M/G")
+    p.add_argument("--exact", action="store_true", help="raw integers instead of K/M/G (default: off)")
     p.add_argument("--host", metavar="ID", help="fleet mode (PostgreSQL store): one MX host's drops and "
                    "rejections only (default: the whole fleet, packets summed over hosts)")
     fmt = p.add_mutually_exclusive_group()
     fmt.add_argument("--json", action="store_true", help="JSON rows: netblock, packets, bytes, first_seen, "
-                     "last_seen, reason")
-    fmt.add_argument("--csv", action="store_true", help="CSV with the same columns as --json")
+                     "last_seen, reason (default: a table)")
+    fmt.add_argument("--csv", action="store_true", help="CSV with the same columns as --json (default: a table)")
     p.add_argument("--plot", metavar="FILE", help="also draw the top-N as bars and the drops per day as a line "
-                   "into FILE.png or FILE.svg (needs matplotlib: pip install 'netblock[plot]')")
+                   "into FILE.png or FILE.svg (needs matplotlib: pip install 'netblock[plot]'; default: no chart)")
     p.add_argument("--html", metavar="FILE", help="also write the wrap-up (top-N, classes, summary, charts as "
-                   "SVG when matplotlib is installed) as one self-contained HTML page")
+                   "SVG when matplotlib is installed) as one self-contained HTML page (default: none)")
     p.set_defaults(handler=cmd_report)
 
     p = sub.add_parser("wrapup", help="the weekly wrap-up: top netblocks, classes, summary into a file",

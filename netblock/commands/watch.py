@@ -30,10 +30,10 @@ def register(sub) -> None:
                    help="log format (default: `sources.format` from the config, auto)")
     p.add_argument("--dry-run", action="store_true",
                    help="only count the observations per class (with --json: show each one); "
-                   "change neither the store nor the kernel")
+                   "change neither the store nor the kernel (default: off)")
     p.add_argument("--json", action="store_true",
                    help="JSON output; with --dry-run one object per line and observation "
-                   "(time, ip, class, mta, line)")
+                   "(time, ip, class, mta, line) (default: text)")
     p.add_argument("files", nargs="+", metavar="FILE", help="log file, .gz file, or - for stdin")
     p.set_defaults(handler=cmd_ingest)
 
@@ -43,15 +43,18 @@ def register(sub) -> None:
                        "configuration; SIGTERM exits 0 and leaves the kernel rules in place.")
     p.set_defaults(handler=cmd_daemon)
 
-    p = sub.add_parser("run-once", help="one daemon tick from the saved positions (systemd timer mode)")
-    p.add_argument("--json", action="store_true", help="print the tick's result as JSON")
+    p = sub.add_parser("run-once", help="one daemon tick from the saved positions (systemd timer mode)",
+                       description="Run one tick of the daemon from the saved log positions and journal "
+                       "cursor: read what is new, decide, sync, sample, expire. netblock-run.timer runs "
+                       "this every minute for sites that want no resident daemon.")
+    p.add_argument("--json", action="store_true", help="print the tick's result as JSON (default: one line of text)")
     p.set_defaults(handler=cmd_run_once)
 
     p = sub.add_parser("why", help="explain why an address or prefix is (not) blocked",
                        description="Show the observations, the rule per class that blocked it or did not, "
                        "the widening that covers it, or what protects it.")
     p.add_argument("target", metavar="IP|PREFIX")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--json", action="store_true", help="machine-readable output (default: text)")
     p.set_defaults(handler=cmd_why)
 
 

@@ -6,6 +6,8 @@ validation-before-write, expiry bookkeeping, output formats.
 
 from __future__ import annotations
 
+import argparse
+
 import io
 import json
 import os
@@ -351,18 +353,23 @@ def test_aggregate_merges_stdin_and_honours_exclude(nb, tmp_path):
     assert not nb.db.exists() or nb.rows() == {}
 
 
-def test_every_option_of_every_block_command_documents_its_default():
+def test_every_option_of_every_command_documents_its_default():
     parser = cli.build_parser()
-    sub = next(a for a in parser._actions if a.dest == "command")
-    names = ["add", "del", "list", "expire", "sync", "status", "remove-rules", "config", "aggregate"]
-    parsers = [sub.choices[n] for n in names]
-    allow = next(a for a in sub.choices["allow"]._actions if a.dest == "allow_command")
-    parsers += list(allow.choices.values())
-    for p in parsers:
-        assert p.description, p.prog
+
+    def walk(p):
+        yield p
         for action in p._actions:
-            if action.option_strings and action.dest != "help":
-                assert "default" in (action.help or ""), (p.prog, action.option_strings)
+            if isinstance(action, argparse._SubParsersAction):
+                for q in action.choices.values():
+                    yield from walk(q)
+
+    sub = next(a for a in parser._actions if a.dest == "command")
+    for name, top in sub.choices.items():
+        for p in walk(top):
+            assert p.description, p.prog
+            for action in p._actions:
+                if action.option_strings and action.dest != "help":
+                    assert "default" in (action.help or ""), (p.prog, action.option_strings)
 
 
 def test_large_lists_escalate_the_rows_the_store_remembers(nb):
