@@ -54,6 +54,8 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from importlib import resources
+from itertools import repeat
+from operator import attrgetter, countOf
 
 from netaddr import IPNetwork
 
@@ -360,15 +362,58 @@ _BYTES_HDR = _ATTR.pack(12, D_BYTES | NLA_F_NET_BYTEORDER)
 _PACKETS_HDR = _ATTR.pack(12, D_PACKETS | NLA_F_NET_BYTEORDER)
 
 
-def _network(value: int, prefixlen: int, module) -> IPNetwork:
-    """An IPNetwork without parsing: counters() makes 100k of these per call."""
-    net = IPNetwork.__new__(IPNetwork)
+class _Network(IPNetwork):
+    """An IPNetwork that carries its hash: counters() returns dicts of 100k of them.
+
+    IPNetwork hashes in Python, through three properties, which made hashing
+    the keys of counters() cost more than the kernel's listing itself. The
+    hash stored here is the one IPNetwork would compute, so these compare
+    and look up exactly like IPNetworks; it is checked at import below.
+    """
+
+    __slots__ = ("_hash",)
+
+    def __hash__(self):
+        try:
+            return self._hash
+        except AttributeError:  # made some other way than _network()
+            return IPNetwork.__hash__(self)
+
+    def __reduce__(self):
+        return IPNetwork, ((self._value, self._prefixlen),), (self._value, self._prefixlen, self._module.version)
+
+
+_Network.__name__ = _Network.__qualname__ = "IPNetwork"  # its repr reads back as the network it stands for
+_new_network = IPNetwork.__new__
+
+
+def _network(value: int, prefixlen: int, module, hashed: int | None = None) -> IPNetwork:
+    """An IPNetwork without parsing; ``value`` is its first address."""
+    net = _new_network(_Network)
     net._value, net._prefixlen, net._module = value, prefixlen, module
+    net._hash = hash((module.version, value, value | ((1 << (module.width - prefixlen)) - 1))) \
+        if hashed is None else hashed
     return net
+
+
+def _networks(keys: list[int], v6: bool) -> list[IPNetwork]:
+    """_network() of many keys, their hashes computed in one pass."""
+    module = _V6 if v6 else _V4
+    width = module.width
+    values = [k >> 8 for k in keys]
+    lasts = [v | ((1 << (width - (k & 255))) - 1) for v, k in zip(values, keys)]
+    hashes = map(hash, zip(repeat(module.version), values, lasts))
+    return [_network(v, k & 255, module, h) for v, k, h in zip(values, keys, hashes)]
 
 
 _V4 = IPNetwork("0.0.0.0/0")._module
 _V6 = IPNetwork("::/0")._module
+for _text in ("198.51.100.0/24", "203.0.113.7/32", "0.0.0.0/0", "2001:db8::/32", "::/0", "2001:db8::1/128"):
+    _plain = IPNetwork(_text)
+    for _made in (_network(_plain.first, _plain.prefixlen, _plain._module),
+                  _networks([_plain.first << 8 | _plain.prefixlen], _plain.version == 6)[0]):
+        assert _made == _plain and hash(_made) == hash(_plain) and str(_made) == _text and {_plain: 1}[_made] == 1
+del _text, _plain, _made
 
 
 @dataclass
@@ -382,10 +427,11 @@ class Members:
     timeouts: list[int] = field(default_factory=list)
     packets: list[int] = field(default_factory=list)
     bytes: list[int] = field(default_factory=list)
+    # (keys as uint64, timeouts as int64) when decoded through numpy: diff_v4() starts from them.
+    arrays: tuple | None = field(default=None, repr=False, compare=False)
 
     def networks(self, v6: bool) -> list[IPNetwork]:
-        module = _V6 if v6 else _V4
-        return [_network(k >> 8, k & 255, module) for k in self.keys]
+        return _networks(self.keys, v6)
 
 
 def _fast_members(blob: bytes, v6: bool) -> Members | None:
@@ -403,20 +449,25 @@ def _fast_members(blob: bytes, v6: bool) -> Members | None:
                       ("cidr", "u1"), ("pad", "u1", (3,)), ("th", "<u2", (2,)), ("timeout", ">u4"),
                       ("bh", "<u2", (2,)), ("bytes", ">u8"), ("ph", "<u2", (2,)), ("packets", ">u8")])
     rec = np.frombuffer(blob, dtype=dtype)
+    words = np.frombuffer(blob, dtype="<u4").reshape(len(rec), size // 4)
     ipaddr = IPADDR_V6 if v6 else IPADDR_V4
     # (length, type) of every attribute header; the kernel sets the byte-order flag on some, not all.
     expect = {"h": (size, A_DATA), "iph": (8 + iplen, D_IP, 4 + iplen, ipaddr), "ch": (5, D_CIDR),
               "th": (8, D_TIMEOUT), "bh": (12, D_BYTES), "ph": (12, D_PACKETS)}
     for name, values in expect.items():
-        got = rec[name] & np.array([0xFFFF, 0x3FFF] * (len(values) // 2), dtype="<u2")
-        if not (got == np.array(values, dtype="<u2")).all():
-            return None
+        offset = dtype.fields[name][1] // 4
+        for i in range(0, len(values), 2):
+            column = words[:, offset + i // 2] & 0x3FFFFFFF
+            if not (column == (values[i] | values[i + 1] << 16)).all():
+                return None
     if v6:
         halves = np.ascontiguousarray(rec["ip"]).view(">u8").reshape(-1, 2).tolist()
         keys = [(hi << 64 | lo) << 8 | c for (hi, lo), c in zip(halves, rec["cidr"].tolist())]
-    else:
-        keys = ((rec["ip"].view(">u4").ravel().astype(np.uint64) << 8) | rec["cidr"]).tolist()
-    return Members(keys, rec["timeout"].tolist(), rec["packets"].tolist(), rec["bytes"].tolist())
+        return Members(keys, rec["timeout"].tolist(), rec["packets"].tolist(), rec["bytes"].tolist())
+    keys = (rec["ip"].view(">u4").ravel().astype(np.uint64) << np.uint64(8)) | rec["cidr"]
+    timeouts = rec["timeout"].astype(np.int64)
+    return Members(keys.tolist(), timeouts.tolist(), rec["packets"].tolist(), rec["bytes"].tolist(),
+                   arrays=(keys, timeouts))
 
 
 def _slow_members(blob: bytes) -> Members:
@@ -659,6 +710,8 @@ class IpsetBackend:
     settings: Settings
     name: str = "ipset"
     _tables: dict = field(default_factory=dict, repr=False)
+    # Per family, the keys and networks counters()/installed() last returned: (keys, [IPNetwork]).
+    _named: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def description(self) -> str:
@@ -788,27 +841,15 @@ class IpsetBackend:
 
     def apply(self, desired: Desired) -> Change:
         now = time.time()
+        nets, expiries = list(desired), list(desired.values())
         with self._netlink() as nl:
             plans = []
             for family in self._families():
                 v6 = family == "ipv6"
                 name = IPSET_SET[family]
                 members, maxelem = self._read(nl, name, v6)
-                version = 6 if v6 else 4
-                keys, timeouts = [], []
-                for net, expiry in desired.items():
-                    if net._module.version != version:
-                        continue
-                    if expiry is None:
-                        timeout = 0
-                    else:
-                        left = expiry.timestamp() - now
-                        if left < 1:
-                            continue  # already expired: not installed
-                        timeout = 0 if left > MAX_TIMEOUT else int(left + 0.5)
-                    keys.append(net._value << 8 | net._prefixlen)
-                    timeouts.append(timeout)
-                big = not v6 and len(keys) + len(members.keys) > NUMPY_FROM
+                keys, timeouts = _wanted(nets, expiries, 6 if v6 else 4, now)
+                big = not v6 and (not isinstance(keys, list) or len(keys) + len(members.keys) > NUMPY_FROM)
                 plan = _Plan(name, v6, members, *(diff_v4 if big else diff)(members, keys, timeouts))
                 final = len(members.keys) - len(plan.delete) + len(plan.add)
                 if final > maxelem:
@@ -839,7 +880,7 @@ class IpsetBackend:
         with self._netlink() as nl:
             for family in self._families():
                 members, _ = self._read(nl, IPSET_SET[family], family == "ipv6", missing_ok=True)
-                out.update(zip(members.networks(family == "ipv6"), zip(members.packets, members.bytes)))
+                out.update(zip(self._networks(family, members.keys), zip(members.packets, members.bytes)))
         return out
 
     def installed(self) -> dict[IPNetwork, datetime | None]:
@@ -849,7 +890,7 @@ class IpsetBackend:
         with self._netlink() as nl:
             for family in self._families():
                 members, _ = self._read(nl, IPSET_SET[family], family == "ipv6", missing_ok=True)
-                out.update(zip(members.networks(family == "ipv6"),
+                out.update(zip(self._networks(family, members.keys),
                                (None if t == 0 else now + timedelta(seconds=t) for t in members.timeouts)))
         return out
 
@@ -881,6 +922,21 @@ class IpsetBackend:
 
     # -------------------------------------------------------------- helpers
 
+    def _networks(self, family: str, keys: list[int]) -> list[IPNetwork]:
+        """The networks of ``keys``, reusing those of the last call: counters() is polled, the set rarely changes.
+
+        Making 100k IPNetworks costs more than listing them from the kernel.
+        """
+        last_keys, last_nets = self._named.get(family, ([], []))
+        if keys == last_keys:
+            return last_nets
+        known = dict(zip(last_keys, last_nets))
+        missing = [k for k in keys if k not in known]
+        known.update(zip(missing, _networks(missing, family == "ipv6")))
+        nets = list(map(known.__getitem__, keys))
+        self._named[family] = (keys, nets)
+        return nets
+
     def _netlink(self) -> Netlink:
         try:
             return Netlink()
@@ -908,6 +964,73 @@ class IpsetBackend:
         return _decode(blobs, v6), maxelem
 
 
+def _wanted(nets: list, expiries: list, version: int, now: float) -> tuple[list[int], list[int]]:
+    """(keys, timeouts) of the desired networks of one IP version that have not expired.
+
+    A key is the canonical ``first address << 8 | prefix length``; a
+    timeout of 0 means permanent (also for lives beyond MAX_TIMEOUT).
+    IPv4 at scale goes through numpy: a Python pass per member would cost
+    more than the whole one-member change it serves.
+    """
+    module = _V6 if version == 6 else _V4
+    if version == 6 or len(nets) < NUMPY_FROM:
+        keys, timeouts = [], []
+        for net, expiry in zip(nets, expiries):
+            if net._module is not module:
+                continue
+            if expiry is None:
+                timeout = 0
+            else:
+                left = expiry.timestamp() - now
+                if left < 1:
+                    continue  # already expired: not installed
+                timeout = 0 if left > MAX_TIMEOUT else int(left + 0.5)
+            host = module.width - net._prefixlen
+            keys.append(net._value >> host << host << 8 | net._prefixlen)
+            timeouts.append(timeout)
+        return keys, timeouts
+    import numpy as np
+
+    n = len(nets)
+    if countOf(map(_MODULE, nets), module) == n:
+        idx = None
+        # int64 converts faster than uint64; IPv4 values fit either way.
+        values = np.fromiter(map(_VALUE, nets), dtype=np.int64, count=n).view(np.uint64)
+    else:
+        idx = np.flatnonzero(np.fromiter(map(id, map(_MODULE, nets)), dtype=np.uint64, count=n) == id(module))
+        values = np.array([nets[i]._value for i in idx.tolist()], dtype=np.uint64)
+    picked = nets if idx is None else [nets[i] for i in idx.tolist()]
+    plens = np.fromiter(map(_PREFIXLEN, picked), dtype=np.int64, count=len(picked)).view(np.uint64)
+    left = _timestamps(expiries if idx is None else [expiries[i] for i in idx.tolist()]) - now
+    permanent = np.isnan(left)
+    keep = permanent | (left >= 1)
+    with np.errstate(invalid="ignore"):
+        timeout = np.where(permanent | (left > MAX_TIMEOUT), 0, np.floor(left + 0.5)).astype(np.int64)
+    host = np.uint64(32) - plens
+    keys = (values >> host << host) << np.uint64(8) | plens
+    if keep.all():
+        return keys, timeout
+    return keys[keep], timeout[keep]
+
+
+_VALUE, _PREFIXLEN, _MODULE = attrgetter("_value"), attrgetter("_prefixlen"), attrgetter("_module")
+
+
+def _timestamps(expiries: list):
+    """Epoch seconds (NaN: never) of datetimes; when few distinct ones are shared, each is converted once."""
+    import numpy as np
+
+    if expiries and expiries.count(expiries[0]) == len(expiries):  # one expiry for all: a C-speed check
+        e = expiries[0]
+        return np.full(len(expiries), np.nan if e is None else e.timestamp(), dtype=np.float64)
+    distinct = dict.fromkeys(expiries)
+    if len(distinct) * 4 <= len(expiries):
+        seconds = {e: np.nan if e is None else e.timestamp() for e in distinct}
+        return np.fromiter(map(seconds.__getitem__, expiries), dtype=np.float64, count=len(expiries))
+    return np.fromiter((np.nan if e is None else e.timestamp() for e in expiries), dtype=np.float64,
+                       count=len(expiries))
+
+
 def diff(members: Members, keys: list[int], timeouts: list[int]) -> tuple[list, list, list]:
     """(indexes of members to delete, [(key, timeout)] to add, [(key, timeout, member index)] to re-time)."""
     index = dict(zip(members.keys, range(len(members.keys))))
@@ -922,30 +1045,42 @@ def diff(members: Members, keys: list[int], timeouts: list[int]) -> tuple[list, 
     return list(index.values()), add, update
 
 
-def diff_v4(members: Members, keys: list[int], timeouts: list[int]) -> tuple[list, list, list]:
-    """diff() in numpy, for IPv4 keys (they fit in 64 bits): a 1-member change at 100k is then cheap."""
+def diff_v4(members: Members, keys, timeouts) -> tuple[list, list, list]:
+    """diff() in numpy, for IPv4 keys (they fit in 64 bits): a 1-member change at 100k is then cheap.
+
+    The wanted keys are sorted (they mostly come sorted already) and the
+    kernel's are looked up in them, so the kernel's hash order needs no sort.
+    """
     import numpy as np
 
-    have = np.array(members.keys, dtype=np.uint64)
-    want = np.array(keys, dtype=np.uint64)
-    want_t = np.array(timeouts, dtype=np.int64)
+    if members.arrays is not None:
+        have, have_t = members.arrays
+    else:
+        have = np.array(members.keys, dtype=np.uint64)
+        have_t = np.array(members.timeouts, dtype=np.int64)
+    want = np.asarray(keys, dtype=np.uint64)
+    want_t = np.asarray(timeouts, dtype=np.int64)
     if not len(have) or not len(want):
-        return list(range(len(have))), list(zip(keys, timeouts)), []
-    order = np.argsort(have)
-    pos = np.minimum(np.searchsorted(have[order], want), len(have) - 1)
-    at = order[pos]
-    found = have[at] == want
-    idx = at[found]
-    kernel_t = np.array(members.timeouts, dtype=np.int64)[idx]
-    wanted_t = want_t[found]
-    permanent = (kernel_t == 0) | (wanted_t == 0)
-    changed = np.where(permanent, kernel_t != wanted_t, np.abs(kernel_t - wanted_t) > TOLERANCE)
-    keep = np.ones(len(have), dtype=bool)
-    keep[idx] = False
+        return list(range(len(have))), list(zip(want.tolist(), want_t.tolist())), []
+    order = None
+    if len(want) > 1 and not (want[1:] > want[:-1]).all():
+        order = np.argsort(want, kind="stable")
+    sorted_want = want if order is None else want[order]
+    pos = np.minimum(np.searchsorted(sorted_want, have), len(want) - 1)
+    kept = sorted_want[pos] == have  # per kernel member: still wanted
+    hit = pos[kept] if order is None else order[pos[kept]]  # the wanted keys (in given order) members have
+    found = np.zeros(len(want), dtype=bool)
+    found[hit] = True
+    at = np.full(len(want), -1, dtype=np.int64)  # per wanted key: its index among the members
+    at[hit] = np.flatnonzero(kept)
+    kernel_t = np.zeros(len(want), dtype=np.int64)
+    kernel_t[hit] = have_t[kept]
+    permanent = (kernel_t == 0) | (want_t == 0)
+    changed = found & np.where(permanent, kernel_t != want_t, np.abs(kernel_t - want_t) > TOLERANCE)
     new = ~found
     add = list(zip(want[new].tolist(), want_t[new].tolist()))
-    update = list(zip(want[found][changed].tolist(), wanted_t[changed].tolist(), idx[changed].tolist()))
-    return np.flatnonzero(keep).tolist(), add, update
+    update = list(zip(want[changed].tolist(), want_t[changed].tolist(), at[changed].tolist()))
+    return np.flatnonzero(~kept).tolist(), add, update
 
 
 def _differs(kernel: int, wanted: int) -> bool:

@@ -32,10 +32,13 @@ import os
 import hashlib
 import re
 import string
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib import resources
+from operator import attrgetter, countOf
 from pathlib import Path
 
+import numpy as np
 from netaddr import IPNetwork, iprange_to_cidrs, IPAddress
 
 from netblock.errors import (KernelError, KernelFeatureMissing, NameClash, NetblockError, PermissionDenied,
@@ -247,22 +250,19 @@ class NftablesBackend:
     def apply(self, desired: Desired) -> Change:
         """Make the sets equal to ``desired`` in one netlink batch (one transaction).
 
-        What the kernel holds comes from the snapshot of the last apply if
+        What the kernel holds comes from the state of the last apply if
         the ruleset generation proves nothing changed since (see
-        _load_snapshot), else from a dump of the sets. The batch is guarded
+        _current), else from a dump of the sets. The batch is guarded
         by that generation, so a concurrent change makes the kernel refuse
         it and the apply starts over from a fresh dump.
+
+        From the last state, only the difference is planned: desired and
+        the state are compared as sorted arrays, so a one-element change to
+        a 100k set costs milliseconds rather than a Python pass over both.
         """
         now = datetime.now(timezone.utc)
-        want: dict[str, dict[tuple[int, int], tuple[IPNetwork, float | None]]] = {
-            fam: {} for fam in self.settings.families}
         now_ts = now.timestamp()
-        for net, expiry in desired.items():
-            fam = _VERSION_FAMILY[net.version]
-            expires = None if expiry is None else expiry.timestamp()
-            if fam not in want or (expires is not None and expires <= now_ts):
-                continue
-            want[fam][(net.value, net.prefixlen)] = (net, expires)  # canonical: value is the first address
+        nets, wanted = _wanted(desired, self.settings.families, now_ts)
         what = f"update sets of {_TABLE_REF}"
         with self._netlink() as sock:
             for attempt in range(APPLY_ATTEMPTS):
@@ -270,10 +270,14 @@ class NftablesBackend:
                 current = self._current(sock, genid, now, live_only=True) if attempt == 0 else None
                 from_snapshot = current is not None
                 if current is None:
-                    current = {fam: self._read(sock, fam) for fam in want}
+                    read = {fam: self._read(sock, fam) for fam in wanted}
                     if self._genid(sock) != genid:
                         continue  # someone committed while the sets were being read
-                change, ops, after = _plan(want, current, now_ts)
+                    want = {fam: _want_dict(nets, cols, _FAMILY[fam][1]) for fam, cols in wanted.items()}
+                    change, ops, after = _plan(want, read, now_ts)
+                    state = {fam: _Column.of(entries, _FAMILY[fam][1]) for fam, entries in after.items()}
+                else:
+                    change, ops, state = _plan_columns(nets, wanted, current, now_ts)
                 try:
                     sock.batch(ops, genid=genid)
                 except nl.NetlinkError as exc:
@@ -284,8 +288,8 @@ class NftablesBackend:
                     raise _translate(exc, f"{what} ({len(change.added)} added, {len(change.removed)} removed, "
                                           f"{len(change.updated)} updated)") from None
                 committed = nl.next_genid(genid) if ops else genid
-                _save_snapshot(sock, committed, after)
-                self._memo = (sock.netns_cookie(), committed, after)
+                _save_snapshot(sock, committed, state)
+                self._memo = (sock.netns_cookie(), committed, state)
                 return change
         raise KernelError(f"nftables: {what}: the ruleset kept changing under netblock; try again")
 
@@ -319,25 +323,26 @@ class NftablesBackend:
                 current = self._current(sock, genid, now) if attempt == 0 else None
                 if current is None:
                     try:
-                        current = {fam: self._read(sock, fam) for fam in self.settings.families}
+                        read = {fam: self._read(sock, fam) for fam in self.settings.families}
                     except NetblockError:
                         return None
                     if self._genid(sock) != genid:
                         continue
+                    current = {fam: _Column.of(entries, _FAMILY[fam][1]) for fam, entries in read.items()}
                 change, ops, new = Change(), [], {}
                 for fam, wanted in adding.items():
                     bits = _FAMILY[fam][1]
                     have = current[fam]
                     elements = []
                     for key, (net, expires) in sorted(wanted.items()):
-                        cover = _covering(have, key[0], bits)
+                        cover = have.covering(key[0], bits)
                         if cover is not None:
-                            if cover[0] is not None and cover[0] <= now_ts:
+                            if cover <= now_ts:
                                 return None  # expired but maybe not collected yet: let apply() sort it out
                             continue
                         elements.extend(_network_elements(key[0], key[1], bits, expires))
                         change.added.append(net)
-                        new[(fam, key)] = (expires, 0, 0, (key[0], key[0], key[0] + 1 < 1 << bits))
+                        new.setdefault(fam, []).append((key[0] << 8 | key[1], expires))
                     if elements:
                         ops.append(nl.SetOp(names.NFT_SET[fam], False, elements))
                 if not ops:
@@ -349,26 +354,28 @@ class NftablesBackend:
                     if exc.errno == nl.ERESTART:
                         continue
                     return None  # the full sync says what is wrong, as one line
-                for (fam, key), entry in new.items():
-                    current[fam][key] = entry
+                current = {fam: col.plus(new[fam]) if fam in new else col for fam, col in current.items()}
                 self._memo = (sock.netns_cookie(), nl.next_genid(genid), current)
                 return change
         return None
 
     def _current(self, sock: nl.Nfnl, genid: int, now: datetime, live_only: bool = False):
-        """What the last commit left, if the kernel is still at its generation; else None.
+        """{family: _Column} the last commit left, if the kernel is still at its generation; else None.
 
         From memory when this object made that commit (as is, unless
         ``live_only`` drops what has expired since), else from the snapshot file.
         """
         memo = self._memo
         if memo is not None and memo[1] == genid and memo[0] == sock.netns_cookie():
-            if not live_only:
-                return memo[2]
-            cutoff = now.timestamp()
-            return {fam: {k: v for k, v in entries.items() if v[0] is None or v[0] > cutoff}
-                    for fam, entries in memo[2].items()}
-        return self._load_snapshot(sock, genid, now)
+            sets = memo[2]
+        else:
+            sets = self._load_snapshot(sock, genid)
+            if sets is None:
+                return None
+        if not live_only:
+            return sets
+        cutoff = now.timestamp()
+        return {fam: col.live(cutoff) for fam, col in sets.items()}
 
     def _genid(self, sock: nl.Nfnl) -> int:
         try:
@@ -376,23 +383,18 @@ class NftablesBackend:
         except nl.NetlinkError as exc:
             raise _translate(exc, "read the ruleset generation") from None
 
-    def _load_snapshot(self, sock: nl.Nfnl, genid: int, now: datetime):
+    def _load_snapshot(self, sock: nl.Nfnl, genid: int):
         """The sets as the last apply left them, if the kernel is provably still in that state.
 
         Valid only for the same network namespace (its cookie) at the same
         ruleset generation: any commit by anyone, a hand edit included,
-        moves the generation on. Elements the kernel expired since are
-        dropped here as the kernel dropped them.
+        moves the generation on.
         """
-        cutoff = now.timestamp()
         try:
             data = _read_snapshot_file(sock)
-            if data["genid"] != genid:
+            if data["format"] != SNAPSHOT_FORMAT or data["genid"] != genid:
                 return None
-            sets = data["sets"]
-            return {fam: {(first, plen): (exp, 0, 0, tuple(raw)) for first, plen, exp, raw in sets[fam]
-                          if exp is None or exp > cutoff}
-                    for fam in self.settings.families}
+            return {fam: _Column.load(data["sets"][fam], _FAMILY[fam][1]) for fam in self.settings.families}
         except (OSError, LookupError, ValueError, EOFError, TypeError):
             return None  # no snapshot, another layout, or not one at all: read the kernel
 
@@ -494,6 +496,209 @@ def _plan(want, current, now: float):
     return change, ops, after
 
 
+# ---------------------------------------------------------------- apply's state as sorted arrays
+#
+# A set's state is kept as one sorted array of keys (first address << 8 |
+# prefix length: uint64 for IPv4, Python ints for IPv6) beside an array of
+# expiries, so that comparing 100k desired netblocks with it is a few numpy
+# passes, and the snapshot file is two byte strings.
+
+_VALUE, _PREFIXLEN, _MODULE = attrgetter("_value"), attrgetter("_prefixlen"), attrgetter("_module")
+_MODULES = {4: IPNetwork("0.0.0.0/0")._module, 6: IPNetwork("::/0")._module}
+
+
+def _derived(key: int, bits: int) -> tuple[int, int, bool]:
+    """The kernel range of the CIDR ``key``: (first, last, has end element)."""
+    first, plen = key >> 8, key & 255
+    last = first + (1 << (bits - plen)) - 1
+    return first, last, last + 1 < 1 << bits
+
+
+@dataclass
+class _Column:
+    """One set's state: sorted keys, expiries (NaN: permanent), and the kernel ranges that are no CIDR."""
+
+    keys: np.ndarray
+    expiry: np.ndarray
+    ranges: dict = field(default_factory=dict)  # key -> (first, last, has end), pieces of hand-made ranges only
+
+    @classmethod
+    def of(cls, entries: dict, bits: int) -> "_Column":
+        """From _read()/_plan()'s {(first, prefixlen): (expiry, packets, bytes, range)}."""
+        keys = [f << 8 | p for f, p in entries]
+        expiry = np.array([np.nan if v[0] is None else v[0] for v in entries.values()], dtype=np.float64)
+        ranges = {k: v[3] for k, v in zip(keys, entries.values()) if tuple(v[3]) != _derived(k, bits)}
+        arr = np.array(keys, dtype=np.uint64 if bits == 32 else object)
+        order = np.argsort(arr, kind="stable")
+        return cls(arr[order], expiry[order], ranges)
+
+    @classmethod
+    def load(cls, data, bits: int) -> "_Column":
+        keys, expiry, ranges = data
+        arr = np.frombuffer(keys, dtype=np.uint64) if bits == 32 else np.array(keys, dtype=object)
+        exp = np.frombuffer(expiry, dtype=np.float64)
+        if len(arr) != len(exp) or (len(arr) > 1 and not (arr[1:] > arr[:-1]).all()):
+            raise ValueError("not a snapshot")
+        return cls(arr, exp, {k: tuple(r) for k, r in ranges})
+
+    def dump(self, bits: int):
+        keys = self.keys.tobytes() if bits == 32 else self.keys.tolist()
+        return keys, self.expiry.tobytes(), [(k, list(r)) for k, r in self.ranges.items()]
+
+    def live(self, cutoff: float) -> "_Column":
+        alive = ~(self.expiry <= cutoff)
+        if alive.all():
+            return self
+        keys = self.keys[alive]
+        kept = set(keys.tolist()) if self.ranges else ()
+        return _Column(keys, self.expiry[alive], {k: r for k, r in self.ranges.items() if k in kept})
+
+    def find(self, key: int) -> int | None:
+        i = int(np.searchsorted(self.keys, key))
+        return i if i < len(self.keys) and self.keys[i] == key else None
+
+    def covering(self, first: int, bits: int) -> float | None:
+        """The expiry (inf: permanent) of the element whose CIDR holds address ``first``, or None."""
+        for plen in range(bits, -1, -1):
+            i = self.find((first >> (bits - plen) << (bits - plen)) << 8 | plen)
+            if i is not None:
+                e = float(self.expiry[i])
+                return np.inf if np.isnan(e) else e
+        return None
+
+    def plus(self, added: list[tuple[int, float | None]]) -> "_Column":
+        keys = np.concatenate([self.keys, np.array([k for k, _ in added], dtype=self.keys.dtype)])
+        exp = np.concatenate([self.expiry, np.array([np.nan if e is None else e for _, e in added])])
+        order = np.argsort(keys, kind="stable")
+        return _Column(keys[order], exp[order], self.ranges)
+
+
+def _timestamps(expiries: list) -> np.ndarray:
+    """Epoch seconds (NaN: never) of datetimes; when few distinct ones are shared, each is converted once."""
+    if expiries and expiries.count(expiries[0]) == len(expiries):  # one expiry for all: a C-speed check
+        e = expiries[0]
+        return np.full(len(expiries), np.nan if e is None else e.timestamp(), dtype=np.float64)
+    distinct = dict.fromkeys(expiries)
+    if len(distinct) * 4 <= len(expiries):
+        seconds = {e: np.nan if e is None else e.timestamp() for e in distinct}
+        return np.fromiter(map(seconds.__getitem__, expiries), dtype=np.float64, count=len(expiries))
+    return np.fromiter((np.nan if e is None else e.timestamp() for e in expiries), dtype=np.float64,
+                       count=len(expiries))
+
+
+def _wanted(desired: Desired, families, now: float):
+    """(list of the desired networks, {family: (sorted keys, expiries, index into that list)}).
+
+    Expired entries and other families are left out; keys are canonical
+    (host bits cleared) whatever address the IPNetwork was written with.
+    """
+    nets = list(desired)
+    n = len(nets)
+    v4 = countOf(map(_MODULE, nets), _MODULES[4])
+    modules = {_MODULES[4]} if v4 == n else {_MODULES[6]} if v4 == 0 else set(_MODULES.values())
+    if len(modules) > 1:
+        module_ids = np.fromiter(map(id, map(_MODULE, nets)), dtype=np.uint64, count=n)
+    plens = np.fromiter(map(_PREFIXLEN, nets), dtype=np.uint64, count=n)
+    expiry = _timestamps(list(desired.values()))
+    live = ~(expiry <= now)
+    values = None
+    out = {}
+    for fam in families:
+        version, bits = _FAMILY[fam]
+        module = _MODULES[version]
+        if len(modules) > 1:
+            idx = np.flatnonzero((module_ids == id(module)) & live)
+        elif module in modules:
+            idx = None if live.all() else np.flatnonzero(live)  # None: all of them
+        else:
+            idx = np.array([], dtype=np.int64)
+        every = (lambda a: a) if idx is None else (lambda a: a[idx])
+        if idx is not None and not len(idx):
+            keys = np.array([], dtype=np.uint64 if bits == 32 else object)
+        elif bits == 32:
+            if len(modules) == 1 and (idx is None or len(idx)):
+                # int64 converts faster than uint64; IPv4 values fit either way.
+                v = every(np.fromiter(map(_VALUE, nets), dtype=np.int64, count=n).view(np.uint64))
+            else:
+                values = values if values is not None else np.array(list(map(_VALUE, nets)), dtype=object)
+                v = every(values).astype(np.uint64)
+            p = every(plens)
+            shift = np.uint64(32) - p
+            keys = (v >> shift << shift) << np.uint64(8) | p
+        else:
+            values = values if values is not None else np.array(list(map(_VALUE, nets)), dtype=object)
+            p = every(plens).astype(np.int64).astype(object)
+            shift = 128 - p
+            keys = np.asarray((every(values) >> shift << shift) << 8 | p, dtype=object)
+        idx = np.arange(n) if idx is None else idx
+        exp = expiry[idx]
+        if len(keys) > 1 and not (keys[1:] > keys[:-1]).all():
+            order = np.argsort(keys, kind="stable")
+            keys, idx, exp = keys[order], idx[order], exp[order]
+        out[fam] = (keys, exp, idx)
+    return nets, out
+
+
+def _want_dict(nets: list, cols, bits: int) -> dict:
+    """_plan()'s form of one family's wanted entries."""
+    keys, expiry, idx = cols
+    return {(k >> 8, k & 255): (nets[i], None if e != e else e)
+            for k, e, i in zip(keys.tolist(), expiry.tolist(), idx.tolist())}
+
+
+def _plan_columns(nets: list, wanted: dict, current: dict, now: float):
+    """_plan() of only what differs between the wanted arrays and the state: (Change, [SetOp], new state).
+
+    The arrays single out the entries that are new, gone, re-timed, or
+    pieces of a hand-made range; _plan() decides on those as it would on
+    everything (an unchanged entry plans to nothing), and the new state is
+    the wanted keys with the kernel's expiries where nothing was sent.
+    """
+    want_small, have_small, state = {}, {}, {}
+    for fam, (wkeys, wexp, widx) in wanted.items():
+        bits = _FAMILY[fam][1]
+        col = current[fam]
+        n = len(col.keys)
+        if n:
+            pos = np.minimum(np.searchsorted(col.keys, wkeys), n - 1)
+            found = col.keys[pos] == wkeys
+        else:
+            pos = np.zeros(len(wkeys), dtype=np.int64)
+            found = np.zeros(len(wkeys), dtype=bool)
+        found = np.asarray(found, dtype=bool)
+        kexp = col.expiry[pos] if n else np.full(len(wkeys), np.nan)
+        knan, wnan = np.isnan(kexp), np.isnan(wexp)
+        slack = np.clip((wexp - now) / 100, EXPIRY_TOLERANCE, MAX_EXPIRY_TOLERANCE)
+        with np.errstate(invalid="ignore"):
+            differs = np.where(knan | wnan, knan != wnan, np.abs(kexp - wexp) > slack)
+        pick = ~found | differs
+        if col.ranges:
+            pick |= np.isin(wkeys, np.array(list(col.ranges), dtype=col.keys.dtype))
+        matched = np.zeros(n, dtype=bool)
+        matched[pos[found]] = True
+        hpick = ~matched
+        hpick[pos[found & pick]] = True
+        w = np.flatnonzero(pick)
+        want_small[fam] = {(k >> 8, k & 255): (nets[i], None if e != e else e)
+                           for k, e, i in zip(wkeys[w].tolist(), wexp[w].tolist(), widx[w].tolist())}
+        h = np.flatnonzero(hpick)
+        have_small[fam] = {(k >> 8, k & 255): (None if e != e else e, 0, 0, col.ranges.get(k) or _derived(k, bits))
+                           for k, e in zip(col.keys[h].tolist(), col.expiry[h].tolist())}
+        state[fam] = np.where(found, kexp, wexp)
+    change, ops, after = _plan(want_small, have_small, now)
+    for fam, (wkeys, _wexp, _widx) in wanted.items():
+        bits = _FAMILY[fam][1]
+        expiry, ranges = state[fam], {}
+        for (first, plen), (e, _p, _b, raw) in after[fam].items():
+            key = first << 8 | plen
+            i = int(np.searchsorted(wkeys, key))
+            expiry[i] = np.nan if e is None else e
+            if tuple(raw) != _derived(key, bits):
+                ranges[key] = tuple(raw)
+        state[fam] = _Column(wkeys, expiry, ranges)
+    return change, ops, state
+
+
 # ---------------------------------------------------------------- apply's snapshot
 #
 # A dump of a 100k-element set costs the kernel seconds (it walks the tree
@@ -503,6 +708,7 @@ def _plan(want, current, now: float):
 # snapshot means a dump, and counters()/installed() always read the kernel.
 
 SNAPSHOT_DIR = Path("/run/netblock/nftables")
+SNAPSHOT_FORMAT = 2  # sorted key and expiry arrays (1: a list of tuples)
 SNAPSHOTS_KEPT = 32  # network namespaces; losing one costs that namespace one dump
 
 
@@ -518,22 +724,22 @@ def _read_snapshot_file(sock: nl.Nfnl):
     return marshal.loads(path.read_bytes())
 
 
-def _save_snapshot(sock: nl.Nfnl, genid: int, state) -> None:
+def _save_snapshot(sock: nl.Nfnl, genid: int, state: dict) -> None:
     try:
         SNAPSHOT_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
         path = _snapshot_path(sock)
-        sets = {fam: [(first, plen, exp, raw)
-                      for (first, plen), (exp, _p, _b, raw) in entries.items()]
-                for fam, entries in state.items()}
+        sets = {fam: col.dump(_FAMILY[fam][1]) for fam, col in state.items()}
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "wb") as f:
-            f.write(marshal.dumps({"genid": genid, "sets": sets}))
+            f.write(marshal.dumps({"format": SNAPSHOT_FORMAT, "genid": genid, "sets": sets}))
+        new = not path.exists()
         os.replace(tmp, path)
     except (OSError, ValueError):
         _forget_snapshot(sock)
         return
-    _prune_snapshots()
+    if new:
+        _prune_snapshots()
 
 
 def _prune_snapshots() -> None:
@@ -556,15 +762,6 @@ def _forget_snapshot(sock: nl.Nfnl) -> None:
         _snapshot_path(sock).unlink(missing_ok=True)
     except OSError:
         pass
-
-
-def _covering(have: dict, first: int, bits: int):
-    """The entry of ``have`` whose CIDR holds the address ``first``, or None (one lookup per prefix length)."""
-    for plen in range(bits, -1, -1):
-        entry = have.get((first >> (bits - plen) << (bits - plen), plen))
-        if entry is not None:
-            return entry
-    return None
 
 
 def _differs(current: float | None, wanted: float | None, now: float) -> bool:

@@ -160,3 +160,58 @@ def test_kernel_failures_map_to_one_error_type_each(monkeypatch):
     full = ipset._kernel_error(ipset.NetlinkError(4353), "set netblock4: 198.51.100.0/24")
     assert isinstance(full, KernelError) and str(full) == \
         "ipset: set netblock4: 198.51.100.0/24: hash is full (maxelem reached)"
+
+
+def test_wanted_in_numpy_equals_the_plain_pass(monkeypatch):
+    import random
+    from datetime import datetime, timedelta, timezone
+
+    rng = random.Random(7)
+    now = datetime.now(timezone.utc)
+    lives = [None, now - timedelta(seconds=5), now + timedelta(seconds=0.4), now + timedelta(hours=1),
+             now + timedelta(days=40)]  # the last is beyond ipset's longest timeout: permanent
+    desired = {}
+    for i in range(ipset.NUMPY_FROM + 500):
+        if i % 10 == 0:
+            net = IPNetwork(f"2001:db8:{i:x}::5/{rng.choice((48, 128))}")
+        else:
+            net = IPNetwork(f"{rng.randrange(1, 224)}.{rng.randrange(256)}.{rng.randrange(256)}.9/"
+                            f"{rng.choice((24, 32))}")
+        desired[net] = rng.choice(lives) if i % 3 else lives[3]
+    nets, expiries, t = list(desired), list(desired.values()), now.timestamp()
+    fast = [a.tolist() for a in ipset._wanted(nets, expiries, 4, t)]
+    monkeypatch.setattr(ipset, "NUMPY_FROM", 10**9)
+    plain = ipset._wanted(nets, expiries, 4, t)
+    assert fast == [list(plain[0]), list(plain[1])]
+    assert len(fast[0]) > 1000 and 0 in fast[1] and 3600 in fast[1]
+    assert all(k >> 8 & 0xFF == 0 for k in fast[0] if k & 255 == 24)  # host bits cleared
+
+
+def test_networks_hash_and_compare_like_ipnetwork_and_are_reused():
+    import pickle
+
+    b = ipset.create(Settings())
+    texts = ["198.51.100.0/24", "203.0.113.7/32", "192.0.2.128/25"]
+    keys = [IPNetwork(t).first << 8 | IPNetwork(t).prefixlen for t in texts]
+    nets = b._networks("ipv4", keys)
+    assert nets == [IPNetwork(t) for t in texts] and [str(n) for n in nets] == texts
+    assert {IPNetwork(t): t for t in texts} == {n: str(n) for n in nets}  # same hashes, same lookups
+    assert repr(nets[0]) == "IPNetwork('198.51.100.0/24')"
+    assert b._networks("ipv4", list(keys)) is nets  # unchanged set: the same list
+    again = b._networks("ipv4", keys[1:] + [IPNetwork("192.0.2.1/32").first << 8 | 32])
+    assert again[0] is nets[1] and str(again[-1]) == "192.0.2.1/32"
+    back = pickle.loads(pickle.dumps({nets[0]: 1}))
+    assert type(next(iter(back))) is IPNetwork and back == {IPNetwork(texts[0]): 1}
+    v6 = b._networks("ipv6", [IPNetwork("2001:db8::1").first << 8 | 128])
+    assert v6 == [IPNetwork("2001:db8::1/128")] and hash(v6[0]) == hash(IPNetwork("2001:db8::1/128"))
+
+
+def test_fast_decoder_declines_an_unknown_layout():
+    nets = [IPNetwork("198.51.100.0/24"), IPNetwork("203.0.113.7/32")]
+    blob = bytearray(b"".join(_kernel_style(n, 100, 1, 40) for n in nets))
+    assert ipset._fast_members(bytes(blob), False) is not None
+    size = len(blob) // 2
+    for at in (size + 2, size + 4 + 8 + 4 + 2):  # the second member's nest type, then its cidr attribute type
+        changed = bytearray(blob)
+        changed[at] ^= 0x01
+        assert ipset._fast_members(bytes(changed), False) is None

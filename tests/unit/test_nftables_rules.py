@@ -7,9 +7,11 @@ itself would send; both are checked here without root.
 
 from __future__ import annotations
 
+import marshal
 import struct
 from datetime import datetime, timedelta, timezone
 
+import numpy as np
 import pytest
 from netaddr import IPNetwork
 
@@ -224,3 +226,76 @@ def test_plan_makes_a_timed_element_permanent_in_place():
     change, (updates,), _ = nftables._plan({"ipv4": _want(("203.0.113.9/32", None))},
                                            {"ipv4": _have(("203.0.113.9/32", now + 50, None))}, now)
     assert change.updated and updates.elements[0].expires == 0  # timeout 0: never expires
+
+
+def _state(have: dict) -> dict:
+    return {"ipv4": nftables._Column.of(have, 32)}
+
+
+def test_wanted_arrays_are_canonical_sorted_and_drop_the_expired():
+    now = datetime.now(timezone.utc)
+    hour = now + timedelta(hours=1)
+    desired = {IPNetwork("203.0.113.9/24"): hour, IPNetwork("192.0.2.7/32"): None,
+               IPNetwork("198.51.100.0/24"): now - timedelta(seconds=1), IPNetwork("2001:db8::5/48"): hour}
+    nets, wanted = nftables._wanted(desired, ("ipv4", "ipv6"), now.timestamp())
+    keys, expiry, idx = wanted["ipv4"]
+    assert [(k >> 8, k & 255) for k in keys.tolist()] == [
+        (IPNetwork("192.0.2.7").value, 32), (IPNetwork("203.0.113.0").value, 24)]  # host bits cleared
+    assert np.isnan(expiry[0]) and expiry[1] == hour.timestamp()
+    assert [str(nets[i]) for i in idx] == ["192.0.2.7/32", "203.0.113.9/24"]
+    (key6,) = wanted["ipv6"][0].tolist()
+    assert (key6 >> 8, key6 & 255) == (IPNetwork("2001:db8::").value, 48)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_planning_from_arrays_equals_planning_everything(seed):
+    """_plan_columns() must send what _plan() sends for the whole sets, and leave the same state."""
+    import random
+
+    rng = random.Random(seed)
+    now = 1_800_000_000.0
+    pool = [f"198.{18 + i // 256 % 2}.{i % 256}.{rng.choice((0, 7))}/{rng.choice((24, 32))}"
+            for i in range(0, 400, 2)]
+    pool = list(dict.fromkeys(str(IPNetwork(t).cidr) for t in pool))
+    life = (None, now + 3600, now + 3610, now + 7200, now + 50)
+    have = _have(*[(t, rng.choice(life), None) for t in pool[:150]])
+    first, last = IPNetwork("192.0.2.200").first, IPNetwork("192.0.2.202").first
+    have.update(_have(("192.0.2.200/31", None, (first, last, True)), ("192.0.2.202/32", None, (first, last, True))))
+    texts = pool[50:] + rng.choice([["192.0.2.200/31"], ["192.0.2.200/31", "192.0.2.202/32"], []])
+    desired = {IPNetwork(t): rng.choice((None, datetime.fromtimestamp(now + 3600, timezone.utc),
+                                         datetime.fromtimestamp(now + 7200, timezone.utc))) for t in texts}
+    nets, wanted = nftables._wanted(desired, ("ipv4",), now)
+    full = {"ipv4": nftables._want_dict(nets, wanted["ipv4"], 32)}
+    c1, ops1, after1 = nftables._plan(full, {"ipv4": have}, now)
+    c2, ops2, state2 = nftables._plan_columns(nets, wanted, _state(have), now)
+    assert sorted(map(str, c1.added)) == sorted(map(str, c2.added))
+    assert sorted(map(str, c1.removed)) == sorted(map(str, c2.removed))
+    assert sorted(map(str, c1.updated)) == sorted(map(str, c2.updated))
+    frames = lambda ops: sorted((op.set, op.delete, op.exclusive, e.key, e.end, e.expires)  # noqa: E731
+                                for op in ops for e in op.elements)
+    assert frames(ops1) == frames(ops2)
+    expect = nftables._Column.of(after1["ipv4"], 32)
+    got = state2["ipv4"]
+    assert got.keys.tolist() == expect.keys.tolist() and got.ranges == expect.ranges
+    assert np.array_equal(got.expiry, expect.expiry, equal_nan=True)
+
+
+def test_state_survives_the_snapshot_format_and_expires_on_time():
+    now = 1_800_000_000.0
+    first, last = IPNetwork("192.0.2.200").first, IPNetwork("192.0.2.202").first
+    have = _have(("198.51.100.0/24", None, None), ("203.0.113.9/32", now + 10, None),
+                 ("192.0.2.200/31", now + 60, (first, last, True)), ("192.0.2.202/32", now + 60, (first, last, True)))
+    col = nftables._Column.of(have, 32)
+    back = nftables._Column.load(marshal.loads(marshal.dumps(col.dump(32))), 32)
+    assert back.keys.tolist() == col.keys.tolist() and back.ranges == col.ranges
+    assert np.array_equal(back.expiry, col.expiry, equal_nan=True)
+    assert back.covering(IPNetwork("198.51.100.77").first, 32) == np.inf
+    assert back.covering(IPNetwork("203.0.113.10").first, 32) is None
+    later = back.live(now + 30)
+    assert [(k >> 8, k & 255) for k in later.keys.tolist()] == sorted(
+        k for k in have if k != (IPNetwork("203.0.113.9").first, 32))
+    assert len(later.ranges) == 2 and len(back.live(now + 61).ranges) == 0
+    v6 = nftables._Column.of(_have(("2001:db8::/48", None, None)), 128)
+    assert nftables._Column.load(marshal.loads(marshal.dumps(v6.dump(128))), 128).keys.tolist() == v6.keys.tolist()
+    with pytest.raises(ValueError):
+        nftables._Column.load((col.keys[::-1].tobytes(), col.expiry.tobytes(), []), 32)  # not sorted: distrusted
