@@ -34,6 +34,9 @@ def record(store, counters, now: datetime) -> int:
 def thin_if_due(store, now: datetime, retention: timedelta) -> int | None:
     """Thin samples older than ``retention`` to one per netblock per day, at most once a day.
 
+    The store's per-day roll-up, which reports over whole days read, is left
+    as it was, so thinning costs a report nothing over those days (not even
+    the drops a reset inside a thinned day would hide from the samples left).
     Returns rows deleted, or None when the last thinning is less than a day old.
     """
     last = store.get_state(THINNED_KEY)

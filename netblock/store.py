@@ -44,6 +44,23 @@ BUSY_TIMEOUT_S = 30.0
 # Classes that record normal traffic rather than abuse.
 NOT_OFFENCES = ("connect", "delivered")
 
+DAY = 86400
+
+# Part of migration step 2 and of Store.rebuild_daily: the roll-up of every
+# sample there is, by the report's delta rule (a counter lower than the one
+# before it counted again from 0). Released: never edit, append a new step.
+DAILY_BACKFILL = """
+    INSERT INTO drops_daily (day, netblock, packets, bytes, first, last)
+    SELECT time / 86400, netblock, sum(dp), sum(db),
+           min(CASE WHEN dp <> 0 OR db <> 0 THEN time END), max(CASE WHEN dp <> 0 OR db <> 0 THEN time END)
+    FROM (SELECT time, netblock,
+                 CASE WHEN packets < pp OR bytes < pb THEN packets ELSE packets - pp END AS dp,
+                 CASE WHEN packets < pp OR bytes < pb THEN bytes ELSE bytes - pb END AS db
+          FROM (SELECT time, netblock, packets, bytes,
+                       lag(packets, 1, 0) OVER w AS pp, lag(bytes, 1, 0) OVER w AS pb
+                FROM samples WINDOW w AS (PARTITION BY netblock ORDER BY time)))
+    GROUP BY netblock, time / 86400 HAVING sum(dp) <> 0 OR sum(db) <> 0 ORDER BY 2, 1"""
+
 # MIGRATIONS[i] upgrades a database from user_version i to i + 1. Steps are
 # only ever appended: a released step is never edited.
 MIGRATIONS: list[tuple[str, ...]] = [
@@ -94,6 +111,19 @@ MIGRATIONS: list[tuple[str, ...]] = [
             key   TEXT PRIMARY KEY,
             value TEXT NOT NULL
         ) WITHOUT ROWID""",
+    ),
+    (
+        # The per-day roll-up of samples (see Store.sample_drops), backfilled from the samples there are.
+        """CREATE TABLE drops_daily (
+            day      INTEGER NOT NULL,
+            netblock TEXT NOT NULL,
+            packets  INTEGER NOT NULL,
+            bytes    INTEGER NOT NULL,
+            first    INTEGER,
+            last     INTEGER,
+            PRIMARY KEY (netblock, day)
+        ) WITHOUT ROWID""",
+        DAILY_BACKFILL,
     ),
 ]
 
@@ -202,6 +232,72 @@ def changed_sample_rows(t: int, counters, texts: dict, last: dict) -> list[tuple
             rows.append((lt, text, int(p), int(b)))
     rows.sort()
     return rows
+
+
+def fold_days(base: tuple[int, int], series: Iterable[tuple[int, int, int]]) -> dict[int, list]:
+    """{day: [packets, bytes, first, last]} dropped by one counter series of (time, packets, bytes), in
+    time order, that follows a sample of ``base``: the roll-up's rows for the days it dropped anything.
+
+    ``first``/``last`` are the times of the day's first and last sample that showed drops (None
+    when none did), so first_seen/last_seen stay exact to the second over whole days.
+    """
+    out: dict[int, list] = {}
+    pp, pb = base
+    for t, p, b in series:
+        if p < pp or b < pb:  # reset: counted again from zero
+            dp, db = p, b
+        else:
+            dp, db = p - pp, b - pb
+        pp, pb = p, b
+        a = out.get(t // DAY)
+        if a is None:
+            a = out[t // DAY] = [0, 0, None, None]
+        a[0] += dp
+        a[1] += db
+        if dp or db:
+            if a[2] is None:
+                a[2] = t
+            a[3] = t
+    return {day: a for day, a in out.items() if a[2] is not None}
+
+
+def changed_daily_rows(rows: list[tuple[int, str, int, int]], last: dict
+                       ) -> tuple[list[tuple[int, str, int, int, int | None, int | None]], set[tuple[str, int]]]:
+    """What the rows of changed_sample_rows add to the roll-up: (day, netblock, packets, bytes, first,
+    last) to add for rows appended after their netblock's latest sample, and the (netblock, day)
+    pairs to recompute where a row replaced or went in before it (same-second samples)."""
+    add, redo = [], set()
+    for t, text, p, b in rows:
+        prev = last.get(text)
+        if prev is not None and t <= prev[0]:
+            redo.add((text, t // DAY))
+            continue
+        base = (0, 0) if prev is None else (prev[1], prev[2])
+        for day, (dp, db, first, end) in fold_days(base, [(t, p, b)]).items():
+            add.append((day, text, dp, db, first, end))
+    return add, redo
+
+
+def split_window(since: datetime | None, until: datetime | None
+                 ) -> tuple[list[tuple[datetime | None, datetime | None]], tuple[int | None, int | None] | None]:
+    """[since, until] as the pieces to read from raw samples (the partial first and last days) and the
+    whole UTC days [d0, d1) between them to read from the roll-up (None: unbounded; no days: None).
+
+    A sample's delta is taken against the sample before it wherever the window starts, so the
+    pieces' drops add up to the window's.
+    """
+    s = None if since is None else _ts(since)
+    u = None if until is None else _ts(until)
+    d0 = None if s is None else -(-s // DAY)
+    d1 = None if u is None else (u + 1) // DAY
+    if d0 is not None and d1 is not None and d0 >= d1:
+        return [(since, until)], None
+    pieces: list[tuple[datetime | None, datetime | None]] = []
+    if s is not None and s < d0 * DAY:
+        pieces.append((since, _dt(d0 * DAY - 1)))
+    if u is not None and u >= d1 * DAY:
+        pieces.append((_dt(d1 * DAY), until))
+    return pieces, (d0, d1)
 
 
 class Store:
@@ -557,6 +653,7 @@ class Store:
                 "INSERT OR REPLACE INTO samples (time, netblock, packets, bytes) VALUES (?, ?, ?, ?)",
                 rows,
             )
+            self._redo_days(self._touched_days(t, [r[1] for r in rows]))
         return len(rows)
 
     def samples(
@@ -587,6 +684,7 @@ class Store:
     def prune_samples(self, before: datetime) -> int:
         """Drop samples older than ``before`` (report retention)."""
         with self.transaction(), self._errors():
+            self._conn.execute("DELETE FROM drops_daily WHERE day < ?", (_ts(before) // DAY,))
             return self._conn.execute("DELETE FROM samples WHERE time < ?", (_ts(before),)).rowcount
 
     # -- small state ---------------------------------------------------------------
@@ -654,10 +752,51 @@ class Store:
         """
         texts = {net: self._sample_key(net) for net in counters}
         with self.transaction(), self._errors():
-            rows = changed_sample_rows(_ts(time), counters, texts, self.last_samples(texts.values()))
+            last = self.last_samples(texts.values())
+            rows = changed_sample_rows(_ts(time), counters, texts, last)
             self._conn.executemany(
                 "INSERT OR REPLACE INTO samples (time, netblock, packets, bytes) VALUES (?, ?, ?, ?)", rows)
+            add, redo = changed_daily_rows(rows, last)
+            add.sort(key=lambda r: (r[1], r[0]))
+            self._conn.executemany(self._DAILY_ADD, add)
+            self._redo_days(redo)
         return len(rows)
+
+    _DAILY_ADD = (
+        "INSERT INTO drops_daily (day, netblock, packets, bytes, first, last) VALUES (?, ?, ?, ?, ?, ?) "
+        "ON CONFLICT (netblock, day) DO UPDATE SET packets = packets + excluded.packets, "
+        "bytes = bytes + excluded.bytes, "
+        "first = CASE WHEN first IS NULL OR excluded.first < first THEN excluded.first ELSE first END, "
+        "last = CASE WHEN last IS NULL OR excluded.last > last THEN excluded.last ELSE last END")
+
+    def _touched_days(self, t: int, nets: list[str]) -> set[tuple[str, int]]:
+        """The (netblock, day) pairs whose roll-up a sample written at ``t`` changes: its own day and
+        the day of the netblock's next sample, whose delta is now taken against it."""
+        pairs = {(net, t // DAY) for net in nets}
+        for net in nets:
+            row = self._one("SELECT min(time) FROM samples WHERE netblock = ? AND time > ?", (net, t))
+            if row and row[0] is not None:
+                pairs.add((net, row[0] // DAY))
+        return pairs
+
+    def _redo_days(self, pairs: Iterable[tuple[str, int]]) -> None:
+        """Recompute the roll-up of each (netblock, day) from its samples (rare: samples that went in
+        before a netblock's latest one)."""
+        for net, day in sorted(pairs):
+            base = self._one("SELECT packets, bytes FROM samples WHERE netblock = ? AND time < ? "
+                             "ORDER BY time DESC LIMIT 1", (net, day * DAY))
+            series = self._all("SELECT time, packets, bytes FROM samples WHERE netblock = ? AND time >= ? "
+                               "AND time < ? ORDER BY time", (net, day * DAY, (day + 1) * DAY))
+            self._conn.execute("DELETE FROM drops_daily WHERE day = ? AND netblock = ?", (day, net))
+            for d, (p, b, first, end) in fold_days(base or (0, 0), series).items():
+                self._conn.execute(self._DAILY_ADD, (d, net, p, b, first, end))
+
+    def rebuild_daily(self) -> None:
+        """Recompute the whole roll-up from the samples, as the migration that added it did (for
+        samples written behind the store's back, as bench_report does to build a year quickly)."""
+        with self.transaction(), self._errors():
+            self._conn.execute("DELETE FROM drops_daily")
+            self._conn.execute(DAILY_BACKFILL)
 
     def _drop_deltas(self, since: datetime | None, until: datetime | None) -> Iterator[tuple[str, int, int, int]]:
         """(netblock text, time, packets, bytes) dropped per sample inside [since, until], in time order.
@@ -699,31 +838,71 @@ class Store:
             else:
                 yield net, t, p - pp, b - pb
 
+    def _daily_totals(self, d0: int | None, d1: int | None) -> list[tuple[str, int, int, int | None, int | None]]:
+        """(netblock, packets, bytes, first, last) summed over the roll-up's days d0 <= day < d1."""
+        where, params = _day_range(d0, d1, "?")
+        return self._all("SELECT netblock, sum(packets), sum(bytes), min(first), max(last) FROM drops_daily"
+                         + where + " GROUP BY netblock", params)
+
+    def _daily_per_day(self, d0: int | None, d1: int | None) -> list[tuple[int, int, int]]:
+        """(day, packets, bytes) of all netblocks together over the roll-up's days d0 <= day < d1."""
+        where, params = _day_range(d0, d1, "?")
+        return self._all("SELECT day, sum(packets), sum(bytes) FROM drops_daily" + where + " GROUP BY day", params)
+
     def sample_drops(self, since: datetime | None, until: datetime | None
                      ) -> dict[str, tuple[int, int, datetime | None, datetime | None]]:
         """{netblock text: (packets, bytes, first_seen, last_seen)} of the netblocks that dropped
-        anything within [since, until]; the store-side twin of report.drops()."""
+        anything within [since, until]; the store-side twin of report.drops().
+
+        Whole UTC days come from the roll-up (drops_daily: one row per netblock and day, kept as
+        samples are written), only the partial first and last days from the samples, so a year
+        costs 365 days of roll-up rather than every sample in it.
+        """
+        pieces, days = split_window(since, until)
         acc: dict[str, list] = {}
         get = acc.get
-        for net, t, dp, db in self._drop_deltas(since, until):
-            if dp or db:
+        for lo, hi in pieces:
+            for net, t, dp, db in self._drop_deltas(lo, hi):
+                if dp or db:
+                    a = get(net)
+                    if a is None:
+                        acc[net] = [dp, db, t, t]
+                    else:
+                        a[0] += dp
+                        a[1] += db
+                        a[2] = min(a[2], t)
+                        a[3] = max(a[3], t)
+        if days is not None:
+            for net, p, b, first, last in self._daily_totals(*days):
+                if first is None:
+                    continue
                 a = get(net)
                 if a is None:
-                    acc[net] = [dp, db, t, t]
+                    acc[net] = [p, b, first, last]
                 else:
-                    a[0] += dp
-                    a[1] += db
-                    a[3] = t
+                    a[0] += p
+                    a[1] += b
+                    a[2] = min(a[2], first)
+                    a[3] = max(a[3], last)
         return {net: (p, b, _dt(first), _dt(last)) for net, (p, b, first, last) in acc.items()}
 
     def daily_drops(self, since: datetime | None, until: datetime | None) -> dict[datetime, tuple[int, int]]:
-        """{UTC midnight: (packets, bytes)} dropped by all netblocks together, per day of the window."""
+        """{UTC midnight: (packets, bytes)} dropped by all netblocks together, per day of the window
+        that had drops (whole days from the roll-up, as sample_drops)."""
+        pieces, days = split_window(since, until)
         acc: dict[int, list[int]] = {}
-        for _net, t, dp, db in self._drop_deltas(since, until):
-            a = acc.setdefault(t // 86400, [0, 0])
-            a[0] += dp
-            a[1] += db
-        return {_dt(day * 86400): (p, b) for day, (p, b) in sorted(acc.items())}
+        for lo, hi in pieces:
+            for _net, t, dp, db in self._drop_deltas(lo, hi):
+                if dp or db:
+                    a = acc.setdefault(t // DAY, [0, 0])
+                    a[0] += dp
+                    a[1] += db
+        if days is not None:
+            for day, p, b in self._daily_per_day(*days):
+                a = acc.setdefault(day, [0, 0])
+                a[0] += p
+                a[1] += b
+        return {_dt(day * DAY): (p, b) for day, (p, b) in sorted(acc.items())}
 
     def block_reasons(self, at: datetime) -> dict[str, tuple[str, bool]]:
         """{netblock text: (reason, active at ``at``)} of every block, without building 10k Block objects."""
@@ -764,6 +943,17 @@ def _window(since: datetime | None, until: datetime | None) -> tuple[list[str], 
         where.append("time < ?")
         params.append(_ts(until))
     return where, params
+
+
+def _day_range(d0: int | None, d1: int | None, mark: str) -> tuple[str, list]:
+    where, params = [], []
+    if d0 is not None:
+        where.append(f"day >= {mark}")
+        params.append(d0)
+    if d1 is not None:
+        where.append(f"day < {mark}")
+        params.append(d1)
+    return (" WHERE " + " AND ".join(where) if where else ""), params
 
 
 def _make_parent(path: str) -> None:

@@ -39,8 +39,8 @@ from netaddr import IPAddress, IPNetwork
 from netblock.errors import StoreError
 from netblock.model import AllowEntry, Block, Observation, Sample
 from netblock.store import (
-    _BLOCK_COLS, _BLOCK_ORDER, NOT_OFFENCES, Store, _block, _dt, _net, _net_cols, _observation,
-    _opt_dt, _ts, canonical_ip, canonical_net, changed_sample_rows,
+    _BLOCK_COLS, _BLOCK_ORDER, DAY, NOT_OFFENCES, Store, _block, _day_range, _dt, _net, _net_cols,
+    _observation, _opt_dt, _ts, canonical_ip, canonical_net, changed_daily_rows, changed_sample_rows, fold_days,
 )
 
 DSN_PREFIXES = ("postgresql://", "postgres://")
@@ -50,6 +50,19 @@ LOCK_KEY = 0x6E626C6B  # "nblk": the one advisory lock every write transaction t
 LOCK_TIMEOUT = "30s"  # as long as SQLite's busy timeout
 CONNECT_TIMEOUT_S = 10
 RECONNECT_EVERY_S = 1.0
+
+# Part of migration step 2 and of PgStore.rebuild_daily: Store's roll-up, per host. Released: never edit.
+DAILY_BACKFILL = """
+    INSERT INTO drops_daily (host, day, netblock, packets, bytes, first, last)
+    SELECT host, time / 86400, netblock, sum(dp)::bigint, sum(db)::bigint,
+           min(CASE WHEN dp <> 0 OR db <> 0 THEN time END), max(CASE WHEN dp <> 0 OR db <> 0 THEN time END)
+    FROM (SELECT host, time, netblock,
+                 CASE WHEN packets < pp OR bytes < pb THEN packets ELSE packets - pp END AS dp,
+                 CASE WHEN packets < pp OR bytes < pb THEN bytes ELSE bytes - pb END AS db
+          FROM (SELECT host, time, netblock, packets, bytes,
+                       lag(packets, 1, 0::bigint) OVER w AS pp, lag(bytes, 1, 0::bigint) OVER w AS pb
+                FROM samples WINDOW w AS (PARTITION BY host, netblock ORDER BY time)) AS lagged) AS deltas
+    GROUP BY host, time / 86400, netblock HAVING sum(dp) <> 0 OR sum(db) <> 0"""
 
 # MIGRATIONS[i] upgrades a database from version i to i + 1; only ever appended.
 # Text is compared byte-wise (COLLATE "C"), as SQLite does, whatever the
@@ -116,6 +129,21 @@ MIGRATIONS: list[tuple[str, ...]] = [
             FOR EACH STATEMENT EXECUTE FUNCTION netblock_notify()""",
         """CREATE TRIGGER allowlist_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON allowlist
             FOR EACH STATEMENT EXECUTE FUNCTION netblock_notify()""",
+    ),
+    (
+        # The per-day roll-up of each host's samples (see Store.sample_drops), backfilled.
+        """CREATE TABLE drops_daily (
+            host     text COLLATE "C" NOT NULL,
+            day      bigint NOT NULL,
+            netblock text COLLATE "C" NOT NULL,
+            packets  bigint NOT NULL,
+            bytes    bigint NOT NULL,
+            first    bigint,
+            last     bigint,
+            PRIMARY KEY (host, day, netblock)
+        )""",
+        "CREATE INDEX drops_daily_day ON drops_daily (day)",
+        DAILY_BACKFILL,
     ),
 ]
 
@@ -572,6 +600,7 @@ class PgStore:
         with self.transaction():
             self._register()
             self._many(self._SAMPLE_UPSERT, rows)
+            self._redo_days(self._touched_days(t, [r[2] for r in rows]))
         return len(rows)
 
     def samples(
@@ -603,6 +632,7 @@ class PgStore:
     def prune_samples(self, before: datetime) -> int:
         """Drop samples older than ``before`` (report retention), of every host."""
         with self.transaction():
+            self._execute("DELETE FROM drops_daily WHERE day < %s", (_ts(before) // DAY,))
             return self._execute("DELETE FROM samples WHERE time < %s", (_ts(before),)).rowcount
 
     def last_samples(self, nets: Iterable[str]) -> dict[str, tuple[int, int, int]]:
@@ -622,9 +652,68 @@ class PgStore:
         texts = {net: self._sample_key(net) for net in counters}
         with self.transaction():
             self._register()
-            rows = changed_sample_rows(_ts(time), counters, texts, self.last_samples(texts.values()))
+            last = self.last_samples(texts.values())
+            rows = changed_sample_rows(_ts(time), counters, texts, last)
             self._many(self._SAMPLE_UPSERT, [(self.host_id, *r) for r in rows])
+            add, redo = changed_daily_rows(rows, last)
+            add.sort()
+            self._many(self._DAILY_ADD, [(self.host_id, *r) for r in add])
+            self._redo_days(redo)
         return len(rows)
+
+    _DAILY_ADD = (
+        "INSERT INTO drops_daily (host, day, netblock, packets, bytes, first, last) "
+        "VALUES (%s, %s, %s, %s, %s, %s, %s) "
+        "ON CONFLICT (host, day, netblock) DO UPDATE SET packets = drops_daily.packets + excluded.packets, "
+        "bytes = drops_daily.bytes + excluded.bytes, first = LEAST(drops_daily.first, excluded.first), "
+        "last = GREATEST(drops_daily.last, excluded.last)")
+
+    def _touched_days(self, t: int, nets: list[str]) -> set[tuple[str, int]]:
+        """This host's (netblock, day) pairs a sample written at ``t`` changes (see Store)."""
+        pairs = {(net, t // DAY) for net in nets}
+        for net in nets:
+            row = self._one("SELECT min(time) FROM samples WHERE host = %s AND netblock = %s AND time > %s",
+                            (self.host_id, net, t))
+            if row and row[0] is not None:
+                pairs.add((net, row[0] // DAY))
+        return pairs
+
+    def _redo_days(self, pairs: Iterable[tuple[str, int]]) -> None:
+        """Recompute this host's roll-up of each (netblock, day) from its samples (see Store)."""
+        h = self.host_id
+        for net, day in sorted(pairs):
+            base = self._one("SELECT packets, bytes FROM samples WHERE host = %s AND netblock = %s AND time < %s "
+                             "ORDER BY time DESC LIMIT 1", (h, net, day * DAY))
+            series = self._all("SELECT time, packets, bytes FROM samples WHERE host = %s AND netblock = %s "
+                               "AND time >= %s AND time < %s ORDER BY time", (h, net, day * DAY, (day + 1) * DAY))
+            self._execute("DELETE FROM drops_daily WHERE host = %s AND day = %s AND netblock = %s", (h, day, net))
+            for d, (p, b, first, end) in fold_days(base or (0, 0), series).items():
+                self._execute(self._DAILY_ADD, (h, d, net, p, b, first, end))
+
+    def rebuild_daily(self) -> None:
+        """Recompute the whole roll-up (every host's) from the samples, as the migration did."""
+        with self.transaction():
+            self._execute("DELETE FROM drops_daily")
+            self._execute(DAILY_BACKFILL)
+
+    def _daily_totals(self, d0: int | None, d1: int | None) -> list[tuple[str, int, int, int | None, int | None]]:
+        """(netblock, packets, bytes, first, last) over the roll-up's days d0 <= day < d1, of
+        ``view_host`` or summed over the fleet's hosts."""
+        where, params = self._day_where(d0, d1)
+        return self._all("SELECT netblock, sum(packets)::bigint, sum(bytes)::bigint, min(first), max(last) "
+                         "FROM drops_daily" + where + " GROUP BY netblock", params)
+
+    def _daily_per_day(self, d0: int | None, d1: int | None) -> list[tuple[int, int, int]]:
+        where, params = self._day_where(d0, d1)
+        return self._all("SELECT day, sum(packets)::bigint, sum(bytes)::bigint FROM drops_daily" + where
+                         + " GROUP BY day", params)
+
+    def _day_where(self, d0: int | None, d1: int | None) -> tuple[str, list]:
+        where, params = _day_range(d0, d1, "%s")
+        if self.view_host is not None:
+            where += (" AND" if where else " WHERE") + " host = %s"
+            params.append(self.view_host)
+        return where, params
 
     def _drop_deltas(self, since: datetime | None, until: datetime | None) -> Iterator[tuple[str, int, int, int]]:
         """(netblock text, time, packets, bytes) dropped per sample inside [since, until], in time order.

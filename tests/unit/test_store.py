@@ -261,3 +261,32 @@ def test_in_memory_store_for_tests_of_others():
     with Store.open(":memory:") as s:
         s.put_blocks([block("192.0.2.0/24")])
         assert s.count_blocks() == 1
+
+
+def test_upgrade_backfills_the_daily_rollup_from_the_samples(tmp_path):
+    """A version 1 file (samples, no roll-up) opened by this netblock: whole-day windows read the
+    roll-up the migration built, and it agrees with the samples, resets included."""
+    from netblock import report as rep
+
+    path = tmp_path / "v1.db"
+    conn = sqlite3.connect(path)
+    for statement in store_mod.MIGRATIONS[0]:
+        conn.execute(statement)
+    conn.execute(f"PRAGMA application_id = {store_mod.APPLICATION_ID}")
+    conn.execute("PRAGMA user_version = 1")
+    t0 = int(T0.timestamp())
+    series = {"192.0.2.0/24": [5, 9, 2, 30, 31, 1], "2001:db8::/48": [0, 0, 4, 4, 8, 8]}
+    conn.executemany("INSERT INTO samples (time, netblock, packets, bytes) VALUES (?, ?, ?, ?)",
+                     [(t0 + k * 9 * 3600, net, p, p * 40) for net, ps in series.items() for k, p in enumerate(ps)])
+    conn.commit()
+    conn.close()
+    with Store.open(path) as s:
+        assert s.schema_version() == SCHEMA_VERSION
+        assert s._conn.execute("SELECT count(*) FROM drops_daily").fetchone()[0] == 5  # not the day 2001:db8::/48 dropped nothing
+        samples = s.samples()
+        day0 = T0.replace(hour=0)
+        for since, until in ((None, None), (day0 + 24 * HOUR, None), (day0, day0 + 48 * HOUR - timedelta(seconds=1))):
+            raw = {str(k.cidr): (r.packets, r.bytes, r.first_seen, r.last_seen)
+                   for k, r in rep.drops(samples, since, until).items() if r.packets or r.bytes}
+            assert s.sample_drops(since, until) == raw
+        assert s.sample_drops(None, None)["192.0.2.0/24"][:2] == (9 + 2 + 28 + 1 + 1, (9 + 2 + 28 + 1 + 1) * 40)

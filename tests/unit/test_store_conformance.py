@@ -30,7 +30,7 @@ from netblock.store import Store
 T0 = datetime(2026, 11, 20, 12, 0, 0, tzinfo=timezone.utc)
 HOUR = timedelta(hours=1)
 MIN = timedelta(minutes=1)
-TABLES = "blocks, allowlist, observations, samples, state, hosts"
+TABLES = "blocks, allowlist, observations, samples, drops_daily, state, hosts"
 
 
 @pytest.fixture(scope="module")
@@ -527,3 +527,133 @@ def test_password_comes_from_pgpassword_or_pgpassfile_and_is_never_shown(pg_serv
     with pytest.raises(StoreError) as err:
         Store.open(wrong)
     assert "wr0ng" not in str(err.value) and "nbpw:***@" in str(err.value)
+
+
+# -- the per-day roll-up against the samples it is kept from ----------------------------------
+
+
+def _random_series(st, rng, nets, ticks: int, step: timedelta):
+    """Change-only samples with drops, resets (some in the same second as the sample before)."""
+    counts = {n: [0, 0] for n in nets}
+    start = T0.replace(hour=0) + timedelta(seconds=rng.randrange(86400))
+    for k in range(ticks):
+        now = start + k * step + timedelta(seconds=rng.randrange(60))
+        seen = {}
+        for n in nets:
+            r = rng.random()
+            if r < 0.06:
+                counts[n] = [rng.randint(0, 2), rng.randint(0, 80)]  # reset
+            elif r < 0.6:
+                counts[n][0] += rng.randint(1, 9)
+                counts[n][1] += rng.randint(40, 600)
+            seen[n] = tuple(counts[n])
+        st.add_changed_samples(now, seen)
+        if rng.random() < 0.1:  # sync's sample right before it removes, then the tick's in the same second
+            n = rng.choice(nets)
+            again = (rng.randint(0, 3), rng.randint(0, 100)) if rng.random() < 0.5 else \
+                (counts[n][0] + 1, counts[n][1] + 40)
+            counts[n] = list(again)
+            st.add_changed_samples(now, {n: again})
+    return start, start + ticks * step
+
+
+def _raw(samples, since, until):
+    from netblock import report as rep
+
+    return {str(k.cidr): (r.packets, r.bytes, r.first_seen, r.last_seen)
+            for k, r in rep.drops(samples, since, until).items() if r.packets or r.bytes}
+
+
+def _raw_daily(samples, since, until):
+    from netblock import report as rep
+
+    out = {}
+    day = (since or samples[0].time).replace(hour=0, minute=0, second=0, microsecond=0)
+    end = until or samples[-1].time
+    while day <= end:
+        lo, hi = max(day, since) if since else day, min(day + timedelta(days=1) - timedelta(seconds=1), end)
+        rows = rep.drops(samples, lo, hi).values()
+        total = (sum(r.packets for r in rows), sum(r.bytes for r in rows))
+        if total != (0, 0):
+            out[day] = total
+        day += timedelta(days=1)
+    return out
+
+
+def test_rollup_gives_the_numbers_of_the_samples_for_every_window(st):
+    """Windows starting and ending mid-day, on whole days, unbounded: the roll-up path (whole days from
+    drops_daily, partial days from samples) against the raw arithmetic over every stored sample."""
+    import random
+
+    rng = random.Random(16)
+    nets = [IPNetwork("192.0.2.0/25"), IPNetwork("198.51.100.7/32"), IPNetwork("2001:db8:5::/48")]
+    start, end = _random_series(st, rng, nets, ticks=260, step=timedelta(minutes=41))
+    samples = st.samples()
+    assert len({s.time.date() for s in samples}) >= 7
+    midnight = start.replace(hour=0, minute=0, second=0)
+    windows = [(None, None), (midnight + timedelta(days=1), None), (None, midnight + timedelta(days=3)),
+               (midnight + timedelta(days=1), midnight + timedelta(days=4) - timedelta(seconds=1)),
+               (midnight + timedelta(days=2, hours=5), midnight + timedelta(days=2, hours=9))]
+    for _ in range(25):
+        a, b = sorted(rng.uniform(start.timestamp() - 3600, end.timestamp() + 3600) for _ in range(2))
+        windows.append((datetime.fromtimestamp(int(a), timezone.utc), datetime.fromtimestamp(int(b), timezone.utc)))
+    for since, until in windows:
+        assert st.sample_drops(since, until) == _raw(samples, since, until), (since, until)
+        assert st.daily_drops(since, until) == _raw_daily(samples, since, until), (since, until)
+
+
+def test_rollup_backfill_equals_the_rollup_kept_while_sampling(st):
+    import random
+
+    rng = random.Random(5)
+    _random_series(st, rng, [IPNetwork("192.0.2.0/24"), IPNetwork("2001:db8::/48")], ticks=120,
+                   step=timedelta(minutes=53))
+    table = "SELECT day, netblock, packets, bytes, first, last FROM drops_daily ORDER BY day, netblock"
+    kept = st._all(table)
+    assert len(kept) >= 4 and all(p >= 0 and b >= 0 and (p or b) and f <= e for _d, _n, p, b, f, e in kept)
+    st.rebuild_daily()
+    assert st._all(table) == kept
+
+
+def test_thinning_leaves_the_rollup_alone(st):
+    """Thinning keeps the last sample per day; the roll-up keeps what a reset inside a thinned day
+    hid from the samples, and the times drops were first and last seen."""
+    a = IPNetwork("192.0.2.0/24")
+    for h, p in enumerate([5, 9, 2, 4, 6]):  # a reset at 02:00 on the first day
+        st.add_changed_samples(T0.replace(hour=h), {a: (p, p * 40)})
+    st.add_changed_samples(T0.replace(hour=10) + 24 * HOUR, {a: (8, 320)})
+    day0, day1 = T0.replace(hour=0), T0.replace(hour=0) + 24 * HOUR
+    whole = (9 + 2 + 2 + 2 + 2, (9 + 2 + 2 + 2 + 2) * 40, day0, day1.replace(hour=10))
+    assert st.sample_drops(None, None)["192.0.2.0/24"] == whole
+    assert st.thin_samples(day0 + 48 * HOUR) == 4
+    assert [s.packets for s in st.samples()] == [6, 8]
+    assert st.sample_drops(None, None)["192.0.2.0/24"] == whole
+    assert st.sample_drops(day0, day1 - timedelta(seconds=1))["192.0.2.0/24"] == (15, 600, day0, day0.replace(hour=4))
+    assert st.daily_drops(day0, None) == {day0: (15, 600), day1: (2, 80)}
+
+
+def test_pruning_drops_the_rollup_of_the_days_before(st):
+    a = IPNetwork("192.0.2.0/24")
+    st.add_changed_samples(T0, {a: (5, 200)})
+    st.add_changed_samples(T0 + 24 * HOUR, {a: (7, 280)})
+    st.prune_samples(T0.replace(hour=0) + 24 * HOUR)
+    assert st.daily_drops(None, None) == {T0.replace(hour=0) + 24 * HOUR: (2, 80)}
+
+
+def test_rollup_of_same_second_samples_is_recomputed(st):
+    """A sample replacing the latest one changes that one's delta (here: no longer a reset), and a
+    reset at midnight moves the value before it to the day before: the roll-up follows both."""
+    a, b = IPNetwork("192.0.2.0/24"), IPNetwork("198.51.100.0/24")
+    midnight = T0.replace(hour=0) + 24 * HOUR
+    st.add_changed_samples(T0, {a: (10, 400), b: (4, 160)})
+    st.add_changed_samples(T0 + HOUR, {a: (3, 120)})  # reset
+    st.add_changed_samples(T0 + HOUR, {a: (12, 480)})  # grew in the same second: 10 -> 12, no reset
+    st.add_changed_samples(midnight, {b: (6, 240)})
+    st.add_changed_samples(midnight, {b: (1, 40)})  # went down: the 6 moves to 23:59:59
+    samples = st.samples()
+    assert [(s.time, s.packets) for s in samples if s.netblock == b] == [
+        (T0, 4), (midnight - timedelta(seconds=1), 6), (midnight, 1)]
+    for since, until in ((None, None), (T0.replace(hour=0), midnight - timedelta(seconds=1)), (midnight, None)):
+        assert st.sample_drops(since, until) == _raw(samples, since, until)
+    assert st.sample_drops(None, None)["192.0.2.0/24"] == (12, 480, T0, T0 + HOUR)
+    assert st.daily_drops(None, None) == {T0.replace(hour=0): (12 + 6, 480 + 240), midnight: (1, 40)}
