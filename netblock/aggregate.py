@@ -20,10 +20,11 @@ from __future__ import annotations
 
 import re
 import socket
+from array import array
 import sys
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 from netaddr import IPAddress, IPNetwork
@@ -134,7 +135,9 @@ def _interval_of(item: IPNetwork | IPAddress | str) -> tuple[int, int, int]:
 
 
 def _collect(items: Iterable[IPNetwork | IPAddress | str]) -> _Intervals:
-    out = _Intervals.empty()
+    # IPv4 bounds go straight into machine-word arrays: a storm's 100k blocks
+    # would otherwise hold two int objects each until numpy takes over.
+    out = _Intervals(array("q"), array("q"), [])
     for item in items:
         out.add(*_interval_of(item))
     return out
@@ -365,6 +368,12 @@ class Widened:
     offenders: list[IPAddress]
 
 
+def address_int(ip: IPAddress) -> tuple[int, int]:
+    """(family, integer) of an address as widening counts it: IPv4-mapped IPv6 folded into IPv4."""
+    family, start, _ = _interval_of(ip)
+    return family, start
+
+
 def _offender_ints(offenders: Iterable[IPAddress | str]) -> tuple[np.ndarray, list[int]]:
     v4: list[int] = []
     v6: list[int] = []
@@ -385,9 +394,29 @@ def widen_detail(
     Overlapping results (a /24 inside a widened /16) are all listed; callers
     that need a ruleset use :func:`widen`, which merges and carves.
     """
-    limits = {4: 8, 6: 32} if max_prefixlen is None else max_prefixlen
     v4, v6 = _offender_ints(offenders)
     out: list[Widened] = []
+    for net, rule, addrs, lo, hi in widen_spans(v4, v6, rules, max_prefixlen):
+        inside = [IPAddress(int(a), rule.family) for a in addrs[lo:hi].tolist()]
+        out.append(Widened(net, rule, inside))
+    return out
+
+
+def widen_spans(
+    v4: np.ndarray,
+    v6: list[int],
+    rules: Sequence[WidenRule] = DEFAULT_WIDEN,
+    max_prefixlen: dict[int, int] | None = None,
+) -> Iterator[tuple[IPNetwork, WidenRule, np.ndarray, int, int]]:
+    """widen_detail() without an address object per offender: (netblock, rule, addresses, lo, hi).
+
+    ``v4`` and ``v6`` are the sorted distinct offender integers (IPv4-mapped
+    already folded); the netblock's offenders are ``addresses[lo:hi]``.  A
+    storm's tick widens 100k offenders under several rules, and an object per
+    offender per rule is most of its memory when only counts are needed.
+    """
+    limits = {4: 8, 6: 32} if max_prefixlen is None else max_prefixlen
+    v6_addrs = None
     for rule in rules:
         bits = 32 if rule.family == 4 else 128
         if not (limits.get(rule.family, bits) <= rule.prefixlen <= bits):
@@ -398,13 +427,13 @@ def widen_detail(
             addrs = v4
         else:
             found = _widen_py(v6, rule.prefixlen, unit, rule.min_count, bits)
-            addrs = np.array(v6, dtype=object)
+            if v6_addrs is None:
+                v6_addrs = np.array(v6, dtype=object)
+            addrs = v6_addrs
+        size = 1 << (bits - rule.prefixlen)
         for net in found:
-            size = 1 << (bits - rule.prefixlen)
-            lo, hi = np.searchsorted(addrs, net), np.searchsorted(addrs, net + size)
-            inside = [IPAddress(int(a), rule.family) for a in addrs[lo:hi].tolist()]
-            out.append(Widened(IPNetwork((net, rule.prefixlen), version=rule.family), rule, inside))
-    return out
+            lo, hi = int(np.searchsorted(addrs, net)), int(np.searchsorted(addrs, net + size))
+            yield IPNetwork((net, rule.prefixlen), version=rule.family), rule, addrs, lo, hi
 
 
 def _widen_v4(addrs: np.ndarray, prefixlen: int, unit: int, min_count: int) -> list[int]:

@@ -22,13 +22,16 @@ did not fire, the widening that covers the address, or what protects it.
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from typing import Iterable
+from typing import Iterable, Iterator
+
+import numpy as np
 
 from netaddr import IPAddress, IPNetwork, IPSet
 
-from netblock.aggregate import WidenRule, protected_builtin, widen_detail
+from netblock.aggregate import WidenRule, address_int, protected_builtin, widen_detail, widen_spans
 from netblock.model import Block, Observation
 
 SOURCE = "policy"
@@ -117,10 +120,26 @@ class Shield:
     own: list[IPNetwork] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self._nets = IPSet(self.builtin + self.allowlist + self.own)
+        # Sorted merged (first, last) spans per family, searched by bisection:
+        # a storm asks about 100k addresses, and IPSet's membership test builds
+        # every supernet of each one.
+        merged = IPSet(self.builtin + self.allowlist + self.own)
+        spans: dict[int, tuple[list[int], list[int]]] = {}
+        for net in merged.iter_cidrs():
+            firsts, lasts = spans.setdefault(net.version, ([], []))
+            firsts.append(net.first)
+            lasts.append(net.last)
+        self._spans = spans
 
     def covers(self, ip: IPAddress) -> bool:
-        return ip in self.delivered or ip in self._nets
+        if self.delivered and ip in self.delivered:
+            return True
+        spans = self._spans.get(ip.version)
+        if spans is None:
+            return False
+        value = ip.value
+        k = bisect_right(spans[0], value) - 1
+        return k >= 0 and value <= spans[1][k]
 
     def why(self, target: IPNetwork) -> list[tuple[str, str]]:
         """(kind, netblock) of every protection overlapping ``target``."""
@@ -146,7 +165,7 @@ def shield(store, config, now: datetime, *, own: Iterable[IPNetwork] = ()) -> Sh
 
 # -- deciding ----------------------------------------------------------------------
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Offence:
     """One address over one rule's threshold, with what the block would be.
 
@@ -178,29 +197,39 @@ def _offences(store, rules: dict[str, ClassRule], now: datetime, shield_: Shield
     A class with threshold 0 never blocks on its own; for widening (``only``
     given) one observation of it makes an offender.
     """
+    return list(_iter_offences(store, rules, now, shield_, only=only, window=window))
+
+
+def _iter_offences(store, rules: dict[str, ClassRule], now: datetime, shield_: Shield,
+                   *, only: Iterable[str] | None = None, window: timedelta | None = None) -> Iterator[Offence]:
+    """_offences() one by one, for callers that fold them as they come (a storm has 100k)."""
     chosen = {n: r for n, r in rules.items()
               if (only is None and r.threshold > 0) or (only is not None and n in only)}
     by_window: dict[timedelta, list[str]] = {}
     for name, rule in chosen.items():
         by_window.setdefault(window or rule.window, []).append(name)
-    found = []
     for win, names in by_window.items():
         since = now - win
+        stats = store.offender_stats(since, classes=names)
         totals: dict[tuple[IPAddress, str], list] = {}
-        for (ip, cls), (n, last) in store.offender_stats(since, classes=names).items():
-            rule = rule_for(rules, cls)
+        rule_of: dict[str, ClassRule | None] = {}
+        for (ip, cls), (n, last) in stats.items():
+            rule = rule_of[cls] if cls in rule_of else rule_of.setdefault(cls, rule_for(rules, cls))
             if rule is None or rule.name not in names:
                 continue  # a class with a rule of its own, counted there
-            entry = totals.setdefault((ip, rule.name), [0, [], last])
-            entry[0] += n
-            entry[1].append(cls)
-            entry[2] = max(entry[2], last)
+            entry = totals.get((ip, rule.name))
+            if entry is None:
+                totals[ip, rule.name] = [n, (cls,), last]
+            else:
+                entry[0] += n
+                entry[1] += (cls,)
+                entry[2] = max(entry[2], last)
+        del stats
         for (ip, name), (n, classes, last) in totals.items():
             rule = rules[name]
             if n < max(rule.threshold, 1) or shield_.covers(ip):
                 continue
-            found.append(Offence(ip, tuple(sorted(set(classes))), n, last, rule))
-    return found
+            yield Offence(ip, classes if len(classes) == 1 else tuple(sorted(set(classes))), n, last, rule)
 
 
 def _later(a: datetime | None, b: datetime | None) -> datetime | None:
@@ -223,20 +252,28 @@ def decide(store, config, now: datetime) -> list[Block]:
     if not rules:
         return []
     sh = shield(store, config, now)
+    # Widening first, while nothing else is held: each pass loads every
+    # offender from the store, and a storm's per-address blocks are many.
+    # The per-address blocks still take precedence over a widened one.
+    wider = _widened(store, rules, config, now, sh) + _routed(store, rules, config, now, sh)
     decided: dict[IPNetwork, Block] = {}
-    for off in _offences(store, rules, now, sh):
-        if off.expires is not None and off.expires <= now:
+    # A storm repeats a few reasons and expiries 100k times: share equal ones.
+    same: dict = {}
+    for off in _iter_offences(store, rules, now, sh):
+        expires = off.expires
+        if expires is not None and expires <= now:
             continue
+        if expires is not None:
+            expires = same.setdefault((expires, expires.tzinfo), expires)
         net = IPNetwork(off.ip)
         reason = (f"{off.count} {off.label} within {_fmt_window(off.rule.window)} "
                   f"(threshold {off.rule.threshold})")
-        block = Block(net, reason, SOURCE, now, off.expires)
+        reason = same.setdefault(reason, reason)
+        block = Block(net, reason, SOURCE, now, expires)
         old = decided.get(net)
         if old is None or (old.expires is not None and (block.expires is None or block.expires > old.expires)):
             decided[net] = block
-    for block in _widened(store, rules, config, now, sh):
-        decided.setdefault(block.netblock, block)
-    for block in _routed(store, rules, config, now, sh):
+    for block in wider:
         decided.setdefault(block.netblock, block)
     return sorted(decided.values(), key=lambda b: (b.netblock.version, b.netblock.first, b.netblock.prefixlen))
 
@@ -246,29 +283,79 @@ def _widened(store, rules, config, now, sh: Shield) -> list[Block]:
     names = [n for n, r in rules.items() if r.widen]
     if not ws.enabled or not ws.rules or not names:
         return []
-    expiry: dict[IPAddress, datetime | None] = {}
-    for off in _offences(store, rules, now, sh, only=names, window=ws.window):
-        expiry[off.ip] = _later(expiry[off.ip], off.expires) if off.ip in expiry else off.expires
-    if not expiry:
+    ends = _OffenderEnds()
+    for off in _iter_offences(store, rules, now, sh, only=names, window=ws.window):
+        ends.add(off.ip, off.expires)
+    if not ends:
         return []
-    found = widen_detail(list(expiry), ws.rules, ws.max_prefixlen)
-    found.sort(key=lambda w: w.netblock.prefixlen)
+    v4, v6 = ends.offenders()
+    found = sorted(widen_spans(v4, v6, ws.rules, ws.max_prefixlen), key=lambda w: w[0].prefixlen)
     kept = []
     for w in found:
-        if any(_overlap(k.netblock, w.netblock) for k in kept):
+        if any(_overlap(k[0], w[0]) for k in kept):
             continue  # a wider prefix already covers it
         kept.append(w)
     out = []
-    for w in kept:
-        ends = [expiry[ip] for ip in w.offenders if ip in expiry]
-        if not ends:
+    for net, _rule, _addrs, lo, hi in kept:
+        found_any, expires = ends.latest(net)
+        if not found_any:
             continue
-        expires = None if None in ends else max(ends)
         if expires is not None and expires <= now:
             continue
-        reason = f"widened: {len(w.offenders)} offenders in {w.netblock}"
-        out.append(Block(w.netblock, reason, SOURCE, now, expires))
+        reason = f"widened: {hi - lo} offenders in {net}"
+        out.append(Block(net, reason, SOURCE, now, expires))
     return out
+
+
+class _OffenderEnds:
+    """The latest expiry per widening offender, in sorted integer arrays instead of a dict of addresses.
+
+    An IPv4-mapped IPv6 offender counts for widening as its IPv4 address, but
+    its expiry belongs to the IPv6 address, which no widened IPv4 prefix
+    holds: only offenders whose folded family is their own lend an expiry.
+    """
+
+    _PERMANENT = float("inf")
+
+    def __init__(self) -> None:
+        self._v4: list[int] = []
+        self._v6: list[int] = []
+        self._own: dict[int, list[int]] = {4: [], 6: []}
+        self._keys: dict[int, list[float]] = {4: [], 6: []}
+        self._when: dict[int, list[datetime | None]] = {4: [], 6: []}
+
+    def __bool__(self) -> bool:
+        return bool(self._v4 or self._v6)
+
+    def add(self, ip: IPAddress, expires: datetime | None) -> None:
+        family, value = address_int(ip)
+        (self._v4 if family == 4 else self._v6).append(value)
+        if family != ip.version:
+            return
+        self._own[family].append(value)
+        self._keys[family].append(self._PERMANENT if expires is None else expires.timestamp())
+        self._when[family].append(expires)
+
+    def offenders(self) -> tuple[np.ndarray, list[int]]:
+        """Sorted distinct offender integers per family, for widen_spans()."""
+        v4 = np.unique(np.array(self._v4, dtype=np.int64))
+        v6 = sorted(set(self._v6))
+        self._v4 = self._v6 = []
+        self._index: dict[int, tuple] = {}
+        for family in (4, 6):
+            values = np.array(self._own[family], dtype=np.int64 if family == 4 else object)
+            order = np.argsort(values, kind="stable")
+            self._index[family] = (values[order], np.array(self._keys[family], dtype=np.float64)[order], order)
+        return v4, v6
+
+    def latest(self, net: IPNetwork) -> tuple[bool, datetime | None]:
+        """(any offender inside ``net`` has an expiry, the latest of them; None when one is permanent)."""
+        values, keys, order = self._index[net.version]
+        lo, hi = int(np.searchsorted(values, net.first)), int(np.searchsorted(values, net.last, side="right"))
+        if lo == hi:
+            return False, None
+        k = lo + int(np.argmax(keys[lo:hi]))
+        return True, self._when[net.version][int(order[k])]
 
 
 # -- widening to announced prefixes (netblock/routed.py) -------------------------------

@@ -79,8 +79,15 @@ def compute_desired(blocks: Iterable[Block], protect: Iterable[IPNetwork]) -> di
     any is permanent): dropping it earlier would unblock a still-active block,
     and the next sync after the earlier expiry splits it again anyway.
     """
-    blocks = list(blocks)
-    nets = aggregate([b.netblock for b in blocks], list(protect))
+    # Only the netblocks and expiries are needed: dropping the Blocks here
+    # frees a storm's 100k reasons before aggregation runs (when the caller
+    # passed the only reference, as desired_for does).
+    blocked, ends = [], []
+    for block in blocks:
+        blocked.append(block.netblock)
+        ends.append(block.expires)
+    blocks = block = None
+    nets = aggregate(blocked, list(protect))
     families: dict[int, tuple[list[int], list[int], list[int]]] = {}
     for i, net in enumerate(nets):
         fam, first, last = span(net)
@@ -94,18 +101,18 @@ def compute_desired(blocks: Iterable[Block], protect: Iterable[IPNetwork]) -> di
         families[fam] = ([firsts[k] for k in order], [lasts[k] for k in order], [index[k] for k in order])
 
     latest: list[object] = [None] * len(nets)  # None: not yet seen
-    for block in blocks:
-        fam, first, last = span(block.netblock)
+    for netblock, expires in zip(blocked, ends):
+        fam, first, last = span(netblock)
         if fam not in families:
             continue
         firsts, lasts, index = families[fam]
         k = bisect_right(firsts, last) - 1
         while k >= 0 and lasts[k] >= first:
             i = index[k]
-            if block.expires is None:
+            if expires is None:
                 latest[i] = _PERMANENT
-            elif latest[i] is None or (latest[i] is not _PERMANENT and block.expires > latest[i]):
-                latest[i] = block.expires
+            elif latest[i] is None or (latest[i] is not _PERMANENT and expires > latest[i]):
+                latest[i] = expires
             k -= 1
     return {net: (None if when is _PERMANENT else when) for net, when in zip(nets, latest)}
 
@@ -118,8 +125,8 @@ def desired_for(store, config, *, now: datetime, own: Iterable[IPNetwork] | None
     would deadlock against us. A write racing these reads is picked up by the
     next sync, which every writer runs after committing.
     """
-    blocks = store.blocks(now=now)
-    return compute_desired(blocks, protected(store, config, now=now, own=own).all())
+    protect = protected(store, config, now=now, own=own).all()
+    return compute_desired(store.blocks(now=now), protect)
 
 
 def diff(installed: Mapping[IPNetwork, datetime | None],

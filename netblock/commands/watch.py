@@ -139,6 +139,11 @@ def cmd_ingest(args, ctx) -> int:
         if collecting:
             gc.enable()
     flush()
+    if store is not None:
+        from netblock.sources import batch
+
+        batch.forget()
+        gc.collect()
     if overlong:
         ctx.warn(f"{overlong} over-long line(s) cut to {max_line} bytes")
     if args.dry_run:
@@ -151,16 +156,22 @@ def cmd_ingest(args, ctx) -> int:
         from netblock import policy  # numpy: loaded only by the commands that decide
 
         decided = policy.record(store, policy.decide(store, ctx.config, now), now)
+    # A storm decides 100k blocks, and sync loads them all again from the
+    # store: keep only what the summary prints, so the two sets never coexist.
+    n_decided = len(decided)
+    decided_nets = [str(b.netblock) for b in decided] if args.json else None
+    del decided
+    gc.collect()
     from netblock.sync import sync
 
     result = sync(store, ctx.backend(), ctx.config, now=now)
     c = result.change
     if args.json:
         ctx.print_json({"lines": lines_read, "observations": observed, "overlong": overlong,
-                        "decided": [str(b.netblock) for b in decided], "kernel": len(result.desired),
+                        "decided": decided_nets, "kernel": len(result.desired),
                         "added": len(c.added), "removed": len(c.removed), "updated": len(c.updated)})
         return 0
-    ctx.print(f"{lines_read} lines, {observed} observations, {len(decided)} blocks decided; "
+    ctx.print(f"{lines_read} lines, {observed} observations, {n_decided} blocks decided; "
               f"kernel: {len(result.desired)} netblocks (+{len(c.added)} -{len(c.removed)} ~{len(c.updated)})")
     return 0
 

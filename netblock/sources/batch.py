@@ -222,6 +222,18 @@ def _reject_class(text, begin: int, end: int, cache: dict, binary: bool) -> str 
     return cls
 
 
+def forget() -> None:
+    """Empty the address and reply caches (client_ip()'s too).
+
+    They hold an address object per distinct client: after a one-off read of
+    a storm's log that is 100k objects the policy step would carry as dead
+    weight.  Only speed depends on them, so a reader that is done drops them.
+    """
+    _IPS.clear()
+    _TEXT_IPS.clear()
+    _REASONS.clear()
+
+
 def line_at(text: str | bytes, start: int) -> str:
     """The line of `text` starting at `start`, as parse_line sees it (no newline, one "\\r" less)."""
     if isinstance(text, bytes):

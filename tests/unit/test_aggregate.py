@@ -351,3 +351,26 @@ def test_detail_says_which_rule_and_which_offenders():
     assert found.netblock == IPNetwork("198.18.7.0/24")
     assert found.rule == DEFAULT_WIDEN[0]
     assert found.offenders == sorted(offenders)
+
+
+def test_spans_name_the_same_prefixes_and_offenders_as_the_detail():
+    import numpy as np
+
+    from netblock.aggregate import address_int, widen_spans
+
+    rng = random.Random(17)
+    offenders = [IPAddress((198 << 24) | (18 << 16) | rng.getrandbits(12), 4) for _ in range(3000)]
+    offenders += [IPAddress((0x20010DB8 << 96) | (rng.getrandbits(4) << 64) | rng.getrandbits(16), 6)
+                  for _ in range(300)]
+    offenders.append(IPAddress("::ffff:198.18.3.3"))
+    detail = [(w.netblock, w.rule, w.offenders) for w in widen_detail(offenders)]
+    ints = {4: set(), 6: set()}
+    for ip in offenders:
+        family, value = address_int(ip)
+        ints[family].add(value)
+    v4 = np.array(sorted(ints[4]), dtype=np.int64)
+    spans = [(net, rule, [IPAddress(int(a), rule.family) for a in addrs[lo:hi].tolist()])
+             for net, rule, addrs, lo, hi in widen_spans(v4, sorted(ints[6]))]
+    assert len(detail) > 10 and {n.version for n, _, _ in detail} == {4, 6}
+    assert spans == detail
+    assert address_int(IPAddress("::ffff:198.18.3.3")) == (4, int(IPAddress("198.18.3.3")))

@@ -295,3 +295,45 @@ def test_why_command_prints_text_and_json(tmp_path, monkeypatch):
     assert text.splitlines()[0] == "198.18.17.1: over a threshold: blocked at the next sync"
     data = json.loads(run("why", "--json", "198.18.17.1"))
     assert data["rules"][0]["class"] == "no-rdns" and data["rules"][0]["count"] == 3
+
+
+# ------------------------------------------------------------------ a storm's shapes
+
+def test_a_widened_block_lives_as_long_as_its_longest_lived_offender(store):
+    cfg = config_mod.loads(TOML + '\n[policy.classes.spamtrap]\nthreshold = 1\nwindow = "1h"\nttl = "7d"\n'
+                           'widen = true\n')
+    seen(store, "198.18.11.1", "dnsbl:zen.example", 3, 2)
+    seen(store, "198.18.11.2", "dnsbl:zen.example", 3, 1)
+    seen(store, "198.18.11.3", "spamtrap", 40)
+    seen(store, "198.18.11.3", "dnsbl:zen.example", 5, 4)  # two rules for one offender: counted once
+    wide = decided(store, cfg)["198.18.11.0/24"]
+    assert wide.reason == "widened: 3 offenders in 198.18.11.0/24"
+    assert wide.expires == NOW - timedelta(minutes=40) + timedelta(days=7)
+
+
+def test_widening_ignores_offenders_outside_the_prefix_for_its_expiry(store, cfg):
+    for i in (1, 2, 3):
+        seen(store, f"198.18.12.{i}", "dnsbl:zen.example", 30, 20)
+    seen(store, "198.18.13.1", "dnsbl:zen.example", 2, 1)  # later, but in another /24
+    got = decided(store, cfg)
+    assert got["198.18.12.0/24"].expires == NOW - timedelta(minutes=20) + timedelta(days=1)
+    assert "198.18.13.0/24" not in got
+
+
+def test_shield_covers_exactly_what_an_ipset_of_its_networks_holds():
+    import random
+
+    from netaddr import IPSet
+
+    sh = policy.Shield(list(policy.protected_builtin()),
+                       [IPNetwork("198.18.20.0/23"), IPNetwork("198.18.21.128/25"), IPNetwork("2001:db8:5::/48")],
+                       {IPAddress("198.18.30.1")}, [IPNetwork("203.0.113.7/32")])
+    nets = IPSet(sh.builtin + sh.allowlist + sh.own)
+    rng = random.Random(4)
+    probes = [IPAddress("198.18.30.1"), IPAddress("198.18.19.255"), IPAddress("198.18.20.0"),
+              IPAddress("198.18.21.255"), IPAddress("198.18.22.0"), IPAddress("203.0.113.7"),
+              IPAddress("203.0.113.8"), IPAddress("2001:db8:5::1"), IPAddress("2001:db8:6::")]
+    probes += [IPAddress(rng.getrandbits(32), 4) for _ in range(2000)]
+    probes += [IPAddress(rng.getrandbits(128), 6) for _ in range(500)]
+    for ip in probes:
+        assert sh.covers(ip) == (ip in sh.delivered or ip in nets), ip

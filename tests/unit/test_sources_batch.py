@@ -414,3 +414,22 @@ def test_a_parallel_dry_run_equals_the_serial_one(nb, tmp_path, monkeypatch):
     gz.write_bytes(gzip.compress(data))
     assert watch._parallel_jobs(str(gz), "auto", NOW, follow.DEFAULT_MAX_LINE, None) is None
     assert nb("ingest", "--dry-run", str(gz)) == serial[0]
+
+
+def test_forgetting_the_caches_changes_no_result():
+    """ingest drops the per-address caches once it has read; a later scan must not notice."""
+    from netblock.sources import fields
+
+    text = (b"Nov 27 10:00:01 mx1 postfix/smtpd[1]: NOQUEUE: reject: RCPT from unknown[198.18.40.1]: 554 5.7.1 "
+            b"Service unavailable; Client host [198.18.40.1] blocked using zen.example; from=<a@example.org> "
+            b"to=<b@example.com> proto=ESMTP helo=<x>\n"
+            b"Nov 27 10:00:02 mx1 postfix/smtpd[1]: warning: unknown[198.18.40.2]: SASL LOGIN authentication "
+            b"failed: UGFzc3dvcmQ6\n")
+    first = batch.scan(text, now=NOW) + batch.scan(text.decode(), now=NOW)
+    fields.client_ip("198.18.40.3")
+    assert batch._IPS and fields._CACHE
+    batch.forget()
+    assert not batch._IPS and not fields._CACHE and not batch._REASONS
+    assert batch.scan(text, now=NOW) + batch.scan(text.decode(), now=NOW) == first
+    assert [(str(h[1]), h[2]) for h in first[:2]] == [("198.18.40.1", "dnsbl:zen.example"),
+                                                      ("198.18.40.2", "auth-failed")]

@@ -187,3 +187,11 @@ def test_lock_is_reentrant_and_creates_its_directory(tmp_path):
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     finally:
         os.close(fd)
+
+
+def test_compute_desired_takes_a_one_shot_iterable_of_blocks():
+    """desired_for hands over the store's list and nothing else: a generator must do as well."""
+    when = NOW + timedelta(days=2)
+    blocks = [block("198.18.4.0/25", when), block("198.18.4.128/25", None), block("2001:db8:1::/48", when)]
+    assert compute_desired(iter(blocks), []) == compute_desired(blocks, []) == \
+        {N("198.18.4.0/24"): None, N("2001:db8:1::/48"): when}
