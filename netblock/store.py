@@ -208,6 +208,18 @@ def _observation(row: tuple) -> Observation:
     return Observation(_dt(time), IPAddress(ip), cls, mta, source, position)
 
 
+def samples_from_rows(rows) -> list[Sample]:
+    """(time, netblock text, packets, bytes) rows as Samples, one IPNetwork per distinct netblock."""
+    nets: dict[str, IPNetwork] = {}
+    out = []
+    for t, text, packets, nbytes in rows:
+        net = nets.get(text)
+        if net is None:
+            net = nets[text] = IPNetwork(text)
+        out.append(Sample(_dt(t), net, packets, nbytes))
+    return out
+
+
 def changed_sample_rows(t: int, counters, texts: dict, last: dict) -> list[tuple[int, str, int, int]]:
     """The (time, netblock, packets, bytes) rows a change-only sample writes (see add_changed_samples).
 
@@ -671,15 +683,7 @@ class Store:
         sql = "SELECT time, netblock, packets, bytes FROM samples"
         if where:
             sql += " WHERE " + " AND ".join(where)
-        rows = self._all(sql + " ORDER BY time, netblock", params)
-        nets: dict[str, IPNetwork] = {}
-        out = []
-        for t, text, packets, nbytes in rows:
-            net = nets.get(text)
-            if net is None:
-                net = nets[text] = IPNetwork(text)
-            out.append(Sample(_dt(t), net, packets, nbytes))
-        return out
+        return samples_from_rows(self._all(sql + " ORDER BY time, netblock", params))
 
     def prune_samples(self, before: datetime) -> int:
         """Drop samples older than ``before`` (report retention)."""

@@ -41,6 +41,7 @@ from netblock.model import AllowEntry, Block, Observation, Sample
 from netblock.store import (
     _BLOCK_COLS, _BLOCK_ORDER, DAY, NOT_OFFENCES, Store, _block, _day_range, _dt, _net, _net_cols,
     _observation, _opt_dt, _ts, canonical_ip, canonical_net, changed_daily_rows, changed_sample_rows, fold_days,
+    samples_from_rows,
 )
 
 DSN_PREFIXES = ("postgresql://", "postgres://")
@@ -619,15 +620,7 @@ class PgStore:
         sql = "SELECT time, netblock, packets, bytes FROM samples"
         if where:
             sql += " WHERE " + " AND ".join(where)
-        rows = self._all(sql + " ORDER BY time, netblock, host", params)
-        nets: dict[str, IPNetwork] = {}
-        out = []
-        for t, text, packets, nbytes in rows:
-            net = nets.get(text)
-            if net is None:
-                net = nets[text] = IPNetwork(text)
-            out.append(Sample(_dt(t), net, packets, nbytes))
-        return out
+        return samples_from_rows(self._all(sql + " ORDER BY time, netblock, host", params))
 
     def prune_samples(self, before: datetime) -> int:
         """Drop samples older than ``before`` (report retention), of every host."""

@@ -22,3 +22,22 @@ from netblock.lab import (  # noqa: F401
     sh,
     wait_for,
 )
+
+__all__ = [
+    "ALLOWED",
+    "CLIENT4",
+    "CLIENT6",
+    "SERVER4",
+    "SERVER6",
+    "ChildError",
+    "Scene",
+    "build_scene",
+    "check_allowed",
+    "nsexec",
+    "probe",
+    "run_in_netns",
+    "scene",
+    "send_syns",
+    "sh",
+    "wait_for",
+]

@@ -991,6 +991,8 @@ def _wanted(nets: list, expiries: list, version: int, now: float) -> tuple[list[
         return keys, timeouts
     import numpy as np
 
+    from netblock.firewall.columns import timestamps
+
     n = len(nets)
     if countOf(map(_MODULE, nets), module) == n:
         idx = None
@@ -1001,7 +1003,7 @@ def _wanted(nets: list, expiries: list, version: int, now: float) -> tuple[list[
         values = np.array([nets[i]._value for i in idx.tolist()], dtype=np.uint64)
     picked = nets if idx is None else [nets[i] for i in idx.tolist()]
     plens = np.fromiter(map(_PREFIXLEN, picked), dtype=np.int64, count=len(picked)).view(np.uint64)
-    left = _timestamps(expiries if idx is None else [expiries[i] for i in idx.tolist()]) - now
+    left = timestamps(expiries if idx is None else [expiries[i] for i in idx.tolist()]) - now
     permanent = np.isnan(left)
     keep = permanent | (left >= 1)
     with np.errstate(invalid="ignore"):
@@ -1014,21 +1016,6 @@ def _wanted(nets: list, expiries: list, version: int, now: float) -> tuple[list[
 
 
 _VALUE, _PREFIXLEN, _MODULE = attrgetter("_value"), attrgetter("_prefixlen"), attrgetter("_module")
-
-
-def _timestamps(expiries: list):
-    """Epoch seconds (NaN: never) of datetimes; when few distinct ones are shared, each is converted once."""
-    import numpy as np
-
-    if expiries and expiries.count(expiries[0]) == len(expiries):  # one expiry for all: a C-speed check
-        e = expiries[0]
-        return np.full(len(expiries), np.nan if e is None else e.timestamp(), dtype=np.float64)
-    distinct = dict.fromkeys(expiries)
-    if len(distinct) * 4 <= len(expiries):
-        seconds = {e: np.nan if e is None else e.timestamp() for e in distinct}
-        return np.fromiter(map(seconds.__getitem__, expiries), dtype=np.float64, count=len(expiries))
-    return np.fromiter((np.nan if e is None else e.timestamp() for e in expiries), dtype=np.float64,
-                       count=len(expiries))
 
 
 def diff(members: Members, keys: list[int], timeouts: list[int]) -> tuple[list, list, list]:

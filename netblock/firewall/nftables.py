@@ -44,6 +44,7 @@ from netaddr import IPNetwork, iprange_to_cidrs, IPAddress
 from netblock.errors import (KernelError, KernelFeatureMissing, NameClash, NetblockError, PermissionDenied,
                              ToolMissing)
 from netblock.firewall import Change, Desired, Settings
+from netblock.firewall.columns import timestamps
 from netblock.firewall import names
 from netblock.firewall import nfnetlink as nl
 
@@ -573,19 +574,6 @@ class _Column:
         return _Column(keys[order], exp[order], self.ranges)
 
 
-def _timestamps(expiries: list) -> np.ndarray:
-    """Epoch seconds (NaN: never) of datetimes; when few distinct ones are shared, each is converted once."""
-    if expiries and expiries.count(expiries[0]) == len(expiries):  # one expiry for all: a C-speed check
-        e = expiries[0]
-        return np.full(len(expiries), np.nan if e is None else e.timestamp(), dtype=np.float64)
-    distinct = dict.fromkeys(expiries)
-    if len(distinct) * 4 <= len(expiries):
-        seconds = {e: np.nan if e is None else e.timestamp() for e in distinct}
-        return np.fromiter(map(seconds.__getitem__, expiries), dtype=np.float64, count=len(expiries))
-    return np.fromiter((np.nan if e is None else e.timestamp() for e in expiries), dtype=np.float64,
-                       count=len(expiries))
-
-
 def _wanted(desired: Desired, families, now: float):
     """(list of the desired networks, {family: (sorted keys, expiries, index into that list)}).
 
@@ -599,7 +587,7 @@ def _wanted(desired: Desired, families, now: float):
     if len(modules) > 1:
         module_ids = np.fromiter(map(id, map(_MODULE, nets)), dtype=np.uint64, count=n)
     plens = np.fromiter(map(_PREFIXLEN, nets), dtype=np.uint64, count=n)
-    expiry = _timestamps(list(desired.values()))
+    expiry = timestamps(list(desired.values()))
     live = ~(expiry <= now)
     values = None
     out = {}
