@@ -168,33 +168,46 @@ def read_installed(backend) -> tuple[dict[IPNetwork, datetime | None], str | Non
         return {}, str(exc)
 
 
+SYNC_STEPS = 4  # store read, kernel read, counters sampled, kernel apply: what `stage` is called for
+
+
 def sync(store, backend, config, *, now: datetime, dry_run: bool = False, lock: bool = True,
-         lock_timeout: float = DEFAULT_TIMEOUT, own: Iterable[IPNetwork] | None = None) -> SyncResult:
+         lock_timeout: float = DEFAULT_TIMEOUT, own: Iterable[IPNetwork] | None = None,
+         stage=None) -> SyncResult:
     """Make the kernel equal to the store (or, with dry_run, only say how it differs).
 
     The store is read under the kernel lock, so of two concurrent syncs the one
     that applies last has also read last. ``own`` overrides this host's
     addresses (tests); by default they are read from the kernel every time.
+    ``stage()`` is called after each of the SYNC_STEPS steps (a progress bar:
+    at 100k netblocks each step takes seconds).
     """
+    stage = stage or (lambda: None)
     if dry_run:
         desired = desired_for(store, config, now=now, own=own)
+        stage()
         installed, missing = read_installed(backend)
+        stage()
         return SyncResult(desired=desired, change=diff(installed, desired), installed_before=installed,
                           missing=missing)
     if not lock:
-        return _apply(store, backend, config, now=now, own=own)
+        return _apply(store, backend, config, now=now, own=own, stage=stage)
     with kernel_lock(config.lock_file, timeout=lock_timeout):
-        return _apply(store, backend, config, now=now, own=own)
+        return _apply(store, backend, config, now=now, own=own, stage=stage)
 
 
-def _apply(store, backend, config, *, now, own) -> SyncResult:
+def _apply(store, backend, config, *, now, own, stage) -> SyncResult:
     desired = desired_for(store, config, now=now, own=own)
+    stage()
     backend.ensure()
     installed = dict(backend.installed())
+    stage()
     planned = diff(installed, desired)
     if planned.removed or planned.updated:  # their counters go with them: keep what they counted
         from netblock import sampling
 
         sampling.sample(store, backend, now)
+    stage()
     change = backend.apply(desired)
+    stage()
     return SyncResult(desired=desired, change=change, installed_before=installed)

@@ -225,9 +225,10 @@ def check_width(net: IPNetwork, config, force: bool, text: str) -> None:
 # ---------------------------------------------------------------- sync glue
 
 def run_sync(ctx, *, dry_run: bool = False):
-    from netblock.sync import sync
+    from netblock.sync import SYNC_STEPS, sync
 
-    return sync(ctx.store(), ctx.backend(), ctx.config, now=ctx.now(), dry_run=dry_run)
+    with ctx.progress(SYNC_STEPS, "sync") as bar:
+        return sync(ctx.store(), ctx.backend(), ctx.config, now=ctx.now(), dry_run=dry_run, stage=bar.advance)
 
 
 def sync_after_write(ctx):

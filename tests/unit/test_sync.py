@@ -195,3 +195,26 @@ def test_compute_desired_takes_a_one_shot_iterable_of_blocks():
     blocks = [block("198.18.4.0/25", when), block("198.18.4.128/25", None), block("2001:db8:1::/48", when)]
     assert compute_desired(iter(blocks), []) == compute_desired(blocks, []) == \
         {N("198.18.4.0/24"): None, N("2001:db8:1::/48"): when}
+
+
+def test_a_terminal_sees_a_progress_bar_of_the_sync_steps(env):
+    import io
+
+    from netblock.progress import Progress
+    from netblock.sync import SYNC_STEPS
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    store, backend, config = env
+    store.put_blocks([block("198.18.1.0/24")])
+    screen = Terminal()
+    with Progress(SYNC_STEPS, "sync", screen) as bar:
+        sync(store, backend, config, now=NOW, stage=bar.advance)
+    assert bar.done == SYNC_STEPS
+    assert f"sync [{'#' * 30}] {SYNC_STEPS}/{SYNC_STEPS}" in screen.getvalue()
+    quiet = io.StringIO()  # a script's stderr: nothing drawn
+    with Progress(SYNC_STEPS, "sync", quiet) as bar:
+        sync(store, backend, config, now=NOW, stage=bar.advance)
+    assert quiet.getvalue() == ""
