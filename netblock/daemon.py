@@ -31,7 +31,7 @@ from typing import Callable, Iterable
 
 from netaddr import IPAddress, IPNetwork
 
-from netblock import follow, hostaddrs, journal, policy
+from netblock import fleet, follow, hostaddrs, journal, policy
 from netblock.aggregate import widen_detail
 from netblock.errors import NetblockError
 from netblock.model import Block, Observation
@@ -106,6 +106,7 @@ class Runner:
         self.last_result = TickResult()
         self.tracker: Tracker | None = None  # the daemon's in-memory view of recent offences
         self.own: list[IPNetwork] | None = None  # this host's addresses, read again every tick
+        self.spool = None  # the daemon's on a fleet store: observations kept while that store is away
 
     def log(self, message: str) -> None:
         log(message, self.stderr)
@@ -129,7 +130,7 @@ class Runner:
             if path in self.followers:
                 self.followers[path].max_line = self.max_line
                 continue
-            saved = follow.Position.parse(self.store.get_state(follow.state_key(path)))
+            saved = follow.Position.parse(fleet.saved_state(self, follow.state_key(path)))
             self.followers[path] = follow.Follower(path, saved, max_line=self.max_line)
         want_journal = bool(_setting(self.config, "sources", "journal", False))
         units = tuple(_setting(self.config, "sources", "journal_units", journal.DEFAULT_UNITS))
@@ -137,7 +138,7 @@ class Runner:
             self.journal.stop()
             self.journal = None
         if want_journal and self.journal is None:
-            cursor = self.store.get_state(journal.STATE_KEY)
+            cursor = fleet.saved_state(self, journal.STATE_KEY)
             since = None if cursor else self.clock() - _setting(self.config, "policy", "window", timedelta(days=1))
             self.journal = journal.Journal(units, cursor=cursor, follow=self.follow_mode, since=since)
 
@@ -164,10 +165,7 @@ class Runner:
                 now = self.clock()
                 obs = [o for line in batch.lines
                        if (o := self._parse(line.text, path, line.position, now)) is not None]
-                with self.store.transaction():
-                    self.store.add_observations(obs)
-                    if batch.after is not None:
-                        self.store.set_state(fol.key, batch.after.dump())
+                fleet.store_batch(self, obs, {} if batch.after is None else {fol.key: batch.after.dump()})
                 fol.commit(batch)
                 if batch.overlong:
                     self.log(f"{path}: {batch.overlong} over-long line(s) cut to {fol.max_line} bytes")
@@ -201,10 +199,7 @@ class Runner:
                 if o is not None:
                     obs.append(Observation(o.time, o.ip, o.cls, o.mta, "journal", o.position))
             try:
-                with self.store.transaction():
-                    self.store.add_observations(obs)
-                    if batch.cursor:
-                        self.store.set_state(journal.STATE_KEY, batch.cursor)
+                fleet.store_batch(self, obs, {journal.STATE_KEY: batch.cursor} if batch.cursor else {})
             except BaseException:
                 self.journal.rewind()
                 raise
@@ -250,6 +245,7 @@ class Runner:
         result = TickResult()
         self.own = None  # addresses come and go: read them again once per tick
         try:
+            fleet.flush(self)  # what an outage left in the spool, even if the logs are quiet now
             if read_limit is None:
                 result.observations, _ = self.read_all()
             else:
@@ -658,9 +654,8 @@ class Daemon:
         self._stop = False
         self._reload = False
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        from netblock import fleet
-
         self.fleet = fleet.listener_for(runner)  # PostgreSQL store: other hosts' changes wake us
+        runner.spool = fleet.spool_for(runner)
         # The store refused the last read (e.g. the fleet's PostgreSQL is away): new lines wait for
         # the tick instead of each one costing a failed attempt and a log line.
         self._reads_failed = False
@@ -701,6 +696,9 @@ class Daemon:
             self.notifier.close()
             if self.fleet is not None:
                 self.fleet.close()
+            if self.runner.spool is not None:
+                self.runner.spool.close()
+                self.runner.spool = None
 
     def _loop(self) -> int:
         runner = self.runner
@@ -758,8 +756,6 @@ class Daemon:
             if self._wake_r in ready:
                 _drain(self._wake_r)
             if fleet_fd is not None and fleet_fd in ready:
-                from netblock import fleet
-
                 if self.fleet.changed():
                     fleet.follow_change(runner)
                 ready.remove(fleet_fd)

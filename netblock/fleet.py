@@ -238,3 +238,89 @@ def status_unreachable(ctx, exc, *, as_json: bool) -> int:
                                   "is back" if not missing else f"NOT INSTALLED ({missing})")):
         ctx.print(f"{key + ':':<14}{value}")
     return 1
+
+
+# -- the local spool: observations kept while the store is away -----------------------
+#
+# Without it an outage only pauses reading (the lines wait in the log), and a
+# log rotated away meanwhile takes its unread lines along. With it the daemon
+# keeps reading: each batch and the position it reaches go to the spool in one
+# SQLite transaction, and the first write after the store answers again copies
+# the spool into it first, so positions never go backwards.
+
+SPOOL_NAME = "spool.db"
+
+
+def spool_path(config) -> str:
+    import os
+
+    return os.path.join(os.path.dirname(config.lock_file) or ".", SPOOL_NAME)
+
+
+def spool_for(runner):
+    """The spool of a daemon on the fleet's PostgreSQL; None for SQLite (the store is local already)."""
+    if getattr(runner.store, "dsn", None) is None:
+        return None
+    from netblock.store import Spool
+
+    return Spool.open(spool_path(runner.config))
+
+
+def _unreachable(store) -> bool:
+    return getattr(store, "unreachable_since", None) is not None
+
+
+def flush(runner) -> bool:
+    """Copy what the spool holds into the store; True when nothing is left waiting.
+
+    Only a store that is unreachable leaves the spool as it is; any other
+    failure is raised like any other store write's.
+    """
+    spool = runner.spool
+    if spool is None or not spool.pending():
+        return True
+    from netblock.errors import StoreError
+    from netblock.store import flush_spool
+
+    try:
+        n = flush_spool(spool, runner.store)
+    except StoreError:
+        if _unreachable(runner.store):
+            return False
+        raise
+    runner.log(f"fleet: store reachable again; {n} observation(s) kept locally meanwhile are now stored")
+    return True
+
+
+def store_batch(runner, obs, state: dict[str, str]) -> None:
+    """Store one batch of observations with the positions it reaches: in the store, or in the spool while it is away."""
+    from netblock.errors import StoreError
+
+    store = runner.store
+    if flush(runner):
+        try:
+            with store.transaction():
+                store.add_observations(obs)
+                for key, value in state.items():
+                    store.set_state(key, value)
+            return
+        except StoreError:
+            if runner.spool is None or not _unreachable(store):
+                raise
+    spool = runner.spool
+    first = not spool.pending()
+    with spool.transaction():
+        spool.add_observations(obs)
+        for key, value in state.items():
+            spool.set_state(key, value)
+    if first:
+        runner.log(f"fleet: store unreachable; keeping observations in {spool.path} until it answers")
+
+
+def saved_state(runner, key: str) -> str | None:
+    """A position to resume from: the spool's, newer than the store's while it holds one."""
+    if runner.spool is not None:
+        value = runner.spool.get_state(key)
+        if value is not None:
+            return value
+    return runner.store.get_state(key)

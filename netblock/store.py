@@ -984,3 +984,156 @@ def _restrict_modes(path: str) -> None:
                 os.chmod(name, 0o600)
             except OSError as e:
                 raise StoreError(f"{name}: cannot make it private (mode 0600): {e.strerror or e}") from None
+
+
+# -- the fleet's local spool -------------------------------------------------------
+#
+# While the fleet's PostgreSQL is unreachable a host keeps its own observations
+# here, with the log positions (journal cursor) they reach, so a log rotated
+# away during the outage loses nothing. Rows carry an increasing id (never
+# reused, AUTOINCREMENT) and the file an epoch (random, made with it), so the
+# flush can record "spool EPOCH flushed up to ID" in PostgreSQL in the same
+# transaction as the rows: a crash between that commit and emptying the spool
+# makes the next flush skip what is already there instead of counting it twice.
+
+SPOOL_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS spool_observations (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        time INTEGER NOT NULL, ip TEXT NOT NULL, cls TEXT NOT NULL,
+        mta TEXT, source TEXT, position INTEGER)""",
+    "CREATE TABLE IF NOT EXISTS spool_state (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS spool_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+)
+
+
+class Spool:
+    """Observations and state waiting for an unreachable fleet store, in a small private SQLite file."""
+
+    def __init__(self, path: str, conn: sqlite3.Connection, epoch: str):
+        self.path = path
+        self._conn = conn
+        self.epoch = epoch
+        self._depth = 0
+
+    @classmethod
+    def open(cls, path: str | os.PathLike) -> "Spool":
+        import secrets
+
+        path = os.fspath(path)
+        old_umask = os.umask(0o077)
+        conn = None
+        try:
+            _make_parent(path)
+            conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+            conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+            conn.execute("BEGIN IMMEDIATE")
+            for statement in SPOOL_SCHEMA:
+                conn.execute(statement)
+            conn.execute("INSERT OR IGNORE INTO spool_meta (key, value) VALUES ('epoch', ?)",
+                         (secrets.token_hex(8),))
+            epoch = conn.execute("SELECT value FROM spool_meta WHERE key = 'epoch'").fetchone()[0]
+            conn.execute("COMMIT")
+        except sqlite3.Error as e:
+            if conn is not None:
+                conn.close()
+            raise StoreError(f"{path}: {e}") from None
+        finally:
+            os.umask(old_umask)
+        _restrict_modes(path)
+        return cls(path, conn, epoch)
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def __enter__(self) -> "Spool":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    _errors = Store._errors
+
+    @contextmanager
+    def transaction(self) -> Iterator["Spool"]:
+        if self._depth:
+            self._depth += 1
+            try:
+                yield self
+            finally:
+                self._depth -= 1
+            return
+        with self._errors():
+            self._conn.execute("BEGIN IMMEDIATE")
+        self._depth = 1
+        try:
+            yield self
+        except BaseException:
+            self._depth = 0
+            with self._errors():
+                self._conn.execute("ROLLBACK")
+            raise
+        self._depth = 0
+        with self._errors():
+            self._conn.execute("COMMIT")
+
+    def add_observations(self, obs: Iterable[Observation]) -> int:
+        rows = [(_ts(o.time), str(canonical_ip(o.ip)), o.cls, o.mta, o.source, o.position) for o in obs]
+        with self.transaction(), self._errors():
+            self._conn.executemany(
+                "INSERT INTO spool_observations (time, ip, cls, mta, source, position) VALUES (?, ?, ?, ?, ?, ?)",
+                rows)
+        return len(rows)
+
+    def set_state(self, key: str, value: str) -> None:
+        with self.transaction(), self._errors():
+            self._conn.execute("INSERT OR REPLACE INTO spool_state (key, value) VALUES (?, ?)", (key, str(value)))
+
+    def get_state(self, key: str) -> str | None:
+        with self._errors():
+            row = self._conn.execute("SELECT value FROM spool_state WHERE key = ?", (key,)).fetchone()
+        return None if row is None else row[0]
+
+    def pending(self) -> bool:
+        """Anything waiting (observations or positions) for the fleet store."""
+        with self._errors():
+            return self._conn.execute(
+                "SELECT EXISTS (SELECT 1 FROM spool_observations) OR EXISTS (SELECT 1 FROM spool_state)"
+            ).fetchone()[0] == 1
+
+    def contents(self) -> tuple[list[tuple[int, Observation]], dict[str, str]]:
+        """([(id, observation)] in id order, {state key: value}): what a flush copies."""
+        with self._errors():
+            rows = self._conn.execute(
+                "SELECT id, time, ip, cls, mta, source, position FROM spool_observations ORDER BY id").fetchall()
+            state = dict(self._conn.execute("SELECT key, value FROM spool_state").fetchall())
+        return [(r[0], _observation(r[1:])) for r in rows], state
+
+    def clear(self, up_to: int, state: dict[str, str]) -> None:
+        """Forget what a committed flush copied: rows with id <= ``up_to`` and state still equal to ``state``."""
+        with self.transaction(), self._errors():
+            self._conn.execute("DELETE FROM spool_observations WHERE id <= ?", (up_to,))
+            self._conn.executemany("DELETE FROM spool_state WHERE key = ? AND value = ?", list(state.items()))
+
+
+def flush_spool(spool: Spool, store) -> int:
+    """Copy the spool into ``store`` in one transaction, then empty it; the observations newly added.
+
+    Idempotent: the store's state ``spool:EPOCH`` records the last row id
+    copied, in the same transaction, so rows a crash left in the spool after
+    the commit are skipped by the next flush.
+    """
+    rows, state = spool.contents()
+    if not rows and not state:
+        return 0
+    key = f"spool:{spool.epoch}"
+    last = rows[-1][0] if rows else 0
+    with store.transaction():
+        done = int(store.get_state(key) or 0)
+        fresh = [o for i, o in rows if i > done]
+        store.add_observations(fresh)
+        for k, v in state.items():
+            store.set_state(k, v)
+        if last > done:
+            store.set_state(key, str(last))
+    spool.clear(last, state)
+    return len(fresh)

@@ -27,7 +27,7 @@ import pytest
 from netaddr import IPNetwork
 
 from netblock.fleet import RETRY_EVERY_S as RETRY_S, Listener
-from netblock.store import Store
+from netblock.store import Spool, Store
 from netns import build_scene, nsexec, wait_for
 
 pytestmark = pytest.mark.kernel
@@ -287,8 +287,17 @@ def test_outage_keeps_rules_loses_no_observation_and_converges(fleet, pg_server)
     try:
         t_end = time.monotonic() + 20
         for h in fleet:  # zombies knock and the logs grow while the store is gone
-            append(h.log, *[reject(ip) for ip in zombies[h.id] for _ in range(2)])
+            append(h.log, *[reject(zombies[h.id][0]) for _ in range(2)])
             h.scene.syn(KNOCKER, count=3)
+        # the logs are read meanwhile, into each host's spool; then they rotate, and the old file
+        # is gone before the store returns: only the spool still has its lines
+        assert wait_for(lambda: all(_spooled(h) == 2 for h in fleet), timeout=WAIT_S), [_spooled(h) for h in fleet]
+        for h in fleet:
+            os.rename(h.log, h.log.with_name("mail.log.1"))
+            append(h.log, *[reject(zombies[h.id][1]) for _ in range(2)])
+        assert wait_for(lambda: all(_spooled(h) == 4 for h in fleet), timeout=WAIT_S), [_spooled(h) for h in fleet]
+        for h in fleet:
+            h.log.with_name("mail.log.1").unlink()
         time.sleep(max(0.0, min(t_end - time.monotonic(), 2 * RETRY_S)))  # the daemons notice
         r = nsexec(fleet[0].ns, NETBLOCK, "--config", str(fleet[0].conf), "status", check=False, env=fleet[0].env())
         assert r.returncode == 1 and "store unreachable since 20" in r.stdout, (r.stdout, r.stderr)
@@ -312,6 +321,7 @@ def test_outage_keeps_rules_loses_no_observation_and_converges(fleet, pg_server)
         assert wait_for(lambda: set(stored().values()) == {2}, timeout=WAIT_S + 2 * TICK_S), stored()
         time.sleep(TICK_S)
         assert set(stored().values()) == {2}, stored()
+    assert [_spooled(h) for h in fleet] == [0, 0, 0]  # caught up: the positions are the store's again
     # the counters of the outage are not lost either: sampled once the store answered again
     total = sum(_kernel_packets(h, knocker) for h in fleet)
     assert total == sum(KNOCKS.values()) + 3 * len(fleet)
@@ -320,6 +330,15 @@ def test_outage_keeps_rules_loses_no_observation_and_converges(fleet, pg_server)
         complaints = (h.dir / "daemon.err").read_text().splitlines()
         assert any("store unreachable since" in line for line in complaints), h.id
         assert len(complaints) <= 10 * (20 // TICK_S + 2), (h.id, len(complaints))
+
+
+def _spooled(host: Host) -> int:
+    """Observations waiting in the host's local spool (the daemon's, under its lock file's directory)."""
+    path = host.dir / "run" / "spool.db"
+    if not path.exists():
+        return 0
+    with Spool.open(path) as sp:
+        return len(sp.contents()[0])
 
 
 def test_ten_thousand_blocks_added_on_one_host_reach_every_kernel_within_5_s(fleet):

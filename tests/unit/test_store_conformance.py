@@ -657,3 +657,84 @@ def test_rollup_of_same_second_samples_is_recomputed(st):
         assert st.sample_drops(since, until) == _raw(samples, since, until)
     assert st.sample_drops(None, None)["192.0.2.0/24"] == (12, 480, T0, T0 + HOUR)
     assert st.daily_drops(None, None) == {T0.replace(hour=0): (12 + 6, 480 + 240), midnight: (1, 40)}
+
+
+# -- the fleet's local spool -------------------------------------------------------
+
+
+def test_spool_flush_is_idempotent_even_after_a_crash_before_the_spool_is_emptied(st, tmp_path, monkeypatch):
+    from netblock.store import Spool, flush_spool
+
+    path = tmp_path / "run" / "spool.db"
+    with Spool.open(path) as sp:
+        assert os.stat(path).st_mode & 0o777 == 0o600
+        assert not sp.pending() and flush_spool(sp, st) == 0
+        with sp.transaction():
+            sp.add_observations([obs(1, "192.0.2.1", "dnsbl"), obs(2, "192.0.2.2", "dnsbl")])
+            sp.set_state("file:/var/log/mail.log", "pos-1")
+        assert sp.pending() and sp.get_state("file:/var/log/mail.log") == "pos-1"
+        st.set_state("file:/var/log/mail.log", "pos-0")
+        assert flush_spool(sp, st) == 2
+        assert not sp.pending() and st.get_state("file:/var/log/mail.log") == "pos-1"
+
+        sp.add_observations([obs(3, "192.0.2.3", "dnsbl")])
+        sp.set_state("file:/var/log/mail.log", "pos-2")
+
+        def crash(*_a):
+            raise KeyboardInterrupt("killed between the store's commit and emptying the spool")
+
+        monkeypatch.setattr(Spool, "clear", crash)
+        with pytest.raises(KeyboardInterrupt):
+            flush_spool(sp, st)
+        monkeypatch.undo()
+        assert sp.pending()
+        assert flush_spool(sp, st) == 0  # already in the store: skipped, not counted twice
+        assert not sp.pending()
+    with Spool.open(path) as sp:  # the same file keeps its epoch: ids go on, never reused
+        sp.add_observations([obs(4, "192.0.2.4", "dnsbl")])
+        assert flush_spool(sp, st) == 1
+    assert sorted(str(o.ip) for o in st.observations()) == [f"192.0.2.{i}" for i in (1, 2, 3, 4)]
+    assert st.get_state("file:/var/log/mail.log") == "pos-2"
+
+
+def test_daemon_writes_go_to_the_spool_while_the_store_is_unreachable_and_catch_up_after(tmp_path):
+    class Away:
+        """A fleet store whose server is gone: every write fails as unreachable."""
+
+        dsn = "postgresql:///nowhere"
+        unreachable_since = T0
+
+        def transaction(self):
+            raise StoreError("postgresql:///nowhere: store unreachable since 2026-11-20T12:00:00+00:00")
+
+        get_state = transaction
+
+    with Store.open(tmp_path / "nb.db") as real:
+        config = SimpleNamespace(lock_file=str(tmp_path / "run" / "netblock.lock"))
+        logged: list[str] = []
+        runner = SimpleNamespace(store=Away(), config=config, spool=None, log=logged.append)
+        runner.spool = fleet.spool_for(runner)
+        assert runner.spool.path == str(tmp_path / "run" / "spool.db")
+        fleet.store_batch(runner, [obs(1, "192.0.2.1", "dnsbl")], {"k": "1"})
+        fleet.store_batch(runner, [obs(2, "192.0.2.2", "dnsbl")], {"k": "2"})
+        assert fleet.saved_state(runner, "k") == "2"  # positions advance while the store is away
+        assert len([m for m in logged if "store unreachable" in m]) == 1
+        assert not fleet.flush(runner)
+
+        runner.store = real  # the server answers again
+        real.set_state("k", "0")
+        fleet.store_batch(runner, [obs(3, "192.0.2.3", "dnsbl")], {"k": "3"})
+        assert not runner.spool.pending()
+        assert [str(o.ip) for o in real.observations()] == ["192.0.2.1", "192.0.2.2", "192.0.2.3"]
+        assert real.get_state("k") == "3" and fleet.saved_state(runner, "k") == "3"
+        runner.spool.close()
+
+    class Broken(Away):
+        unreachable_since = None  # reachable but failing: not the spool's business
+
+    runner = SimpleNamespace(store=Broken(), config=config, spool=None, log=logged.append)
+    runner.spool = fleet.spool_for(runner)
+    with pytest.raises(StoreError):
+        fleet.store_batch(runner, [obs(4, "192.0.2.4", "dnsbl")], {"k": "4"})
+    assert not runner.spool.pending()
+    runner.spool.close()
