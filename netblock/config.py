@@ -414,6 +414,9 @@ class DaemonConfig:
     tick: timedelta = _k(_dur(timedelta(seconds=1)), timedelta(seconds=30))
     coalesce: timedelta = _k(_dur(timedelta(0)), timedelta(milliseconds=50))
     observation_retention: timedelta = _k(_dur(timedelta(seconds=1)), timedelta(days=30))
+    # Fleet mode: where observations wait while PostgreSQL is unreachable. On
+    # disk under the state directory, so a reboot during an outage keeps them.
+    spool: str = _k(_str(allow_empty=False), "/var/lib/netblock/spool.db")
 
 
 @dataclass(frozen=True)

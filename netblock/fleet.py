@@ -248,13 +248,11 @@ def status_unreachable(ctx, exc, *, as_json: bool) -> int:
 # SQLite transaction, and the first write after the store answers again copies
 # the spool into it first, so positions never go backwards.
 
-SPOOL_NAME = "spool.db"
 
 
 def spool_path(config) -> str:
-    import os
-
-    return os.path.join(os.path.dirname(config.lock_file) or ".", SPOOL_NAME)
+    """`[daemon] spool`: on disk in the state directory, not in /run, so it survives a reboot."""
+    return config.daemon.spool
 
 
 def spool_for(runner):

@@ -74,6 +74,7 @@ backend = "nftables"
 files = ["{self.log}"]
 [daemon]
 tick = "{TICK_S}s"
+spool = "{directory}/state/spool.db"
 [policy.classes.dnsbl]
 threshold = 2
 window = "1h"
@@ -333,8 +334,8 @@ def test_outage_keeps_rules_loses_no_observation_and_converges(fleet, pg_server)
 
 
 def _spooled(host: Host) -> int:
-    """Observations waiting in the host's local spool (the daemon's, under its lock file's directory)."""
-    path = host.dir / "run" / "spool.db"
+    """Observations waiting in the host's local spool ([daemon] spool)."""
+    path = host.dir / "state" / "spool.db"
     if not path.exists():
         return 0
     with Spool.open(path) as sp:

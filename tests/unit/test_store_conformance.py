@@ -710,11 +710,12 @@ def test_daemon_writes_go_to_the_spool_while_the_store_is_unreachable_and_catch_
         get_state = transaction
 
     with Store.open(tmp_path / "nb.db") as real:
-        config = SimpleNamespace(lock_file=str(tmp_path / "run" / "netblock.lock"))
+        config = SimpleNamespace(lock_file=str(tmp_path / "run" / "netblock.lock"),
+                                 daemon=SimpleNamespace(spool=str(tmp_path / "state" / "spool.db")))
         logged: list[str] = []
         runner = SimpleNamespace(store=Away(), config=config, spool=None, log=logged.append)
         runner.spool = fleet.spool_for(runner)
-        assert runner.spool.path == str(tmp_path / "run" / "spool.db")
+        assert runner.spool.path == str(tmp_path / "state" / "spool.db")
         fleet.store_batch(runner, [obs(1, "192.0.2.1", "dnsbl")], {"k": "1"})
         fleet.store_batch(runner, [obs(2, "192.0.2.2", "dnsbl")], {"k": "2"})
         assert fleet.saved_state(runner, "k") == "2"  # positions advance while the store is away
