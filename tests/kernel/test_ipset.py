@@ -349,3 +349,27 @@ def test_legacy_host_gets_rules_through_python_iptables(scene, tmp_path):
     assert "NETBLOCK" not in scene.server_exec("iptables-legacy-save").stdout
     assert set_names(scene) == []
     assert scene.probe("198.51.100.7") == "open"
+
+
+def test_one_backend_applying_a_kept_mapping_as_it_grows_and_shrinks(scene):
+    """apply() reuses the keys of networks it converted last time; the kernel must still end exact."""
+    settings = Settings(families=("ipv4",))
+    expiry = now() + timedelta(days=1)
+    desired = dict.fromkeys(_many(ipset.NUMPY_FROM + 100), expiry)
+    extra, middle = IPNetwork("198.51.100.0/24"), list(desired)[len(desired) // 2]
+
+    def run():
+        b = ipset.create(settings)
+        b.ensure()
+        b.apply(desired)
+        desired[extra] = expiry
+        grown = b.apply(desired)
+        del desired[middle]
+        shrunk = b.apply(desired)
+        return grown, shrunk
+
+    grown, shrunk = scene.in_server(run)
+    assert grown.added == [extra] and not grown.removed and not grown.updated
+    assert shrunk.removed == [middle] and not shrunk.added and not shrunk.updated
+    final = listed(scene)  # run() changed a copy of desired: the namespace's side is a forked child
+    assert set(final) == (set(desired) | {extra}) - {middle} and len(final) == ipset.NUMPY_FROM + 100

@@ -215,3 +215,68 @@ def test_fast_decoder_declines_an_unknown_layout():
         changed = bytearray(blob)
         changed[at] ^= 0x01
         assert ipset._fast_members(bytes(changed), False) is None
+
+
+def _plain_keys(nets):
+    return [int(n.first) << 8 | n.prefixlen for n in nets if n.version == 4]
+
+
+def test_wanted_reuses_the_last_conversion_only_for_the_same_networks():
+    from datetime import datetime, timezone
+
+    later = datetime.now(timezone.utc).timestamp() + 3600
+    nets = [IPNetwork(f"10.{i >> 8 & 255}.{i & 255}.7/{24 if i % 2 else 32}") for i in range(ipset.NUMPY_FROM + 10)]
+    nets[17] = IPNetwork("2001:db8::/48")  # a mixed mapping: the IPv6 one is no IPv4 key
+    cache: dict = {}
+    keys, _ = ipset._wanted(nets, [None] * len(nets), 4, later, cache)
+    assert keys.tolist() == _plain_keys(nets) and cache["nets"] is nets
+    # Grown at the end (the same objects first): only the tail is read, the result is still exact.
+    grown = nets + [IPNetwork("198.51.100.0/24"), IPNetwork("2001:db8:1::/64"), IPNetwork("192.0.2.9/32")]
+    keys, timeouts = ipset._wanted(grown, [None] * len(grown), 4, later, cache)
+    assert keys.tolist() == _plain_keys(grown) and cache["nets"] is grown and not timeouts.any()
+    # Equal networks as new objects, one replaced in the middle, the same length: converted afresh.
+    swapped = [IPNetwork(str(n)) for n in grown]
+    swapped[len(swapped) // 3] = IPNetwork("203.0.113.0/24")
+    keys, _ = ipset._wanted(swapped, [None] * len(swapped), 4, later, cache)
+    assert keys.tolist() == _plain_keys(swapped)
+    # Shorter than last time: no reuse either.
+    keys, _ = ipset._wanted(nets[:-3], [None] * (len(nets) - 3), 4, later, cache)
+    assert keys.tolist() == _plain_keys(nets[:-3])
+
+
+def test_members_as_arrays_give_the_same_rows_as_lists():
+    nets = [IPNetwork("198.51.100.0/24"), IPNetwork("203.0.113.7/32"), IPNetwork("192.0.2.128/25")]
+    blob = b"".join(_kernel_style(n, 100 * i, i, 40 * i) for i, n in enumerate(nets))
+    lists, arrays = ipset._fast_members(blob, False), ipset._fast_members(blob, False, lists=False)
+    assert arrays.keys == [] and len(arrays) == len(lists) == 3
+    rows = [arrays.row(i) for i in range(3)]
+    assert rows == [lists.row(i) for i in range(3)] and all(type(v) is int for r in rows for v in r)
+    assert rows[1] == (int(nets[1].first) << 8 | 32, 100, 1, 40)
+
+
+def test_sorted_keys_match_an_argsort_across_the_whole_address_range():
+    import numpy as np
+
+    rng = np.random.default_rng(19)
+    keys = rng.integers(0, 1 << 32, 5000, dtype=np.uint64) << np.uint64(8) | np.uint64(24)
+    keys[:3] = [0xFFFFFFFF << 8 | 32, 0x80000000 << 8 | 1, 24]  # the top bit of the address set, and 0.0.0.0
+    got, order = ipset._sorted(keys)
+    want = np.argsort(keys, kind="stable")
+    assert got.tolist() == keys[want].tolist() and order.tolist() == want.tolist()
+
+
+def test_numpy_diff_of_kernel_arrays_and_unsorted_wanted_keys():
+    import numpy as np
+    import random
+
+    rng = random.Random(5)
+    pool = list(dict.fromkeys((rng.randrange(1 << 32) & ~0xFF) << 8 | rng.choice((24, 32)) for _ in range(3000)))
+    timeouts = [rng.choice((0, 100, 3600)) for _ in range(2000)]
+    kernel = ipset.Members(keys=pool[:2000], timeouts=timeouts, packets=[0] * 2000, bytes=[0] * 2000)
+    lazy = ipset.Members(arrays=(np.array(pool[:2000], dtype=np.uint64), np.array(timeouts, dtype=np.int64),
+                                 np.zeros(2000, dtype=np.uint64), np.zeros(2000, dtype=np.uint64)))
+    wanted = pool[1500:2500][::-1] + pool[:10]  # descending, then a few from the start
+    want_t = [rng.choice((0, 99, 3600)) for _ in wanted]
+    plain = ipset.diff(kernel, wanted, want_t)
+    assert ipset.diff_v4(lazy, np.array(wanted, dtype=np.uint64), np.array(want_t)) == plain
+    assert len(plain[0]) == 1490 and len(plain[1]) == 500 and plain[2]
