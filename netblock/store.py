@@ -1051,30 +1051,9 @@ class Spool:
     def __exit__(self, *exc) -> None:
         self.close()
 
+    # The same file discipline as the store: BEGIN IMMEDIATE, re-entrant, one-line errors.
     _errors = Store._errors
-
-    @contextmanager
-    def transaction(self) -> Iterator["Spool"]:
-        if self._depth:
-            self._depth += 1
-            try:
-                yield self
-            finally:
-                self._depth -= 1
-            return
-        with self._errors():
-            self._conn.execute("BEGIN IMMEDIATE")
-        self._depth = 1
-        try:
-            yield self
-        except BaseException:
-            self._depth = 0
-            with self._errors():
-                self._conn.execute("ROLLBACK")
-            raise
-        self._depth = 0
-        with self._errors():
-            self._conn.execute("COMMIT")
+    transaction = Store.transaction
 
     def add_observations(self, obs: Iterable[Observation]) -> int:
         rows = [(_ts(o.time), str(canonical_ip(o.ip)), o.cls, o.mta, o.source, o.position) for o in obs]
