@@ -42,15 +42,22 @@ _OTHER_TAGS = r"(?:exim\d?|sendmail|sm-mta|sm-acceptingconnections)"  # exim.PRO
 
 
 def _header() -> str:
-    """syslog.CLASSIC_HEADER up to the tag, which the caller spells out.
-
-    The lookahead keeps the tag's own bounds (no blank, bracket or colon, at
-    most 128 characters).
-    """
+    """syslog.CLASSIC_HEADER up to the tag, which the caller spells out."""
     head = syslog.CLASSIC_HEADER
     cut = head.index("(?P<tag>")
     assert head.startswith("^(?P<stamp>") and head[cut:].startswith(r"(?P<tag>[^\s\[\]:]{1,128})(?:\[\d{1,10}\])?: ")
-    return head[1:cut] + r"(?=[^\s\[\]:]{1,128}" + _PID + ")"
+    return head[1:cut]
+
+
+# The tag's own bounds (no blank, bracket or colon, at most 128 characters),
+# checked ahead of a tag spelled out more loosely.
+_TAG_BOUND = r"(?=[^\s\[\]:]{1,128}" + _PID + ")"
+# The tags of almost every line, "postfix/smtpd" and "postfix/postscreen", are
+# within those bounds and skip the check.  The general pattern is closed to
+# them, so that a line whose message fails to match is not tried again
+# through it (it would split such a tag the same way).
+_FAST_TAGS = r"postfix/(?:smtpd|postscreen)(?:\[|: )"
+_POSTFIX_TAGS = (r"(?:postfix/(?=" + _FAST_TAGS[8:] + ")|(?!" + _FAST_TAGS + ")" + _TAG_BOUND + _POSTFIX_TAG + ")")
 
 
 def _body(pattern: re.Pattern[str], marker: str, ip: str) -> str:
@@ -77,9 +84,9 @@ def _source(with_postfix: bool) -> tuple[str, dict[str, tuple]]:
             branches[postfix.KINDS[name]].append(_body(pattern, marker, ip))
             fixed = postfix.FIXED_CLASS.get(name)
             names[marker] = (name, ip, None if name == "smtpd-sasl" else fixed)
-    alternatives = [f"{_OTHER_TAGS}{_PID}(?P<other>)"]
+    alternatives = [f"{_TAG_BOUND}{_OTHER_TAGS}{_PID}(?P<other>)"]
     if with_postfix:
-        alternatives.insert(0, _POSTFIX_TAG + "(?:" + "|".join(
+        alternatives.insert(0, _POSTFIX_TAGS + "(?:" + "|".join(
             f"{kind}{_PID}(?:{'|'.join(bodies)})" for kind, bodies in branches.items()) + ")")
     # One leading "\n" outside any alternation: the engine then jumps from
     # newline to newline instead of trying every character.
@@ -144,9 +151,9 @@ def scan(text: str | bytes, *, fmt: str = "auto", year: int | None = None,
     binary = isinstance(text, bytes)
     rx, routes = _compiled(fmt == "auto" or fmt == "postfix", binary)
     if binary:
-        nl, cr, sasl_lost = b"\n", 13, _SASL_LOST.encode()
+        nl, cr, sasl_lost, from_tail, nul = b"\n", 13, _SASL_LOST.encode(), b"; from=<", b"\0"
     else:
-        nl, cr, sasl_lost = "\n", "\r", _SASL_LOST
+        nl, cr, sasl_lost, from_tail, nul = "\n", "\r", _SASL_LOST, "; from=<", "\0"
     text = nl + text if text.endswith(nl) else nl + text + nl
     out: list[tuple] = []
     append = out.append
@@ -173,17 +180,24 @@ def scan(text: str | bytes, *, fmt: str = "auto", year: int | None = None,
         if ip is None:
             continue
         if cls is None:
-            end = find(nl, m.end())
-            if text[end - 1] == cr:
-                end -= 1
-            if name == "smtpd-sasl":
+            begin = m.end()
+            end = find(nl, begin)
+            if name != "smtpd-sasl":
+                # A remembered reply (see _reject_class), looked up here: most hits end at it.
+                tail = find(from_tail, begin, end)
+                cls = reasons.get(text[begin:tail].replace(ip_text, nul), _MISSING) if tail >= 0 else _MISSING
+                if cls is _MISSING:
+                    if text[end - 1] == cr:
+                        end -= 1
+                    cls = _reject_class(text, begin, end, ip_text, reasons, binary)
+                if cls is None:
+                    continue
+            else:
+                if text[end - 1] == cr:
+                    end -= 1
                 if sasl_lost in text[m.start() + 1:end]:
                     continue
                 cls = "auth-failed"
-            else:
-                cls = _reject_class(text, m.end(), end, reasons, binary)
-                if cls is None:
-                    continue
         time = times.get(stamp, _MISSING)
         if time is _MISSING:
             time = times[stamp] = syslog.timestamp(
@@ -194,28 +208,34 @@ def scan(text: str | bytes, *, fmt: str = "auto", year: int | None = None,
     return out
 
 
-def _reject_class(text, begin: int, end: int, cache: dict, binary: bool) -> str | None:
+def _reject_class(text, begin: int, end: int, ip_text, cache: dict, binary: bool) -> str | None:
     """postfix.reject_class of the reply text[begin:end], remembered by the reply's head.
 
     A storm repeats a handful of replies ("User unknown in local recipient
-    table"), each followed by different client-written "; from=<...> to=<...>".
-    The head before that tail is the key when it alone decides the class: when
-    the restriction's words start inside it (reject_class looks for the tail
-    only after the echoed "<target>: ").  Otherwise nothing is remembered.
+    table", "Client host [IP] blocked using zen.spamhaus.org"), each followed
+    by different client-written "; from=<...> to=<...>".  The head before that
+    tail, with the client's address masked as reject_class masks it, is the
+    key when it alone decides the class: when the restriction's words start
+    inside it (reject_class looks for the tail only after the echoed
+    "<target>: ").  Otherwise nothing is remembered.  The address cannot
+    straddle the tail's "; from=<" (it holds no ";" and is longer than "f"), so
+    masking the head alone masks the same copies as masking the whole reply.
     """
     tail = text.find(b"; from=<" if binary else "; from=<", begin, end)
     if tail >= 0:
-        key = text[begin:tail]
+        key = text[begin:tail].replace(ip_text, b"\0" if binary else "\0")
         cls = cache.get(key, _MISSING)
         if cls is not _MISSING:
             return cls
     reason = text[begin:end]
     if binary:
         reason = reason.decode("ascii")
+        ip_text = ip_text.decode("ascii")
+    reason = postfix.mask_client(reason, ip_text)
     start = postfix.words_start(reason)
     cut = reason.find("; from=<", start)
-    cls = postfix.words_class(reason[start:] if cut < 0 else reason[start:cut])  # = reject_class(reason)
-    if tail >= 0 and start <= tail - begin:
+    cls = postfix.words_class(reason[start:] if cut < 0 else reason[start:cut])  # = reject_class(reply, ip)
+    if tail >= 0 and start <= len(key):
         if len(cache) >= _REASONS_MAX:
             cache.clear()
         cache[key] = cls

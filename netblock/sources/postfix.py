@@ -77,16 +77,29 @@ FIXED_CLASS = {
 _ZONE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,62}(?:\.[A-Za-z0-9_-]{1,63}){1,10}")
 
 
-def reject_class(reason: str) -> str | None:
+def reject_class(reason: str, client: str = "") -> str | None:
     """The class of a Postfix reject reply ("554 5.7.1 <x>: Relay access denied; from=<...").
 
     Only the restriction's own words count (see reply_words): the reply code,
     the echoed target "<...>: " in front and the "; from=<...> to=<...>
-    helo=<...>" tail the client wrote are cut off first.  None for what is no
+    helo=<...>" tail the client wrote are cut off first, and the client's own
+    address (`client`, as the line spells it) is masked wherever the reply
+    repeats it, so the address is never read as words.  None for what is no
     verdict on the client: greylisting (a lawful sender retries) and
     postscreen's "all server ports busy".
     """
-    return words_class(reply_words(reason))
+    return words_class(reply_words(mask_client(reason, client)))
+
+
+def mask_client(reason: str, client: str) -> str:
+    """`reason` with every copy of the client's address text replaced by a NUL.
+
+    DNSBL and reverse-DNS replies quote the address ("Client host [IP] blocked
+    using ...; https://.../query/ip/IP"): masked, a storm's replies reduce to a
+    handful of texts, which is what lets sources.batch remember their classes.
+    A NUL is part of no word the classes look for.
+    """
+    return reason.replace(client, "\0") if client else reason
 
 
 def reply_words(reason: str) -> str:
@@ -208,7 +221,7 @@ def finish(name: str, ip_text: str, msg: str, end: int) -> tuple[str, IPAddress,
         return None
     cls = FIXED_CLASS.get(name)
     if cls is None:
-        cls = reject_class(msg[end:])
+        cls = reject_class(msg[end:], ip_text)
         if cls is None:
             return None
     elif name == "smtpd-sasl" and "Connection lost to authentication server" in msg:

@@ -256,7 +256,8 @@ def test_bytes_and_text_blocks_agree():
 
 
 def test_reject_class_is_unchanged_by_the_reply_cache():
-    """The cache keys on the reply's head only when that head alone decides the class."""
+    """The cache keys on the reply's head, the client's address masked, only when that head alone decides."""
+    client = "192.0.2.25"
     replies = [
         "553 5.7.1 <a; from=<x>: Relay access denied; from=<b> to=<c>",
         "553 5.7.1 <a; from=<x>: Greylisted; from=<b> to=<c>",
@@ -266,13 +267,28 @@ def test_reject_class_is_unchanged_by_the_reply_cache():
         "554 5.; from=<x> Greylisted; from=<b>",
         "554 <x>: Helo command rejected; from=<b>",
         "554 Helo command rejected",
+        # The address is masked before the words are read: it names no zone and makes no keyword.
+        f"554 5.7.1 Service unavailable; Client host [{client}] blocked using zen.example; from=<b>",
+        f"554 5.7.1 Service unavailable; Client host [{client}] blocked using {client}.zen.example; from=<b>",
+        f"450 4.7.1 Client host rejected: cannot find your reverse hostname, [{client}]; from=<b>",
+        f"554 5.7.1 <{client}>: Relay access denied; from=<{client}>",
     ]
+    want = ["relay-denied", None, "dnsbl:evil.example", "relay-denied", "relay-denied", None, "bad-helo",
+            "bad-helo", "dnsbl:zen.example", "rejected", "no-rdns", "relay-denied"]
+    assert [postfix.reject_class(r, client) for r in replies] == want
     cache: dict = {}
     for reply in replies * 2:
         for text in (reply, reply.encode()):
             binary = isinstance(text, bytes)
-            got = batch._reject_class(text, 0, len(text), cache, binary)
-            assert got == postfix.reject_class(reply), reply
+            ip = client.encode() if binary else client
+            got = batch._reject_class(text, 0, len(text), ip, cache, binary)
+            assert got == postfix.reject_class(reply, client), reply
+    # Two replies that differ only in the client's address share one entry.
+    cache.clear()
+    for ip in ("192.0.2.1", "192.0.2.2", "198.51.100.77"):
+        reply = f"554 5.7.1 Service unavailable; Client host [{ip}] blocked using zen.example; from=<b>"
+        assert batch._reject_class(reply, 0, len(reply), ip, cache, False) == "dnsbl:zen.example"
+    assert len(cache) == 1
 
 
 def test_read_blocks_yields_the_lines_of_read_lines():
