@@ -18,6 +18,13 @@ with their old lifetime and counters) and raises KernelError: nothing is left
 half-applied. Before touching anything it also checks the final size against
 the set's maxelem, the failure most often hit in practice.
 
+ipset has no generation counter, so apply() reads the set back from the kernel
+on every call: an in-memory copy could not tell that someone ran ``ipset del``
+by hand. At 100k members the kernel takes about 40 ms to list the set; for a
+large IPv4 set apply() therefore receives the listing in a helper thread and
+computes its wanted keys, then diffs each batch of members, while the rest is
+still being listed (see _Listing and _StreamDiff).
+
 Sets are created and destroyed through pyroute2.IPSet. Members are added,
 deleted and listed in bulk over raw nfnetlink (``IPSET_ATTR_ADT`` batches, as
 ``ipset restore`` does), and set headers are read the same way: pyroute2
@@ -45,17 +52,22 @@ xtables-legacy. Rules placed the other way would be invisible to the host's
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import shutil
 import socket
 import struct
 import subprocess
+import sys
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from importlib import resources
 from itertools import repeat
 from operator import attrgetter, countOf
+from queue import Empty, SimpleQueue
 
 from netaddr import IPNetwork
 
@@ -76,6 +88,8 @@ SET_TYPE = "hash:net"
 FAMILIES = {"ipv4": (socket.AF_INET, "inet", "iptables"), "ipv6": (socket.AF_INET6, "inet6", "ip6tables")}
 BATCH = 1024  # members per netlink message (about 64 KiB)
 NUMPY_FROM = 5000  # below this many members, importing numpy costs more than it saves
+CONVERT_SLICE = 4096  # networks converted per C loop, which holds the GIL: see _convert_v4()
+SWITCH_INTERVAL = 1e-4  # seconds; the GIL's switch interval while a _Listing runs: see _quick_gil_handover()
 
 
 # ------------------------------------------------------------------ rules/ text
@@ -129,6 +143,9 @@ NETLINK_CAP_ACK = 10
 SO_RCVBUFFORCE = 33
 NLM_F_REQUEST, NLM_F_MULTI, NLM_F_ACK, NLM_F_DUMP = 0x1, 0x2, 0x4, 0x300
 NLMSG_ERROR, NLMSG_DONE = 2, 3
+MSG_WAITFORONE = 0x10000
+DATAGRAM = 64 << 10  # receive room per dump message: twice the 32 KiB the kernel makes them
+LIST_BATCH = 16  # dump messages (about 9k members) per recvmmsg() call of a _Listing
 NLA_F_NESTED, NLA_F_NET_BYTEORDER = 0x8000, 0x4000
 NFNL_SUBSYS_IPSET = 6
 CMD_PROTOCOL, CMD_LIST, CMD_ADD, CMD_DEL = 1, 7, 9, 10
@@ -245,6 +262,12 @@ class Netlink:
                 return payload[attrs[A_PROTOCOL][0]]
         return 7
 
+    def _send(self, msg: bytes) -> None:
+        try:
+            self.sock.send(msg)
+        except PermissionError as exc:
+            raise NetlinkError(errno.EPERM) from exc
+
     def _replies(self, msg: bytes, seq: int):
         """Send one request; yield the payload of every reply until DONE, the ACK or an error.
 
@@ -252,32 +275,71 @@ class Netlink:
         one is asked for: copying each 32 KiB dump message once more would
         cost a 100k-member listing a millisecond.
         """
-        try:
-            self.sock.send(msg)
-        except PermissionError as exc:
-            raise NetlinkError(errno.EPERM) from exc
+        self._send(msg)
         while True:
             size = self.sock.recv_into(self.buffer)
-            data = memoryview(self.buffer)[:size]
-            offset = 0
-            while offset + 16 <= size:
-                length, mtype, flags, rseq, _ = _HDR.unpack_from(data, offset)
-                if length < 16:
-                    return
-                payload = data[offset + 16:offset + length]
-                offset += (length + 3) & ~3
-                if rseq != seq:
-                    continue
-                if mtype == NLMSG_DONE:
-                    return
-                if mtype == NLMSG_ERROR:
-                    (code,) = struct.unpack_from("=i", payload, 0)
-                    if code == 0:
-                        return
-                    raise NetlinkError(-code, self._error_lineno(payload))
-                yield payload
-                if not flags & NLM_F_MULTI:
-                    return
+            payloads, done = self._parse(memoryview(self.buffer)[:size], seq)
+            yield from payloads
+            if done:
+                return
+
+    def _parse(self, data: memoryview, seq: int) -> tuple[list, bool]:
+        """(payloads of the replies to ``seq`` in one datagram, whether the reply is complete).
+
+        Raises NetlinkError when the kernel answered with an error.
+        """
+        payloads, offset, size = [], 0, len(data)
+        while offset + 16 <= size:
+            length, mtype, flags, rseq, _ = _HDR.unpack_from(data, offset)
+            if length < 16:
+                return payloads, True
+            payload = data[offset + 16:offset + length]
+            offset += (length + 3) & ~3
+            if rseq != seq:
+                continue
+            if mtype == NLMSG_DONE:
+                return payloads, True
+            if mtype == NLMSG_ERROR:
+                (code,) = struct.unpack_from("=i", payload, 0)
+                if code == 0:
+                    return payloads, True
+                raise NetlinkError(-code, self._error_lineno(payload))
+            payloads.append(payload)
+            if not flags & NLM_F_MULTI:
+                return payloads, True
+        return payloads, False
+
+    def receive_many(self, buf) -> list[memoryview]:
+        """Datagrams, at least one (waited for), taken into ``buf`` by one recvmmsg() call.
+
+        For a dump received in a helper thread (see _Listing): the kernel
+        builds each next dump message inside the call that takes the last
+        one, so a single call fills ``buf`` (a numpy uint8 array with room
+        for len(buf) // DATAGRAM messages) without the GIL, where recv()
+        would want the GIL back between every two. The call's structures
+        are numpy records, filled in a few vector operations: this runs
+        while the kernel waits for the next call. The views returned are
+        valid while ``buf`` is not reused.
+        """
+        import ctypes
+
+        import numpy as np
+
+        recvmmsg, iovec, mmsghdr = _recvmmsg()
+        count = len(buf) // DATAGRAM
+        vecs, heads = np.zeros(count, iovec), np.zeros(count, mmsghdr)
+        vecs["base"] = buf.ctypes.data + np.arange(count, dtype=np.uint64) * DATAGRAM
+        vecs["len"] = DATAGRAM
+        heads["hdr"]["iov"] = vecs.ctypes.data + np.arange(count, dtype=np.uint64) * iovec.itemsize
+        heads["hdr"]["iovlen"] = 1
+        while (got := recvmmsg(self.sock.fileno(), heads.ctypes.data, count, MSG_WAITFORONE, None)) < 0:
+            code = ctypes.get_errno()
+            if code != errno.EINTR:
+                raise OSError(code, os.strerror(code))
+        if (heads["hdr"]["flags"][:got] & socket.MSG_TRUNC).any():
+            raise NetlinkError(errno.EMSGSIZE)
+        view = memoryview(buf)
+        return [view[i * DATAGRAM:i * DATAGRAM + size] for i, size in enumerate(heads["len"][:got].tolist())]
 
     @staticmethod
     def _error_lineno(payload) -> int:
@@ -313,22 +375,9 @@ class Netlink:
         return Header(typename, family, bool(flags & FLAG_WITH_COUNTERS), D_TIMEOUT in data, maxelem)
 
     def list(self, name: str):
-        """(header DATA payloads, all member nests in one buffer) of set ``name``; NetlinkError ENOENT if absent.
-
-        The member nests of all ~175 dump messages are appended straight to
-        one buffer: one copy of 5.6 MB at 100k members instead of three.
-        """
+        """(header DATA payloads, all member nests in one buffer) of set ``name``; NetlinkError ENOENT if absent."""
         seq, msg = self._message(CMD_LIST, NLM_F_REQUEST | NLM_F_DUMP, self._head(name))
-        headers, members = [], bytearray()
-        for payload in self._replies(msg, seq):
-            attrs = _walk(payload, 4, len(payload))
-            if A_DATA in attrs:
-                s, e = attrs[A_DATA]
-                headers.append(bytes(payload[s:e]))
-            if A_ADT in attrs:
-                s, e = attrs[A_ADT]
-                members += payload[s:e]
-        return headers, members
+        return _listed(self._replies(msg, seq))
 
     def adt(self, cmd: int, name: str, elements: list[bytes]) -> int:
         """Send ADD/DEL of pre-encoded members in batches; return how many were done.
@@ -346,6 +395,107 @@ class Netlink:
             for _ in self._replies(msg, seq):
                 pass
         return len(elements)
+
+
+def _listed(payloads) -> tuple[list[bytes], bytearray]:
+    """(header DATA payloads, member nests appended in one buffer) of the replies to a LIST.
+
+    The member nests are appended straight to one buffer: at 100k members
+    one copy of 5.6 MB instead of three.
+    """
+    headers, members = [], bytearray()
+    for payload in payloads:
+        attrs = _walk(payload, 4, len(payload))
+        if A_DATA in attrs:
+            s, e = attrs[A_DATA]
+            headers.append(bytes(payload[s:e]))
+        if A_ADT in attrs:
+            s, e = attrs[A_ADT]
+            members += payload[s:e]
+    return headers, members
+
+
+@functools.cache
+def _recvmmsg():
+    """(libc's recvmmsg through ctypes, which drops the GIL during the call, and numpy record types
+    laid out as C's struct iovec and struct mmsghdr)."""
+    import ctypes
+
+    import numpy as np
+
+    recvmmsg = ctypes.CDLL(None, use_errno=True).recvmmsg
+    recvmmsg.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int, ctypes.c_void_p]
+    recvmmsg.restype = ctypes.c_int
+    iovec = np.dtype([("base", np.uintp), ("len", np.uintp)], align=True)
+    msghdr = np.dtype([("name", np.uintp), ("namelen", np.uint32), ("iov", np.uintp), ("iovlen", np.uintp),
+                       ("control", np.uintp), ("controllen", np.uintp), ("flags", np.intc)], align=True)
+    return recvmmsg, iovec, np.dtype([("hdr", msghdr), ("len", np.uintc)], align=True)
+
+
+class _Listing:
+    """A set's LIST dump received by a helper thread and handed over in batches as it arrives.
+
+    The kernel builds the dump (40 ms at 100k members) inside the receiving
+    calls, with the GIL released: meanwhile the main thread can compute and
+    diff against what has arrived, instead of starting only once all of it
+    has. Iterating yields, per batch of up to LIST_BATCH messages, the
+    payloads of the replies (as Netlink._replies would), and raises the
+    receiving thread's error, a NetlinkError ENOENT for a missing set
+    included. Used as a context manager: leaving it waits for the thread,
+    which ends when the dump does, so the thread never outlives its caller's
+    use of the socket.
+    """
+
+    def __init__(self, nl: Netlink, name: str):
+        self._nl, self._batches, self._spare = nl, SimpleQueue(), SimpleQueue()
+        self._seq, msg = nl._message(CMD_LIST, NLM_F_REQUEST | NLM_F_DUMP, nl._head(name))
+        self._thread = threading.Thread(target=self._receive, args=(msg,), name=f"ipset-list-{name}", daemon=True)
+        self._thread.start()
+
+    def _receive(self, msg: bytes) -> None:
+        """The thread: send the request (the kernel builds the first message then), take the replies.
+
+        It does as little as it can while holding the GIL (the main thread
+        parses): the kernel builds nothing until the next call. Receive
+        buffers come back from the main thread once parsed (see __iter__):
+        pages the kernel has written before cost no page fault, which fresh
+        ones, 256 a batch, would. The dump's end comes last in a batch, as
+        nothing follows it.
+        """
+        import numpy as np
+
+        try:
+            self._nl._send(msg)
+            while True:
+                try:
+                    buf = self._spare.get_nowait()
+                except Empty:
+                    buf = np.empty(LIST_BATCH * DATAGRAM, np.uint8)
+                datagrams = self._nl.receive_many(buf)
+                self._batches.put((buf, datagrams))
+                if self._nl._parse(datagrams[-1], self._seq)[1]:
+                    break
+            self._batches.put(None)
+        except BaseException as exc:  # noqa: BLE001 - raised again in the main thread by __iter__
+            self._batches.put(exc)
+
+    def __iter__(self):
+        """Per batch, the payloads of its replies: views valid until the next batch is asked for."""
+        while (batch := self._batches.get()) is not None:
+            if isinstance(batch, BaseException):
+                raise batch
+            buf, datagrams = batch
+            payloads = []
+            for datagram in datagrams:
+                payloads += self._nl._parse(datagram, self._seq)[0]
+            yield payloads
+            self._spare.put(buf)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._thread.join()
 
 
 def encode_member(value: int, prefixlen: int, v6: bool, lineno: int, timeout: int | None = None,
@@ -863,17 +1013,23 @@ class IpsetBackend:
 
     def apply(self, desired: Desired) -> Change:
         now = time.time()
-        nets, expiries = list(desired), list(desired.values())
+        # (networks, expiries) as lists, made once, and for a large IPv4 set only once its listing has
+        # started: at 100k they take 1.5 ms, which the kernel's listing then covers.
+        columns = functools.cache(lambda: (list(desired), list(desired.values())))
         with self._netlink() as nl:
             plans = []
             for family in self._families():
                 v6 = family == "ipv6"
                 name = IPSET_SET[family]
-                members, maxelem = self._read(nl, name, v6, lists=False)
-                keys, timeouts = _wanted(nets, expiries, 6 if v6 else 4, now, self._converted)
-                big = not v6 and (not isinstance(keys, list) or members.arrays is not None
-                                  or len(keys) + len(members) > NUMPY_FROM)
-                plan = _Plan(name, v6, members, *(diff_v4 if big else diff)(members, keys, timeouts))
+                if not v6 and len(desired) >= NUMPY_FROM:
+                    members, maxelem, diffed = self._read_and_diff_v4(nl, name, columns, now)
+                else:
+                    members, maxelem = self._read(nl, name, v6, lists=False)
+                    keys, timeouts = _wanted(*columns(), 6 if v6 else 4, now, self._converted)
+                    big = not v6 and (not isinstance(keys, list) or members.arrays is not None
+                                      or len(keys) + len(members) > NUMPY_FROM)
+                    diffed = (diff_v4 if big else diff)(members, keys, timeouts)
+                plan = _Plan(name, v6, members, *diffed)
                 final = len(members) - len(plan.delete) + len(plan.add)
                 if final > maxelem:
                     raise KernelError(f"ipset: set {name} would hold {final} members, above its maxelem "
@@ -980,12 +1136,47 @@ class IpsetBackend:
             if missing_ok and exc.code == errno.ENOENT:
                 return Members(), 0
             raise self._list_error(exc, name) from None
+        return _decode(blob, v6, lists), self._maxelem(headers)
+
+    def _maxelem(self, headers: list[bytes]) -> int:
+        """The set's maxelem, from the header DATA payloads of its listing."""
         maxelem = self.settings.maxelem
         for h in headers:
             attrs = _walk(h, 0, len(h))
             if D_MAXELEM in attrs:
                 maxelem = int.from_bytes(h[slice(*attrs[D_MAXELEM])], "big")
-        return _decode(blob, v6, lists), maxelem
+        return maxelem
+
+    def _read_and_diff_v4(self, nl: Netlink, name: str, columns,
+                          now: float) -> tuple[Members, int, tuple[list, list, list]]:
+        """(members, maxelem, diff) of the IPv4 set, the diff made while the kernel lists the set.
+
+        The listing is received by a _Listing thread; meanwhile this thread
+        makes ``columns()`` (networks, expiries), computes the wanted keys
+        and sorts them, then diffs each batch of members as it arrives (see
+        _StreamDiff), so that after the last message only the combining of
+        the batches is left. Members of an unusual layout are decoded and
+        diffed the ordinary way at the end.
+        """
+        fast = True
+        headers, blobs = [], []
+        try:
+            with _quick_gil_handover(), _Listing(nl, name) as listing:
+                nets, expiries = columns()
+                stream = _StreamDiff(*_sorted_wanted(nets, expiries, now, self._converted))
+                for payloads in listing:
+                    batch_headers, blob = _listed(payloads)
+                    headers += batch_headers
+                    blobs.append(blob)
+                    fast = fast and stream.feed(blob)
+        except NetlinkError as exc:
+            raise self._list_error(exc, name) from None
+        if fast:
+            members, diffed = stream.result()
+        else:
+            members = _decode(b"".join(blobs), False, lists=False)
+            diffed = diff_v4(members, *_wanted(nets, expiries, 4, now, self._converted))
+        return members, self._maxelem(headers), diffed
 
 
 def _wanted(nets: list, expiries: list, version: int, now: float,
@@ -1014,6 +1205,14 @@ def _wanted(nets: list, expiries: list, version: int, now: float,
             keys.append(net._value >> host << host << 8 | net._prefixlen)
             timeouts.append(timeout)
         return keys, timeouts
+    keys, timeout, keep = _wanted_v4(nets, expiries, now, cache)
+    if keep.all():
+        return keys, timeout
+    return keys[keep], timeout[keep]
+
+
+def _wanted_v4(nets: list, expiries: list, now: float, cache: dict | None):
+    """(key, timeout, mask of those to install) per network, as numpy arrays: _wanted() before its filtering."""
     import numpy as np
 
     from netblock.firewall.columns import timestamps
@@ -1026,9 +1225,23 @@ def _wanted(nets: list, expiries: list, version: int, now: float,
         keep &= mine
     with np.errstate(invalid="ignore"):
         timeout = np.where(permanent | (left > MAX_TIMEOUT), 0, np.floor(left + 0.5)).astype(np.int64)
-    if keep.all():
-        return keys, timeout
-    return keys[keep], timeout[keep]
+    return keys, timeout, keep
+
+
+def _sorted_wanted(nets: list, expiries: list, now: float, cache: dict):
+    """(keys, timeouts, index into ``nets``) of the IPv4 networks to install, in key order.
+
+    For _StreamDiff, which looks each arriving kernel member up among
+    them. The sort order is kept in ``cache`` with the keys it sorted: an
+    unchanged mapping is not sorted again.
+    """
+    keys, timeout, keep = _wanted_v4(nets, expiries, now, cache)
+    if cache.get("sorted") is not keys:
+        cache.update(sorted=keys, order=_sorted(keys)[1])
+    order = cache["order"]
+    if not keep.all():
+        order = order[keep[order]]
+    return keys[order], timeout[order], order
 
 
 def _v4_keys(nets: list, cache: dict | None):
@@ -1068,6 +1281,24 @@ def _same_start(nets: list, last: list) -> bool:
 
 
 def _convert_v4(nets: list):
+    """_convert_v4_slice() over slices of CONVERT_SLICE networks.
+
+    Reading attributes in a C loop holds the GIL throughout: converting
+    100k networks in one go would keep a _Listing thread that has a dump
+    message ready waiting for 10 ms, and the kernel would idle meanwhile.
+    """
+    import numpy as np
+
+    if len(nets) <= CONVERT_SLICE:
+        return _convert_v4_slice(nets)
+    parts = [_convert_v4_slice(nets[i:i + CONVERT_SLICE]) for i in range(0, len(nets), CONVERT_SLICE)]
+    keys = np.concatenate([k for k, _ in parts])
+    if all(m is None for _, m in parts):
+        return keys, None
+    return keys, np.concatenate([np.ones(len(k), bool) if m is None else m for k, m in parts])
+
+
+def _convert_v4_slice(nets: list):
     import numpy as np
 
     n = len(nets)
@@ -1151,6 +1382,113 @@ def _sorted(keys):
     high = (address >> 16).astype(np.uint16)
     order = order[np.argsort(high[order], kind="stable")]
     return keys[order], order
+
+
+class _StreamDiff:
+    """diff_v4(), made batch by batch while the kernel's listing arrives.
+
+    Given the wanted keys in key order (see _sorted_wanted), each batch of
+    kernel members is decoded, looked up among them and compared as it
+    comes, and its columns are appended to arrays allocated up front: at
+    100k members all of that is done by the time the listing is, and
+    result() has only the few changed members to gather. (Concatenating
+    the batches at the end would cost 2 ms, mostly first touches of fresh
+    memory.) result() returns what diff_v4() would, in the same order:
+    deletions in the kernel's order, additions and re-timings in the
+    caller's.
+    """
+
+    def __init__(self, keys, timeouts, rank):
+        import numpy as np
+
+        self.keys, self.timeouts, self.rank = keys, timeouts, rank  # rank: index into the caller's networks
+        self.hit = np.zeros(len(keys), dtype=bool)  # per wanted key: the kernel has it
+        self.size = 0  # members fed so far
+        room = len(keys) + LIST_BATCH * 1024  # as many members as wanted, and a batch more
+        self.columns = (np.empty(room, np.uint64), np.empty(room, np.int64), np.empty(room, np.uint64),
+                        np.empty(room, np.uint64))  # as Members.arrays
+        self.deleted: list = []  # per batch, indexes of the members not wanted
+        self.changed: list = []  # per batch, (member indexes, their wanted keys' positions) to re-time
+
+    def feed(self, blob) -> bool:
+        """Take one batch of member nests; False (nothing taken) when they need the generic decode."""
+        import numpy as np
+
+        if not blob:
+            return True
+        members = _fast_members(blob, False, lists=False)
+        if members is None:
+            return False
+        have = members.arrays[0]
+        first = self.size
+        self._store(members.arrays)
+        if not len(self.keys):
+            self.deleted.append(np.arange(first, self.size))
+            return True
+        # Binary searches made in key order are several times cheaper than in the kernel's hash order.
+        order = _sorted(have)[1]
+        at = np.empty(len(have), np.intp)
+        at[order] = np.searchsorted(self.keys, have[order])
+        np.minimum(at, len(self.keys) - 1, out=at)
+        found = self.keys[at] == have
+        self.deleted.append(np.flatnonzero(~found) + first)
+        index, at = np.flatnonzero(found), at[found]
+        self.hit[at] = True
+        kernel_t, want_t = members.arrays[1][index], self.timeouts[at]
+        permanent = (kernel_t == 0) | (want_t == 0)
+        changed = np.where(permanent, kernel_t != want_t, np.abs(kernel_t - want_t) > TOLERANCE)
+        self.changed.append((index[changed] + first, at[changed]))
+        return True
+
+    def _store(self, arrays) -> None:
+        import numpy as np
+
+        end = self.size + len(arrays[0])
+        if end > len(self.columns[0]):  # more members than wanted and a batch: make room for twice as many
+            room = max(end, 2 * len(self.columns[0]))
+            self.columns = tuple(np.concatenate((c[:self.size], np.empty(room - self.size, c.dtype)))
+                                 for c in self.columns)
+        for column, values in zip(self.columns, arrays):
+            column[self.size:end] = values
+        self.size = end
+
+    def result(self) -> tuple[Members, tuple[list, list, list]]:
+        """(the members listed, (indexes of members to delete, [(key, timeout)] to add,
+        [(key, timeout, member index)] to re-time)), as diff_v4() makes them."""
+        import numpy as np
+
+        members = Members(arrays=tuple(c[:self.size] for c in self.columns))
+        new = np.flatnonzero(~self.hit)
+        new = new[np.argsort(self.rank[new], kind="stable")]
+        add = list(zip(self.keys[new].tolist(), self.timeouts[new].tolist()))
+        deleted = np.concatenate(self.deleted).tolist() if self.deleted else []
+        update = []
+        if self.changed:
+            index = np.concatenate([i for i, _ in self.changed])
+            at = np.concatenate([a for _, a in self.changed])
+            by_caller = np.argsort(self.rank[at], kind="stable")
+            index, at = index[by_caller], at[by_caller]
+            update = list(zip(self.keys[at].tolist(), self.timeouts[at].tolist(), index.tolist()))
+        return members, (deleted, add, update)
+
+
+@contextmanager
+def _quick_gil_handover():
+    """Lower the GIL's switch interval for the block, for a _Listing thread's sake.
+
+    When that thread has a batch of dump messages, it needs the GIL briefly
+    before it can ask the kernel for the next batch; the kernel builds no
+    message meanwhile. A thread waiting for the GIL asks its holder to let
+    go only after the switch interval, 5 ms by default: at that rate the
+    ten or so handovers of a 100k-member listing would add more than the
+    diffing the main thread does meanwhile.
+    """
+    before = sys.getswitchinterval()
+    sys.setswitchinterval(SWITCH_INTERVAL)
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(before)
 
 
 def _differs(kernel: int, wanted: int) -> bool:

@@ -9,7 +9,9 @@ missing tools and privileges, and the xtables-legacy placement.
 from __future__ import annotations
 
 import os
+import random
 import sys
+import time
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -373,3 +375,85 @@ def test_one_backend_applying_a_kept_mapping_as_it_grows_and_shrinks(scene):
     assert shrunk.removed == [middle] and not shrunk.added and not shrunk.updated
     final = listed(scene)  # run() changed a copy of desired: the namespace's side is a forked child
     assert set(final) == (set(desired) | {extra}) - {middle} and len(final) == ipset.NUMPY_FROM + 100
+
+
+def test_large_set_reads_hand_edits_back_and_rolls_back(scene):
+    """At NUMPY_FROM members and more, apply() diffs while a helper thread receives the listing.
+
+    It must still see members deleted and added by hand, re-time, keep the
+    counters of members it leaves alone, and undo everything on a refusal.
+    """
+    scene.add_client("198.18.16.5")
+    settings = Settings(families=("ipv4",))
+    call(scene, "ensure", settings=settings)
+    later = now() + timedelta(hours=1)
+    desired = dict.fromkeys(_many(ipset.NUMPY_FROM + 500), later)
+    call(scene, "apply", desired, settings=settings)
+    counted, gone, retimed = IPNetwork("198.18.16.5/32"), IPNetwork("198.18.16.9/32"), IPNetwork("198.18.17.1/32")
+    scene.syn("198.18.16.5", 3)
+    wait_for(lambda: listed(scene)[counted][1] == 3)
+    scene.server_exec("ipset", "del", "netblock4", str(gone))
+    scene.server_exec("ipset", "add", "netblock4", "198.51.100.0/24", "timeout", "0")
+
+    def apply_streamed(mapping):
+        """apply() in the namespace, failing unless the batch-by-batch diff made it."""
+        fed = []
+        feed = ipset._StreamDiff.feed
+        ipset._StreamDiff.feed = lambda self, blob: fed.append(len(blob)) or feed(self, blob)
+        try:
+            return ipset.create(settings).apply(mapping)
+        finally:
+            assert fed, "the streamed diff was not used"
+
+    change = scene.in_server(apply_streamed, {**desired, retimed: later + timedelta(hours=5)})
+    assert change.added == [gone] and [str(n) for n in change.removed] == ["198.51.100.0/24"]
+    assert change.updated == [retimed]
+    after = listed(scene)
+    assert set(after) == set(desired)
+    assert after[counted][1:] == (3, 3 * SYN4) and sum(p for _, p, _ in after.values()) == 3
+    assert 5 * 3600 + 3590 < after[retimed][0] <= 6 * 3600
+    # Deletes the counted member, re-times another, adds one; then the kernel refuses a /0.
+    bad = {net: later for net in desired if net != counted}
+    bad.update({retimed: later, IPNetwork("192.0.2.0/24"): later, IPNetwork("0.0.0.0/0"): later})
+    with pytest.raises(KernelError, match=r"0\.0\.0\.0/0"):
+        scene.in_server(apply_streamed, bad)
+    rolled_back = listed(scene)
+    assert set(rolled_back) == set(after)
+    assert rolled_back[counted][1:] == (3, 3 * SYN4)
+    assert all(abs(rolled_back[net][0] - after[net][0]) <= 2 for net in after)
+
+
+def _listed_member(key: int, timeout: int, packets: int) -> bytes:
+    """An IPv4 member nest in the layout the kernel lists (see _fast_members)."""
+    a = ipset._attr
+    ip = a(ipset.D_IP | ipset.NLA_F_NESTED, a(ipset.IPADDR_V4, (key >> 8).to_bytes(4, "big")))
+    return a(ipset.A_DATA | ipset.NLA_F_NESTED, ip + a(ipset.D_CIDR, bytes([key & 255]))
+             + a(ipset.D_TIMEOUT | ipset.NLA_F_NET_BYTEORDER, timeout.to_bytes(4, "big"))
+             + a(ipset.D_BYTES | ipset.NLA_F_NET_BYTEORDER, (60 * packets).to_bytes(8, "big"))
+             + a(ipset.D_PACKETS | ipset.NLA_F_NET_BYTEORDER, packets.to_bytes(8, "big")))
+
+
+def test_streamed_diff_equals_diff_v4():
+    """_StreamDiff, fed a listing batch by batch, finds exactly what diff_v4() finds in all of it, in its order."""
+    rng = random.Random(7)
+    start = time.time()
+    later = datetime.fromtimestamp(start, timezone.utc) + timedelta(hours=1)
+    nets = rng.sample(_many(ipset.NUMPY_FROM * 2), ipset.NUMPY_FROM + 1000)  # the caller's order: not the keys'
+    expiries = [None if i % 7 == 0 else later - timedelta(hours=2) if i % 11 == 0 else later
+                for i in range(len(nets))]
+    nets.append(IPNetwork("2001:db8::/32"))  # not of this family
+    expiries.append(None)
+    keys, timeouts = ipset._wanted(nets, expiries, 4, start, {})
+    kept = rng.sample(range(len(keys)), len(keys) - 300)  # 300 wanted members are missing from the kernel
+    # The kernel's members: most wanted ones, some re-timed, some strangers; in no particular order.
+    kernel = [(int(keys[i]), max(0, int(timeouts[i]) + rng.choice((0, 0, 1, 5, -3600))), i % 4) for i in kept]
+    kernel += [(net.value << 8 | 32, 0, 1) for net in _many(ipset.NUMPY_FROM * 3)[-200:]]
+    rng.shuffle(kernel)
+    stream = ipset._StreamDiff(*ipset._sorted_wanted(nets, expiries, start, {}))
+    blobs = [b"".join(_listed_member(*m) for m in kernel[i:i + 570]) for i in range(0, len(kernel), 570)]
+    assert all(stream.feed(blob) for blob in blobs)
+    members, (deleted, added, updated) = stream.result()
+    whole = ipset._decode(b"".join(blobs), False, lists=False)
+    assert [m.tolist() for m in members.arrays] == [m.tolist() for m in whole.arrays]
+    assert (deleted, added, updated) == ipset.diff_v4(whole, keys, timeouts)
+    assert len(deleted) == 200 and len(added) == 300 and 0 < len(updated) < len(kept)
