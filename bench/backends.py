@@ -36,6 +36,7 @@ def main() -> int:
         rows += mine
         if hasattr(mod, "growth") and (note := mod.growth(mine)):
             notes.append(f"{name}: {note}")
+        notes += [f"{name} {r['op']} at {r['n']}: {mod.spread(r['samples'])}" for r in mine if "samples" in r]
     print(f"{'backend':<9} {'operation':<34} {'N':>7} {'netblock':>10} {'peer':>10}  {'ratio':>6}  peer tool")
     for r in rows:
         ratio = f"{r['ours_s'] / r['peer_s']:.2f}x" if r.get("peer_s") else "-"
