@@ -17,7 +17,7 @@ import sys
 from datetime import datetime, timezone
 from typing import Any
 
-from netblock import __version__
+from netblock import __version__, clock
 from netblock.errors import NetblockError
 
 COMMAND_MODULES = (
@@ -88,12 +88,8 @@ class Context:
         return self._backend
 
     def now(self) -> datetime:
-        """The current time; NETBLOCK_NOW (ISO 8601) pins it for tests of expiry."""
-        pinned = os.environ.get("NETBLOCK_NOW")
-        if pinned:
-            when = datetime.fromisoformat(pinned)
-            return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
-        return datetime.now(timezone.utc)
+        """The current time; NETBLOCK_NOW (ISO 8601) pins it (see netblock/clock.py)."""
+        return clock.now()
 
     # -- output ----------------------------------------------------------
     def print(self, text: str = "") -> None:

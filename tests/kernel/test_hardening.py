@@ -10,6 +10,7 @@ test namespace: sync, the daemon's tick (run-once), sample and report.
 import json
 import os
 import sys
+from datetime import datetime, timedelta, timezone
 
 import pytest
 
@@ -20,17 +21,21 @@ CONFINED = ("setpriv", "--no-new-privs", "--inh-caps=-all", "--bounding-set=-all
 
 
 def test_daemon_command_lines_work_with_only_cap_net_admin(scene, tmp_path):
+    # The clock is pinned relative to the real one: kernel timeouts run on the real clock
+    # (netblock/clock.py), so a block decided at a calendar date would expire there.
+    now = datetime.now(timezone.utc).replace(second=0, microsecond=0)
     log = tmp_path / "mail.log"
     lines = []
     for i in range(3):
-        lines.append(f"Nov 27 01:1{i}:00 mx postfix/smtpd[{100 + i}]: NOQUEUE: reject: RCPT from unknown[198.51.100.7]: "
+        stamp = (now - timedelta(minutes=20 - i)).strftime("%b %e %H:%M:%S")
+        lines.append(f"{stamp} mx postfix/smtpd[{100 + i}]: NOQUEUE: reject: RCPT from unknown[198.51.100.7]: "
                      "554 5.7.1 Service unavailable; Client host [198.51.100.7] blocked using zen.spamhaus.org; "
                      "from=<a@example.org> to=<b@example.net> proto=ESMTP helo=<x>")
     log.write_text("\n".join(lines) + "\n")
     conf = tmp_path / "netblock.toml"
     conf.write_text(f'db = "{tmp_path}/nb.db"\nlock_file = "{tmp_path}/run/netblock.lock"\n'
                     f'[sources]\nfiles = ["{log}"]\n')
-    env = dict(os.environ, NETBLOCK_NOW="2026-11-27T01:30:00+00:00")
+    env = dict(os.environ, NETBLOCK_NOW=now.isoformat())
 
     def confined(*args, check=True):
         r = scene.server_exec(*CONFINED, NETBLOCK, "--config", str(conf), *args, check=False, env=env)
@@ -60,4 +65,5 @@ def test_daemon_command_lines_work_with_only_cap_net_admin(scene, tmp_path):
     r = scene.server_exec("setpriv", "--no-new-privs", "--inh-caps=-all", "--bounding-set=-all", NETBLOCK,
                           "--config", str(conf), "wrapup", "--dir", str(tmp_path / "reports"), check=False, env=env)
     assert r.returncode == 0, r.stderr
-    assert "198.51.100.7" in (tmp_path / "reports" / "2026-W48.txt").read_text()
+    year, week, _ = now.isocalendar()
+    assert "198.51.100.7" in (tmp_path / "reports" / f"{year}-W{week:02d}.txt").read_text()

@@ -152,7 +152,7 @@ window = "10m"
 ttl = "2h"
 widen = false
 """)
-    now = datetime(2026, 11, 27, 12, 0, tzinfo=timezone.utc)
+    now = datetime(2026, 11, 27, 12, 0, tzinfo=timezone.utc)  # pinned: store and tracker only, no kernel
     counts = {"198.51.100.1": 1, "198.51.100.2": 2, "198.51.100.3": 3, "198.51.100.4": 2, "203.0.113.9": 1,
               "192.0.2.4": 2}
     obs = [Observation(now - timedelta(minutes=5 * k + 1), IPAddress(ip), "dnsbl:zen.example", "postfix")

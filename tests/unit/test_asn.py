@@ -210,7 +210,7 @@ def test_report_asn_command(tmp_path, monkeypatch, table):
     from netblock.model import Observation
     from netblock.store import Store
 
-    now = datetime(2026, 11, 27, 12, 0, tzinfo=timezone.utc)
+    now = datetime(2026, 11, 27, 12, 0, tzinfo=timezone.utc)  # pinned: meets only the store and NETBLOCK_NOW
     conf = tmp_path / "netblock.toml"
     conf.write_text(f'[report]\nasn_file = "{TABLE_2014}"\nas_names_file = "{NAMES}"\n')
     db = tmp_path / "nb.db"

@@ -27,6 +27,8 @@ from netblock.errors import NetblockError  # noqa: E402
 from netblock.store import Store  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "../shared/data"
+# A pinned instant, not today: in this file it meets only fakes, the store and pure functions,
+# never the kernel's or the real clock (scripts/test-clock.sh runs the suite 400 days ahead).
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=timezone.utc)
 OWN = [IPNetwork("203.0.113.25/32")]
 

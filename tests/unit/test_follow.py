@@ -24,6 +24,8 @@ from netblock.errors import StoreError  # noqa: E402
 from netblock.follow import Follower, Inotify, Position  # noqa: E402
 from netblock.store import Store  # noqa: E402
 
+# A pinned instant, not today: in this file it meets only fakes, the store and pure functions,
+# never the kernel's or the real clock (scripts/test-clock.sh runs the suite 400 days ahead).
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=timezone.utc)
 
 

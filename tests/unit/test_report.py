@@ -7,6 +7,8 @@ from netaddr import IPNetwork
 from netblock import report as rep
 from netblock.model import Sample
 
+# A pinned instant, not today: in this file it meets only fakes, the store and pure functions,
+# never the kernel's or the real clock (scripts/test-clock.sh runs the suite 400 days ahead).
 T0 = datetime(2026, 11, 21, tzinfo=timezone.utc)
 
 

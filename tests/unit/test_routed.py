@@ -21,6 +21,8 @@ from netblock.store import Store
 DATA = Path(__file__).resolve().parents[2] / "../shared/data/asn/pyasn"
 TABLE = str(DATA / "ipasn_20140513.dat.gz")
 NAMES = str(DATA / "asnames.json.gz")
+# A pinned instant, not today: in this file it meets only fakes, the store and pure functions,
+# never the kernel's or the real clock (scripts/test-clock.sh runs the suite 400 days ahead).
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=timezone.utc)
 DEFAULTS = routed.settings(config_mod.Config())
 ON = replace(DEFAULTS, enabled=True)

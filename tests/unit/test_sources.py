@@ -119,6 +119,8 @@ def test_names_are_never_resolved(monkeypatch):
 
 # --- parse_message: the journald reader's entry point ---------------------------
 
+# A pinned instant, not today: in this file it meets only fakes, the store and pure functions,
+# never the kernel's or the real clock (scripts/test-clock.sh runs the suite 400 days ahead).
 T0 = datetime(2026, 11, 27, 1, 2, 3, tzinfo=timezone.utc)
 
 

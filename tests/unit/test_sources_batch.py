@@ -31,6 +31,8 @@ from netblock.store import Store  # noqa: E402
 REPO = Path(__file__).resolve().parents[2]
 SAMPLES = REPO / "tests" / "samples"
 LOGS = REPO / "../shared/data/logs"
+# A pinned instant, not today: in this file it meets only fakes, the store and pure functions,
+# never the kernel's or the real clock (scripts/test-clock.sh runs the suite 400 days ahead).
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=timezone.utc)
 
 

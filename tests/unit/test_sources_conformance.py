@@ -29,6 +29,8 @@ from netblock import sources
 from netblock.sources import syslog
 
 LOGS = Path(__file__).resolve().parents[2] / "../shared/data/logs"
+# A pinned instant, not today: in this file it meets only fakes, the store and pure functions,
+# never the kernel's or the real clock (scripts/test-clock.sh runs the suite 400 days ahead).
 T0 = __import__("datetime").datetime(2026, 1, 1, tzinfo=__import__("datetime").timezone.utc)
 
 FAIL2BAN_FILES = (

@@ -27,6 +27,8 @@ from netblock.errors import BadInput, StoreError
 from netblock.model import AllowEntry, Block, Observation, Sample
 from netblock.store import Store
 
+# A pinned instant, not today: in this file it meets only fakes, the store and pure functions,
+# never the kernel's or the real clock (scripts/test-clock.sh runs the suite 400 days ahead).
 T0 = datetime(2026, 11, 20, 12, 0, 0, tzinfo=timezone.utc)
 HOUR = timedelta(hours=1)
 MIN = timedelta(minutes=1)
