@@ -6,10 +6,12 @@ turns them into drops inside a window.
 
 * Deltas handle resets: when a counter goes down (element re-created, rules
   reloaded, reboot) the new value counts from 0, never as a negative.
-* Roll-up: history of a netblock that was merged into a wider one, or split
-  by a carve-out, is reported under the netblock installed at the end of the
-  window (for a split, its largest remaining piece), so totals survive
-  re-aggregation.
+* Blocks as decided: the kernel holds pieces (the aggregated blocks minus
+  the carve-outs, which change with every delivered sender), but a
+  postmaster decided blocks. Each sampled piece is reported under the
+  decided block holding it (see Decisions), its reason and its carve-outs.
+* Comparison: each row and class beside the previous window of the same
+  length, so "SBL hits are way up" and "dropped out of the list" show.
 """
 
 from __future__ import annotations
@@ -35,6 +37,9 @@ class Row:
     last_seen: datetime | None = None
     reason: str = ""
     rolled_up: list[IPNetwork] = field(default_factory=list)
+    carved: list[IPNetwork] = field(default_factory=list)  # carve-outs inside the block: not dropped
+    prev_rank: int | None = None  # rank in the previous window (None: no drops there)
+    prev_packets: int | None = None
 
     def merge(self, other: "Row") -> None:
         """Take in another row's drops (and what it rolled up) as this netblock's."""
@@ -143,27 +148,159 @@ def rollup(rows: dict[IPNetwork, Row], final: Iterable[IPNetwork]) -> dict[IPNet
     return out
 
 
-def top(rows: Iterable[Row], n: int, by: str = "packets") -> list[Row]:
+@dataclass(frozen=True)
+class Decision:
+    """A block as decided: one CIDR of the store's blocks merged, before any carve-out."""
+
+    netblock: IPNetwork
+    reason: str
+    blocks: int  # store blocks it merges
+
+
+class Decisions:
+    """The store's blocks merged into CIDRs (no carve-outs), and which of them holds a netblock.
+
+    Merging is the aggregation sync does, without the protected space: every
+    kernel piece lies inside exactly one of these CIDRs (aggregation only
+    ever splits around carve-outs, and CIDRs nest or are disjoint), so the
+    pieces of one decision, however the carve-outs cut it over time, add up
+    to one row. A merged CIDR takes the reason of its widest block.
+    """
+
+    def __init__(self, blocks: Iterable):
+        from netblock.aggregate import aggregate
+
+        blocks = list(blocks)
+        nets = sorted(aggregate([b.netblock for b in blocks]), key=lambda n: (n.version, n.first))
+        self._nets = nets
+        self._keys = [(n.version, n.first) for n in nets]
+        members: dict[int, list] = defaultdict(list)
+        for b in blocks:
+            i = self._index(b.netblock)
+            if i is not None:
+                members[i].append(b)
+        self.decisions: list[Decision] = []
+        for i, net in enumerate(nets):
+            ms = sorted(members.get(i, []), key=lambda b: (b.netblock.prefixlen, b.created, not b.reason))
+            reason = next((b.reason for b in ms if b.reason), "")
+            self.decisions.append(Decision(net, reason, len(ms)))
+
+    def _index(self, net: IPNetwork) -> int | None:
+        i = bisect_right(self._keys, (net.version, net.first)) - 1
+        if i >= 0 and self._nets[i].version == net.version and self._nets[i].last >= net.last:
+            return i
+        return None
+
+    def find(self, net: IPNetwork) -> Decision | None:
+        """The decision holding ``net`` (a kernel piece), or None."""
+        i = self._index(net)
+        return None if i is None else self.decisions[i]
+
+
+def group(pieces: dict[IPNetwork, Row], *decisions: Decisions) -> dict[IPNetwork, Row]:
+    """Rows per decided block: each piece under the first of ``decisions`` that holds it.
+
+    A piece no decision holds (its block was deleted) keeps a row of its own.
+    """
+    out: dict[IPNetwork, Row] = {}
+    for net, row in pieces.items():
+        d = next((d for d in (ds.find(net) for ds in decisions) if d is not None), None)
+        key = net if d is None else d.netblock
+        target = out.get(key)
+        if target is None:
+            target = out[key] = Row(key, reason=d.reason if d is not None else row.reason)
+        target.merge(row)
+    return out
+
+
+def carve_outs(rows: Iterable[Row], protected: Iterable[IPNetwork]) -> None:
+    """Fill each row's ``carved`` with the protected netblocks inside it (merged), in address order."""
+    from netblock.aggregate import aggregate
+
+    prot = sorted(protected, key=lambda n: (n.version, n.first))
+    keys = [(n.version, n.first) for n in prot]
+    for r in rows:
+        net = r.netblock
+        lo = bisect_left(keys, (net.version, net.first))
+        hi = bisect_right(keys, (net.version, net.last))
+        inside = [p for p in prot[lo:hi] if p.last <= net.last]
+        r.carved = aggregate(inside) if inside else []
+
+
+def ranked(rows: Iterable[Row], by: str = "packets") -> list[Row]:
     key = (lambda r: (-r.packets, -r.bytes)) if by == "packets" else (lambda r: (-r.bytes, -r.packets))
-    ranked = sorted((r for r in rows if r.packets or r.bytes), key=lambda r: (*key(r), r.netblock.version,
-                                                                            r.netblock.first))
-    return ranked[:n]
+    return sorted((r for r in rows if r.packets or r.bytes), key=lambda r: (*key(r), r.netblock.version,
+                                                                          r.netblock.first))
 
 
-def table(rows: list[Row], exact: bool = False) -> str:
+def top(rows: Iterable[Row], n: int, by: str = "packets") -> list[Row]:
+    return ranked(rows, by)[:n]
+
+
+def compare(shown: list[Row], current: dict[IPNetwork, Row], previous: Iterable[Row], n: int,
+            by: str = "packets") -> list[Row]:
+    """Set each shown row's previous rank and packets; returns the rows of the previous top n that
+    are not shown any more (with this window's drops, 0 when none, and their previous rank)."""
+    before = ranked(previous, by)
+    rank = {r.netblock: (i + 1, r.packets) for i, r in enumerate(before)}
+    for r in shown:
+        r.prev_rank, r.prev_packets = rank.get(r.netblock, (None, None))
+    now = {r.netblock for r in shown}
+    gone = []
+    for r in before[:n]:
+        if r.netblock not in now:
+            cur = current.get(r.netblock)
+            g = Row(r.netblock, reason=r.reason) if cur is None else cur
+            g.prev_rank, g.prev_packets = rank[r.netblock]
+            gone.append(g)
+    return gone
+
+
+def table(rows: list[Row], exact: bool = False, dropped_out: list[Row] | None = None) -> str:
     """The seed's table: Host/Mask, Packets, Bytes, laid out exactly as posted.
+
+    A block with carve-outs is marked ``*`` and footnoted. With
+    ``dropped_out`` (a comparison was made) two columns show the previous
+    window's packets and rank ("new": no drops there), and the rows that left
+    the top are named below.
 
     >>> print(table([Row(IPNetwork("65.214.61.100/32"), 3768, 181_000)]))
     Host/Mask            Packets  Bytes
     65.214.61.100           3768   181K
+    >>> r = Row(IPNetwork("198.19.0.0/16"), 120, 4800, carved=[IPNetwork("198.19.44.44/32")], prev_rank=2,
+    ...         prev_packets=90)
+    >>> print(table([r, Row(IPNetwork("198.18.5.0/24"), 7, 280)], dropped_out=[
+    ...       Row(IPNetwork("203.0.113.0/24"), 40, 1600, prev_rank=1, prev_packets=40)]))
+    Host/Mask            Packets  Bytes  Before  Rank
+    198.19.0.0/16*           120   4800      90    #2
+    198.18.5.0/24              7    280       -   new
+    * 198.19.0.0/16 except 198.19.44.44
+    Dropped out: 203.0.113.0/24 (#1, 40 packets)
     """
     num = str if exact else human
-    host = max([20] + [len(host_mask(r.netblock)) + 1 for r in rows])
+    compare = dropped_out is not None
+
+    def name(r: Row) -> str:
+        return host_mask(r.netblock) + ("*" if r.carved else "")
+
+    host = max([20] + [len(name(r)) + 1 for r in rows])
     pw = max([8] + [len(num(r.packets)) + 1 for r in rows])
     bw = max([6] + [len(num(r.bytes)) for r in rows])
-    lines = [f"{'Host/Mask':<{host}}{'Packets':>{pw}} {'Bytes':>{bw}}"]
+    head = f"{'Host/Mask':<{host}}{'Packets':>{pw}} {'Bytes':>{bw}}"
+    cw = max([7] + [len(num(r.prev_packets)) + 1 for r in rows if r.prev_packets is not None])
+    lines = [head + (f"{'Before':>{cw + 1}}  Rank" if compare else "")]
     for r in rows:
-        lines.append(f"{host_mask(r.netblock):<{host}}{num(r.packets):>{pw}} {num(r.bytes):>{bw}}")
+        line = f"{name(r):<{host}}{num(r.packets):>{pw}} {num(r.bytes):>{bw}}"
+        if compare:
+            before = "-" if r.prev_packets is None else num(r.prev_packets)
+            line += f"{before:>{cw + 1}}{'new' if r.prev_rank is None else f'#{r.prev_rank}':>6}"
+        lines.append(line)
+    for r in rows:
+        if r.carved:
+            lines.append(f"* {host_mask(r.netblock)} except {', '.join(host_mask(c) for c in r.carved)}")
+    if dropped_out:
+        lines.append("Dropped out: " + ", ".join(
+            f"{host_mask(r.netblock)} (#{r.prev_rank}, {num(r.prev_packets or 0)} packets)" for r in dropped_out))
     return "\n".join(lines)
 
 
@@ -183,6 +320,55 @@ def thin(samples: list[Sample], before: datetime) -> list[Sample]:
         if k not in keep or keep[k].time <= s.time:
             keep[k] = s
     return sorted(list(keep.values()) + recent, key=lambda s: (s.time, s.netblock.version, s.netblock.first))
+
+
+@dataclass
+class OriginDrops:
+    asn: int | None
+    owner: str
+    packets: int
+    bytes: int
+    blocks: list[IPNetwork]
+
+
+def drops_by_origin(rows: Iterable[Row], origin, name) -> list[OriginDrops]:
+    """Drops per origin AS, most packets first; a block counts for the AS announcing its first address.
+
+    ``origin(ip)`` gives the AS number (None: not announced), ``name(asn)`` its owner.
+    """
+    acc: dict[int | None, OriginDrops] = {}
+    for r in rows:
+        if not (r.packets or r.bytes):
+            continue
+        asn = origin(r.netblock.network)
+        o = acc.get(asn)
+        if o is None:
+            o = acc[asn] = OriginDrops(asn, name(asn) if asn is not None else "not announced", 0, 0, [])
+        o.packets += r.packets
+        o.bytes += r.bytes
+        o.blocks.append(r.netblock)
+    out = sorted(acc.values(), key=lambda o: (-o.packets, -o.bytes, o.asn is None, o.asn or 0))
+    for o in out:
+        o.blocks.sort(key=lambda n: (n.version, n.first))
+    return out
+
+
+def origin_table(rows: list[OriginDrops], exact: bool = False) -> str:
+    """``Packets | Bytes | Blocks | ASN | (owner)``, beside the distinct-IPs table of the ASN report.
+
+    >>> print(origin_table([OriginDrops(64500, "EXAMPLE-NET", 7193, 391_000, [IPNetwork("198.18.0.0/24")])]))
+    Packets |  Bytes | Blocks | ASN   | (owner)
+       7193 |   391K |      1 | 64500 | (EXAMPLE-NET)
+    """
+    num = str if exact else human
+    pw = max([7] + [len(num(o.packets)) for o in rows])
+    bw = max([6] + [len(num(o.bytes)) for o in rows])
+    aw = max([3] + [len(str(o.asn)) for o in rows if o.asn is not None])
+    lines = [f"{'Packets':>{pw}} | {'Bytes':>{bw}} | Blocks | {'ASN':<{aw}} | (owner)"]
+    for o in rows:
+        asn = "-" if o.asn is None else str(o.asn)
+        lines.append(f"{num(o.packets):>{pw}} | {num(o.bytes):>{bw}} | {len(o.blocks):>6} | {asn:<{aw}} | ({o.owner})")
+    return "\n".join(lines)
 
 
 # -- rejection classes and the summary, from the observations ----------------
@@ -219,30 +405,62 @@ class ClassRow:
     label: str
     count: int
     dead: bool = False  # a DNSBL zone with no hits in the window
+    previous: int | None = None  # count in the previous window (None: no comparison made)
 
 
-def classes(in_window: dict[str, int], known_zones: Iterable[str] = ()) -> list[ClassRow]:
+def classes(in_window: dict[str, int], known_zones: Iterable[str] = (),
+            previous: dict[str, int] | None = None) -> list[ClassRow]:
     """Rejections by class, biggest first; DNSBL zones known but silent are flagged.
 
     ``in_window`` maps class → count inside the window; ``known_zones`` are
     DNSBL classes seen at any time (or configured): those with zero hits in
-    the window get a row of their own, marked dead.
+    the window get a row of their own, marked dead. With ``previous`` (the
+    counts of the window before), each row carries its count there, and a
+    class that had hits only there gets a row of 0.
     """
     rows = [ClassRow(c, class_label(c), n) for c, n in in_window.items() if c not in NOT_REJECTIONS and n]
     for zone in sorted(set(known_zones)):
         if zone.startswith("dnsbl:") and not in_window.get(zone):
             rows.append(ClassRow(zone, class_label(zone), 0, dead=True))
-    rows.sort(key=lambda r: (-r.count, r.label))
+    if previous is not None:
+        shown = {r.cls for r in rows}
+        rows += [ClassRow(c, class_label(c), 0) for c, n in previous.items()
+                 if n and c not in NOT_REJECTIONS and c not in shown]
+        for r in rows:
+            r.previous = previous.get(r.cls, 0)
+    rows.sort(key=lambda r: (-r.count, -(r.previous or 0), r.label))
     return rows
+
+
+def change(now: int, before: int) -> str:
+    """The change against the previous window, as a postmaster says it.
+
+    >>> [change(30, 10), change(5, 10), change(4, 0), change(0, 0), change(10, 10)]
+    ['+20 (+200%)', '-5 (-50%)', '+4 (new)', '0', '0']
+    """
+    if now == before:
+        return "0"
+    if not before:
+        return f"+{now} (new)"
+    return f"{now - before:+d} ({(now - before) * 100 / before:+.0f}%)"
 
 
 def classes_table(rows: list[ClassRow], since: datetime, until: datetime) -> str:
     total = sum(r.count for r in rows)
+    compare = any(r.previous is not None for r in rows)
     width = max([30] + [len(r.label) + 2 for r in rows])
-    lines = [f"Connection-time rejections {since:%Y-%m-%d %H:%M} .. {until:%Y-%m-%d %H:%M} UTC",
-             f"{'total':<{width}}{total:>9}"]
+    head = f"Connection-time rejections {since:%Y-%m-%d %H:%M} .. {until:%Y-%m-%d %H:%M} UTC"
+    if compare:
+        prev_total = sum(r.previous or 0 for r in rows)
+        lines = [head, f"{'':<{width}}{'count':>9}{'before':>9}  change",
+                 f"{'total':<{width}}{total:>9}{prev_total:>9}  {change(total, prev_total)}"]
+    else:
+        lines = [head, f"{'total':<{width}}{total:>9}"]
     for r in rows:
-        lines.append(f"{r.label:<{width}}{r.count:>9}" + ("  no hits — dead or useless?" if r.dead else ""))
+        line = f"{r.label:<{width}}{r.count:>9}"
+        if compare:
+            line += f"{r.previous or 0:>9}  {change(r.count, r.previous or 0)}"
+        lines.append(line + ("  no hits — dead or useless?" if r.dead else ""))
     return "\n".join(lines)
 
 
