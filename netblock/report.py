@@ -118,36 +118,6 @@ def drops(samples: Iterable[Sample], since: datetime | None, until: datetime | N
     return rows
 
 
-def rollup(rows: dict[IPNetwork, Row], final: Iterable[IPNetwork]) -> dict[IPNetwork, Row]:
-    """Attribute each sampled netblock's drops to the netblock shown in the report.
-
-    ``final`` is what was installed at the end of the window (non-overlapping,
-    as the kernel holds it). A sampled netblock inside a final one (merged)
-    counts towards it; one that was split counts towards its largest final
-    piece; one that is gone keeps its own row. Bisection keeps 10k rows
-    against 10k finals at n log n.
-    """
-    finals = sorted(set(final), key=lambda n: (n.version, n.first, -n.size))
-    keys = [(f.version, f.first) for f in finals]
-    out: dict[IPNetwork, Row] = {}
-    for net, row in rows.items():
-        target = net
-        i = bisect_right(keys, (net.version, net.first)) - 1
-        if i >= 0 and finals[i].version == net.version and finals[i].last >= net.last:
-            target = finals[i]
-        else:
-            j = bisect_left(keys, (net.version, net.first))
-            pieces = []
-            while j < len(finals) and keys[j] <= (net.version, net.last):
-                if finals[j].last <= net.last:
-                    pieces.append(finals[j])
-                j += 1
-            if pieces:
-                target = max(pieces, key=lambda f: (f.size, -f.first))
-        out.setdefault(target, Row(target)).merge(row)
-    return out
-
-
 @dataclass(frozen=True)
 class Decision:
     """A block as decided: one CIDR of the store's blocks merged, before any carve-out."""
