@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import socket
 from bisect import bisect_left, bisect_right
-from collections import defaultdict
+from collections import defaultdict, deque
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Iterable
 
 from netaddr import IPNetwork
@@ -450,11 +450,54 @@ class Summary:
     storm: bool
 
 
+# postscreen hands a client over to smtpd right after its own tests (the greeting wait and the
+# DNSBL lookups, seconds): smtpd's "connect from" later than this is another session.
+HANDOVER = timedelta(minutes=5)
+
+
+def sessions(obs) -> list:
+    """The connect observation that starts each SMTP session, in time order.
+
+    Exim logs one line per connection. Behind postscreen, Postfix logs a
+    session that passes twice: postscreen's CONNECT (mta "postscreen"), then
+    smtpd's "connect from" when postscreen hands the client over. An smtpd
+    connect continues a session when an earlier postscreen CONNECT of the
+    same client, within HANDOVER, has not been continued yet; clients that
+    open parallel sessions pair one by one. Within one second a CONNECT
+    sorts first (its log line is written before the handover's).
+
+    >>> from datetime import timezone
+    >>> from netaddr import IPAddress
+    >>> from netblock.model import Observation as O
+    >>> t, ip = datetime(2026, 11, 21, tzinfo=timezone.utc), IPAddress("198.51.100.7")
+    >>> len(sessions([O(t, ip, "connect", "postscreen"), O(t, ip, "connect", "postfix"),
+    ...               O(t, ip, "connect", "postscreen"), O(t + HANDOVER * 2, ip, "connect", "postfix")]))
+    3
+    """
+    connects = sorted((o for o in obs if o.cls == "connect"),
+                      key=lambda o: (o.time, o.mta != "postscreen", o.source, o.position))
+    waiting: dict = defaultdict(deque)
+    out = []
+    for o in connects:
+        if o.mta == "postscreen":
+            waiting[o.ip].append(o.time)
+        elif o.mta == "postfix" and o.ip in waiting:
+            q = waiting[o.ip]
+            while q and o.time - q[0] > HANDOVER:
+                q.popleft()
+            if q:
+                q.popleft()
+                continue
+        out.append(o)
+    return out
+
+
 def summary(obs, earlier_connections: int | None, weeks_of_history: float, blocks, drops_rows,
             since: datetime, until: datetime, storm_factor: float = 2.0) -> Summary:
     """The week in numbers. ``obs`` are the observations inside the window;
-    ``earlier_connections`` counts connections in the 4 weeks before it."""
-    connects = [o for o in obs if o.cls == "connect"]
+    ``earlier_connections`` counts sessions in the 4 weeks before it. A
+    connection is an SMTP session, counted once (see sessions)."""
+    connects = sessions(obs)
     rejections = [o for o in obs if o.cls not in NOT_REJECTIONS]
     before_banner = {o.ip for o in rejections if o.cls in BEFORE_BANNER}
     window_weeks = (until - since).total_seconds() / (7 * 86400)
@@ -481,7 +524,7 @@ def summary(obs, earlier_connections: int | None, weeks_of_history: float, block
 
 def summary_table(s: Summary, since: datetime, until: datetime) -> str:
     rows = [
-        ("SMTP connections", s.connections),
+        ("SMTP connections (sessions)", s.connections),
         ("distinct client IPs", s.client_ips),
         ("rejections", s.rejections),
         ("distinct rejected IPs", s.rejected_ips),

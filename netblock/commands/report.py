@@ -189,7 +189,7 @@ def classes_rows(store, config, since, until, compare: bool = False) -> list[rep
 
 def summary_of(store, config, since, until) -> rep.Summary:
     inside, before = history(store, since, until)
-    earlier = [o for o in before if o.cls == "connect"]
+    earlier = rep.sessions(before)
     weeks = 0.0
     if earlier:
         weeks = min(4.0, (since - min(o.time for o in earlier)).total_seconds() / (7 * 86400))

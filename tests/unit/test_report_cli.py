@@ -321,7 +321,7 @@ def test_summary_on_a_fixed_log(logged):
     weeks = (datetime(2026, 11, 20, tzinfo=timezone.utc) - datetime(2026, 10, 30, 10, tzinfo=timezone.utc)) / timedelta(weeks=1)
     assert s["storm"] is True and abs(s["weekly_average_connections"] - 2 / weeks) < 1e-9
     text = logged.ok("report", "summary", *WEEK)
-    assert "SMTP connections                              6" in text and "STORM: 6 connections" in text
+    assert f"{'SMTP connections (sessions)':<38}{6:>9}" in text and "STORM: 6 connections" in text
     quiet = json.loads(logged.ok("report", "summary", "--json", "--from", "2026-11-26", "--to", "2026-11-27"))
     assert quiet["connections"] == 0 and quiet["storm"] is False
 
@@ -513,3 +513,30 @@ def test_report_asn_by_packets_sums_the_decided_blocks_per_origin(nb, tmp_path):
     text = nb.ok("report", "asn", "--by", "packets").splitlines()
     assert text[0] == "Packets |  Bytes | Blocks | ASN   | (owner)"
     assert text[1].split("|")[:4] == ["     12 ", "   1200 ", "      2 ", " 64500 "]
+
+
+POSTSCREEN_LOG = """\
+Nov 26 10:00:00 mx1 postfix/postscreen[10]: CONNECT from [198.51.100.7]:40001 to [192.0.2.1]:25
+Nov 26 10:00:00 mx1 postfix/postscreen[10]: PASS OLD [198.51.100.7]:40001
+Nov 26 10:00:00 mx1 postfix/smtpd[20]: connect from unknown[198.51.100.7]
+Nov 26 10:00:01 mx1 postfix/smtpd[20]: NOQUEUE: reject: RCPT from unknown[198.51.100.7]: 550 5.7.25 Client host rejected: cannot find your hostname, [198.51.100.7]; from=<a@example.org> to=<b@example.net> proto=ESMTP helo=<x>
+Nov 26 10:01:00 mx1 postfix/postscreen[10]: CONNECT from [198.51.100.8]:40002 to [192.0.2.1]:25
+Nov 26 10:01:00 mx1 postfix/postscreen[10]: PREGREET 11 after 0.1 from [198.51.100.8]:40002: EHLO x\\r\\n
+Nov 26 10:02:00 mx1 postfix/postscreen[10]: CONNECT from [198.51.100.9]:40003 to [192.0.2.1]:25
+Nov 26 10:02:00 mx1 postfix/postscreen[10]: CONNECT from [198.51.100.9]:40004 to [192.0.2.1]:25
+Nov 26 10:02:02 mx1 postfix/postscreen[10]: PASS NEW [198.51.100.9]:40003
+Nov 26 10:02:02 mx1 postfix/smtpd[21]: connect from unknown[198.51.100.9]
+Nov 26 10:02:03 mx1 postfix/postscreen[10]: PASS OLD [198.51.100.9]:40004
+Nov 26 10:02:03 mx1 postfix/smtpd[22]: connect from unknown[198.51.100.9]
+Nov 26 11:00:00 mx1 postfix/smtpd[23]: connect from unknown[198.51.100.9]
+"""
+
+
+def test_a_session_behind_postscreen_counts_once(nb):
+    """Five sessions: one passed, one turned away by postscreen, two parallel ones passed, and one
+    straight to smtpd (submission) an hour later: seven connect lines."""
+    log = nb.tmp / "mail.log"
+    log.write_text(POSTSCREEN_LOG)
+    nb.ok("ingest", "--format", "postfix", str(log))
+    s = json.loads(nb.ok("report", "summary", "--json", "--from", "2026-11-26", "--to", "2026-11-27"))
+    assert (s["connections"], s["client_ips"], s["rejections"], s["reached_banner"]) == (5, 3, 2, 4)
