@@ -48,16 +48,10 @@ def by_block(counters: dict[IPNetwork, tuple[int, int]], blocks) -> dict[IPNetwo
     re-created from zero, so the block's sum goes down once: Prometheus reads
     that as a counter reset, as it does after a reboot.
     """
-    from netblock.report import Decisions
+    from netblock.report import Decisions, Row, group
 
-    decided = Decisions(blocks)
-    out: dict[IPNetwork, list[int]] = {}
-    for net, (p, b) in counters.items():
-        d = decided.find(net)
-        acc = out.setdefault(net if d is None else d.netblock, [0, 0])
-        acc[0] += p
-        acc[1] += b
-    return {net: (p, b) for net, (p, b) in out.items()}
+    grouped = group([Row(net, p, b) for net, (p, b) in counters.items()], Decisions(blocks))
+    return {r.netblock: (r.packets, r.bytes) for r in grouped}
 
 
 def bounded_classes(counts: dict[str, int], limit: int = DNSBL_LABELS) -> dict[str, int]:

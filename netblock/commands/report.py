@@ -106,8 +106,9 @@ def _active(b, at: datetime) -> bool:
     return b.created <= at and (b.expires is None or b.expires > at)
 
 
-def decisions(store, since: datetime | None, until: datetime):
-    """The blocks as decided at ``until``, and those that ended within the window.
+def decisions(blocks, since: datetime | None, until: datetime):
+    """The blocks as decided at ``until``, and those that ended within the window, from all of
+    the store's ``blocks``.
 
     A sampled piece is reported under the decision holding it at the end of
     the window (merged into a wider block, or cut by a new carve-out: still
@@ -117,7 +118,7 @@ def decisions(store, since: datetime | None, until: datetime):
     of the blocks active when they were installed.
     """
     now, ended = [], []
-    for b in store.blocks():
+    for b in blocks:
         if _active(b, until):
             now.append(b)
         elif (b.created <= until and b.expires is not None
@@ -126,13 +127,12 @@ def decisions(store, since: datetime | None, until: datetime):
     return rep.Decisions(now), rep.Decisions(ended)
 
 
-def drop_rows(store, config, since: datetime | None, until: datetime) -> dict:
-    """Drops in the window per decided block (summed over its kernel pieces), with its reason."""
-    pieces = {}
-    for text, (p, b, first, last) in store.sample_drops(since, until).items():
-        net = rep.parse_net(text)
-        pieces[net] = rep.Row(net, p, b, first, last)
-    return rep.group(pieces, *decisions(store, since, until))
+def drop_rows(store, config, since: datetime | None, until: datetime, blocks=None) -> list[rep.Row]:
+    """Drops in the window per decided block (summed over its kernel pieces), with its reason.
+    ``blocks``: the store's blocks, when the caller has read them already."""
+    pieces = [rep.Row(rep.parse_net(text), p, b, first, last)
+              for text, (p, b, first, last) in store.sample_drops(since, until).items()]
+    return rep.group(pieces, *decisions(store.blocks() if blocks is None else blocks, since, until))
 
 
 def previous_window(since: datetime, until: datetime) -> tuple[datetime, datetime]:
@@ -145,12 +145,13 @@ def top_rows(store, config, since: datetime, until: datetime, n: int, by: str = 
     rows that dropped out (None without a comparison)."""
     from netblock.sync import protected
 
-    everything = drop_rows(store, config, since, until)
-    rows = rep.top(everything.values(), n, by)
+    blocks = store.blocks()
+    everything = drop_rows(store, config, since, until, blocks)
+    rows = rep.top(everything, n, by)
     gone = None
     if compare:
         p_since, p_until = previous_window(since, until)
-        gone = rep.compare(rows, everything, drop_rows(store, config, p_since, p_until).values(), n, by)
+        gone = rep.compare(rows, everything, drop_rows(store, config, p_since, p_until, blocks), n, by)
     # This host's own addresses are left out (a netlink round and half a second of imports).
     rep.carve_outs(rows + (gone or []), protected(store, config, now=until, own=()).all())
     return rows, gone
@@ -212,7 +213,7 @@ def asn_drop_rows(store, config, since, until) -> list[rep.OriginDrops]:
     from netblock import asn
 
     table = asn.from_config(config)
-    return rep.drops_by_origin(drop_rows(store, config, since, until).values(), table.origin, table.name)
+    return rep.drops_by_origin(drop_rows(store, config, since, until), table.origin, table.name)
 
 
 def cmd_report(args, ctx) -> int:

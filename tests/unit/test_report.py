@@ -56,7 +56,7 @@ def test_pieces_group_under_the_blocks_as_decided():
     samples = [s(0, "198.19.0.0/17", 0), s(0, "198.19.128.0/17", 0), s(10, "198.19.0.0/17", 5),
                s(10, "198.19.128.0/17", 3), s(20, "198.19.0.0/16", 4),  # the carve-out ended: one element
                s(10, "198.18.0.0/23", 2), s(10, "203.0.113.7/32", 9), s(10, "2001:db8::/49", 1)]
-    out = rep.group(rep.drops(samples, None, None), decided)
+    out = {r.netblock: r for r in rep.group(rep.drops(samples, None, None).values(), decided)}
     assert {str(k): (r.packets, r.reason) for k, r in out.items()} == {
         "198.19.0.0/16": (12, "widened"), "198.18.0.0/23": (2, "a"), "203.0.113.7/32": (9, ""),
         "2001:db8::/48": (1, "v6")}
@@ -66,7 +66,8 @@ def test_pieces_group_under_the_blocks_as_decided():
 def test_an_ended_decision_takes_what_the_current_ones_do_not_hold():
     now = rep.Decisions([blk("198.18.5.0/24", "narrow now")])
     ended = rep.Decisions([blk("198.18.0.0/16", "wide before")])
-    out = rep.group(rep.drops([s(0, "198.18.5.0/24", 2), s(0, "198.18.128.0/17", 7)], None, None), now, ended)
+    out = {r.netblock: r for r in rep.group(
+        rep.drops([s(0, "198.18.5.0/24", 2), s(0, "198.18.128.0/17", 7)], None, None).values(), now, ended)}
     assert {str(k): (r.packets, r.reason) for k, r in out.items()} == {
         "198.18.5.0/24": (2, "narrow now"), "198.18.0.0/16": (7, "wide before")}
 
@@ -79,11 +80,11 @@ def test_carve_outs_are_the_protected_space_inside_a_row():
 
 
 def test_comparison_ranks_new_entries_and_those_that_dropped_out():
-    now = {IPNetwork(n): rep.Row(IPNetwork(n), p, p) for n, p in (("198.18.1.0/24", 50), ("198.18.2.0/24", 20),
-                                                                  ("198.18.9.0/24", 1))}
+    now = [rep.Row(IPNetwork(n), p, p) for n, p in (("198.18.1.0/24", 50), ("198.18.2.0/24", 20),
+                                                    ("198.18.9.0/24", 1))]
     before = [rep.Row(IPNetwork(n), p, p) for n, p in (("198.18.9.0/24", 30), ("198.18.1.0/24", 10),
                                                        ("198.18.7.0/24", 8))]
-    shown = rep.top(now.values(), 2)
+    shown = rep.top(now, 2)
     gone = rep.compare(shown, now, before, 2)
     assert [(str(r.netblock), r.prev_rank, r.prev_packets) for r in shown] == [
         ("198.18.1.0/24", 2, 10), ("198.18.2.0/24", None, None)]
