@@ -39,8 +39,9 @@ def register(sub) -> None:
                    "rejections only (default: the whole fleet, packets summed over hosts)")
     fmt = p.add_mutually_exclusive_group()
     fmt.add_argument("--json", action="store_true", help="JSON rows: netblock (the block as decided), packets, "
-                     "bytes, first_seen, last_seen, reason, except (carve-outs), previous_rank, previous_packets, "
-                     "new; with the comparison {rows, dropped_out} (default: a table)")
+                     "bytes, first_seen, last_seen, reason, except (its carve-outs) and, with the comparison, "
+                     "previous_rank, previous_packets, new, dropped_out (the rows that left the top follow the "
+                     "shown ones) (default: a table)")
     fmt.add_argument("--csv", action="store_true", help="CSV with the same columns as --json (default: a table)")
     p.add_argument("--plot", metavar="FILE", help="also draw the top-N as bars and the drops per day as a line "
                    "into FILE.png or FILE.svg (needs matplotlib: pip install 'netblock[plot]'; default: no chart)")
