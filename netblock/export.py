@@ -3,6 +3,11 @@
 The Prometheus text is produced by prometheus_client from a collector that
 reads everything fresh at each call, so the textfile export and the /metrics
 listener show the same numbers.
+
+Label sets are bounded: a series is one block as decided (its kernel pieces
+summed, however many carve-outs cut it), and DNSBL zones beyond the
+DNSBL_LABELS most frequent share the class ``dnsbl:other`` (zone names come
+from the MTA's reply, which any DNSBL operator words).
 """
 
 from __future__ import annotations
@@ -31,13 +36,47 @@ class Snapshot:
     host: str
 
 
+DNSBL_LABELS = 50
+OTHER_ZONES = "dnsbl:other"
+
+
+def by_block(counters: dict[IPNetwork, tuple[int, int]], blocks) -> dict[IPNetwork, tuple[int, int]]:
+    """The kernel's per-piece counters summed per block as decided (report.Decisions).
+
+    A piece no active block holds (the store changed and sync has not run
+    yet) keeps its own series. When a carve-out comes or goes, the pieces are
+    re-created from zero, so the block's sum goes down once: Prometheus reads
+    that as a counter reset, as it does after a reboot.
+    """
+    from netblock.report import Decisions, Row, group
+
+    grouped = group([Row(net, p, b) for net, (p, b) in counters.items()], Decisions(blocks))
+    return {r.netblock: (r.packets, r.bytes) for r in grouped}
+
+
+def bounded_classes(counts: dict[str, int], limit: int = DNSBL_LABELS) -> dict[str, int]:
+    """Observation counts with the DNSBL zones beyond the ``limit`` most frequent summed as dnsbl:other.
+
+    >>> bounded_classes({"dnsbl:a": 5, "dnsbl:b": 3, "dnsbl:c": 1, "dnsbl:d": 1, "no-rdns": 9}, limit=2)
+    {'dnsbl:a': 5, 'dnsbl:b': 3, 'dnsbl:other': 2, 'no-rdns': 9}
+    """
+    zones = sorted((c for c in counts if c.startswith("dnsbl:")), key=lambda c: (-counts[c], c))
+    out = {c: n for c, n in counts.items() if not c.startswith("dnsbl:") or c in zones[:limit]}
+    rest = sum(counts[c] for c in zones[limit:])
+    if rest or OTHER_ZONES in out:
+        out[OTHER_ZONES] = out.get(OTHER_ZONES, 0) + rest
+    return dict(sorted(out.items()))
+
+
 def snapshot(store, backend, host: str, now: datetime) -> Snapshot:
-    counters = backend.counters()
+    active = [b for b in store.blocks(now=now) if b.created <= now]
+    counters = by_block(backend.counters(), active)
     by_source: dict[str, int] = {}
-    for b in store.blocks(now=now):
+    for b in active:
         by_source[b.source] = by_source.get(b.source, 0) + 1
     last = store.get_state("last_tick")
-    return Snapshot(counters, by_source, store.observation_class_counts(), float(last) if last else None, host)
+    return Snapshot(counters, by_source, bounded_classes(store.observation_class_counts()),
+                    float(last) if last else None, host)
 
 
 def _family(net: IPNetwork) -> str:
@@ -57,9 +96,9 @@ class _Collector:
 
         snap = self.read()
         labels = ["netblock", "family", "host"]
-        packets = CounterMetricFamily("netblock_dropped_packets", "Packets dropped by the kernel per netblock",
+        packets = CounterMetricFamily("netblock_dropped_packets", "Packets dropped by the kernel per block as decided",
                                       labels=labels)
-        nbytes = CounterMetricFamily("netblock_dropped_bytes", "Bytes dropped by the kernel per netblock",
+        nbytes = CounterMetricFamily("netblock_dropped_bytes", "Bytes dropped by the kernel per block as decided",
                                      labels=labels)
         for net, (p, b) in _sorted(snap.counters):
             packets.add_metric([str(net.cidr), _family(net), snap.host], p)

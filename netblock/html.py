@@ -20,6 +20,8 @@ th, td { padding: 0.2em 0.8em; border-bottom: 1px solid #ddd; }
 td.n, th.n { text-align: right; font-variant-numeric: tabular-nums; }
 td.h { font-family: monospace; }
 tr.dead td { color: #a00; }
+tr.new td.h { font-weight: bold; }
+p.note, p.gone { font-size: 90%; color: #444; }
 .storm { background: #fdd; padding: 0.5em; border: 1px solid #a00; }
 svg { max-width: 100%; height: auto; }
 """
@@ -35,18 +37,50 @@ def _table(head: list[tuple[str, bool]], rows: list[list[tuple[str, str]]], row_
     return "\n".join(out)
 
 
-def top_section(rows: list[rep.Row]) -> str:
-    body = [[(rep.host_mask(r.netblock), "h"), (rep.human(r.packets), "n"), (rep.human(r.bytes), "n"),
-             (r.reason, "")] for r in rows]
-    return _table([("Host/Mask", False), ("Packets", True), ("Bytes", True), ("Reason", False)], body)
+def top_section(rows: list[rep.Row], dropped_out: list[rep.Row] | None = None) -> str:
+    """The top table; a block with carve-outs is marked * and footnoted; with ``dropped_out`` (a
+    comparison was made) the previous window's packets and rank, and who left the top."""
+    compare = dropped_out is not None
+    head = [("Host/Mask", False), ("Packets", True), ("Bytes", True)]
+    if compare:
+        head += [("Before", True), ("Rank before", True)]
+    head.append(("Reason", False))
+    body = []
+    for r in rows:
+        line = [(rep.host_mask(r.netblock) + ("*" if r.carved else ""), "h"), (rep.human(r.packets), "n"),
+                (rep.human(r.bytes), "n")]
+        if compare:
+            line += [("-" if r.prev_packets is None else rep.human(r.prev_packets), "n"),
+                     ("new" if r.prev_rank is None else f"#{r.prev_rank}", "n")]
+        body.append(line + [(r.reason, "")])
+    out = [_table(head, body, ["new" if compare and r.prev_rank is None else "" for r in rows])]
+    notes = [f"* {rep.host_mask(r.netblock)} except {', '.join(rep.host_mask(c) for c in r.carved)}"
+             for r in rows if r.carved]
+    if notes:
+        out.append('<p class="note">' + "<br>\n".join(escape(n) for n in notes) + "</p>")
+    if dropped_out:
+        out.append('<p class="gone">Dropped out: ' + escape(", ".join(
+            f"{rep.host_mask(r.netblock)} (#{r.prev_rank}, {rep.human(r.prev_packets or 0)} packets)"
+            for r in dropped_out)) + "</p>")
+    return "\n".join(out)
 
 
 def classes_section(rows: list[rep.ClassRow]) -> str:
-    body = [[("total", ""), (str(sum(r.count for r in rows)), "n"), ("", "")]]
-    body += [[(r.label, ""), (str(r.count), "n"), ("no hits — dead or useless?" if r.dead else "", "")]
-             for r in rows]
+    compare = any(r.previous is not None for r in rows)
+    total, before = sum(r.count for r in rows), sum(r.previous or 0 for r in rows)
+    head = [("Class", False), ("Rejections", True)] + ([("Before", True), ("Change", True)] if compare else [])
+    head.append(("", False))
+
+    def line(label, count, prev, note):
+        cells = [(label, ""), (str(count), "n")]
+        if compare:
+            cells += [(str(prev), "n"), (rep.change(count, prev), "n")]
+        return cells + [(note, "")]
+
+    body = [line("total", total, before, "")]
+    body += [line(r.label, r.count, r.previous or 0, "no hits — dead or useless?" if r.dead else "") for r in rows]
     marks = [""] + ["dead" if r.dead else "" for r in rows]
-    return _table([("Class", False), ("Rejections", True), ("", False)], body, marks)
+    return _table(head, body, marks)
 
 
 def summary_section(s: rep.Summary) -> str:
@@ -76,8 +110,9 @@ def charts(rows, daily, since, until) -> str:
 
 
 def page(top_rows, class_rows, summary, daily, since: datetime, until: datetime, host: str = "",
-         extra_sections: list[tuple[str, str]] = ()) -> str:
-    """The whole page; ``extra_sections`` are (title, HTML) pairs, e.g. the ASN table."""
+         extra_sections: list[tuple[str, str]] = (), dropped_out: list[rep.Row] | None = None) -> str:
+    """The whole page; ``extra_sections`` are (title, HTML) pairs, e.g. the ASN table; ``dropped_out``
+    as for report.table (None: no comparison)."""
     span = f"{since:%Y-%m-%d %H:%M} .. {until:%Y-%m-%d %H:%M} UTC"
     title = f"netblock wrap-up{' for ' + host if host else ''}, {span}"
     parts = [
@@ -86,7 +121,7 @@ def page(top_rows, class_rows, summary, daily, since: datetime, until: datetime,
         f"<title>{escape(title)}</title>",
         f"<style>{STYLE}</style></head><body>",
         f"<h1>{escape(title)}</h1>",
-        "<h2>Netblocks by packets dropped</h2>", top_section(top_rows),
+        "<h2>Blocks by packets dropped</h2>", top_section(top_rows, dropped_out),
         "<h2>Connection-time rejections</h2>", classes_section(class_rows),
         "<h2>Summary</h2>", summary_section(summary),
     ]

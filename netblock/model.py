@@ -36,7 +36,7 @@ class Observation:
     time: datetime
     ip: IPAddress
     cls: str  # e.g. "dnsbl:zen.spamhaus.org", "no-rdns", "connect", "delivered"
-    mta: str  # "postfix" | "exim" | "sendmail" | "cli"
+    mta: str  # "postfix" | "exim" | "sendmail" | "cli" | "postscreen" (its CONNECT only)
     source: str = ""  # file path or "journal"
     position: int = 0  # byte offset (file) or line number of the raw line
 

@@ -54,11 +54,11 @@ def figure(rows, daily, since: datetime, until: datetime, by: str = "packets"):
 
     fig = Figure(figsize=(9, 7), layout="constrained")
     bars, line = fig.subplots(2, 1, height_ratios=(3, 2))
-    labels = [host_mask(r.netblock) for r in rows][::-1]
+    labels = [host_mask(r.netblock) + ("*" if r.carved else "") for r in rows][::-1]
     values = [getattr(r, by) for r in rows][::-1]
     bars.barh(labels, values, color="#b03a2e")
     bars.set_xlabel(f"{by} dropped")
-    bars.set_title(f"Top {len(rows)} netblocks, {since:%Y-%m-%d %H:%M} .. {until:%Y-%m-%d %H:%M} UTC")
+    bars.set_title(f"Top {len(rows)} blocks, {since:%Y-%m-%d %H:%M} .. {until:%Y-%m-%d %H:%M} UTC")
     if not rows:
         bars.text(0.5, 0.5, "no drops in this window", ha="center", va="center", transform=bars.transAxes)
     days, packets = _per_day(daily, since, until)

@@ -600,7 +600,8 @@ def render(ex: Explanation) -> list[str]:
     if ex.observations:
         lines.append("observations:")
         for o in ex.observations:
-            where = f"{o.source}:{o.position}" if o.source else "-"
+            # a file's position is the byte offset of the line (the journal has none worth showing)
+            where = "-" if not o.source else o.source if o.source == "journal" else f"{o.source} byte {o.position}"
             lines.append(f"  {o.time:%Y-%m-%d %H:%M:%S}Z  {o.ip}  {o.cls}  {o.mta}  {where}")
     if ex.checks:
         lines.append("rules:")

@@ -6,8 +6,9 @@ cd "$(dirname "$0")/.."
 export DEBIAN_FRONTEND=noninteractive
 # Kernel-side tools and libraries. libnftables1 is what the `nftables` Python module
 # (PyPI: pip-nftables) loads; iptables provides xtables-legacy for python-iptables.
+# chromium renders the report's HTML page headless in its test.
 packages=(nftables libnftables1 iptables ipset iproute2 iputils-ping util-linux procps
-          iprange systemd postgresql python3-venv python3-dev gcc faketime)
+          iprange systemd postgresql python3-venv python3-dev gcc faketime chromium)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
@@ -22,7 +23,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
         made_policy=1
     fi
     apt-get update -qq
-    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    apt-get -o DPkg::Lock::Timeout=900 install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
     if [ "$made_policy" = 1 ]; then rm -f /usr/sbin/policy-rc.d; fi
 fi
 # The end-to-end scene's real mail servers (Postfix installed, Exim unpacked beside it).

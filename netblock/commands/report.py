@@ -21,20 +21,27 @@ def register(sub) -> None:
                        "from the counter samples in the store. Numbers are in iptables' own units "
                        "(plain below 100000, then K, M, G) unless --exact.")
     p.add_argument("kind", nargs="?", default="top", choices=("top", "classes", "summary", "asn"),
-                   help="top: netblocks by drops (default); classes: rejections by class; "
-                   "summary: the week in numbers; asn: distinct rejected IPs per origin AS "
-                   "(needs [report] asn_file)")
+                   help="top: blocks by drops (default); classes: rejections by class; "
+                   "summary: the week in numbers; asn: distinct rejected IPs per origin AS, or with "
+                   "--by packets/bytes dropped packets and bytes per origin AS (needs [report] asn_file)")
     p.add_argument("--since", metavar="DURATION", help="window ending now, e.g. 7d, 24h (default 7d)")
     p.add_argument("--from", dest="from_", metavar="TIME", help="window start, ISO 8601 (UTC if no zone; default: --to minus 7d)")
     p.add_argument("--to", metavar="TIME", help="window end, ISO 8601 (default: now)")
     p.add_argument("--top", type=int, default=None, metavar="N", help="rows to show (default: [report] top, 10)")
-    p.add_argument("--by", choices=("packets", "bytes"), default="packets", help="rank by (default packets)")
+    p.add_argument("--by", choices=("packets", "bytes"), default=None,
+                   help="rank by (default packets); `report asn --by packets|bytes`: drops per origin AS")
     p.add_argument("--exact", action="store_true", help="raw integers instead of K/M/G (default: off)")
+    p.add_argument("--no-compare", action="store_true",
+                   help="leave out the comparison with the previous window of the same length (default: "
+                   "each row's previous rank and packets, new entries, those that dropped out, each "
+                   "class's change)")
     p.add_argument("--host", metavar="ID", help="fleet mode (PostgreSQL store): one MX host's drops and "
                    "rejections only (default: the whole fleet, packets summed over hosts)")
     fmt = p.add_mutually_exclusive_group()
-    fmt.add_argument("--json", action="store_true", help="JSON rows: netblock, packets, bytes, first_seen, "
-                     "last_seen, reason (default: a table)")
+    fmt.add_argument("--json", action="store_true", help="JSON rows: netblock (the block as decided), packets, "
+                     "bytes, first_seen, last_seen, reason, except (its carve-outs) and, with the comparison, "
+                     "previous_rank, previous_packets, new, dropped_out (the rows that left the top follow the "
+                     "shown ones) (default: a table)")
     fmt.add_argument("--csv", action="store_true", help="CSV with the same columns as --json (default: a table)")
     p.add_argument("--plot", metavar="FILE", help="also draw the top-N as bars and the drops per day as a line "
                    "into FILE.png or FILE.svg (needs matplotlib: pip install 'netblock[plot]'; default: no chart)")
@@ -49,6 +56,8 @@ def register(sub) -> None:
     p.add_argument("--dir", default="/var/lib/netblock/reports", help="directory (default: %(default)s)")
     p.add_argument("--since", metavar="DURATION", default="7d", help="window ending now (default: 7d)")
     p.add_argument("--top", type=int, default=None, metavar="N", help="rows in the top table (default 10)")
+    p.add_argument("--no-compare", action="store_true",
+                   help="leave out the comparison with the previous window (default: compared)")
     p.set_defaults(handler=cmd_wrapup)
 
 
@@ -89,58 +98,76 @@ def window(args, now: datetime) -> tuple[datetime, datetime]:
     return since, until
 
 
-def final_netblocks(store, config, until: datetime, blocks: dict[str, tuple[str, bool]] | None = None) -> list[str]:
-    """What sync installs at ``until`` (its aggregation of the active blocks minus the protected
-    netblocks), as the store's "addr/len" texts: the netblocks a report's rows are named after.
+# A block that expired (or was replaced) this long before the window may still
+# have had its last drops sampled inside it (sync samples before removing).
+ENDED_SLACK = timedelta(days=1)
 
-    The text path of the aggregation keeps this at milliseconds for 10k
-    blocks. This host's own addresses are left out of the carve-outs
-    (reading them costs a netlink round and half a second of imports): they
-    only ever split a block around this host, whose pieces then report under
-    that block.
+
+def _active(b, at: datetime) -> bool:
+    return b.created <= at and (b.expires is None or b.expires > at)
+
+
+def decisions(blocks, since: datetime | None, until: datetime):
+    """The blocks as decided at ``until``, and those that ended within the window, from all of
+    the store's ``blocks``.
+
+    A sampled piece is reported under the decision holding it at the end of
+    the window (merged into a wider block, or cut by a new carve-out: still
+    that block); a piece whose block has since expired or been replaced by
+    a narrower one, under the decision it belonged to when it ended. Neither
+    needs the mapping at sampling time: pieces only ever lie inside the merge
+    of the blocks active when they were installed.
     """
-    from netblock.aggregate import aggregate_lines
+    now, ended = [], []
+    for b in blocks:
+        if _active(b, until):
+            now.append(b)
+        elif (b.created <= until and b.expires is not None
+              and (since is None or b.expires >= since - ENDED_SLACK)):
+            ended.append(b)
+    return rep.Decisions(now), rep.Decisions(ended)
+
+
+def drop_rows(store, config, since: datetime | None, until: datetime, blocks=None) -> list[rep.Row]:
+    """Drops in the window per decided block (summed over its kernel pieces), with its reason.
+    ``blocks``: the store's blocks, when the caller has read them already."""
+    pieces = [rep.Row(rep.parse_net(text), p, b, first, last)
+              for text, (p, b, first, last) in store.sample_drops(since, until).items()]
+    return rep.group(pieces, *decisions(store.blocks() if blocks is None else blocks, since, until))
+
+
+def previous_window(since: datetime, until: datetime) -> tuple[datetime, datetime]:
+    return since - (until - since), since
+
+
+def top_rows(store, config, since: datetime, until: datetime, n: int, by: str = "packets",
+             compare: bool = False) -> tuple[list[rep.Row], list[rep.Row] | None]:
+    """The top-n decided blocks with their carve-outs, and (``compare``) the previous window's top-n
+    rows that dropped out (None without a comparison)."""
     from netblock.sync import protected
 
-    if blocks is None:
-        blocks = store.block_reasons(until)
-    active = [net for net, (_reason, on) in blocks.items() if on]
-    carve = [str(n) for n in protected(store, config, now=until, own=()).all()]
-    return [f if "/" in f else f + ("/128" if ":" in f else "/32") for f in aggregate_lines(active, carve)]
+    blocks = store.blocks()
+    everything = drop_rows(store, config, since, until, blocks)
+    rows = rep.top(everything, n, by)
+    gone = None
+    if compare:
+        p_since, p_until = previous_window(since, until)
+        gone = rep.compare(rows, everything, drop_rows(store, config, p_since, p_until, blocks), n, by)
+    # This host's own addresses are left out (a netlink round and half a second of imports).
+    rep.carve_outs(rows + (gone or []), protected(store, config, now=until, own=()).all())
+    return rows, gone
 
 
-def drop_rows(store, config, since: datetime | None, until: datetime) -> dict:
-    """Drops per netblock in the window, rolled up onto the netblocks installed at its end.
-
-    Most sampled netblocks are still installed as they were: those are
-    matched by text, and only the rest (merged, split or gone) go through
-    the roll-up's address arithmetic.
-    """
-    blocks = store.block_reasons(until)
-    finals = final_netblocks(store, config, until, blocks)
-    final_set = set(finals)
-    rows: dict = {}
-    moved: dict = {}
-    for text, (p, b, first, last) in store.sample_drops(since, until).items():
-        net = rep.parse_net(text)
-        (rows if text in final_set else moved)[net] = rep.Row(net, p, b, first, last)
-    if moved:
-        for target, row in rep.rollup(moved, [rep.parse_net(f) for f in finals]).items():
-            if target in rows:
-                rows[target].merge(row)
-            else:
-                rows[target] = row
-    for row in rows.values():
-        for net in (row.netblock, *row.rolled_up):
-            reason = blocks.get(str(net.cidr), ("", False))[0]
-            if reason:
-                row.reason = reason
-                break
-    return rows
-
-
-def top_rows(store, config, since: datetime, until: datetime, n: int, by: str = "packets") -> list[rep.Row]:
-    return rep.top(drop_rows(store, config, since, until).values(), n, by)
+def row_record(r: rep.Row, compare: bool, dropped_out: bool = False) -> dict:
+    """A top row as JSON/CSV; with the comparison, the rows that dropped out of the top follow the
+    shown ones, marked ``dropped_out``."""
+    rec = {"netblock": str(r.netblock.cidr), "packets": r.packets, "bytes": r.bytes,
+           "first_seen": r.first_seen, "last_seen": r.last_seen, "reason": r.reason,
+           "except": [str(c.cidr) for c in r.carved]}
+    if compare:
+        rec.update(previous_rank=r.prev_rank, previous_packets=r.prev_packets, new=r.prev_rank is None,
+                   dropped_out=dropped_out)
+    return rec
 
 
 def history(store, since: datetime, until: datetime):
@@ -152,17 +179,19 @@ def history(store, since: datetime, until: datetime):
     return inside, before
 
 
-def classes_rows(store, config, since, until) -> list[rep.ClassRow]:
-    """Rejections by class in the window; DNSBL zones configured or seen before it and silent in it are flagged."""
+def classes_rows(store, config, since, until, compare: bool = False) -> list[rep.ClassRow]:
+    """Rejections by class in the window; DNSBL zones configured or seen before it and silent in it are flagged.
+    With ``compare``, each class's count in the previous window of the same length too."""
     counts = store.observation_class_counts(since, until)
     known = set(store.observation_class_counts(until=since))
     known |= set(getattr(getattr(config, "policy", None), "classes", {}) or {})
-    return rep.classes(counts, {c for c in known if c.startswith("dnsbl:")})
+    previous = store.observation_class_counts(*previous_window(since, until)) if compare else None
+    return rep.classes(counts, {c for c in known if c.startswith("dnsbl:")}, previous)
 
 
 def summary_of(store, config, since, until) -> rep.Summary:
     inside, before = history(store, since, until)
-    earlier = [o for o in before if o.cls == "connect"]
+    earlier = rep.sessions(before)
     weeks = 0.0
     if earlier:
         weeks = min(4.0, (since - min(o.time for o in earlier)).total_seconds() / (7 * 86400))
@@ -180,6 +209,14 @@ def asn_rows(store, config, since, until) -> list:
     return asn.count_by_origin(ips, asn.from_config(config))
 
 
+def asn_drop_rows(store, config, since, until) -> list[rep.OriginDrops]:
+    """Packets and bytes dropped per origin AS in the window, by decided block (see drops_by_origin)."""
+    from netblock import asn
+
+    table = asn.from_config(config)
+    return rep.drops_by_origin(drop_rows(store, config, since, until), table.origin, table.name)
+
+
 def cmd_report(args, ctx) -> int:
     if args.top is not None and args.top < 1:
         raise BadInput(f"--top: {args.top} must be at least 1")
@@ -194,8 +231,19 @@ def cmd_report(args, ctx) -> int:
 
         view_host(store, config, args.host)
     n = args.top or getattr(getattr(config, "report", None), "top", 10)
+    compare = not args.no_compare
+    args.by_asn, args.by = args.by, args.by or "packets"
     if args.plot or args.html:
-        _files(args, store, config, since, until, n)
+        _files(args, store, config, since, until, n, compare)
+    if args.kind == "asn" and args.by_asn is not None:
+        drops = asn_drop_rows(store, config, since, until)
+        if args.by == "bytes":
+            drops.sort(key=lambda o: (-o.bytes, -o.packets, o.asn is None, o.asn or 0))
+        drops = drops[:n]
+        records = [{"asn": o.asn, "owner": o.owner, "packets": o.packets, "bytes": o.bytes,
+                    "blocks": [str(b.cidr) for b in o.blocks]} for o in drops]
+        return _emit(args, ctx, records, lambda: rep.origin_table(drops, exact=args.exact),
+                     fields=["asn", "owner", "packets", "bytes", "blocks"])
     if args.kind == "asn":
         from netblock.asn import render_counts
 
@@ -203,32 +251,42 @@ def cmd_report(args, ctx) -> int:
         records = [{"ips": r.ips, "asn": r.asn, "owner": r.owner} for r in rows]
         return _emit(args, ctx, records, lambda: render_counts(rows), fields=["ips", "asn", "owner"])
     if args.kind == "classes":
-        rows = classes_rows(store, config, since, until)
+        rows = classes_rows(store, config, since, until, compare)
         records = [{"class": r.cls, "label": r.label, "count": r.count, "dead": r.dead} for r in rows]
+        if compare:
+            for rec, r in zip(records, rows):
+                rec.update(previous=r.previous, change=r.count - (r.previous or 0))
         return _emit(args, ctx, records, lambda: rep.classes_table(rows, since, until),
-                     fields=["class", "label", "count", "dead"])
+                     fields=list(records[0]) if records else ["class", "label", "count", "dead"])
     if args.kind == "summary":
         s = summary_of(store, config, since, until)
         record = dict(vars(s), since=since, until=until)
         return _emit(args, ctx, [record], lambda: rep.summary_table(s, since, until), single=True)
-    rows = top_rows(store, config, since, until, n, args.by)
-    records = [{"netblock": str(r.netblock.cidr), "packets": r.packets, "bytes": r.bytes,
-                "first_seen": r.first_seen, "last_seen": r.last_seen, "reason": r.reason} for r in rows]
+    rows, gone = top_rows(store, config, since, until, n, args.by, compare)
+    records = [row_record(r, compare) for r in rows]
     if args.json and args.host is None and hasattr(store, "hosts"):  # a fleet: which MX dropped what
         from netblock.fleet import per_host_packets
 
         per_host = per_host_packets(store, since, until)
-        for r in records:
-            r["hosts"] = per_host.get(r["netblock"], {})
-    return _emit(args, ctx, records, lambda: rep.table(rows, exact=args.exact),
-                 fields=["netblock", "packets", "bytes", "first_seen", "last_seen", "reason"])
+        for rec, r in zip(records, rows):
+            hosts: dict[str, int] = {}
+            for piece in {r.netblock, *r.rolled_up}:
+                for host, packets in per_host.get(str(piece.cidr), {}).items():
+                    hosts[host] = hosts.get(host, 0) + packets
+            rec["hosts"] = hosts
+    if compare:
+        records += [row_record(r, True, dropped_out=True) for r in gone]
+    fields = ["netblock", "packets", "bytes", "first_seen", "last_seen", "reason", "except"]
+    if compare:
+        fields += ["previous_rank", "previous_packets", "new", "dropped_out"]
+    return _emit(args, ctx, records, lambda: rep.table(rows, exact=args.exact, dropped_out=gone), fields=fields)
 
 
-def _files(args, store, config, since, until, n) -> None:
+def _files(args, store, config, since, until, n, compare) -> None:
     """--plot and --html: written before anything is printed, so a failure leaves stdout empty."""
     from netblock.export import write_atomically
 
-    rows = top_rows(store, config, since, until, n, args.by)
+    rows, gone = top_rows(store, config, since, until, n, args.by, compare)
     daily = store.daily_drops(since, until)
     if args.plot:
         from netblock import plot
@@ -243,8 +301,11 @@ def _files(args, store, config, since, until, n) -> None:
 
             extra.append(("Rejected addresses by origin AS",
                           html.preformatted(render_counts(asn_rows(store, config, since, until)[:n]))))
-        page = html.page(rows, classes_rows(store, config, since, until), summary_of(store, config, since, until),
-                         daily, since, until, host=getattr(config, "host_id", ""), extra_sections=extra)
+            extra.append(("Drops by origin AS",
+                          html.preformatted(rep.origin_table(asn_drop_rows(store, config, since, until)[:n]))))
+        page = html.page(rows, classes_rows(store, config, since, until, compare),
+                         summary_of(store, config, since, until), daily, since, until,
+                         host=getattr(config, "host_id", ""), extra_sections=extra, dropped_out=gone)
         write_atomically(args.html, page)
 
 
@@ -255,15 +316,25 @@ def _emit(args, ctx, records: list[dict], text, fields=None, single=False) -> in
         w = csv.DictWriter(ctx.stdout, fieldnames=fields or (list(records[0]) if records else []))
         w.writeheader()
         for r in records:
-            w.writerow({k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in r.items()})
+            w.writerow({k: _cell(v) for k, v in r.items()})
     else:
         ctx.print(text())
     return 0
 
 
-def wrapup_text(store, config, since: datetime, until: datetime, n: int) -> str:
-    parts = [rep.table(top_rows(store, config, since, until, n)),
-             rep.classes_table(classes_rows(store, config, since, until), since, until),
+def _cell(v):
+    """A CSV cell: times in ISO 8601, lists (the carve-outs, an AS's blocks) space-separated."""
+    if isinstance(v, datetime):
+        return v.isoformat()
+    if isinstance(v, list):
+        return " ".join(map(str, v))
+    return v
+
+
+def wrapup_text(store, config, since: datetime, until: datetime, n: int, compare: bool = True) -> str:
+    rows, gone = top_rows(store, config, since, until, n, compare=compare)
+    parts = [rep.table(rows, dropped_out=gone),
+             rep.classes_table(classes_rows(store, config, since, until, compare), since, until),
              rep.summary_table(summary_of(store, config, since, until), since, until)]
     return "\n\n".join(parts) + "\n"
 
@@ -277,7 +348,7 @@ def cmd_wrapup(args, ctx) -> int:
     until = ctx.now()
     since = until - parse_duration(args.since)
     n = args.top or getattr(getattr(ctx.config, "report", None), "top", 10)
-    text = wrapup_text(ctx.store(), ctx.config, since, until, n)
+    text = wrapup_text(ctx.store(), ctx.config, since, until, n, not args.no_compare)
     year, week, _ = until.isocalendar()
     os.makedirs(args.dir, mode=0o700, exist_ok=True)
     path = os.path.join(args.dir, f"{year}-W{week:02d}.txt")

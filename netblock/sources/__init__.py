@@ -168,7 +168,7 @@ def parse_message(program: str, message: str, time: datetime, *, fmt: str = "aut
     hit = explain(program, message, fmt=fmt)
     if hit is None:
         return None
-    return _observation(time, hit[1], hit[2], hit[3], "", 0)
+    return _observation(time, hit[1], hit[2], _mta(hit), "", 0)
 
 
 def parse_line(
@@ -209,7 +209,8 @@ def parse_line(
             time = syslog.timestamp(syslog.BSD, m.group(1), year, now)
             if time is None:
                 return None
-            return _observation(time, ip, cls, "postfix", source, position)
+            return _observation(time, ip, cls, "postscreen" if name == "postscreen-connect" else "postfix",
+                                source, position)
         kind, stamp = syslog.BSD, m.group(1)
         message = line[m.start(3):]
     else:
@@ -223,7 +224,12 @@ def parse_line(
     time = syslog.timestamp(kind, stamp, year, now)
     if time is None:
         return None
-    return _observation(time, hit[1], hit[2], hit[3], source, position)
+    return _observation(time, hit[1], hit[2], _mta(hit), source, position)
+
+
+def _mta(hit: tuple) -> str:
+    """The observation's mta: "postscreen" for postscreen's CONNECT (see postfix.FIXED_CLASS)."""
+    return "postscreen" if hit[0] == "postscreen-connect" else hit[3]
 
 
 def detect_format(line: str) -> str | None:

@@ -204,7 +204,7 @@ def scan(text: str | bytes, *, fmt: str = "auto", year: int | None = None,
                 syslog.BSD, stamp.decode("ascii") if binary else stamp, year, now)
         if time is None:
             continue
-        append((time, ip, cls, "postfix", m.start()))
+        append((time, ip, cls, "postscreen" if name == "postscreen-connect" else "postfix", m.start()))
     return out
 
 

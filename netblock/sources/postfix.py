@@ -70,6 +70,9 @@ FIXED_CLASS = {
     "postscreen-pregreet": "pregreet",
     "postscreen-hangup": "hangup",
     "postscreen-protocol": "protocol",
+    # Its observation names the mta "postscreen" (sources._mta, batch.scan): smtpd's
+    # "connect from" continues the same session when postscreen hands the client over, and
+    # report.sessions counts it once.
     "postscreen-connect": "connect",
 }
 

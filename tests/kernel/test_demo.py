@@ -30,8 +30,13 @@ def test_demo_blocks_the_storm_and_spares_legitimate_senders():
     proc, out, err = run_demo()
     assert proc.returncode == 0, out + err
     assert "Host/Mask            Packets  Bytes" in out
-    rows = re.findall(r"^(\d+\.\d+\.\d+\.\d+(?:/\d+)?)\s+(\d+)\s+(\S+)$", out, re.M)
+    rows = re.findall(r"^(\d+\.\d+\.\d+\.\d+(?:/\d+)?\*?)\s+(\d+)\s+(\S+)\s+\S+\s+(?:#\d+|new)$", out, re.M)
     assert len(rows) == 10
+    # one row per block as decided: the widened ranges whole, their carve-outs footnoted
+    names = [r[0] for r in rows]
+    assert "198.19.0.0/16*" in names and "198.18.5.0/24*" in names
+    assert not any(n.startswith("198.19.") and n != "198.19.0.0/16*" for n in names)
+    assert "* 198.19.0.0/16 except 198.19.44.44" in out and "* 198.18.5.0/24 except 198.18.5.200" in out
     packets = [int(p) for _, p, _ in rows]
     assert packets == sorted(packets, reverse=True) and packets[0] > 0
     # The widened /16 dropped an address that never attacked.

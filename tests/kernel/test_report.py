@@ -106,7 +106,7 @@ def test_report_is_exact_across_merge_and_reboot(scene, tmp_path, backend):
     first = kernel_listing(scene, backend)
     assert {k: v[0] for k, v in first.items()} == {A: 7, B: 5, C: 3, D: 0}
     report = nb.report()
-    assert rows(report) == [(A, 7), (B, 5), (C, 3)]  # D dropped nothing: no row
+    assert rows(report) == [(A, 7), (B, 5), (C, 3)]  # D dropped nothing: no row (and none dropped out)
     assert {r["netblock"]: r["bytes"] for r in report} == {k: first[k][1] for k in (A, B, C)}
     assert all(r["reason"] == "kernel report test" for r in report)
 
@@ -143,3 +143,57 @@ def test_report_is_exact_across_merge_and_reboot(scene, tmp_path, backend):
     bytes_of = {r["netblock"]: r["bytes"] for r in report}
     assert bytes_of[MERGED] == first[A][1] + first[B][1] + second[MERGED][1] + third[MERGED][1]
     assert bytes_of[C] == second[C][1] + third[C][1]
+
+
+# ---------------------------------------------------------------- one row per block as decided
+
+WIDE, KEEP = "198.19.0.0/16", "198.19.7.7"
+SENDERS = {"198.19.1.5": 4, "198.19.200.9": 3, "198.19.7.8": 2}  # three pieces around the carve-out
+
+
+@pytest.mark.parametrize("backend", ["nftables", "ipset", "iptables"])
+def test_the_pieces_around_a_carve_out_are_one_row_and_one_series(scene, tmp_path, backend):
+    import time
+    from datetime import datetime, timedelta, timezone
+
+    nb = Cli(scene, tmp_path, backend)
+    scene.add_client(*SENDERS)
+    nb("add", WIDE, "--force", "--reason", "widened by hand")
+    nb("allow", "add", KEEP)
+    nb("sample")
+    pieces = kernel_listing(scene, backend)
+    assert len(pieces) == 16 and WIDE not in pieces  # a /16 less one address
+    for src, n in SENDERS.items():
+        assert scene.syn(src, n) == n
+    nb("sample")
+    first = kernel_listing(scene, backend)
+    hit = {net: pb for net, pb in first.items() if pb[0]}
+    assert len(hit) == 3 and sum(p for p, _ in hit.values()) == 9  # three pieces really counted
+    first_bytes = sum(b for _, b in first.values())
+    report = nb.report()
+    assert [(r["netblock"], r["packets"], r["bytes"], r["reason"], r["except"]) for r in report] == [
+        (WIDE, 9, first_bytes, "widened by hand", [f"{KEEP}/32"])]
+    table = nb("report", "--exact", "--no-compare")
+    assert table.splitlines()[1].split() == [f"{WIDE}*", "9", str(first_bytes)]
+    assert f"* {WIDE} except {KEEP}" in table
+    series = [line for line in nb("export").splitlines() if line.startswith("netblock_dropped_packets_total{")]
+    assert len(series) == 1 and f'netblock="{WIDE}"' in series[0] and series[0].endswith(" 9.0"), series
+
+    # the carve-out ends: the kernel holds the /16 as one element, counting from zero; still one row
+    time.sleep(1.1)  # the samples before and after `middle` fall in different seconds
+    middle = datetime.now(timezone.utc)
+    time.sleep(1.1)
+    nb("allow", "del", KEEP)
+    assert set(kernel_listing(scene, backend)) == {WIDE}
+    assert scene.syn("198.19.7.8", 5) == 5
+    nb("sample")
+    second = kernel_listing(scene, backend)[WIDE]
+    assert second[0] == 5
+    report = nb.report()
+    assert [(r["netblock"], r["packets"], r["bytes"], r["except"]) for r in report] == [
+        (WIDE, 14, first_bytes + second[1], [])]
+    # against the previous window of the same length: 9 packets then, rank 1
+    end = middle + timedelta(hours=1)
+    rows = json.loads(nb("report", "--json", "--exact", "--from", middle.isoformat(), "--to", end.isoformat()))
+    assert [(r["netblock"], r["packets"], r["previous_rank"], r["previous_packets"], r["new"]) for r in rows] == [
+        (WIDE, 5, 1, 9, False)]

@@ -5,7 +5,7 @@ import importlib
 
 import pytest
 
-MODULES = ["netblock.report", "netblock.aggregate", "netblock.targets"]
+MODULES = ["netblock.report", "netblock.aggregate", "netblock.targets", "netblock.export"]
 
 
 @pytest.mark.parametrize("name", MODULES)

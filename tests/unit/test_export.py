@@ -129,3 +129,19 @@ def test_listen_serves_metrics_on_loopback(nb):
 def test_listen_refusals(nb):
     assert "is not ADDR:PORT" in nb.refused("export", "--listen", "localhost")
     assert "is not ADDR:PORT" in nb.refused("export", "--listen", "127.0.0.1:99999")
+
+
+def test_dnsbl_zones_beyond_the_50_most_frequent_are_one_label(nb):
+    ip = N("198.51.100.7/32").ip
+    with Store.open(nb.db) as store:  # 60 zones (zone-k seen k times) and zen.spamhaus.org (seen twice)
+        store.add_observations([Observation(NOW, ip, f"dnsbl:zone-{k}.example", "postfix")
+                                for k in range(1, 61) for _ in range(k)])
+    got = samples(nb.ok("export"))
+    zones = {dict(labels)["class"]: v for (name, labels), v in got.items()
+             if name == "netblock_observations_total" and dict(labels)["class"].startswith("dnsbl:")}
+    # kept: zone-11 .. zone-60; the other 11 zones (1 + ... + 10 hits, and zen's 2) are one label
+    assert len(zones) == 51 and zones["dnsbl:other"] == sum(range(1, 11)) + 2
+    assert "dnsbl:zone-10.example" not in zones and "dnsbl:zen.spamhaus.org" not in zones
+    assert zones["dnsbl:zone-11.example"] == 11
+    assert sum(zones.values()) == sum(range(1, 61)) + 2
+    assert json.loads(nb.ok("export", "--format", "json"))["observations"]["dnsbl:other"] == 57

@@ -224,7 +224,8 @@ def test_explain_a_blocked_address(store, cfg):
     ex = policy.explain(store, cfg, "198.18.5.2", NOW)
     assert ex.verdict.startswith("blocked: ")
     text = "\n".join(policy.render(ex))
-    assert "2026-11-27 11:51:00Z  198.18.5.2  dnsbl:zen.example  postfix  /var/log/mail.log:9000" in text
+    assert "2026-11-27 11:51:00Z  198.18.5.2  dnsbl:zen.example  postfix  /var/log/mail.log byte 9000" in text
+    assert "mail.log:9000" not in text  # a byte offset is never shown as if it were a line number
     assert ("198.18.5.2 dnsbl (dnsbl:zen.example): 2 seen, threshold 2 within 1h, ttl 1d -> BLOCK "
             "until 2026-11-28 11:52:00Z") in text
     assert "widened: 198.18.5.0/24 holds 3 offenders, rule ipv4 /24 at 3" in text

@@ -1,11 +1,11 @@
-"""The report's arithmetic: deltas across resets, roll-up across re-aggregation, units."""
+"""The report's arithmetic: deltas across resets, pieces grouped under the blocks as decided, units."""
 
 from datetime import datetime, timedelta, timezone
 
 from netaddr import IPNetwork
 
 from netblock import report as rep
-from netblock.model import Sample
+from netblock.model import Block, Sample
 
 # A pinned instant, not today: in this file it meets only fakes, the store and pure functions,
 # never the kernel's or the real clock (scripts/test-clock.sh runs the suite 400 days ahead).
@@ -46,22 +46,51 @@ def test_reset_counts_from_zero_not_negative():
     assert row.first_seen == T0 and row.last_seen == T0 + timedelta(minutes=30)
 
 
-def test_merge_rolls_history_into_the_wider_block():
-    samples = [s(0, "198.18.1.0/25", 5), s(0, "198.18.1.128/25", 3), s(10, "198.18.1.0/25", 7),
-               s(10, "198.18.1.128/25", 3), s(20, "198.18.1.0/24", 4)]
-    rows = rep.drops(samples, None, None)
-    out = rep.rollup(rows, [IPNetwork("198.18.1.0/24")])
-    assert list(out) == [IPNetwork("198.18.1.0/24")]
-    assert out[IPNetwork("198.18.1.0/24")].packets == 7 + 3 + 4
+def blk(net, reason="", minutes=0):
+    return Block(IPNetwork(net), reason, "policy", T0 + timedelta(minutes=minutes), None)
 
 
-def test_split_goes_to_largest_piece_and_gone_blocks_keep_rows():
-    samples = [s(0, "198.18.0.0/16", 50), s(0, "203.0.113.7/32", 2),
-               s(10, "198.18.128.0/17", 1), s(10, "198.18.0.0/24", 1)]
-    out = rep.rollup(rep.drops(samples, None, None), [IPNetwork("198.18.128.0/17"), IPNetwork("198.18.0.0/24")])
-    assert out[IPNetwork("198.18.128.0/17")].packets == 51
-    assert out[IPNetwork("198.18.0.0/24")].packets == 1
-    assert out[IPNetwork("203.0.113.7/32")].packets == 2
+def test_pieces_group_under_the_blocks_as_decided():
+    decided = rep.Decisions([blk("198.19.0.0/16", "widened"), blk("198.19.5.7/32", "single"),
+                             blk("198.18.0.0/24", "a"), blk("198.18.1.0/24", "b"), blk("2001:db8::/48", "v6")])
+    assert [(str(d.netblock), d.reason, d.blocks) for d in decided.decisions] == [
+        ("198.18.0.0/23", "a", 2), ("198.19.0.0/16", "widened", 2), ("2001:db8::/48", "v6", 1)]
+    samples = [s(0, "198.19.0.0/17", 0), s(0, "198.19.128.0/17", 0), s(10, "198.19.0.0/17", 5),
+               s(10, "198.19.128.0/17", 3), s(20, "198.19.0.0/16", 4),  # the carve-out ended: one element
+               s(10, "198.18.0.0/23", 2), s(10, "203.0.113.7/32", 9), s(10, "2001:db8::/49", 1)]
+    out = {r.netblock: r for r in rep.group(rep.drops(samples, None, None).values(), decided)}
+    assert {str(k): (r.packets, r.reason) for k, r in out.items()} == {
+        "198.19.0.0/16": (12, "widened"), "198.18.0.0/23": (2, "a"), "203.0.113.7/32": (9, ""),
+        "2001:db8::/48": (1, "v6")}
+    assert sorted(map(str, out[IPNetwork("198.19.0.0/16")].rolled_up)) == ["198.19.0.0/17", "198.19.128.0/17"]
+
+
+def test_an_ended_decision_takes_what_the_current_ones_do_not_hold():
+    now = rep.Decisions([blk("198.18.5.0/24", "narrow now")])
+    ended = rep.Decisions([blk("198.18.0.0/16", "wide before")])
+    out = {r.netblock: r for r in rep.group(
+        rep.drops([s(0, "198.18.5.0/24", 2), s(0, "198.18.128.0/17", 7)], None, None).values(), now, ended)}
+    assert {str(k): (r.packets, r.reason) for k, r in out.items()} == {
+        "198.18.5.0/24": (2, "narrow now"), "198.18.0.0/16": (7, "wide before")}
+
+
+def test_carve_outs_are_the_protected_space_inside_a_row():
+    rows = [rep.Row(IPNetwork("198.19.0.0/16")), rep.Row(IPNetwork("198.18.5.0/24"))]
+    rep.carve_outs(rows, [IPNetwork("198.19.44.44/32"), IPNetwork("198.19.44.45/32"), IPNetwork("10.0.0.0/8"),
+                          IPNetwork("198.18.0.0/15"), IPNetwork("2001:db8::1/128")])
+    assert [list(map(str, r.carved)) for r in rows] == [["198.19.44.44/31"], []]
+
+
+def test_comparison_ranks_new_entries_and_those_that_dropped_out():
+    now = [rep.Row(IPNetwork(n), p, p) for n, p in (("198.18.1.0/24", 50), ("198.18.2.0/24", 20),
+                                                    ("198.18.9.0/24", 1))]
+    before = [rep.Row(IPNetwork(n), p, p) for n, p in (("198.18.9.0/24", 30), ("198.18.1.0/24", 10),
+                                                       ("198.18.7.0/24", 8))]
+    shown = rep.top(now, 2)
+    gone = rep.compare(shown, now, before, 2)
+    assert [(str(r.netblock), r.prev_rank, r.prev_packets) for r in shown] == [
+        ("198.18.1.0/24", 2, 10), ("198.18.2.0/24", None, None)]
+    assert [(str(r.netblock), r.packets, r.prev_rank, r.prev_packets) for r in gone] == [("198.18.9.0/24", 1, 1, 30)]
 
 
 def test_top_orders_and_skips_silent():

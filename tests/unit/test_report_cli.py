@@ -98,7 +98,8 @@ class Harness:
         return err.strip()
 
     def report(self, *argv: str) -> list[dict]:
-        return json.loads(self.ok("report", "--json", *argv))
+        """The rows of this window only (the comparison has tests of its own)."""
+        return json.loads(self.ok("report", "--json", "--no-compare", *argv))
 
     def count(self, net: str, packets: int, nbytes: int | None = None) -> None:
         self.backend.counts[N(net)] = (packets, packets * 40 if nbytes is None else nbytes)
@@ -136,13 +137,13 @@ def test_report_ranks_by_drops_in_the_window_with_the_seed_layout(nb):
     nb.count("203.0.113.7/32", 3768, 181_000)
     nb.sample(minutes(10))
     nb.at(minutes(20))
-    assert nb.ok("report").splitlines() == [
+    assert nb.ok("report", "--no-compare").splitlines() == [
         "Host/Mask            Packets  Bytes",
         "198.18.1.0/24           7193   391K",
         "198.18.3.0/24           4058   195K",
         "203.0.113.7             3768   181K",
     ]
-    assert nb.ok("report", "--exact").splitlines()[1] == "198.18.1.0/24           7193 391234"
+    assert nb.ok("report", "--exact", "--no-compare").splitlines()[1] == "198.18.1.0/24           7193 391234"
     rows = nb.report()
     assert [(r["netblock"], r["packets"], r["bytes"], r["reason"]) for r in rows] == [
         ("198.18.1.0/24", 7193, 391_234, "storm"), ("198.18.3.0/24", 4058, 195_300, "storm"),
@@ -153,7 +154,7 @@ def test_report_ranks_by_drops_in_the_window_with_the_seed_layout(nb):
     nb.sample(minutes(30))
     nb.at(minutes(40))
     assert [r["netblock"] for r in nb.report("--by", "bytes")][:2] == ["2001:db8:5::/48", "198.18.1.0/24"]
-    table = list(csv.DictReader(io.StringIO(nb.ok("report", "--csv"))))
+    table = list(csv.DictReader(io.StringIO(nb.ok("report", "--csv", "--no-compare"))))
     assert [(r["netblock"], r["packets"]) for r in table][:2] == [("198.18.1.0/24", "7193"), ("198.18.3.0/24", "4058")]
     assert table[0]["first_seen"] == "2026-11-27T12:10:00+00:00"
     # a window after the drops shows none of them
@@ -298,7 +299,7 @@ def logged(nb):
 
 
 def test_classes_on_a_fixed_log(logged):
-    text = logged.ok("report", "classes", *WEEK).splitlines()
+    text = logged.ok("report", "classes", "--no-compare", *WEEK).splitlines()
     assert text[0] == "Connection-time rejections 2026-11-20 00:00 .. 2026-11-27 00:00 UTC"
     assert [line.split("  ")[0] for line in text[1:]] == [
         "total", "class bl-zen.spamhaus.org", "bad HELO", "bad or no reverse DNS", "dynamic IP",
@@ -306,6 +307,7 @@ def test_classes_on_a_fixed_log(logged):
     assert text[1].split()[-1] == "5" and text[2].split()[-1] == "2"
     assert text[-1].endswith("0  no hits — dead or useless?")
     rows = logged.report("classes", *WEEK)
+    assert "previous" not in rows[0]
     assert [(r["class"], r["count"], r["dead"]) for r in rows] == [
         ("dnsbl:zen.spamhaus.org", 2, False), ("bad-helo", 1, False), ("no-rdns", 1, False),
         ("dynamic", 1, False), ("dnsbl:bl.spamcop.net", 0, True)]
@@ -321,7 +323,7 @@ def test_summary_on_a_fixed_log(logged):
     weeks = (datetime(2026, 11, 20, tzinfo=timezone.utc) - datetime(2026, 10, 30, 10, tzinfo=timezone.utc)) / timedelta(weeks=1)
     assert s["storm"] is True and abs(s["weekly_average_connections"] - 2 / weeks) < 1e-9
     text = logged.ok("report", "summary", *WEEK)
-    assert "SMTP connections                              6" in text and "STORM: 6 connections" in text
+    assert f"{'SMTP connections (sessions)':<38}{6:>9}" in text and "STORM: 6 connections" in text
     quiet = json.loads(logged.ok("report", "summary", "--json", "--from", "2026-11-26", "--to", "2026-11-27"))
     assert quiet["connections"] == 0 and quiet["storm"] is False
 
@@ -378,7 +380,10 @@ def test_wrapup_writes_the_week_into_a_file(logged, tmp_path):
     out = logged.ok("wrapup", "--dir", str(tmp_path / "reports"))
     written = (tmp_path / "reports" / "2026-W48.txt").read_text()
     assert written == out
-    assert written.startswith("Host/Mask            Packets  Bytes\n198.18.1.0/24             12    480\n")
+    assert written.startswith("Host/Mask            Packets  Bytes  Before  Rank\n"
+                              "198.18.1.0/24             12    480       -   new\n")
+    plain = logged.ok("wrapup", "--dir", str(tmp_path / "reports"), "--no-compare")
+    assert plain.startswith("Host/Mask            Packets  Bytes\n198.18.1.0/24             12    480\n")
     assert "Connection-time rejections" in written and "Summary" in written
 
 
@@ -392,3 +397,148 @@ def test_html_carries_the_asn_table_when_one_is_configured(logged, tmp_path):
     asn_text = logged.ok("report", "asn", *WEEK).rstrip("\n")
     assert "Rejected addresses by origin AS" in html and "not announced" in asn_text
     assert html_escape(asn_text) in html
+
+
+# ---------------------------------------------------------------- blocks as decided, and the comparison
+
+def test_one_row_per_decided_block_through_carve_outs_merges_and_expiry(nb):
+    nb.ok("add", "198.19.0.0/16", "--force", "--reason", "widened: 70 offenders in 198.19.0.0/16")
+    nb.ok("add", "198.18.0.0/24", "198.18.1.0/24", "--reason", "dense")  # adjacent: one /23 in the kernel
+    nb.ok("add", "203.0.113.0/24", "--ttl", "1h", "--reason", "short")
+    nb.ok("allow", "add", "198.19.44.44")  # a delivered sender carved out of the /16
+    pieces = [n for n in nb.backend.elements if n in N("198.19.0.0/16")]
+    assert len(pieces) == 16 and N("198.18.0.0/23") in nb.backend.elements
+    nb.sample(minutes(0))
+    for n, piece in enumerate(sorted(pieces, key=lambda p: p.first)):
+        nb.count(str(piece), n + 1)  # 1 + 2 + ... + 16 = 136
+    nb.count("198.18.0.0/23", 9)
+    nb.count("203.0.113.0/24", 4)
+    nb.sample(minutes(10))
+    nb.at(minutes(61))
+    nb.ok("expire")  # the /24's last drops were sampled by the sync that removed it
+    nb.ok("allow", "del", "198.19.44.44")  # the carve-out ends: the /16 is one element again, counted from 0
+    assert N("198.19.0.0/16") in nb.backend.elements
+    nb.count("198.19.0.0/16", 14)
+    nb.sample(minutes(70))
+    nb.ok("allow", "add", "198.19.44.44")
+    nb.at(minutes(80))
+    rows = nb.report()
+    assert [(r["netblock"], r["packets"], r["bytes"], r["reason"], r["except"]) for r in rows] == [
+        ("198.19.0.0/16", 150, 6000, "widened: 70 offenders in 198.19.0.0/16", ["198.19.44.44/32"]),
+        ("198.18.0.0/23", 9, 360, "dense", []),
+        ("203.0.113.0/24", 4, 160, "short", [])]
+    text = nb.ok("report", "--no-compare").splitlines()
+    assert text[1].split() == ["198.19.0.0/16*", "150", "6000"]
+    assert text[-1] == "* 198.19.0.0/16 except 198.19.44.44"
+    table = list(csv.DictReader(io.StringIO(nb.ok("report", "--csv", "--no-compare"))))
+    assert table[0]["except"] == "198.19.44.44/32" and table[1]["except"] == ""
+    # the same grouping in export: one series per decided block, the pieces summed
+    nb.count(str(sorted(pieces, key=lambda p: p.first)[0]), 5)
+    nb.count(str(sorted(pieces, key=lambda p: p.first)[-1]), 6)
+    text = nb.ok("export")
+    series = [line for line in text.splitlines() if line.startswith("netblock_dropped_packets_total{")]
+    assert [s for s in series if "198.19." in s] == [
+        'netblock_dropped_packets_total{family="ipv4",host="mx1",netblock="198.19.0.0/16"} 11.0']
+
+
+def test_each_row_beside_the_previous_window(nb):
+    week = timedelta(days=7)
+    nb.at(NOW - week - timedelta(days=1))
+    nb.ok("add", "198.18.1.0/24", "198.18.3.0/24", "198.18.9.0/24", "203.0.113.7", "--reason", "storm",
+          "--ttl", "30d")
+    nb.sample(NOW - week - timedelta(days=1))
+    nb.count("198.18.1.0/24", 10)
+    nb.count("198.18.9.0/24", 30)
+    nb.sample(NOW - week - timedelta(hours=1))  # the previous week: .9 first, .1 second
+    nb.count("198.18.1.0/24", 60)
+    nb.count("198.18.3.0/24", 20)
+    nb.count("203.0.113.7/32", 5)
+    nb.sample(NOW - timedelta(days=1))
+    nb.at(NOW)
+    rows = json.loads(nb.ok("report", "--json", "--top", "2"))
+    assert [(r["netblock"], r["packets"], r["previous_rank"], r["previous_packets"], r["new"], r["dropped_out"])
+            for r in rows] == [("198.18.1.0/24", 50, 2, 10, False, False),
+                               ("198.18.3.0/24", 20, None, None, True, False),
+                               ("198.18.9.0/24", 0, 1, 30, False, True)]
+    assert nb.ok("report", "--top", "2").splitlines() == [
+        "Host/Mask            Packets  Bytes  Before  Rank",
+        "198.18.1.0/24             50   2000      10    #2",
+        "198.18.3.0/24             20    800       -   new",
+        "Dropped out: 198.18.9.0/24 (#1, 30 packets)"]
+    assert "previous_rank" not in json.loads(nb.ok("report", "--json", "--no-compare"))[0]
+    wrap = nb.ok("wrapup", "--dir", str(nb.tmp / "w"), "--top", "2")
+    assert "Dropped out: 198.18.9.0/24 (#1, 30 packets)" in wrap
+
+
+def test_classes_beside_the_previous_window(logged):
+    text = logged.ok("report", "classes", *WEEK).splitlines()
+    assert text[1].split() == ["count", "before", "change"]
+    # the window before (Nov 13 .. 20) had no rejections: everything is new
+    assert text[2].split() == ["total", "5", "0", "+5", "(new)"]
+    rows = logged.report("classes", "--from", "2026-11-21", "--to", "2026-11-27")  # no comparison asked
+    assert "previous" not in rows[0]
+    rows = json.loads(logged.ok("report", "classes", "--json", "--from", "2026-11-22", "--to", "2026-11-23"))
+    # Nov 21 .. 22 had one zen.spamhaus.org rejection, Nov 22 .. 23 one no-rdns rejection
+    got = {r["class"]: (r["count"], r["previous"], r["change"]) for r in rows}
+    assert got["no-rdns"] == (1, 0, 1) and got["dnsbl:zen.spamhaus.org"] == (0, 1, -1)
+
+
+ASN_TABLE = """\
+; IP-ASN32-DAT file
+198.18.0.0/16\t64500
+198.19.0.0/16\t64501
+203.0.113.0/24\t64502
+"""
+
+
+def test_report_asn_by_packets_sums_the_decided_blocks_per_origin(nb, tmp_path):
+    (tmp_path / "ipasn.dat").write_text(ASN_TABLE)
+    conf = tmp_path / "asn.toml"
+    conf.write_text(f'lock_file = "{tmp_path}/lock"\nhost_id = "mx1"\n[report]\nasn_file = "{tmp_path}/ipasn.dat"\n')
+    nb.config = config.load(conf, explicit=True)
+    nb.ok("add", "198.18.1.0/24", "198.18.3.0/24", "203.0.113.7", "--reason", "storm")
+    nb.ok("add", "198.19.0.0/16", "--force")
+    nb.ok("allow", "add", "198.19.44.44")
+    nb.sample(minutes(0))
+    nb.count("198.18.1.0/24", 7, 700)
+    nb.count("198.18.3.0/24", 5, 500)
+    nb.count("203.0.113.7/32", 3, 300)
+    nb.count("198.19.128.0/17", 4, 400)
+    nb.count("198.19.0.0/19", 4, 400)
+    nb.sample(minutes(1))
+    nb.at(minutes(2))
+    rows = json.loads(nb.ok("report", "asn", "--by", "packets", "--json"))
+    assert [(r["asn"], r["packets"], r["bytes"], r["blocks"]) for r in rows] == [
+        (64500, 12, 1200, ["198.18.1.0/24", "198.18.3.0/24"]), (64501, 8, 800, ["198.19.0.0/16"]),
+        (64502, 3, 300, ["203.0.113.7/32"])]
+    assert [r["asn"] for r in json.loads(nb.ok("report", "asn", "--by", "bytes", "--json", "--top", "1"))] == [64500]
+    text = nb.ok("report", "asn", "--by", "packets").splitlines()
+    assert text[0] == "Packets |  Bytes | Blocks | ASN   | (owner)"
+    assert text[1].split("|")[:4] == ["     12 ", "   1200 ", "      2 ", " 64500 "]
+
+
+POSTSCREEN_LOG = """\
+Nov 26 10:00:00 mx1 postfix/postscreen[10]: CONNECT from [198.51.100.7]:40001 to [192.0.2.1]:25
+Nov 26 10:00:00 mx1 postfix/postscreen[10]: PASS OLD [198.51.100.7]:40001
+Nov 26 10:00:00 mx1 postfix/smtpd[20]: connect from unknown[198.51.100.7]
+Nov 26 10:00:01 mx1 postfix/smtpd[20]: NOQUEUE: reject: RCPT from unknown[198.51.100.7]: 550 5.7.25 Client host rejected: cannot find your hostname, [198.51.100.7]; from=<a@example.org> to=<b@example.net> proto=ESMTP helo=<x>
+Nov 26 10:01:00 mx1 postfix/postscreen[10]: CONNECT from [198.51.100.8]:40002 to [192.0.2.1]:25
+Nov 26 10:01:00 mx1 postfix/postscreen[10]: PREGREET 11 after 0.1 from [198.51.100.8]:40002: EHLO x\\r\\n
+Nov 26 10:02:00 mx1 postfix/postscreen[10]: CONNECT from [198.51.100.9]:40003 to [192.0.2.1]:25
+Nov 26 10:02:00 mx1 postfix/postscreen[10]: CONNECT from [198.51.100.9]:40004 to [192.0.2.1]:25
+Nov 26 10:02:02 mx1 postfix/postscreen[10]: PASS NEW [198.51.100.9]:40003
+Nov 26 10:02:02 mx1 postfix/smtpd[21]: connect from unknown[198.51.100.9]
+Nov 26 10:02:03 mx1 postfix/postscreen[10]: PASS OLD [198.51.100.9]:40004
+Nov 26 10:02:03 mx1 postfix/smtpd[22]: connect from unknown[198.51.100.9]
+Nov 26 11:00:00 mx1 postfix/smtpd[23]: connect from unknown[198.51.100.9]
+"""
+
+
+def test_a_session_behind_postscreen_counts_once(nb):
+    """Five sessions: one passed, one turned away by postscreen, two parallel ones passed, and one
+    straight to smtpd (submission) an hour later: seven connect lines."""
+    log = nb.tmp / "mail.log"
+    log.write_text(POSTSCREEN_LOG)
+    nb.ok("ingest", "--format", "postfix", str(log))
+    s = json.loads(nb.ok("report", "summary", "--json", "--from", "2026-11-26", "--to", "2026-11-27"))
+    assert (s["connections"], s["client_ips"], s["rejections"], s["reached_banner"]) == (5, 3, 2, 4)
