@@ -17,6 +17,10 @@ class BadInput(NetblockError):
     exit_status = 2
 
 
+class LimitExceeded(BadInput):
+    """A block wider than netblock's floor, or a kernel state over its IPv4 cap (netblock/limits.py)."""
+
+
 class ConfigError(BadInput):
     """The configuration file has an unknown key or a value of the wrong type."""
 

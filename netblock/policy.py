@@ -492,7 +492,7 @@ def parse_target(text: str) -> IPNetwork:
     """The address or prefix ``why`` asks about, parsed as strictly as ``netblock add`` does."""
     from netblock.targets import parse_target as strict
 
-    return strict(text, force=True).netblock
+    return strict(text, any_width=True).netblock
 
 
 def explain(store, config, target: IPNetwork | str, now: datetime, *, own: Iterable[IPNetwork] = ()) -> Explanation:

@@ -68,17 +68,21 @@ def read_target_lines(stream) -> list[tuple[str, str]]:
     return out
 
 
-def parse_targets(items: list[tuple[str, str]], ctx, *, force: bool, progress=None) -> list[IPNetwork]:
-    """Parse every target or raise BadInput on the first bad one; warnings go to stderr."""
+def parse_targets(items: list[tuple[str, str]], ctx, *, force: bool = False, any_width: bool = False,
+                  progress=None) -> list[IPNetwork]:
+    """Parse every target or raise BadInput on the first bad one; warnings go to stderr.
+
+    ``any_width`` for commands that only name space (del, allow): no width limit applies.
+    """
     from netblock.targets import parse_target
 
     nets = []
     warned = 0
     for text, where in items:
         try:
-            target = parse_target(text, force=force)
+            target = parse_target(text, force=force, any_width=any_width)
         except BadInput as exc:
-            raise BadInput(f"{where}: {exc}" if where.startswith("stdin") else str(exc)) from None
+            raise type(exc)(f"{where}: {exc}" if where.startswith("stdin") else str(exc)) from None
         if target.warning:
             warned += 1
             if warned <= MAX_WARNINGS:
@@ -304,7 +308,7 @@ def cmd_add(args, ctx) -> int:
 
 
 def cmd_del(args, ctx) -> int:
-    nets = parse_targets([(t, "argument") for t in args.targets], ctx, force=True)
+    nets = parse_targets([(t, "argument") for t in args.targets], ctx, any_width=True)
     store = ctx.store()
     with store.transaction():
         for net, text in zip(nets, args.targets):
@@ -344,7 +348,7 @@ def cmd_list(args, ctx) -> int:
 
 
 def cmd_allow_add(args, ctx) -> int:
-    nets = parse_targets([(t, "argument") for t in args.cidrs], ctx, force=True)
+    nets = parse_targets([(t, "argument") for t in args.cidrs], ctx, any_width=True)
     store = ctx.store()
     now = ctx.now()
     entries = [AllowEntry(netblock=net, comment=args.comment, created=now) for net in dict.fromkeys(nets)]
@@ -357,7 +361,7 @@ def cmd_allow_add(args, ctx) -> int:
 
 
 def cmd_allow_del(args, ctx) -> int:
-    nets = parse_targets([(t, "argument") for t in args.cidrs], ctx, force=True)
+    nets = parse_targets([(t, "argument") for t in args.cidrs], ctx, any_width=True)
     store = ctx.store()
     with store.transaction():
         present = {e.netblock for e in store.allowlist()}

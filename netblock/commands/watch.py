@@ -308,7 +308,7 @@ def cmd_run_once(args, ctx) -> int:
 def cmd_why(args, ctx) -> int:
     from netblock.targets import parse_target
 
-    parsed = parse_target(args.target, force=True)
+    parsed = parse_target(args.target, any_width=True)
     if parsed.warning:
         ctx.warn(parsed.warning)
     target = parsed.netblock

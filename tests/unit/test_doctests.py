@@ -5,7 +5,7 @@ import importlib
 
 import pytest
 
-MODULES = ["netblock.report", "netblock.aggregate", "netblock.targets"]
+MODULES = ["netblock.report", "netblock.aggregate", "netblock.targets", "netblock.limits"]
 
 
 @pytest.mark.parametrize("name", MODULES)
