@@ -461,6 +461,7 @@ class Explanation:
     protected: list[tuple[str, str]]  # (kind, netblock)
     verdict: str
     routed: list[dict] = field(default_factory=list)  # routed.describe() of announced prefixes holding it
+    overridden: list[tuple[str, str]] = field(default_factory=list)  # (deliverer, the manual block that wins)
 
     def to_dict(self) -> dict:
         return {
@@ -485,6 +486,7 @@ class Explanation:
             "widened": self.widened,
             "protected": [{"kind": k, "netblock": n} for k, n in self.protected],
             "routed": self.routed,
+            "overridden": [{"kind": "delivered", "netblock": n, "by": by} for n, by in self.overridden],
         }
 
 
@@ -513,9 +515,33 @@ def explain(store, config, target: IPNetwork | str, now: datetime, *, own: Itera
     blocks = [b for b in store.blocks(now=now) if _overlap(b.netblock, net)]
     widened = _widening_for(store, rules, config, now, sh, net, ws)
     announced = _routed_for(store, rules, config, now, sh, net)
-    protected = sh.why(net)
+    protected, overridden = _by_hand_wins(sh.why(net), blocks)
     verdict = _verdict(net, blocks, checks, widened or [r for r in announced if r["blocked"]], protected)
-    return Explanation(net, obs, checks, blocks, widened, protected, verdict, announced)
+    if overridden and verdict.startswith("blocked"):
+        verdict += "; it delivered mail recently, but a block made by hand wins over that protection"
+    return Explanation(net, obs, checks, blocks, widened, protected, verdict, announced, overridden)
+
+
+MANUAL_SOURCES = ("cli", "list")
+
+
+def _by_hand_wins(protections: list[tuple[str, str]], blocks: list[Block]
+                  ) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """(protections that hold, (deliverer, manual block) pairs where a block made by hand wins).
+
+    Sync carves recent deliverers out of the policy's blocks only (sync.Protected).
+    """
+    manual = [b.netblock for b in blocks if b.source in MANUAL_SOURCES]
+    held, overridden = [], []
+    for kind, text in protections:
+        if kind == "delivered":
+            ip = IPAddress(text)
+            by = next((m for m in manual if m.version == ip.version and ip in m), None)
+            if by is not None:
+                overridden.append((text, str(by)))
+                continue
+        held.append((kind, text))
+    return held, overridden
 
 
 def _checks(obs: list[Observation], rules, now: datetime, sh: Shield) -> list[Check]:
@@ -629,4 +655,7 @@ def render(ex: Explanation) -> list[str]:
         lines.append(f"block: {b.netblock} [{b.source}] {b.reason}, {until}")
     for kind, n in ex.protected:
         lines.append(f"protected: {n} ({kind})")
+    for n, by in ex.overridden:
+        lines.append(f"not protected: {n} delivered mail recently, but {by} was blocked by hand "
+                     "and a manual block wins over that protection")
     return lines

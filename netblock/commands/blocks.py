@@ -103,6 +103,8 @@ class Refusals:
     so it is refused with the reason.
     """
 
+    delivered: "Refusals | None" = None  # recent deliverers: not refused, and not carved out of a manual block
+
     def __init__(self, labelled: list[tuple[IPNetwork, str]]):
         from netblock.sync import span
 
@@ -133,6 +135,24 @@ class Refusals:
                 return f"{label} {prot}" if prot.prefixlen < (32 if prot.version == 4 else 128) else label
         return "protected space"
 
+    def carved(self, net: IPNetwork) -> list[tuple[IPNetwork, str]]:
+        """(protected netblock, label) of each protection inside ``net``: what sync cuts out of it."""
+        from netblock.sync import span
+
+        fam, first, last = span(net)
+        if fam not in self.merged:
+            return []
+        firsts, lasts = self.merged[fam]
+        k = bisect_right(firsts, last) - 1
+        if k < 0 or lasts[k] < first:
+            return []
+        out = []
+        for prot, label in self.labelled:
+            pf, pfirst, plast = span(prot)
+            if pf == fam and pfirst <= last and first <= plast:
+                out.append((prot, label))
+        return out
+
 
 def refusals(store, config, now: datetime) -> Refusals:
     """What `add` refuses outright: sync's protected space, minus recent deliverers.
@@ -146,7 +166,9 @@ def refusals(store, config, now: datetime) -> Refusals:
     labelled = [(net, "protected: built-in never-block range") for net in prot.builtin]
     labelled += [(net, "protected: allowlisted") for net in prot.allowlist]
     labelled += [(net, "protected: this host's own address") for net in prot.own]
-    return Refusals(labelled)
+    guard = Refusals(labelled)
+    guard.delivered = Refusals([(net, "delivered") for net in prot.delivered])
+    return guard
 
 
 def parse_ttl(text: str, config) -> timedelta:
@@ -244,6 +266,8 @@ def sync_after_write(ctx):
 
 
 def report_sync(ctx, result) -> None:
+    for note in result.notes:
+        ctx.warn(note)
     c = result.change
     ctx.print(f"kernel: {len(result.desired)} netblocks "
               f"(+{len(c.added)} -{len(c.removed)} ~{len(c.updated)})")
@@ -295,6 +319,7 @@ def cmd_add(args, ctx) -> int:
                 fresh += 1
             else:
                 again += 1
+        check_cap(store, config, now, add=blocks)  # refused here, nothing is written
         store.put_blocks(blocks)
     if len(blocks) == 1:
         b = blocks[0]
@@ -303,8 +328,38 @@ def cmd_add(args, ctx) -> int:
         ctx.print(f"blocked {show(b.netblock)} {until}{extra}")
     else:
         ctx.print(f"blocked {len(blocks)} netblocks ({fresh} new, {again} re-blocked)")
+    window = format_duration(config.policy.delivered_window)
+    for b in blocks:
+        for prot, label in guard.carved(b.netblock):
+            ctx.print(f"carved out {show(prot)} from {show(b.netblock)} ({label.removeprefix('protected: ')})")
+        for prot, _ in guard.delivered.carved(b.netblock):
+            ctx.print(f"not carved out: {show(prot)} delivered mail within {window}, "
+                      f"but a block made by hand wins ({show(b.netblock)})")
     report_sync(ctx, sync_after_write(ctx))
     return 0
+
+
+def check_cap(store, config, now: datetime, *, add=(), unallow=()) -> None:
+    """LimitExceeded before a write whose sync would block more IPv4 space than the cap (limits.py).
+
+    ``add`` are blocks about to be stored (hand-made), ``unallow`` allowlist
+    entries about to be removed. The union of the active blocks is cheap to
+    measure and only ever larger than what sync installs, so the exact
+    aggregation runs only when that union is over the cap.
+    """
+    from netblock import limits
+    from netblock.sync import compute_desired, max_elements, protected, screen
+
+    active = {b.netblock: b for b in store.blocks(now=now)}
+    active.update((b.netblock, b) for b in add)
+    if limits.coverage_refusal(b.netblock for b in active.values() if not limits.too_wide(b.netblock)) is None:
+        return
+    prot = protected(store, config, now=now)
+    gone = set(unallow)
+    prot = dataclasses.replace(prot, allowlist=[n for n in prot.allowlist if n not in gone],
+                               manual=prot.manual + [b.netblock for b in add])
+    carve = prot.all()
+    limits.check_coverage(compute_desired(screen(active.values(), carve, max_elements(config), [], []), carve))
 
 
 def cmd_del(args, ctx) -> int:
@@ -368,6 +423,7 @@ def cmd_allow_del(args, ctx) -> int:
         for net, text in zip(nets, args.cidrs):
             if net not in present:
                 raise BadInput(f"{text}: not in the allowlist (see `netblock allow list`)")
+        check_cap(store, ctx.config, ctx.now(), unallow=nets)
         gone = store.allow_del(dict.fromkeys(nets))
     for net in gone:
         ctx.print(f"no longer allowed: {show(net)}")
@@ -436,12 +492,15 @@ def change_json(result) -> dict:
 def cmd_sync(args, ctx) -> int:
     result = run_sync(ctx, dry_run=args.dry_run)
     if args.json:
-        ctx.print_json(change_json(result) | {"dry_run": args.dry_run, "missing": result.missing})
+        ctx.print_json(change_json(result) | {"dry_run": args.dry_run, "missing": result.missing,
+                                              "left_out": result.notes})
         return 0
     if not args.dry_run:
         report_sync(ctx, result)
         return 0
     c = result.change
+    for note in result.notes:
+        ctx.warn(note)
     for net in c.added:
         ctx.print(f"+ {show(net)}")
     for net in c.removed:
