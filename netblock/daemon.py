@@ -31,7 +31,7 @@ from typing import Callable, Iterable
 
 from netaddr import IPAddress, IPNetwork
 
-from netblock import fleet, follow, hostaddrs, journal, policy
+from netblock import fleet, follow, hostaddrs, journal, limits, policy
 from netblock.aggregate import widen_detail
 from netblock.errors import NetblockError
 from netblock.model import Block, Observation
@@ -102,6 +102,9 @@ class Runner:
         self.followers: dict[str, follow.Follower] = {}
         self.journal: journal.Journal | None = None
         self.applied: set[IPNetwork] | None = None  # what the last good sync left in the kernel
+        self.applied_v4: int | None = None  # IPv4 addresses it covers (the coverage cap, limits.py)
+        self._notes: list[str] = []  # store blocks the last sync left out, as logged
+        self._refused: dict[str, str] = {}  # source path -> why it is not read, as logged
         self.last_tick: datetime | None = None
         self.last_result = TickResult()
         self.tracker: Tracker | None = None  # the daemon's in-memory view of recent offences
@@ -315,8 +318,9 @@ class Runner:
             change = None
             if add is not None:
                 own = self.own_addresses()
-                if all(b.netblock.prefixlen == (32 if b.netblock.version == 4 else 128)
-                       and b.netblock not in own for b in blocks):
+                room = self.applied_v4 is not None and self.applied_v4 + len(blocks) <= limits.MAX_V4_ADDRESSES
+                if room and all(b.netblock.prefixlen == (32 if b.netblock.version == 4 else 128)
+                                and b.netblock not in own for b in blocks):
                     with kernel_lock(self.config.lock_file):
                         change = add({b.netblock: b.expires for b in blocks})
         except TRANSIENT as exc:
@@ -328,6 +332,8 @@ class Runner:
         result.added = len(change.added)
         if self.applied is not None:
             self.applied.update(change.added)
+        if self.applied_v4 is not None:
+            self.applied_v4 += len(change.added)  # at most: an IPv6 address counts for nothing
 
     def own_addresses(self) -> set[IPNetwork]:
         if self.own is None:
@@ -361,6 +367,11 @@ class Runner:
                 self.log(f"drift repaired: restored {len(vanished)} netblock(s) missing from the kernel "
                          f"({shown}{more})")
         self.applied = set(res.desired)
+        self.applied_v4 = limits.v4_addresses(res.desired)
+        if res.notes != self._notes:  # said once, not every tick
+            for note in res.notes:
+                self.log(note)
+            self._notes = res.notes
 
     # ---- sampling hook (reports engineer) ---------------------------------
     # Every tick reads the kernel's counters into the store here, after sync,
