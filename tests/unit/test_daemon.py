@@ -352,7 +352,7 @@ def test_a_tick_over_the_ipv4_cap_is_logged_and_the_kernel_keeps_its_state(tmp_p
     before = dict(backend.elements)
     assert IPNetwork("198.18.6.1/32") in before
     # a peer's rows, each under the floor, together over the cap
-    store.put_blocks([Block(IPNetwork("16.0.0.0/4"), "peer", "cli", NOW, None),
+    store.put_blocks([Block(IPNetwork("16.0.0.0/5"), "peer", "cli", NOW, None),
                       Block(IPNetwork("32.0.0.0/4"), "peer", "cli", NOW, None),
                       Block(IPNetwork("0.0.0.0/2"), "peer", "policy", NOW, None)])
     write(log, reject("198.18.6.2", 3), reject("198.18.6.2", 4))
@@ -361,10 +361,10 @@ def test_a_tick_over_the_ipv4_cap_is_logged_and_the_kernel_keeps_its_state(tmp_p
     assert backend.elements == before  # nothing of the change reached the kernel
     text = err.getvalue()
     assert "0.0.0.0/2 [policy] ignored: /2 is wider than /4" not in text  # a refused sync says nothing else
-    assert "tick failed: sync: refused, nothing changed: it would block 536870914 IPv4 addresses" in text
+    assert "tick failed: sync: refused, nothing changed: it would block 402653186 IPv4 addresses" in text
     store.delete_blocks([IPNetwork("32.0.0.0/4")])
     result = r.tick()
-    assert result.ok and IPNetwork("16.0.0.0/4") in backend.elements
+    assert result.ok and IPNetwork("16.0.0.0/5") in backend.elements
     assert IPNetwork("198.18.6.2/32") in backend.elements and IPNetwork("0.0.0.0/2") not in backend.elements
     assert err.getvalue().count("0.0.0.0/2 [policy] ignored: /2 is wider than /4") == 1
     r.tick()
