@@ -163,6 +163,10 @@ class Runner:
         for path, fol in self.followers.items():
             for _ in range(limit):
                 batch = fol.read()
+                if batch.refused != self._refused.get(path):  # one line when it starts, not every wake
+                    if batch.refused:
+                        self.log(f"{batch.refused} (the other sources go on)")
+                    self._refused[path] = batch.refused
                 if not batch.lines and batch.after == fol.position:
                     break
                 now = self.clock()

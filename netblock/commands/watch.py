@@ -15,7 +15,7 @@ from collections import Counter
 from datetime import timezone
 
 from netblock import follow
-from netblock.errors import BadInput, NetblockError
+from netblock.errors import BadInput, NetblockError, NotARegularFile
 
 FORMATS = ("auto", "postfix", "exim", "sendmail")
 STORE_BATCH = 5000
@@ -80,8 +80,9 @@ def _check_files(files: list[str]) -> None:
             continue
         if not os.path.exists(path):
             raise BadInput(f"{path}: no such file")
-        if os.path.isdir(path):
-            raise BadInput(f"{path}: is a directory")
+        why = follow.not_regular(path, os.stat(path).st_mode)
+        if why:
+            raise NotARegularFile(why)
         if not os.access(path, os.R_OK):
             raise BadInput(f"{path}: not readable")
 

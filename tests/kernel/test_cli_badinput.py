@@ -59,6 +59,7 @@ CASES = [
     (["add", "-"], "198.18.3.0/24\n# fine so far\n198.18.4.0/24 ; SBL1\n198.18.5.0/24/\n198.18.6.0/24\n",
      "stdin line 4"),
     (["add"], None, "TARGET"),
+    (["ingest", "/dev/zero"], None, "/dev/zero: a character device, not a regular file"),
     (["del", "198.18.99.0/24"], None, "198.18.99.0/24"),
     (["del", "198.18.50.0/24", "198.18.99.0/24"], None, "198.18.99.0/24"),
     (["allow", "del", "198.18.99.9"], None, "198.18.99.9"),
