@@ -442,6 +442,7 @@ class _FastShield:
     """policy.Shield.covers() by bisection: an IPSet lookup costs ~0.1 ms, and a storm asks thousands of times."""
 
     def __init__(self, shield: policy.Shield):
+        self.shield = shield
         self.delivered = shield.delivered
         merged: list[list[int]] = []  # [version, first, last], disjoint and sorted
         for v, first, last in sorted((n.version, n.first, n.last)
@@ -480,6 +481,7 @@ class Tracker:
         self.limit = limit
         self.rules = policy.class_rules(config)
         self.widening = policy.widen_settings(config)
+        self.budget = policy.budget(config)
         widen_names = [n for n, r in self.rules.items() if r.widen]
         self.widens = bool(self.widening.enabled and self.widening.rules and widen_names)
         self.keep = max([r.window for r in self.rules.values()]
@@ -652,8 +654,9 @@ class Tracker:
                 expires = None if None in ends else max(ends)
                 if expires is not None and expires <= now:
                     continue
-                out.append(Block(w.netblock, f"widened: {len(w.offenders)} offenders in {w.netblock}",
-                                 policy.SOURCE, now, expires))
+                block = Block(w.netblock, f"widened: {len(w.offenders)} offenders in {w.netblock}",
+                              policy.SOURCE, now, expires)
+                out += policy.within_budget(block, zip(w.offenders, ends), shield.shield, self.budget, now)
         return out
 
 
