@@ -469,6 +469,8 @@ def record(store, decided: Iterable[Block], now: datetime) -> list[Block]:
     changed = []
     with store.transaction():
         for block in decided:
+            if limits.too_wide(block.netblock):
+                continue  # never, whatever the configuration says (limits.py)
             old = store.get_block(block.netblock)
             if old is None:
                 new = block

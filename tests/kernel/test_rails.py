@@ -129,3 +129,43 @@ widen = false
             proc.wait()
     text = (tmp_path / "daemon.err").read_text()
     assert text.count(f"{fifo}: a FIFO, not a regular file") == 1, text
+
+
+@pytest.mark.parametrize("budget,neighbour", [(1000, "timeout"), (8, "open")])
+def test_a_widened_block_over_its_element_budget_falls_back_to_its_offenders(scene, tmp_path, budget, neighbour):
+    from netaddr import IPAddress
+
+    from netblock.model import Observation
+    from netblock.store import Store
+
+    (tmp_path / "netblock.toml").write_text(f"""
+lock_file = "{tmp_path}/run/netblock.lock"
+[policy]
+max_elements_per_block = {budget}
+[policy.classes.dnsbl]
+threshold = 1
+window = "1h"
+ttl = "1d"
+widen = true
+[widen]
+enabled = true
+rules = [{{family = 4, prefixlen = 24, min_count = 3}}]
+""")
+    offenders, deliverers, bystander = ["192.0.2.1", "192.0.2.2", "192.0.2.3"], ["192.0.2.16", "192.0.2.24",
+                                                                               "192.0.2.32"], "192.0.2.77"
+    scene.add_client(*offenders, deliverers[0], bystander)
+    scene.listen()
+    now = datetime.now(timezone.utc)
+    with Store.open(tmp_path / "nb.db") as store:
+        store.add_observations([Observation(now, IPAddress(ip), "dnsbl:zen.example", "postfix") for ip in offenders])
+        store.add_observations([Observation(now, IPAddress(ip), "delivered", "postfix") for ip in deliverers])
+    run(scene, tmp_path, "run-once")
+    assert scene.probe(offenders[0], timeout=PROBE_S) == "timeout"
+    assert scene.probe(deliverers[0], timeout=PROBE_S) == "open"  # carved out either way
+    assert scene.probe(bystander, timeout=PROBE_S) == neighbour  # the /24 only within its budget
+    elements = scene.server_exec("nft", "list", "set", "inet", "netblock", "block4").stdout
+    why = run(scene, tmp_path, "why", bystander).stdout
+    if budget == 8:
+        assert "falls back to its offenders" in why and "192.0.2.0/24" not in elements
+    else:
+        assert "falls back" not in why
