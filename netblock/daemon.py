@@ -35,6 +35,7 @@ from netblock import fleet, follow, hostaddrs, journal, limits, policy
 from netblock.aggregate import widen_detail
 from netblock.errors import NetblockError
 from netblock.model import Block, Observation
+from netblock.printable import printable
 from netblock.sdnotify import Notifier
 
 NOT_OFFENCES = ("connect", "delivered")
@@ -44,7 +45,7 @@ MAX_TRACKED = 200_000  # addresses the event path remembers offences of (~160 MB
 
 def log(message: str, stream=None) -> None:
     """One line on stderr (journald adds the time)."""
-    print(f"netblock: {message}", file=stream or sys.stderr, flush=True)
+    print(f"netblock: {printable(message)}", file=stream or sys.stderr, flush=True)
 
 
 def _failure(exc: BaseException) -> str:

@@ -24,6 +24,7 @@ from typing import Iterable
 from netaddr import IPNetwork
 
 from netblock.model import Sample
+from netblock.printable import printable
 
 
 @dataclass
@@ -238,11 +239,12 @@ def classes(in_window: dict[str, int], known_zones: Iterable[str] = ()) -> list[
 
 def classes_table(rows: list[ClassRow], since: datetime, until: datetime) -> str:
     total = sum(r.count for r in rows)
-    width = max([30] + [len(r.label) + 2 for r in rows])
+    labels = [printable(r.label) for r in rows]
+    width = max([30] + [len(label) + 2 for label in labels])
     lines = [f"Connection-time rejections {since:%Y-%m-%d %H:%M} .. {until:%Y-%m-%d %H:%M} UTC",
              f"{'total':<{width}}{total:>9}"]
-    for r in rows:
-        lines.append(f"{r.label:<{width}}{r.count:>9}" + ("  no hits — dead or useless?" if r.dead else ""))
+    for r, label in zip(rows, labels):
+        lines.append(f"{label:<{width}}{r.count:>9}" + ("  no hits — dead or useless?" if r.dead else ""))
     return "\n".join(lines)
 
 

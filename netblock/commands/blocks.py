@@ -17,6 +17,7 @@ from netaddr import IPNetwork
 from netblock.errors import BadInput, NetblockError
 from netblock.lock import kernel_lock
 from netblock.model import AllowEntry, Block
+from netblock.printable import printable
 
 MAX_WARNINGS = 5  # host-bit warnings shown one by one before they are only counted
 EXPIRE_STATE_KEY = "cli.expire.last"
@@ -396,7 +397,8 @@ def cmd_list(args, ctx) -> int:
             expires = "never"
         else:
             expires = iso(b.expires) + (" (expired)" if b.expires <= now else "")
-        rows.append([str(b.netblock), expires, iso(b.created), b.source, str(b.reblocks), b.reason or "-"])
+        rows.append([str(b.netblock), expires, iso(b.created), printable(b.source), str(b.reblocks),
+                     printable(b.reason) or "-"])
     for line in table(rows, ["NETBLOCK", "EXPIRES", "CREATED", "SOURCE", "REBLOCKS", "REASON"]):
         ctx.print(line)
     return 0
@@ -442,7 +444,7 @@ def cmd_allow_list(args, ctx) -> int:
     if not entries:
         ctx.print("allowlist is empty")
         return 0
-    rows = [[e["netblock"], e["created"] or "(config)", e["comment"] or "-"] for e in entries]
+    rows = [[e["netblock"], e["created"] or "(config)", printable(e["comment"]) or "-"] for e in entries]
     for line in table(rows, ["NETBLOCK", "CREATED", "COMMENT"]):
         ctx.print(line)
     return 0
@@ -565,7 +567,7 @@ def cmd_status(args, ctx) -> int:
         ("next expiry", info["next_expiry"] or "-"),
     ]
     for key, value in lines:
-        ctx.print(f"{key + ':':<14}{value}")
+        ctx.print(f"{key + ':':<14}{printable(value)}")
     return 0
 
 

@@ -7,6 +7,7 @@ from datetime import datetime, timedelta, timezone
 
 from netblock import report as rep
 from netblock.errors import BadInput
+from netblock.printable import printable
 
 
 def register(sub) -> None:
@@ -255,7 +256,8 @@ def _emit(args, ctx, records: list[dict], text, fields=None, single=False) -> in
         w = csv.DictWriter(ctx.stdout, fieldnames=fields or (list(records[0]) if records else []))
         w.writeheader()
         for r in records:
-            w.writerow({k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in r.items()})
+            w.writerow({k: (v.isoformat() if isinstance(v, datetime) else printable(v) if isinstance(v, str) else v)
+                        for k, v in r.items()})
     else:
         ctx.print(text())
     return 0
@@ -277,7 +279,7 @@ def cmd_wrapup(args, ctx) -> int:
     until = ctx.now()
     since = until - parse_duration(args.since)
     n = args.top or getattr(getattr(ctx.config, "report", None), "top", 10)
-    text = wrapup_text(ctx.store(), ctx.config, since, until, n)
+    text = printable(wrapup_text(ctx.store(), ctx.config, since, until, n), keep_newlines=True)
     year, week, _ = until.isocalendar()
     os.makedirs(args.dir, mode=0o700, exist_ok=True)
     path = os.path.join(args.dir, f"{year}-W{week:02d}.txt")

@@ -16,6 +16,7 @@ from datetime import timezone
 
 from netblock import follow
 from netblock.errors import BadInput, NetblockError, NotARegularFile
+from netblock.printable import printable
 
 FORMATS = ("auto", "postfix", "exim", "sendmail")
 STORE_BATCH = 5000
@@ -151,7 +152,7 @@ def cmd_ingest(args, ctx) -> int:
         if not args.json:
             ctx.print(f"{lines_read} lines, {observed} observations (dry run: nothing stored)")
             for cls, n in sorted(by_class.items(), key=lambda kv: (-kv[1], kv[0])):
-                ctx.print(f"  {n:>10}  {cls}")
+                ctx.print(f"  {n:>10}  {printable(cls)}")
         return 0
     with store.transaction():
         from netblock import policy  # numpy: loaded only by the commands that decide
@@ -326,6 +327,6 @@ def cmd_why(args, ctx) -> int:
     if args.json:
         ctx.print_json(ex.to_dict())
     else:
-        for line in policy.render(ex):
-            ctx.print(line)
+        for line in policy.render(ex):  # one line each: a newline inside a field is escaped with the rest
+            ctx.print(printable(line))
     return 0

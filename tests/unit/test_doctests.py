@@ -5,7 +5,7 @@ import importlib
 
 import pytest
 
-MODULES = ["netblock.report", "netblock.aggregate", "netblock.targets", "netblock.limits"]
+MODULES = ["netblock.report", "netblock.aggregate", "netblock.targets", "netblock.limits", "netblock.printable"]
 
 
 @pytest.mark.parametrize("name", MODULES)
