@@ -532,6 +532,9 @@ def cmd_status(args, ctx) -> int:
     installed, missing = read_installed(backend)
     drift = diff(installed, desired)
     oldest = store.oldest_block()
+    sources = getattr(ctx.config, "sources", None)
+    files = tuple(getattr(sources, "files", ()) or ())
+    journal = bool(getattr(sources, "journal", False))
     info = {
         "backend": backend.name,
         "description": backend.description,
@@ -546,6 +549,8 @@ def cmd_status(args, ctx) -> int:
         "drift": {"missing": len(drift.added), "extra": len(drift.removed), "expiry": len(drift.updated)},
         "oldest_block": None if oldest is None else {"netblock": str(oldest.netblock), "created": iso(oldest.created)},
         "next_expiry": iso(store.next_expiry(now)),
+        "sources": {"files": list(files), "journal": journal},
+        "forgeable": bool(files),
     }
     if args.json:
         ctx.print_json(info)
@@ -565,10 +570,19 @@ def cmd_status(args, ctx) -> int:
         ("kernel", f"{info['installed']} netblocks installed, {info['desired']} desired: {state}"),
         ("oldest block", "-" if oldest is None else f"{oldest.netblock} created {iso(oldest.created)}"),
         ("next expiry", info["next_expiry"] or "-"),
+        ("sources", f"{len(files)} file(s){', ' + ', '.join(files) if files else ''}; "
+                    f"journal {'on' if journal else 'off'}"),
     ]
     for key, value in lines:
         ctx.print(f"{key + ':':<14}{printable(value)}")
+    if files:
+        ctx.print(FORGEABLE)
     return 0
+
+
+FORGEABLE = ("note:         file sources can be forged by any local user (`logger -p mail.info -t postfix/smtpd "
+             "'NOQUEUE: reject: RCPT from x[IP]: ...'` lands in the mail log like the MTA's own lines); "
+             "journal mode (`[sources] journal = true`) checks journald's trusted fields and is not affected")
 
 
 def cmd_remove_rules(args, ctx) -> int:
