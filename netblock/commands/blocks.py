@@ -657,7 +657,10 @@ def register(sub) -> None:
     p = sub.add_parser(
         "add", help="block netblocks (port 25 drop) and sync the kernel",
         description="Block each TARGET, then make the kernel equal to the store. All targets are checked "
-        "first: one bad target refuses them all and changes nothing. A netblock the store still remembers "
+        "first: one bad target refuses them all and changes nothing, and so does a change that would "
+        "block more than 2^28 IPv4 addresses in total. The allowlist and this host's own addresses are "
+        "carved out (one line names each); a sender that delivered mail recently is not: a block made "
+        "by hand wins over that protection. A netblock the store still remembers "
         "(active, or expired but kept as history) is a repeat offender: its TTL grows by "
         "blocks.reblock_factor per re-block, up to blocks.max_ttl.")
     p.add_argument("targets", nargs="+", metavar="TARGET",
@@ -672,7 +675,7 @@ def register(sub) -> None:
                    help="why, shown by `list` (default: empty, or the reason already stored for a re-block)")
     p.add_argument("--force", action="store_true",
                    help="allow prefixes wider than /8 (IPv4) or /32 (IPv6), i.e. blocks.max_prefix_v4/v6 "
-                   "(default: off; /0 is always refused)")
+                   "(default: off); nothing wider than /4 or /16 is ever accepted")
     p.set_defaults(handler=cmd_add)
 
     p = sub.add_parser("del", help="remove blocks from the store and the kernel",
@@ -721,13 +724,16 @@ def register(sub) -> None:
 
     p = sub.add_parser("sync", help="make the kernel equal to the store",
                        description="Install the aggregated active blocks minus the protected space "
-                       "(built-in ranges, allowlist, this host's addresses, recent deliverers) in one "
-                       "transaction, touching only the difference.")
+                       "(built-in ranges, allowlist, this host's addresses; recent deliverers out of the "
+                       "policy's blocks only) in one transaction, touching only the difference. A change "
+                       "that would block more than 2^28 IPv4 addresses is refused whole; store rows wider "
+                       "than /4 or /16, and widened blocks over [policy] max_elements_per_block, are left "
+                       "out with a warning.")
     p.add_argument("--dry-run", action="store_true",
                    help="print the difference (`+ CIDR` to add, `- CIDR` to remove, `~ CIDR` new expiry) "
                    "and change nothing (default: off)")
     p.add_argument("--json", action="store_true",
-                   help="print a JSON object {desired, added, removed, updated, dry_run, missing} "
+                   help="print a JSON object {desired, added, removed, updated, dry_run, missing, left_out} "
                    "(default: text)")
     p.set_defaults(handler=cmd_sync)
 
