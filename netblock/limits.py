@@ -124,17 +124,17 @@ def coverage_refusal(nets: Iterable[IPNetwork]) -> str | None:
     return f"it would block {total} IPv4 addresses, over the cap of {MAX_V4_ADDRESSES} (2^28)"
 
 
-def check_coverage(nets: Iterable[IPNetwork]) -> None:
+def check_coverage(nets: Iterable[IPNetwork], head: str = "the kernel is left as it was") -> None:
     """LimitExceeded if the kernel state ``nets`` would block more IPv4 space than the cap.
 
     >>> check_coverage([IPNetwork("0.0.0.0/4"), IPNetwork("16.0.0.0/4")])
     Traceback (most recent call last):
     ...
-    netblock.errors.LimitExceeded: refused, nothing changed: it would block 536870912 IPv4 addresses, over the cap of 268435456 (2^28)
+    netblock.errors.LimitExceeded: the kernel is left as it was: it would block 536870912 IPv4 addresses, over the cap of 268435456 (2^28)
     """
     why = coverage_refusal(nets)
     if why:
-        raise LimitExceeded(f"refused, nothing changed: {why}")
+        raise LimitExceeded(f"{head}: {why}")
 
 
 # -- what one block costs in kernel elements once protected space is carved out of it --

@@ -360,7 +360,8 @@ def check_cap(store, config, now: datetime, *, add=(), unallow=()) -> None:
     prot = dataclasses.replace(prot, allowlist=[n for n in prot.allowlist if n not in gone],
                                manual=prot.manual + [b.netblock for b in add])
     carve = prot.all()
-    limits.check_coverage(compute_desired(screen(active.values(), carve, max_elements(config), [], []), carve))
+    limits.check_coverage(compute_desired(screen(active.values(), carve, max_elements(config), [], []), carve),
+                          "refused, nothing changed")
 
 
 def cmd_del(args, ctx) -> int:

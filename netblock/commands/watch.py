@@ -166,7 +166,12 @@ def cmd_ingest(args, ctx) -> int:
     gc.collect()
     from netblock.sync import sync
 
-    result = sync(store, ctx.backend(), ctx.config, now=now)
+    try:
+        result = sync(store, ctx.backend(), ctx.config, now=now)
+    except NetblockError as exc:
+        raise type(exc)(f"{exc} (the observations and decisions are stored; `netblock sync` retries)") from None
+    for note in result.notes:
+        ctx.warn(note)
     c = result.change
     if args.json:
         ctx.print_json({"lines": lines_read, "observations": observed, "overlong": overlong,

@@ -361,7 +361,7 @@ def test_a_tick_over_the_ipv4_cap_is_logged_and_the_kernel_keeps_its_state(tmp_p
     assert backend.elements == before  # nothing of the change reached the kernel
     text = err.getvalue()
     assert "0.0.0.0/2 [policy] ignored: /2 is wider than /4" not in text  # a refused sync says nothing else
-    assert "tick failed: sync: refused, nothing changed: it would block 402653186 IPv4 addresses" in text
+    assert "tick failed: sync: the kernel is left as it was: it would block 402653186 IPv4 addresses" in text
     store.delete_blocks([IPNetwork("32.0.0.0/4")])
     result = r.tick()
     assert result.ok and IPNetwork("16.0.0.0/5") in backend.elements
