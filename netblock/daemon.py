@@ -416,7 +416,7 @@ class Runner:
         r = self.last_result
         when = "never" if self.last_tick is None else f"{self.last_tick:%Y-%m-%d %H:%M:%S}Z"
         state = "ok" if r.ok else "failed: " + r.errors[0]
-        return f"{r.blocks} blocks, last tick {when} {state}"
+        return printable(f"{r.blocks} blocks, last tick {when} {state}")  # one line for sd_notify's STATUS=
 
 
 def newly_crossing(store, config, ips: Iterable[IPAddress], now: datetime) -> bool:
