@@ -372,7 +372,7 @@ class Runner:
                 self.log(f"drift repaired: restored {len(vanished)} netblock(s) missing from the kernel "
                          f"({shown}{more})")
         self.applied = set(res.desired)
-        self.applied_v4 = limits.v4_addresses(res.desired)
+        self.applied_v4 = limits.v4_addresses(res.desired, disjoint=True)
         if res.notes != self._notes:  # said once, not every tick
             for note in res.notes:
                 self.log(note)

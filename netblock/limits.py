@@ -84,17 +84,19 @@ def check_width(net: IPNetwork, what: str | None = None) -> None:
         raise LimitExceeded(f"{what or net}: {why}")
 
 
-def v4_addresses(nets: Iterable[IPNetwork]) -> int:
+def v4_addresses(nets: Iterable[IPNetwork], *, disjoint: bool = False) -> int:
     """How many IPv4 addresses the union of ``nets`` covers (IPv4-mapped IPv6 counted as IPv4).
 
     Overlaps count once, so the answer is the same for a block list before and
-    after aggregation.
+    after aggregation; ``disjoint`` (aggregation's output) skips the sorting.
 
     >>> v4_addresses([IPNetwork("198.18.0.0/24"), IPNetwork("198.18.0.128/25"), IPNetwork("2001:db8::/32")])
     256
     >>> v4_addresses([IPNetwork("::ffff:198.18.0.0/120"), IPNetwork("198.18.1.1/32")])
     257
     """
+    if disjoint:
+        return sum(1 << (32 - plen) for family, plen in map(family_and_prefixlen, nets) if family == 4)
     spans = []
     for net in nets:
         if net.version == 4:
@@ -110,7 +112,7 @@ def v4_addresses(nets: Iterable[IPNetwork]) -> int:
     return total
 
 
-def coverage_refusal(nets: Iterable[IPNetwork]) -> str | None:
+def coverage_refusal(nets: Iterable[IPNetwork], *, disjoint: bool = False) -> str | None:
     """Why a kernel state of ``nets`` may not be installed (over the IPv4 cap), or None.
 
     >>> coverage_refusal([IPNetwork("16.0.0.0/4")]) is None
@@ -118,13 +120,14 @@ def coverage_refusal(nets: Iterable[IPNetwork]) -> str | None:
     >>> coverage_refusal([IPNetwork("16.0.0.0/4"), IPNetwork("198.18.0.1/32")])
     'it would block 268435457 IPv4 addresses, over the cap of 268435456 (2^28)'
     """
-    total = v4_addresses(nets)
+    total = v4_addresses(nets, disjoint=disjoint)
     if total <= MAX_V4_ADDRESSES:
         return None
     return f"it would block {total} IPv4 addresses, over the cap of {MAX_V4_ADDRESSES} (2^28)"
 
 
-def check_coverage(nets: Iterable[IPNetwork], head: str = "the kernel is left as it was") -> None:
+def check_coverage(nets: Iterable[IPNetwork], head: str = "the kernel is left as it was", *,
+                   disjoint: bool = False) -> None:
     """LimitExceeded if the kernel state ``nets`` would block more IPv4 space than the cap.
 
     >>> check_coverage([IPNetwork("0.0.0.0/4"), IPNetwork("16.0.0.0/4")])
@@ -132,7 +135,7 @@ def check_coverage(nets: Iterable[IPNetwork], head: str = "the kernel is left as
     ...
     netblock.errors.LimitExceeded: the kernel is left as it was: it would block 536870912 IPv4 addresses, over the cap of 268435456 (2^28)
     """
-    why = coverage_refusal(nets)
+    why = coverage_refusal(nets, disjoint=disjoint)
     if why:
         raise LimitExceeded(f"{head}: {why}")
 

@@ -531,6 +531,12 @@ class Store:
             "SELECT count(*) FROM blocks WHERE expires IS NULL OR expires > ?", (_ts(now),)
         )[0]
 
+    def v4_block_space(self, now: datetime) -> int:
+        """The sizes of the active IPv4 blocks summed (overlaps counted twice): a cheap bound for the cap."""
+        row = self._one("SELECT sum(1 << (32 - prefixlen)) FROM blocks "
+                        "WHERE family = 4 AND (expires IS NULL OR expires > ?)", (_ts(now),))
+        return int(row[0] or 0)
+
     def next_expiry(self, now: datetime) -> datetime | None:
         """When the next active block runs out (what the daemon sleeps towards)."""
         return _opt_dt(self._one("SELECT min(expires) FROM blocks WHERE expires > ?", (_ts(now),))[0])

@@ -475,6 +475,12 @@ class PgStore:
             return self._one("SELECT count(*) FROM blocks")[0]
         return self._one("SELECT count(*) FROM blocks WHERE expires IS NULL OR expires > %s", (_ts(now),))[0]
 
+    def v4_block_space(self, now: datetime) -> int:
+        """The sizes of the active IPv4 blocks summed (overlaps counted twice): a cheap bound for the cap."""
+        row = self._one("SELECT sum((1::bigint) << (32 - prefixlen)) FROM blocks "
+                        "WHERE family = 4 AND (expires IS NULL OR expires > %s)", (_ts(now),))
+        return int(row[0] or 0)
+
     def next_expiry(self, now: datetime) -> datetime | None:
         """When the next active block runs out (what the daemon sleeps towards)."""
         return _opt_dt(self._one("SELECT min(expires) FROM blocks WHERE expires > %s", (_ts(now),))[0])

@@ -295,7 +295,7 @@ def sync(store, backend, config, *, now: datetime, dry_run: bool = False, lock: 
     stage = stage or (lambda: None)
     if dry_run:
         planned = plan(store, config, now=now, own=own)
-        limits.check_coverage(planned.desired)
+        limits.check_coverage(planned.desired, disjoint=True)
         stage()
         installed, missing = read_installed(backend)
         stage()
@@ -310,7 +310,7 @@ def sync(store, backend, config, *, now: datetime, dry_run: bool = False, lock: 
 def _apply(store, backend, config, *, now, own, stage) -> SyncResult:
     planned = plan(store, config, now=now, own=own)
     desired = planned.desired
-    limits.check_coverage(desired)  # refused whole: the kernel keeps what it has
+    limits.check_coverage(desired, disjoint=True)  # refused whole: the kernel keeps what it has
     stage()
     backend.ensure()
     installed = dict(backend.installed())

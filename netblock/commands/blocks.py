@@ -346,15 +346,17 @@ def check_cap(store, config, now: datetime, *, add=(), unallow=()) -> None:
     ``add`` are blocks about to be stored (hand-made), ``unallow`` allowlist
     entries about to be removed. The union of the active blocks is cheap to
     measure and only ever larger than what sync installs, so the exact
-    aggregation runs only when that union is over the cap.
+    aggregation runs only near the cap.
     """
     from netblock import limits
     from netblock.sync import compute_desired, max_elements, protected, screen
 
+    # The stored blocks' sizes summed, overlaps twice: one query, and never less than what sync installs.
+    if store.v4_block_space(now) + limits.v4_addresses((b.netblock for b in add), disjoint=True) \
+            <= limits.MAX_V4_ADDRESSES:
+        return
     active = {b.netblock: b for b in store.blocks(now=now)}
     active.update((b.netblock, b) for b in add)
-    if limits.coverage_refusal(b.netblock for b in active.values() if not limits.too_wide(b.netblock)) is None:
-        return
     prot = protected(store, config, now=now)
     gone = set(unallow)
     prot = dataclasses.replace(prot, allowlist=[n for n in prot.allowlist if n not in gone],
