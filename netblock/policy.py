@@ -33,7 +33,7 @@ from netaddr import IPAddress, IPNetwork, IPSet
 
 from netblock import limits
 from netblock.aggregate import WidenRule, address_int, protected_builtin, widen_detail, widen_spans
-from netblock.model import Block, Observation
+from netblock.model import MANUAL_SOURCES, Block, Observation
 
 SOURCE = "policy"
 
@@ -578,9 +578,6 @@ def explain(store, config, target: IPNetwork | str, now: datetime, *, own: Itera
     if overridden and verdict.startswith("blocked"):
         verdict += "; it delivered mail recently, but a block made by hand wins over that protection"
     return Explanation(net, obs, checks, blocks, widened, protected, verdict, announced, overridden)
-
-
-MANUAL_SOURCES = ("cli", "list")
 
 
 def _by_hand_wins(protections: list[tuple[str, str]], blocks: list[Block]

@@ -19,7 +19,7 @@ from netblock.aggregate import aggregate, protected_builtin
 from netblock.errors import NetblockError
 from netblock.firewall import Change
 from netblock.lock import DEFAULT_TIMEOUT, kernel_lock
-from netblock.model import Block
+from netblock.model import MANUAL_SOURCES, Block
 
 _V4_MAPPED_FIRST = 0xFFFF_0000_0000
 _V4_MAPPED_LAST = 0xFFFF_FFFF_FFFF
@@ -37,9 +37,6 @@ class SyncResult:
     installed_before: dict[IPNetwork, datetime | None] = field(default_factory=dict)
     missing: str | None = None  # dry run only: why nothing could be read (skeleton not installed)
     notes: list[str] = field(default_factory=list)  # store blocks left out (Plan.notes())
-
-
-MANUAL_SOURCES = ("cli", "list")  # blocks a person made: `add`, or a list loaded with `add -`
 
 
 @dataclass(frozen=True)
@@ -174,7 +171,7 @@ class Plan:
 
     desired: dict[IPNetwork, datetime | None]
     too_wide: list[Block] = field(default_factory=list)  # wider than netblock's floor (limits.py)
-    over_budget: list[tuple[Block, int]] = field(default_factory=list)  # (policy prefix, cost, at least)
+    over_budget: list[tuple[Block, int]] = field(default_factory=list)  # (policy prefix, cost counted past budget)
     budget: int = limits.DEFAULT_MAX_ELEMENTS_PER_BLOCK
 
     def notes(self) -> list[str]:
@@ -188,7 +185,9 @@ class Plan:
 
 def max_elements(config) -> int:
     """``[policy] max_elements_per_block``: what one decided block may cost in kernel elements."""
-    return int(getattr(config.policy, "max_elements_per_block", limits.DEFAULT_MAX_ELEMENTS_PER_BLOCK))
+    from netblock.policy import budget
+
+    return budget(config)
 
 
 def screen(blocks: Iterable[Block], carve: list[IPNetwork], budget: int,
@@ -199,8 +198,8 @@ def screen(blocks: Iterable[Block], carve: list[IPNetwork], budget: int,
     fleet peer, an old version, a hand-edited store). A policy prefix (a
     widened or routed block) whose carve-outs would cost more than ``budget``
     elements is left out: the policy blocks its offenders one by one instead
-    (policy.decide), so a thousand protected addresses inside a /48 cost a
-    thousand elements at most, not seventy thousand.
+    (policy.decide), so a thousand deliverers inside a widened /48 cost its
+    few offenders' elements, not 64,000.
     """
     carved = None
     for block in blocks:
