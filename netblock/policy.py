@@ -519,6 +519,7 @@ class Explanation:
     verdict: str
     routed: list[dict] = field(default_factory=list)  # routed.describe() of announced prefixes holding it
     overridden: list[tuple[str, str]] = field(default_factory=list)  # (deliverer, the manual block that wins)
+    left_out: list[tuple[str, int]] = field(default_factory=list)  # (stored policy prefix over budget, budget)
 
     def to_dict(self) -> dict:
         return {
@@ -544,6 +545,7 @@ class Explanation:
             "protected": [{"kind": k, "netblock": n} for k, n in self.protected],
             "routed": self.routed,
             "overridden": [{"kind": "delivered", "netblock": n, "by": by} for n, by in self.overridden],
+            "left_out": [{"netblock": n, "max_elements": limit} for n, limit in self.left_out],
         }
 
 
@@ -570,6 +572,10 @@ def explain(store, config, target: IPNetwork | str, now: datetime, *, own: Itera
                if o.ip.version == net.version and o.ip in net]
     checks = _checks(obs, rules, now, sh)
     blocks = [b for b in store.blocks(now=now) if _overlap(b.netblock, net)]
+    limit = budget(config)
+    left_out = [b for b in blocks if b.source == SOURCE and b.netblock.size > 1
+                and sh.carved().cost(b.netblock, limit) > limit]  # sync leaves these out (sync.screen)
+    blocks = [b for b in blocks if b not in left_out]
     widened = _widening_for(store, rules, config, now, sh, net, ws)
     announced = _routed_for(store, rules, config, now, sh, net)
     protected, overridden = _by_hand_wins(sh.why(net), blocks)
@@ -577,7 +583,8 @@ def explain(store, config, target: IPNetwork | str, now: datetime, *, own: Itera
     verdict = _verdict(net, blocks, checks, live or [r for r in announced if r["blocked"]], protected)
     if overridden and verdict.startswith("blocked"):
         verdict += "; it delivered mail recently, but a block made by hand wins over that protection"
-    return Explanation(net, obs, checks, blocks, widened, protected, verdict, announced, overridden)
+    return Explanation(net, obs, checks, blocks, widened, protected, verdict, announced, overridden,
+                       [(str(b.netblock), limit) for b in left_out])
 
 
 def _by_hand_wins(protections: list[tuple[str, str]], blocks: list[Block]
@@ -720,6 +727,9 @@ def render(ex: Explanation) -> list[str]:
         lines.append(f"block: {b.netblock} [{b.source}] {b.reason}, {until}")
     for kind, n in ex.protected:
         lines.append(f"protected: {n} ({kind})")
+    for n, limit in ex.left_out:
+        lines.append(f"left out: {n} would take more than {limit} kernel elements with the protected "
+                     "addresses inside it cut out; it falls back to its offenders, each blocked on its own")
     for n, by in ex.overridden:
         lines.append(f"not protected: {n} delivered mail recently, but {by} was blocked by hand "
                      "and a manual block wins over that protection")

@@ -385,6 +385,10 @@ def test_sync_leaves_out_a_stored_widened_block_that_grew_past_its_budget(store)
     assert [(str(b.netblock), cost > 8) for b, cost in planned.over_budget] == [("198.18.5.0/24", True)]
     assert set(map(str, planned.desired)) == {"198.18.5.1/32", "198.18.6.0/24"}  # a manual block is not budgeted
     assert "198.18.5.0/24 [policy] left out" in planned.notes()[0]
+    ex = policy.explain(store, cfg, "198.18.5.7", NOW)
+    assert ex.verdict == "not blocked: no offences observed" and ex.to_dict()["left_out"] == [
+        {"netblock": "198.18.5.0/24", "max_elements": 8}]
+    assert "left out: 198.18.5.0/24 would take more than 8 kernel elements" in "\n".join(policy.render(ex))
 
 
 def test_the_1000_deliverers_of_issue_15_are_priced_without_building_the_pieces():
