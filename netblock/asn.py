@@ -36,6 +36,7 @@ import numpy as np
 from netaddr import AddrFormatError, IPAddress, IPNetwork
 
 from netblock.errors import BadInput
+from netblock.printable import printable
 
 _NL, _TAB, _DOT, _SLASH = ord("\n"), ord("\t"), ord("."), ord("/")
 _V4_LINE = (_DOT, _DOT, _DOT, _SLASH, _TAB, _NL)  # the separator after each of the six fields
@@ -465,5 +466,5 @@ def render_counts(rows: list[OriginCount]) -> str:
     lines = [f"{head} | {'ASN':<{asn_w}} | (owner)"]
     for r in rows:
         asn = "-" if r.asn is None else str(r.asn)
-        lines.append(f"{r.ips:>{len(head)}} | {asn:<{asn_w}} | ({r.owner})")
+        lines.append(f"{r.ips:>{len(head)}} | {asn:<{asn_w}} | ({printable(r.owner)})")
     return "\n".join(lines)

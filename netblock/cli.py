@@ -19,6 +19,7 @@ from typing import Any
 
 from netblock import __version__, clock
 from netblock.errors import NetblockError
+from netblock.printable import printable
 
 COMMAND_MODULES = (
     "netblock.commands.blocks",
@@ -93,14 +94,15 @@ class Context:
 
     # -- output ----------------------------------------------------------
     def print(self, text: str = "") -> None:
-        print(text, file=self.stdout)
+        """One or more lines of text; whatever a field let through is escaped here too (netblock/printable.py)."""
+        print(printable(text, keep_newlines=True), file=self.stdout)
 
     def print_json(self, obj: Any) -> None:
         json.dump(obj, self.stdout, indent=2, default=_json_default)
         self.stdout.write("\n")
 
     def warn(self, message: str) -> None:
-        print(f"netblock: warning: {message}", file=self.stderr)
+        print(f"netblock: warning: {printable(message)}", file=self.stderr)
 
     def progress(self, total: int, label: str):
         """A progress bar on stderr when it is a terminal; silent in scripts."""
@@ -155,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.handler(args, ctx) or 0)
     except NetblockError as exc:
-        print(f"netblock: {exc}", file=sys.stderr)
+        print(f"netblock: {printable(exc)}", file=sys.stderr)
         return exc.exit_status
     except KeyboardInterrupt:
         print("netblock: interrupted", file=sys.stderr)

@@ -17,7 +17,7 @@ import math
 import re
 import socket
 import tomllib
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Callable
@@ -26,6 +26,7 @@ from netaddr import AddrFormatError, IPNetwork
 
 from netblock.errors import ConfigError
 from netblock.firewall import BACKENDS, Settings
+from netblock.limits import DEFAULT_MAX_ELEMENTS_PER_BLOCK, MIN_PREFIXLEN
 
 DEFAULT_PATH = "/etc/netblock/netblock.toml"
 
@@ -234,8 +235,8 @@ class BlocksConfig:
     default_ttl: timedelta = _k(_dur(timedelta(seconds=1)), timedelta(days=7))
     max_ttl: timedelta = _k(_dur(timedelta(seconds=1)), timedelta(days=90))
     reblock_factor: float = _k(_float(1.0, 1000.0), 2.0)
-    max_prefix_v4: int = _k(_int(1, 32), 8)
-    max_prefix_v6: int = _k(_int(1, 128), 32)
+    max_prefix_v4: int = _k(_int(MIN_PREFIXLEN[4], 32), 8)
+    max_prefix_v6: int = _k(_int(MIN_PREFIXLEN[6], 128), 32)
     allow: tuple[str, ...] = _k(_list(_Kind(_cidr)), ())
 
 
@@ -317,8 +318,8 @@ class WidenConfig:
         _Kind(_widen_rules, lambda v: [_dump_widen_rule(r) for r in v]), DEFAULT_WIDEN_RULES
     )
     window: timedelta = _k(_dur(timedelta(seconds=1)), timedelta(days=1))
-    max_prefix_v4: int = _k(_int(1, 32), 16)
-    max_prefix_v6: int = _k(_int(1, 128), 48)
+    max_prefix_v4: int = _k(_int(MIN_PREFIXLEN[4], 32), 16)
+    max_prefix_v6: int = _k(_int(MIN_PREFIXLEN[6], 128), 48)
 
 
 # -- [routed]: widening to announced prefixes (netblock/routed.py explains the defaults) --
@@ -385,6 +386,8 @@ DEFAULT_CLASSES = {
 class PolicyConfig:
     window: timedelta = _k(_dur(timedelta(seconds=1)), _HOUR)
     delivered_window: timedelta = _k(_dur(timedelta(seconds=1)), timedelta(days=30))
+    # What one decided block may cost in kernel elements once protected space is cut out of it.
+    max_elements_per_block: int = _k(_int(1, 1_000_000), DEFAULT_MAX_ELEMENTS_PER_BLOCK)
     # Read and written by _policy_section: a table of tables, merged by name.
     classes: dict[str, ClassPolicy] = field(default_factory=lambda: dict(DEFAULT_CLASSES))
 
@@ -574,7 +577,7 @@ def _policy_section(table: dict, name: str) -> PolicyConfig:
         if missing:
             raise ConfigError(f"{name}: {where}{missing[0]}: missing (each class sets {', '.join(required)})")
         classes[cls_name] = _section(ClassPolicy, spec, name, where)
-    return PolicyConfig(policy.window, policy.delivered_window, classes)
+    return replace(policy, classes=classes)
 
 
 # -- dumping ------------------------------------------------------------------------

@@ -31,10 +31,11 @@ from typing import Callable, Iterable
 
 from netaddr import IPAddress, IPNetwork
 
-from netblock import fleet, follow, hostaddrs, journal, policy
+from netblock import fleet, follow, hostaddrs, journal, limits, policy
 from netblock.aggregate import widen_detail
 from netblock.errors import NetblockError
 from netblock.model import Block, Observation
+from netblock.printable import printable
 from netblock.sdnotify import Notifier
 
 NOT_OFFENCES = ("connect", "delivered")
@@ -44,7 +45,7 @@ MAX_TRACKED = 200_000  # addresses the event path remembers offences of (~160 MB
 
 def log(message: str, stream=None) -> None:
     """One line on stderr (journald adds the time)."""
-    print(f"netblock: {message}", file=stream or sys.stderr, flush=True)
+    print(f"netblock: {printable(message)}", file=stream or sys.stderr, flush=True)
 
 
 def _failure(exc: BaseException) -> str:
@@ -102,6 +103,9 @@ class Runner:
         self.followers: dict[str, follow.Follower] = {}
         self.journal: journal.Journal | None = None
         self.applied: set[IPNetwork] | None = None  # what the last good sync left in the kernel
+        self.applied_v4: int | None = None  # IPv4 addresses it covers (the coverage cap, limits.py)
+        self._notes: list[str] = []  # store blocks the last sync left out, as logged
+        self._refused: dict[str, str] = {}  # source path -> why it is not read, as logged
         self.last_tick: datetime | None = None
         self.last_result = TickResult()
         self.tracker: Tracker | None = None  # the daemon's in-memory view of recent offences
@@ -160,6 +164,10 @@ class Runner:
         for path, fol in self.followers.items():
             for _ in range(limit):
                 batch = fol.read()
+                if batch.refused != self._refused.get(path):  # one line when it starts, not every wake
+                    if batch.refused:
+                        self.log(f"{batch.refused} (the other sources go on)")
+                    self._refused[path] = batch.refused
                 if not batch.lines and batch.after == fol.position:
                     break
                 now = self.clock()
@@ -315,8 +323,9 @@ class Runner:
             change = None
             if add is not None:
                 own = self.own_addresses()
-                if all(b.netblock.prefixlen == (32 if b.netblock.version == 4 else 128)
-                       and b.netblock not in own for b in blocks):
+                room = self.applied_v4 is not None and self.applied_v4 + len(blocks) <= limits.MAX_V4_ADDRESSES
+                if room and all(b.netblock.prefixlen == (32 if b.netblock.version == 4 else 128)
+                                and b.netblock not in own for b in blocks):
                     with kernel_lock(self.config.lock_file):
                         change = add({b.netblock: b.expires for b in blocks})
         except TRANSIENT as exc:
@@ -328,6 +337,8 @@ class Runner:
         result.added = len(change.added)
         if self.applied is not None:
             self.applied.update(change.added)
+        if self.applied_v4 is not None:
+            self.applied_v4 += len(change.added)  # at most: an IPv6 address counts for nothing
 
     def own_addresses(self) -> set[IPNetwork]:
         if self.own is None:
@@ -361,6 +372,11 @@ class Runner:
                 self.log(f"drift repaired: restored {len(vanished)} netblock(s) missing from the kernel "
                          f"({shown}{more})")
         self.applied = set(res.desired)
+        self.applied_v4 = limits.v4_addresses(res.desired, disjoint=True)
+        if res.notes != self._notes:  # said once, not every tick
+            for note in res.notes:
+                self.log(note)
+            self._notes = res.notes
 
     # ---- sampling hook (reports engineer) ---------------------------------
     # Every tick reads the kernel's counters into the store here, after sync,
@@ -400,7 +416,7 @@ class Runner:
         r = self.last_result
         when = "never" if self.last_tick is None else f"{self.last_tick:%Y-%m-%d %H:%M:%S}Z"
         state = "ok" if r.ok else "failed: " + r.errors[0]
-        return f"{r.blocks} blocks, last tick {when} {state}"
+        return printable(f"{r.blocks} blocks, last tick {when} {state}")  # one line for sd_notify's STATUS=
 
 
 def newly_crossing(store, config, ips: Iterable[IPAddress], now: datetime) -> bool:
@@ -427,6 +443,7 @@ class _FastShield:
     """policy.Shield.covers() by bisection: an IPSet lookup costs ~0.1 ms, and a storm asks thousands of times."""
 
     def __init__(self, shield: policy.Shield):
+        self.shield = shield
         self.delivered = shield.delivered
         merged: list[list[int]] = []  # [version, first, last], disjoint and sorted
         for v, first, last in sorted((n.version, n.first, n.last)
@@ -465,6 +482,7 @@ class Tracker:
         self.limit = limit
         self.rules = policy.class_rules(config)
         self.widening = policy.widen_settings(config)
+        self.budget = policy.budget(config)
         widen_names = [n for n, r in self.rules.items() if r.widen]
         self.widens = bool(self.widening.enabled and self.widening.rules and widen_names)
         self.keep = max([r.window for r in self.rules.values()]
@@ -637,8 +655,9 @@ class Tracker:
                 expires = None if None in ends else max(ends)
                 if expires is not None and expires <= now:
                     continue
-                out.append(Block(w.netblock, f"widened: {len(w.offenders)} offenders in {w.netblock}",
-                                 policy.SOURCE, now, expires))
+                block = Block(w.netblock, f"widened: {len(w.offenders)} offenders in {w.netblock}",
+                              policy.SOURCE, now, expires)
+                out += policy.within_budget(block, zip(w.offenders, ends), shield.shield, self.budget, now)
         return out
 
 

@@ -17,6 +17,14 @@ class BadInput(NetblockError):
     exit_status = 2
 
 
+class LimitExceeded(BadInput):
+    """A block wider than netblock's floor, or a kernel state over its IPv4 cap (netblock/limits.py)."""
+
+
+class NotARegularFile(BadInput):
+    """A log source that is a FIFO, a device, a socket or a directory: reading it could block forever."""
+
+
 class ConfigError(BadInput):
     """The configuration file has an unknown key or a value of the wrong type."""
 

@@ -33,6 +33,8 @@ import sys
 from dataclasses import dataclass, field
 from typing import BinaryIO, Iterator
 
+from netblock.errors import NotARegularFile
+
 DEFAULT_MAX_LINE = 8192
 CHUNK = 1 << 16
 BATCH_LINES = 5000  # bounded batches keep each store transaction short
@@ -78,6 +80,39 @@ class Batch:
     overlong: int = 0
     restarted: bool = False  # the file was truncated (copytruncate) and read from 0 again
     rotated: bool = False  # the old inode was finished; the next read opens the new file
+    refused: str | None = None  # the path is not a regular file (a FIFO, a device): one line saying so
+
+
+_KINDS = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+          (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a directory"))
+
+
+def not_regular(path: str, mode: int) -> str | None:
+    """The one-line refusal of a source that is not a regular file, or None for a regular one."""
+    if stat.S_ISREG(mode):
+        return None
+    kind = next((name for test, name in _KINDS if test(mode)), "not a regular file")
+    return f"{path}: {kind}, not a regular file; not read"
+
+
+def open_regular(path: str) -> int:
+    """A read-only descriptor of the regular file ``path``; NotARegularFile for anything else.
+
+    Opening never blocks: O_NONBLOCK keeps a FIFO without a writer (or a
+    device) from waiting in open(), and the type is checked on the opened
+    descriptor, so a file swapped for a FIFO between a stat and the open is
+    still refused before anything is read from it.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+    try:
+        why = not_regular(path, os.fstat(fd).st_mode)
+    except BaseException:
+        os.close(fd)
+        raise
+    if why:
+        os.close(fd)
+        raise NotARegularFile(why)
+    return fd
 
 
 def state_key(path: str) -> str:
@@ -169,12 +204,17 @@ class Follower:
         self.overlong = 0
         self._fd: int | None = None
         self._fd_id: tuple[int, int] | None = None
+        self.refused: str | None = None  # why the path is not read right now
 
     # -- opening ---------------------------------------------------------
     def _open(self) -> None:
+        self.refused = None
         try:
             st = os.stat(self.path)
         except FileNotFoundError:
+            return
+        self.refused = not_regular(self.path, st.st_mode)
+        if self.refused:
             return
         saved = self.position
         if saved is not None and (st.st_dev, st.st_ino) != (saved.dev, saved.ino):
@@ -206,8 +246,11 @@ class Follower:
 
     def _attach(self, path: str, offset: int) -> None:
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            fd = open_regular(path)
         except FileNotFoundError:
+            return
+        except NotARegularFile as exc:
+            self.refused = str(exc)
             return
         st = os.fstat(fd)
         self._fd = fd
@@ -229,7 +272,7 @@ class Follower:
         if self._fd is None:
             self._open()
             if self._fd is None:
-                return Batch(after=self.position)
+                return Batch(after=self.position, refused=self.refused)
         assert self.position is not None
         size = os.fstat(self._fd).st_size
         start = self.position.offset
@@ -351,7 +394,7 @@ def _open_input(path: str) -> tuple[BinaryIO, int]:
     """A binary stream for a plain or gzip file (or ``-`` for stdin), with its size for progress."""
     if path == "-":
         return sys.stdin.buffer, 0
-    f = open(path, "rb")
+    f = os.fdopen(open_regular(path), "rb")
     size = os.fstat(f.fileno()).st_size
     if f.read(2) == b"\x1f\x8b":
         f.seek(0)
@@ -505,9 +548,9 @@ def pieces(path: str, size: int) -> list[tuple[int, int]] | None:
     if path == "-":
         return None
     try:
-        with open(path, "rb") as f:
+        with os.fdopen(open_regular(path), "rb") as f:
             st = os.fstat(f.fileno())
-            if not stat.S_ISREG(st.st_mode) or f.read(2) == b"\x1f\x8b":
+            if f.read(2) == b"\x1f\x8b":
                 return None
             cuts = [0]
             for guess in range(size, st.st_size, size):
@@ -524,7 +567,7 @@ def pieces(path: str, size: int) -> list[tuple[int, int]] | None:
                 cut = f.tell() - len(chunk) + nl + 1
                 if cut < st.st_size:
                     cuts.append(cut)
-    except OSError:
+    except (OSError, NotARegularFile):
         return None
     return list(zip(cuts, cuts[1:] + [st.st_size]))
 

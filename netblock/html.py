@@ -12,6 +12,7 @@ from datetime import datetime
 from html import escape
 
 from netblock import report as rep
+from netblock.printable import printable
 
 STYLE = """
 body { font-family: sans-serif; max-width: 60em; margin: 2em auto; color: #222; }
@@ -32,7 +33,7 @@ def _table(head: list[tuple[str, bool]], rows: list[list[tuple[str, str]]], row_
            + "</tr>"]
     for i, row in enumerate(rows):
         cls = f' class="{row_class[i]}"' if row_class and row_class[i] else ""
-        out.append(f"<tr{cls}>" + "".join(f'<td class="{c}">{escape(v)}</td>' for v, c in row) + "</tr>")
+        out.append(f"<tr{cls}>" + "".join(f'<td class="{c}">{escape(printable(v))}</td>' for v, c in row) + "</tr>")
     out.append("</table>")
     return "\n".join(out)
 
@@ -96,7 +97,7 @@ def summary_section(s: rep.Summary) -> str:
 
 def preformatted(text: str) -> str:
     """A table another module renders as text (the ASN report), kept in its own layout."""
-    return f"<pre>{escape(text)}</pre>"
+    return f"<pre>{escape(printable(text, keep_newlines=True))}</pre>"
 
 
 def charts(rows, daily, since, until) -> str:
@@ -114,7 +115,7 @@ def page(top_rows, class_rows, summary, daily, since: datetime, until: datetime,
     """The whole page; ``extra_sections`` are (title, HTML) pairs, e.g. the ASN table; ``dropped_out``
     as for report.table (None: no comparison)."""
     span = f"{since:%Y-%m-%d %H:%M} .. {until:%Y-%m-%d %H:%M} UTC"
-    title = f"netblock wrap-up{' for ' + host if host else ''}, {span}"
+    title = printable(f"netblock wrap-up{' for ' + host if host else ''}, {span}")
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',

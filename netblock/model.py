@@ -8,6 +8,7 @@ from datetime import datetime
 from netaddr import IPAddress, IPNetwork
 
 SOURCES = ("cli", "list", "policy")
+MANUAL_SOURCES = ("cli", "list")  # blocks a person made: `add`, or a list loaded with `add -`
 
 
 @dataclass(frozen=True)

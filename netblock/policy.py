@@ -31,8 +31,9 @@ import numpy as np
 
 from netaddr import IPAddress, IPNetwork, IPSet
 
+from netblock import limits
 from netblock.aggregate import WidenRule, address_int, protected_builtin, widen_detail, widen_spans
-from netblock.model import Block, Observation
+from netblock.model import MANUAL_SOURCES, Block, Observation
 
 SOURCE = "policy"
 
@@ -141,6 +142,13 @@ class Shield:
         k = bisect_right(spans[0], value) - 1
         return k >= 0 and value <= spans[1][k]
 
+    def carved(self) -> "limits.Carved":
+        """Everything sync cuts out of a policy block, priced per block (the element budget)."""
+        if getattr(self, "_carved", None) is None:
+            self._carved = limits.Carved(self.builtin + self.allowlist + self.own
+                                         + [IPNetwork(ip) for ip in self.delivered])
+        return self._carved
+
     def why(self, target: IPNetwork) -> list[tuple[str, str]]:
         """(kind, netblock) of every protection overlapping ``target``."""
         out = []
@@ -148,6 +156,38 @@ class Shield:
             out += [(kind, str(n)) for n in nets if _overlap(n, target)]
         out += [("delivered", str(ip)) for ip in sorted(self.delivered) if ip in target]
         return out
+
+
+# -- the element budget: a widened block that would cost too much falls back to its offenders --
+
+def budget(config) -> int:
+    """``[policy] max_elements_per_block``."""
+    return int(getattr(config.policy, "max_elements_per_block", limits.DEFAULT_MAX_ELEMENTS_PER_BLOCK))
+
+
+def fallback_reason(net: IPNetwork, limit: int) -> str:
+    return (f"offender in {net}: the widened block would take more than {limit} kernel elements "
+            "with its protected addresses cut out")
+
+
+def within_budget(block: Block, offenders: Iterable[tuple[IPAddress, datetime | None]], sh: "Shield",
+                  limit: int, now: datetime) -> list[Block]:
+    """``[block]`` when cutting the protected space out of it costs at most ``limit`` kernel
+    elements, else one block per offender (``(address, expiry)``) it was widened from.
+
+    A thousand recent deliverers inside a widened /48 would otherwise cost
+    about 69,000 elements (5,000 inside a /16): protection must not let a
+    sender who gets a few messages through make the kernel's set explode.
+    """
+    if sh.carved().cost(block.netblock, limit) <= limit:
+        return [block]
+    text = fallback_reason(block.netblock, limit)
+    out = []
+    for ip, expires in offenders:
+        if expires is not None and expires <= now:
+            continue
+        out.append(Block(IPNetwork(ip), text, SOURCE, now, expires))
+    return out
 
 
 def _overlap(a: IPNetwork, b: IPNetwork) -> bool:
@@ -296,14 +336,16 @@ def _widened(store, rules, config, now, sh: Shield) -> list[Block]:
             continue  # a wider prefix already covers it
         kept.append(w)
     out = []
-    for net, _rule, _addrs, lo, hi in kept:
+    limit = budget(config)
+    for net, rule, addrs, lo, hi in kept:
         found_any, expires = ends.latest(net)
         if not found_any:
             continue
         if expires is not None and expires <= now:
             continue
         reason = f"widened: {hi - lo} offenders in {net}"
-        out.append(Block(net, reason, SOURCE, now, expires))
+        offenders = (ends.own_end(IPAddress(int(a), rule.family), expires) for a in addrs[lo:hi].tolist())
+        out += within_budget(Block(net, reason, SOURCE, now, expires), offenders, sh, limit, now)
     return out
 
 
@@ -348,6 +390,11 @@ class _OffenderEnds:
             self._index[family] = (values[order], np.array(self._keys[family], dtype=np.float64)[order], order)
         return v4, v6
 
+    def own_end(self, ip: IPAddress, default: datetime | None) -> tuple[IPAddress, datetime | None]:
+        """(ip, the expiry of its own offences), or ``default`` for an IPv4-mapped one counted as IPv4."""
+        found, expires = self.latest(IPNetwork(ip))
+        return ip, (expires if found else default)
+
     def latest(self, net: IPNetwork) -> tuple[bool, datetime | None]:
         """(any offender inside ``net`` has an expiry, the latest of them; None when one is permanent)."""
         values, keys, order = self._index[net.version]
@@ -378,7 +425,15 @@ def _routed(store, rules, config, now, sh: Shield) -> list[Block]:
     if found is None:
         return []
     rs, table, offences = found
-    return routed.blocks(offences, table, rs, sh.builtin + sh.allowlist + sh.own, now)
+    ends: dict[IPAddress, datetime | None] = {}
+    for off in offences:
+        ends[off.ip] = off.expires if off.ip not in ends else _later(ends[off.ip], off.expires)
+    limit = budget(config)
+    out = []
+    for block in routed.blocks(offences, table, rs, sh.builtin + sh.allowlist + sh.own, now):
+        inside = ((ip, e) for ip, e in ends.items() if ip.version == block.netblock.version and ip in block.netblock)
+        out += within_budget(block, inside, sh, limit, now)
+    return out
 
 
 def _routed_for(store, rules, config, now, sh: Shield, net: IPNetwork) -> list[dict]:
@@ -414,6 +469,8 @@ def record(store, decided: Iterable[Block], now: datetime) -> list[Block]:
     changed = []
     with store.transaction():
         for block in decided:
+            if limits.too_wide(block.netblock):
+                continue  # never, whatever the configuration says (limits.py)
             old = store.get_block(block.netblock)
             if old is None:
                 new = block
@@ -461,6 +518,8 @@ class Explanation:
     protected: list[tuple[str, str]]  # (kind, netblock)
     verdict: str
     routed: list[dict] = field(default_factory=list)  # routed.describe() of announced prefixes holding it
+    overridden: list[tuple[str, str]] = field(default_factory=list)  # (deliverer, the manual block that wins)
+    left_out: list[tuple[str, int]] = field(default_factory=list)  # (stored policy prefix over budget, budget)
 
     def to_dict(self) -> dict:
         return {
@@ -485,6 +544,8 @@ class Explanation:
             "widened": self.widened,
             "protected": [{"kind": k, "netblock": n} for k, n in self.protected],
             "routed": self.routed,
+            "overridden": [{"kind": "delivered", "netblock": n, "by": by} for n, by in self.overridden],
+            "left_out": [{"netblock": n, "max_elements": limit} for n, limit in self.left_out],
         }
 
 
@@ -492,7 +553,7 @@ def parse_target(text: str) -> IPNetwork:
     """The address or prefix ``why`` asks about, parsed as strictly as ``netblock add`` does."""
     from netblock.targets import parse_target as strict
 
-    return strict(text, force=True).netblock
+    return strict(text, any_width=True).netblock
 
 
 def explain(store, config, target: IPNetwork | str, now: datetime, *, own: Iterable[IPNetwork] = ()) -> Explanation:
@@ -511,11 +572,38 @@ def explain(store, config, target: IPNetwork | str, now: datetime, *, own: Itera
                if o.ip.version == net.version and o.ip in net]
     checks = _checks(obs, rules, now, sh)
     blocks = [b for b in store.blocks(now=now) if _overlap(b.netblock, net)]
+    limit = budget(config)
+    left_out = [b for b in blocks if b.source == SOURCE and b.netblock.size > 1
+                and sh.carved().cost(b.netblock, limit) > limit]  # sync leaves these out (sync.screen)
+    blocks = [b for b in blocks if b not in left_out]
     widened = _widening_for(store, rules, config, now, sh, net, ws)
     announced = _routed_for(store, rules, config, now, sh, net)
-    protected = sh.why(net)
-    verdict = _verdict(net, blocks, checks, widened or [r for r in announced if r["blocked"]], protected)
-    return Explanation(net, obs, checks, blocks, widened, protected, verdict, announced)
+    protected, overridden = _by_hand_wins(sh.why(net), blocks)
+    live = [w for w in widened if not w["fallback"]]
+    verdict = _verdict(net, blocks, checks, live or [r for r in announced if r["blocked"]], protected)
+    if overridden and verdict.startswith("blocked"):
+        verdict += "; it delivered mail recently, but a block made by hand wins over that protection"
+    return Explanation(net, obs, checks, blocks, widened, protected, verdict, announced, overridden,
+                       [(str(b.netblock), limit) for b in left_out])
+
+
+def _by_hand_wins(protections: list[tuple[str, str]], blocks: list[Block]
+                  ) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """(protections that hold, (deliverer, manual block) pairs where a block made by hand wins).
+
+    Sync carves recent deliverers out of the policy's blocks only (sync.Protected).
+    """
+    manual = [b.netblock for b in blocks if b.source in MANUAL_SOURCES]
+    held, overridden = [], []
+    for kind, text in protections:
+        if kind == "delivered":
+            ip = IPAddress(text)
+            by = next((m for m in manual if m.version == ip.version and ip in m), None)
+            if by is not None:
+                overridden.append((text, str(by)))
+                continue
+        held.append((kind, text))
+    return held, overridden
 
 
 def _checks(obs: list[Observation], rules, now: datetime, sh: Shield) -> list[Check]:
@@ -561,15 +649,21 @@ def _widening_for(store, rules, config, now, sh, net: IPNetwork, ws: WidenSettin
     if not ws.enabled or not ws.rules or not names:
         return []
     offenders = {o.ip for o in _offences(store, rules, now, sh, only=names, window=ws.window)}
+    limit = budget(config)
     out = []
     for w in widen_detail(list(offenders), ws.rules, ws.max_prefixlen):
         if _overlap(w.netblock, net):
             rule = w.rule
+            cost = sh.carved().cost(w.netblock, limit)
             out.append({
                 "netblock": str(w.netblock),
                 "offenders": [str(ip) for ip in w.offenders],
                 "rule": {"family": f"ipv{rule.family}", "prefixlen": rule.prefixlen,
                          "min_count": rule.min_count, "unit_prefixlen": rule.unit_prefixlen},
+                # kernel elements with the protected space cut out ("more than" max once over it)
+                "elements": cost,
+                "max_elements": limit,
+                "fallback": cost > limit,
             })
     return out
 
@@ -620,6 +714,10 @@ def render(ex: Explanation) -> list[str]:
         unit = f" (counted per /{r['unit_prefixlen']})" if r["unit_prefixlen"] else ""
         lines.append(f"widened: {w['netblock']} holds {len(w['offenders'])} offenders, "
                      f"rule {r['family']} /{r['prefixlen']} at {r['min_count']}{unit}")
+        if w.get("fallback"):
+            lines.append(f"  falls back to its offenders: with the protected addresses inside it cut out it "
+                         f"would take more than {w['max_elements']} kernel elements "
+                         "([policy] max_elements_per_block), so each offender is blocked on its own")
     if ex.routed:
         from netblock.routed import render as render_routed
 
@@ -630,4 +728,10 @@ def render(ex: Explanation) -> list[str]:
         lines.append(f"block: {b.netblock} [{b.source}] {b.reason}, {until}")
     for kind, n in ex.protected:
         lines.append(f"protected: {n} ({kind})")
+    for n, limit in ex.left_out:
+        lines.append(f"left out: {n} would take more than {limit} kernel elements with the protected "
+                     "addresses inside it cut out; it falls back to its offenders, each blocked on its own")
+    for n, by in ex.overridden:
+        lines.append(f"not protected: {n} delivered mail recently, but {by} was blocked by hand "
+                     "and a manual block wins over that protection")
     return lines

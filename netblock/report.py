@@ -26,6 +26,7 @@ from typing import Iterable
 from netaddr import IPNetwork
 
 from netblock.model import Sample
+from netblock.printable import printable
 
 
 @dataclass
@@ -488,7 +489,8 @@ def change(now: int, before: int) -> str:
 def classes_table(rows: list[ClassRow], since: datetime, until: datetime) -> str:
     total = sum(r.count for r in rows)
     compare = any(r.previous is not None for r in rows)
-    width = max([30] + [len(r.label) + 2 for r in rows])
+    labels = [printable(r.label) for r in rows]
+    width = max([30] + [len(label) + 2 for label in labels])
     head = f"Connection-time rejections {since:%Y-%m-%d %H:%M} .. {until:%Y-%m-%d %H:%M} UTC"
     if compare:
         prev_total = sum(r.previous or 0 for r in rows)
@@ -496,8 +498,8 @@ def classes_table(rows: list[ClassRow], since: datetime, until: datetime) -> str
                  f"{'total':<{width}}{total:>9}{prev_total:>9}  {change(total, prev_total)}"]
     else:
         lines = [head, f"{'total':<{width}}{total:>9}"]
-    for r in rows:
-        line = f"{r.label:<{width}}{r.count:>9}"
+    for r, label in zip(rows, labels):
+        line = f"{label:<{width}}{r.count:>9}"
         if compare:
             line += f"{r.previous or 0:>9}  {change(r.count, r.previous or 0)}"
         lines.append(line + ("  no hits — dead or useless?" if r.dead else ""))

@@ -501,15 +501,21 @@ class Store:
                     gone.append(net)
         return gone
 
-    def blocks(self, *, now: datetime | None = None) -> list[Block]:
-        """Blocks still active at ``now`` (all of them when ``now`` is None), sorted by address."""
-        if now is None:
-            rows = self._all(f"SELECT {_BLOCK_COLS} FROM blocks {_BLOCK_ORDER}")
-        else:
-            rows = self._all(
-                f"SELECT {_BLOCK_COLS} FROM blocks WHERE expires IS NULL OR expires > ? {_BLOCK_ORDER}",
-                (_ts(now),),
-            )
+    def blocks(self, *, now: datetime | None = None, sources: Iterable[str] | None = None) -> list[Block]:
+        """Blocks still active at ``now`` (all of them when ``now`` is None), sorted by address.
+
+        ``sources`` keeps only blocks of those sources (e.g. the hand-made ones).
+        """
+        where, params = [], []
+        if now is not None:
+            where.append("(expires IS NULL OR expires > ?)")
+            params.append(_ts(now))
+        if sources is not None:
+            sources = list(sources)
+            where.append(f"source IN ({', '.join(['?'] * len(sources))})")
+            params += sources
+        clause = f"WHERE {' AND '.join(where)} " if where else ""
+        rows = self._all(f"SELECT {_BLOCK_COLS} FROM blocks {clause}{_BLOCK_ORDER}", params)
         return [_block(r) for r in rows]
 
     def expired_blocks(self, now: datetime) -> list[Block]:
@@ -524,6 +530,12 @@ class Store:
         return self._one(
             "SELECT count(*) FROM blocks WHERE expires IS NULL OR expires > ?", (_ts(now),)
         )[0]
+
+    def v4_block_space(self, now: datetime) -> int:
+        """The sizes of the active IPv4 blocks summed (overlaps counted twice): a cheap bound for the cap."""
+        row = self._one("SELECT sum(1 << (32 - prefixlen)) FROM blocks "
+                        "WHERE family = 4 AND (expires IS NULL OR expires > ?)", (_ts(now),))
+        return int(row[0] or 0)
 
     def next_expiry(self, now: datetime) -> datetime | None:
         """When the next active block runs out (what the daemon sleeps towards)."""

@@ -14,12 +14,12 @@ from typing import Iterable, Mapping
 
 from netaddr import IPNetwork
 
-from netblock import hostaddrs
+from netblock import hostaddrs, limits
 from netblock.aggregate import aggregate, protected_builtin
 from netblock.errors import NetblockError
 from netblock.firewall import Change
 from netblock.lock import DEFAULT_TIMEOUT, kernel_lock
-from netblock.model import Block
+from netblock.model import MANUAL_SOURCES, Block
 
 _V4_MAPPED_FIRST = 0xFFFF_0000_0000
 _V4_MAPPED_LAST = 0xFFFF_FFFF_FFFF
@@ -36,32 +36,80 @@ class SyncResult:
     change: Change
     installed_before: dict[IPNetwork, datetime | None] = field(default_factory=dict)
     missing: str | None = None  # dry run only: why nothing could be read (skeleton not installed)
+    notes: list[str] = field(default_factory=list)  # store blocks left out (Plan.notes())
 
 
 @dataclass(frozen=True)
 class Protected:
-    """What must never be dropped, by kind, so a refusal can say why."""
+    """What must never be dropped, by kind, so a refusal can say why.
+
+    Precedence: the built-in ranges, the allowlist and this host's own
+    addresses are carved out of every block. A recent deliverer is carved out
+    of the policy's blocks only: a block a person made by hand (``manual``,
+    the active cli/list blocks) is not undone by it.
+    """
 
     builtin: list[IPNetwork]
     allowlist: list[IPNetwork]  # store allowlist + config blocks.allow
     own: list[IPNetwork]
     delivered: list[IPNetwork]
+    manual: list[IPNetwork] = field(default_factory=list)
+
+    def hard(self) -> list[IPNetwork]:
+        """What wins over every block, a manual one included."""
+        return self.builtin + self.allowlist + self.own
+
+    def split_delivered(self) -> tuple[list[IPNetwork], list[IPNetwork]]:
+        """(deliverers still protected, deliverers inside a manual block and so blocked anyway)."""
+        if not self.manual or not self.delivered:
+            return list(self.delivered), []
+        inside = _Cover(self.manual)
+        kept, overridden = [], []
+        for net in self.delivered:
+            (overridden if inside.covers(net) else kept).append(net)
+        return kept, overridden
 
     def all(self) -> list[IPNetwork]:
-        return self.builtin + self.allowlist + self.own + self.delivered
+        """Everything aggregation carves out of the blocked set."""
+        return self.hard() + self.split_delivered()[0]
+
+
+class _Cover:
+    """Whether a netblock lies inside the union of some others (bisection over merged spans)."""
+
+    def __init__(self, nets: Iterable[IPNetwork]):
+        merged: dict[int, tuple[list[int], list[int]]] = {}
+        for fam, first, last in sorted(span(n) for n in nets):
+            firsts, lasts = merged.setdefault(fam, ([], []))
+            if lasts and first <= lasts[-1] + 1:
+                lasts[-1] = max(lasts[-1], last)
+            else:
+                firsts.append(first)
+                lasts.append(last)
+        self._merged = merged
+
+    def covers(self, net: IPNetwork) -> bool:
+        fam, first, last = span(net)
+        if fam not in self._merged:
+            return False
+        firsts, lasts = self._merged[fam]
+        k = bisect_right(firsts, first) - 1
+        return k >= 0 and last <= lasts[k]
 
 
 def protected(store, config, *, now: datetime, own: Iterable[IPNetwork] | None = None) -> Protected:
-    """Everything aggregation must carve out of the blocked set right now."""
+    """Everything aggregation must carve out of the blocked set right now, by kind."""
     allow = [entry.netblock for entry in store.allowlist()]
     allow += [IPNetwork(text) for text in config.blocks.allow]
     window = config.policy.delivered_window
     delivered = [IPNetwork(ip) for ip in store.delivered_since(now - window)] if window else []
+    manual = [b.netblock for b in store.blocks(now=now, sources=MANUAL_SOURCES)] if delivered else []
     return Protected(
         builtin=list(protected_builtin()),
         allowlist=allow,
         own=list(hostaddrs.own_addresses() if own is None else own),
         delivered=delivered,
+        manual=manual,
     )
 
 
@@ -117,16 +165,77 @@ def compute_desired(blocks: Iterable[Block], protect: Iterable[IPNetwork]) -> di
     return {net: (None if when is _PERMANENT else when) for net, when in zip(nets, latest)}
 
 
-def desired_for(store, config, *, now: datetime, own: Iterable[IPNetwork] | None = None):
-    """The desired kernel state from the store as it is now.
+@dataclass
+class Plan:
+    """What sync will install, and the store's blocks it leaves out (and why)."""
+
+    desired: dict[IPNetwork, datetime | None]
+    too_wide: list[Block] = field(default_factory=list)  # wider than netblock's floor (limits.py)
+    over_budget: list[tuple[Block, int]] = field(default_factory=list)  # (policy prefix, cost counted past budget)
+    budget: int = limits.DEFAULT_MAX_ELEMENTS_PER_BLOCK
+
+    def notes(self) -> list[str]:
+        """One line per block left out, for the CLI's warnings and the daemon's log."""
+        out = [f"{b.netblock} [{b.source}] ignored: {limits.width_refusal(b.netblock)}" for b in self.too_wide]
+        out += [f"{b.netblock} [{b.source}] left out: cutting the protected addresses out of it takes more "
+                f"than {self.budget} kernel elements ([policy] max_elements_per_block); its offenders are "
+                "blocked one by one instead" for b, _cost in self.over_budget]
+        return out
+
+
+def max_elements(config) -> int:
+    """``[policy] max_elements_per_block``: what one decided block may cost in kernel elements."""
+    from netblock.policy import budget
+
+    return budget(config)
+
+
+def screen(blocks: Iterable[Block], carve: list[IPNetwork], budget: int,
+           too_wide: list[Block], over_budget: list[tuple[Block, int]]) -> Iterable[Block]:
+    """The blocks sync may install, one by one; the others go to ``too_wide`` / ``over_budget``.
+
+    A row wider than the floor never reaches the kernel, whoever wrote it (a
+    fleet peer, an old version, a hand-edited store). A policy prefix (a
+    widened or routed block) whose carve-outs would cost more than ``budget``
+    elements is left out: the policy blocks its offenders one by one instead
+    (policy.decide), so a thousand deliverers inside a widened /48 cost its
+    few offenders' elements, not 64,000.
+    """
+    carved = None
+    for block in blocks:
+        net = block.netblock
+        if limits.too_wide(net):
+            too_wide.append(block)
+            continue
+        if block.source == "policy" and net.size > 1:
+            if carved is None:
+                carved = limits.Carved(carve)
+            cost = carved.cost(net, budget)
+            if cost > budget:
+                over_budget.append((block, cost))
+                continue
+        yield block
+
+
+def plan(store, config, *, now: datetime, own: Iterable[IPNetwork] | None = None) -> Plan:
+    """The desired kernel state from the store as it is now, with what it leaves out.
 
     No store transaction is held here: sync runs under the kernel lock, and a
     caller holding the store's write lock while waiting for the kernel lock
     would deadlock against us. A write racing these reads is picked up by the
     next sync, which every writer runs after committing.
     """
-    protect = protected(store, config, now=now, own=own).all()
-    return compute_desired(store.blocks(now=now), protect)
+    carve = protected(store, config, now=now, own=own).all()
+    budget = max_elements(config)
+    too_wide: list[Block] = []
+    over_budget: list[tuple[Block, int]] = []
+    desired = compute_desired(screen(store.blocks(now=now), carve, budget, too_wide, over_budget), carve)
+    return Plan(desired, too_wide, over_budget, budget)
+
+
+def desired_for(store, config, *, now: datetime, own: Iterable[IPNetwork] | None = None):
+    """The desired kernel state from the store as it is now (see plan())."""
+    return plan(store, config, now=now, own=own).desired
 
 
 def diff(installed: Mapping[IPNetwork, datetime | None],
@@ -184,12 +293,13 @@ def sync(store, backend, config, *, now: datetime, dry_run: bool = False, lock: 
     """
     stage = stage or (lambda: None)
     if dry_run:
-        desired = desired_for(store, config, now=now, own=own)
+        planned = plan(store, config, now=now, own=own)
+        limits.check_coverage(planned.desired, disjoint=True)
         stage()
         installed, missing = read_installed(backend)
         stage()
-        return SyncResult(desired=desired, change=diff(installed, desired), installed_before=installed,
-                          missing=missing)
+        return SyncResult(desired=planned.desired, change=diff(installed, planned.desired),
+                          installed_before=installed, missing=missing, notes=planned.notes())
     if not lock:
         return _apply(store, backend, config, now=now, own=own, stage=stage)
     with kernel_lock(config.lock_file, timeout=lock_timeout):
@@ -197,17 +307,19 @@ def sync(store, backend, config, *, now: datetime, dry_run: bool = False, lock: 
 
 
 def _apply(store, backend, config, *, now, own, stage) -> SyncResult:
-    desired = desired_for(store, config, now=now, own=own)
+    planned = plan(store, config, now=now, own=own)
+    desired = planned.desired
+    limits.check_coverage(desired, disjoint=True)  # refused whole: the kernel keeps what it has
     stage()
     backend.ensure()
     installed = dict(backend.installed())
     stage()
-    planned = diff(installed, desired)
-    if planned.removed or planned.updated:  # their counters go with them: keep what they counted
+    change_plan = diff(installed, desired)
+    if change_plan.removed or change_plan.updated:  # their counters go with them: keep what they counted
         from netblock import sampling
 
         sampling.sample(store, backend, now)
     stage()
     change = backend.apply(desired)
     stage()
-    return SyncResult(desired=desired, change=change, installed_before=installed)
+    return SyncResult(desired=desired, change=change, installed_before=installed, notes=planned.notes())

@@ -15,7 +15,8 @@ from datetime import timedelta
 
 from netaddr import IPNetwork
 
-from netblock.errors import BadInput
+from netblock.errors import BadInput, LimitExceeded
+from netblock.limits import width_refusal
 
 # Narrower than this needs --force: a /7 or a /31 of IPv6 is a continent, not a spammer.
 MAX_WIDTH = {4: 8, 6: 32}
@@ -62,12 +63,14 @@ def _v6_value(text: str, addr: str) -> int:
         raise _refuse(text, "malformed IPv6 address") from None
 
 
-def parse_target(text: str, *, force: bool = False) -> Target:
+def parse_target(text: str, *, force: bool = False, any_width: bool = False) -> Target:
     """One IP or CIDR, as ``netblock add/del/allow`` take it; BadInput names the text.
 
     Host bits are cleared with a warning; IPv4-mapped IPv6 becomes IPv4;
-    prefixes wider than /8 (IPv4) or /32 (IPv6) need ``force``, and /0 is
-    never accepted.
+    prefixes wider than /8 (IPv4) or /32 (IPv6) need ``force``, and nothing
+    wider than netblock's floor (/4, /16: netblock/limits.py) is accepted at all
+    as a block. ``any_width`` lifts both for what only names existing space
+    (``del`` of an old row, ``allow``, ``why``).
 
     >>> parse_target("198.18.1.7/24")
     Target(netblock=IPNetwork('198.18.1.0/24'), warning='198.18.1.7/24 has host bits set; using 198.18.1.0/24')
@@ -104,7 +107,10 @@ def parse_target(text: str, *, force: bool = False) -> Target:
         warning = f"{text} has host bits set; using {network}"
     if plen == 0:
         raise _refuse(text, "a /0 would block every sender")
-    if plen < MAX_WIDTH[family] and not force:
+    floor = None if any_width else width_refusal(network)
+    if floor:
+        raise LimitExceeded(f"{text!r} is not a usable IP address or netblock: {floor}")
+    if plen < MAX_WIDTH[family] and not (force or any_width):
         raise _refuse(text, f"/{plen} is wider than /{MAX_WIDTH[family]}; use --force if you mean it")
     return Target(network, warning)
 

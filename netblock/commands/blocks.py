@@ -17,6 +17,7 @@ from netaddr import IPNetwork
 from netblock.errors import BadInput, NetblockError
 from netblock.lock import kernel_lock
 from netblock.model import AllowEntry, Block
+from netblock.printable import printable
 
 MAX_WARNINGS = 5  # host-bit warnings shown one by one before they are only counted
 EXPIRE_STATE_KEY = "cli.expire.last"
@@ -68,17 +69,21 @@ def read_target_lines(stream) -> list[tuple[str, str]]:
     return out
 
 
-def parse_targets(items: list[tuple[str, str]], ctx, *, force: bool, progress=None) -> list[IPNetwork]:
-    """Parse every target or raise BadInput on the first bad one; warnings go to stderr."""
+def parse_targets(items: list[tuple[str, str]], ctx, *, force: bool = False, any_width: bool = False,
+                  progress=None) -> list[IPNetwork]:
+    """Parse every target or raise BadInput on the first bad one; warnings go to stderr.
+
+    ``any_width`` for commands that only name space (del, allow): no width limit applies.
+    """
     from netblock.targets import parse_target
 
     nets = []
     warned = 0
     for text, where in items:
         try:
-            target = parse_target(text, force=force)
+            target = parse_target(text, force=force, any_width=any_width)
         except BadInput as exc:
-            raise BadInput(f"{where}: {exc}" if where.startswith("stdin") else str(exc)) from None
+            raise type(exc)(f"{where}: {exc}" if where.startswith("stdin") else str(exc)) from None
         if target.warning:
             warned += 1
             if warned <= MAX_WARNINGS:
@@ -98,6 +103,8 @@ class Refusals:
     the protected part out. One entirely inside it could never be installed,
     so it is refused with the reason.
     """
+
+    delivered: "Refusals | None" = None  # recent deliverers: not refused, and not carved out of a manual block
 
     def __init__(self, labelled: list[tuple[IPNetwork, str]]):
         from netblock.sync import span
@@ -129,6 +136,24 @@ class Refusals:
                 return f"{label} {prot}" if prot.prefixlen < (32 if prot.version == 4 else 128) else label
         return "protected space"
 
+    def carved(self, net: IPNetwork) -> list[tuple[IPNetwork, str]]:
+        """(protected netblock, label) of each protection inside ``net``: what sync cuts out of it."""
+        from netblock.sync import span
+
+        fam, first, last = span(net)
+        if fam not in self.merged:
+            return []
+        firsts, lasts = self.merged[fam]
+        k = bisect_right(firsts, last) - 1
+        if k < 0 or lasts[k] < first:
+            return []
+        out = []
+        for prot, label in self.labelled:
+            pf, pfirst, plast = span(prot)
+            if pf == fam and pfirst <= last and first <= plast:
+                out.append((prot, label))
+        return out
+
 
 def refusals(store, config, now: datetime) -> Refusals:
     """What `add` refuses outright: sync's protected space, minus recent deliverers.
@@ -142,7 +167,9 @@ def refusals(store, config, now: datetime) -> Refusals:
     labelled = [(net, "protected: built-in never-block range") for net in prot.builtin]
     labelled += [(net, "protected: allowlisted") for net in prot.allowlist]
     labelled += [(net, "protected: this host's own address") for net in prot.own]
-    return Refusals(labelled)
+    guard = Refusals(labelled)
+    guard.delivered = Refusals([(net, "delivered") for net in prot.delivered])
+    return guard
 
 
 def parse_ttl(text: str, config) -> timedelta:
@@ -240,6 +267,8 @@ def sync_after_write(ctx):
 
 
 def report_sync(ctx, result) -> None:
+    for note in result.notes:
+        ctx.warn(note)
     c = result.change
     ctx.print(f"kernel: {len(result.desired)} netblocks "
               f"(+{len(c.added)} -{len(c.removed)} ~{len(c.updated)})")
@@ -291,6 +320,7 @@ def cmd_add(args, ctx) -> int:
                 fresh += 1
             else:
                 again += 1
+        check_cap(store, config, now, add=blocks)  # refused here, nothing is written
         store.put_blocks(blocks)
     if len(blocks) == 1:
         b = blocks[0]
@@ -299,12 +329,45 @@ def cmd_add(args, ctx) -> int:
         ctx.print(f"blocked {show(b.netblock)} {until}{extra}")
     else:
         ctx.print(f"blocked {len(blocks)} netblocks ({fresh} new, {again} re-blocked)")
+    window = format_duration(config.policy.delivered_window)
+    for b in blocks:
+        for prot, label in guard.carved(b.netblock):
+            ctx.print(f"carved out {show(prot)} from {show(b.netblock)} ({label.removeprefix('protected: ')})")
+        for prot, _ in guard.delivered.carved(b.netblock):
+            ctx.print(f"not carved out: {show(prot)} delivered mail within {window}, "
+                      f"but a block made by hand wins ({show(b.netblock)})")
     report_sync(ctx, sync_after_write(ctx))
     return 0
 
 
+def check_cap(store, config, now: datetime, *, add=(), unallow=()) -> None:
+    """LimitExceeded before a write whose sync would block more IPv4 space than the cap (limits.py).
+
+    ``add`` are blocks about to be stored (hand-made), ``unallow`` allowlist
+    entries about to be removed. The union of the active blocks is cheap to
+    measure and only ever larger than what sync installs, so the exact
+    aggregation runs only near the cap.
+    """
+    from netblock import limits
+    from netblock.sync import compute_desired, max_elements, protected, screen
+
+    # The stored blocks' sizes summed, overlaps twice: one query, and never less than what sync installs.
+    if store.v4_block_space(now) + limits.v4_addresses((b.netblock for b in add), disjoint=True) \
+            <= limits.MAX_V4_ADDRESSES:
+        return
+    active = {b.netblock: b for b in store.blocks(now=now)}
+    active.update((b.netblock, b) for b in add)
+    prot = protected(store, config, now=now)
+    gone = set(unallow)
+    prot = dataclasses.replace(prot, allowlist=[n for n in prot.allowlist if n not in gone],
+                               manual=prot.manual + [b.netblock for b in add])
+    carve = prot.all()
+    limits.check_coverage(compute_desired(screen(active.values(), carve, max_elements(config), [], []), carve),
+                          "refused, nothing changed")
+
+
 def cmd_del(args, ctx) -> int:
-    nets = parse_targets([(t, "argument") for t in args.targets], ctx, force=True)
+    nets = parse_targets([(t, "argument") for t in args.targets], ctx, any_width=True)
     store = ctx.store()
     with store.transaction():
         for net, text in zip(nets, args.targets):
@@ -337,14 +400,15 @@ def cmd_list(args, ctx) -> int:
             expires = "never"
         else:
             expires = iso(b.expires) + (" (expired)" if b.expires <= now else "")
-        rows.append([str(b.netblock), expires, iso(b.created), b.source, str(b.reblocks), b.reason or "-"])
+        rows.append([str(b.netblock), expires, iso(b.created), printable(b.source), str(b.reblocks),
+                     printable(b.reason) or "-"])
     for line in table(rows, ["NETBLOCK", "EXPIRES", "CREATED", "SOURCE", "REBLOCKS", "REASON"]):
         ctx.print(line)
     return 0
 
 
 def cmd_allow_add(args, ctx) -> int:
-    nets = parse_targets([(t, "argument") for t in args.cidrs], ctx, force=True)
+    nets = parse_targets([(t, "argument") for t in args.cidrs], ctx, any_width=True)
     store = ctx.store()
     now = ctx.now()
     entries = [AllowEntry(netblock=net, comment=args.comment, created=now) for net in dict.fromkeys(nets)]
@@ -357,13 +421,14 @@ def cmd_allow_add(args, ctx) -> int:
 
 
 def cmd_allow_del(args, ctx) -> int:
-    nets = parse_targets([(t, "argument") for t in args.cidrs], ctx, force=True)
+    nets = parse_targets([(t, "argument") for t in args.cidrs], ctx, any_width=True)
     store = ctx.store()
     with store.transaction():
         present = {e.netblock for e in store.allowlist()}
         for net, text in zip(nets, args.cidrs):
             if net not in present:
                 raise BadInput(f"{text}: not in the allowlist (see `netblock allow list`)")
+        check_cap(store, ctx.config, ctx.now(), unallow=nets)
         gone = store.allow_del(dict.fromkeys(nets))
     for net in gone:
         ctx.print(f"no longer allowed: {show(net)}")
@@ -382,7 +447,7 @@ def cmd_allow_list(args, ctx) -> int:
     if not entries:
         ctx.print("allowlist is empty")
         return 0
-    rows = [[e["netblock"], e["created"] or "(config)", e["comment"] or "-"] for e in entries]
+    rows = [[e["netblock"], e["created"] or "(config)", printable(e["comment"]) or "-"] for e in entries]
     for line in table(rows, ["NETBLOCK", "CREATED", "COMMENT"]):
         ctx.print(line)
     return 0
@@ -432,12 +497,15 @@ def change_json(result) -> dict:
 def cmd_sync(args, ctx) -> int:
     result = run_sync(ctx, dry_run=args.dry_run)
     if args.json:
-        ctx.print_json(change_json(result) | {"dry_run": args.dry_run, "missing": result.missing})
+        ctx.print_json(change_json(result) | {"dry_run": args.dry_run, "missing": result.missing,
+                                              "left_out": result.notes})
         return 0
     if not args.dry_run:
         report_sync(ctx, result)
         return 0
     c = result.change
+    for note in result.notes:
+        ctx.warn(note)
     for net in c.added:
         ctx.print(f"+ {show(net)}")
     for net in c.removed:
@@ -467,6 +535,9 @@ def cmd_status(args, ctx) -> int:
     installed, missing = read_installed(backend)
     drift = diff(installed, desired)
     oldest = store.oldest_block()
+    sources = getattr(ctx.config, "sources", None)
+    files = tuple(getattr(sources, "files", ()) or ())
+    journal = bool(getattr(sources, "journal", False))
     info = {
         "backend": backend.name,
         "description": backend.description,
@@ -481,6 +552,8 @@ def cmd_status(args, ctx) -> int:
         "drift": {"missing": len(drift.added), "extra": len(drift.removed), "expiry": len(drift.updated)},
         "oldest_block": None if oldest is None else {"netblock": str(oldest.netblock), "created": iso(oldest.created)},
         "next_expiry": iso(store.next_expiry(now)),
+        "sources": {"files": list(files), "journal": journal},
+        "forgeable": bool(files),
     }
     if args.json:
         ctx.print_json(info)
@@ -500,10 +573,19 @@ def cmd_status(args, ctx) -> int:
         ("kernel", f"{info['installed']} netblocks installed, {info['desired']} desired: {state}"),
         ("oldest block", "-" if oldest is None else f"{oldest.netblock} created {iso(oldest.created)}"),
         ("next expiry", info["next_expiry"] or "-"),
+        ("sources", f"{len(files)} file(s){', ' + ', '.join(files) if files else ''}; "
+                    f"journal {'on' if journal else 'off'}"),
     ]
     for key, value in lines:
-        ctx.print(f"{key + ':':<14}{value}")
+        ctx.print(f"{key + ':':<14}{printable(value)}")
+    if files:
+        ctx.print(FORGEABLE)
     return 0
+
+
+FORGEABLE = ("note:         file sources can be forged by any local user (`logger -p mail.info -t postfix/smtpd "
+             "'NOQUEUE: reject: RCPT from x[IP]: ...'` lands in the mail log like the MTA's own lines); "
+             "journal mode (`[sources] journal = true`) checks journald's trusted fields and is not affected")
 
 
 def cmd_remove_rules(args, ctx) -> int:
@@ -578,7 +660,10 @@ def register(sub) -> None:
     p = sub.add_parser(
         "add", help="block netblocks (port 25 drop) and sync the kernel",
         description="Block each TARGET, then make the kernel equal to the store. All targets are checked "
-        "first: one bad target refuses them all and changes nothing. A netblock the store still remembers "
+        "first: one bad target refuses them all and changes nothing, and so does a change that would "
+        "block more than 2^28 IPv4 addresses in total. The allowlist and this host's own addresses are "
+        "carved out (one line names each); a sender that delivered mail recently is not: a block made "
+        "by hand wins over that protection. A netblock the store still remembers "
         "(active, or expired but kept as history) is a repeat offender: its TTL grows by "
         "blocks.reblock_factor per re-block, up to blocks.max_ttl.")
     p.add_argument("targets", nargs="+", metavar="TARGET",
@@ -593,7 +678,7 @@ def register(sub) -> None:
                    help="why, shown by `list` (default: empty, or the reason already stored for a re-block)")
     p.add_argument("--force", action="store_true",
                    help="allow prefixes wider than /8 (IPv4) or /32 (IPv6), i.e. blocks.max_prefix_v4/v6 "
-                   "(default: off; /0 is always refused)")
+                   "(default: off); nothing wider than /4 or /16 is ever accepted")
     p.set_defaults(handler=cmd_add)
 
     p = sub.add_parser("del", help="remove blocks from the store and the kernel",
@@ -642,13 +727,16 @@ def register(sub) -> None:
 
     p = sub.add_parser("sync", help="make the kernel equal to the store",
                        description="Install the aggregated active blocks minus the protected space "
-                       "(built-in ranges, allowlist, this host's addresses, recent deliverers) in one "
-                       "transaction, touching only the difference.")
+                       "(built-in ranges, allowlist, this host's addresses; recent deliverers out of the "
+                       "policy's blocks only) in one transaction, touching only the difference. A change "
+                       "that would block more than 2^28 IPv4 addresses is refused whole; store rows wider "
+                       "than /4 or /16, and widened blocks over [policy] max_elements_per_block, are left "
+                       "out with a warning.")
     p.add_argument("--dry-run", action="store_true",
                    help="print the difference (`+ CIDR` to add, `- CIDR` to remove, `~ CIDR` new expiry) "
                    "and change nothing (default: off)")
     p.add_argument("--json", action="store_true",
-                   help="print a JSON object {desired, added, removed, updated, dry_run, missing} "
+                   help="print a JSON object {desired, added, removed, updated, dry_run, missing, left_out} "
                    "(default: text)")
     p.set_defaults(handler=cmd_sync)
 

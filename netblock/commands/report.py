@@ -7,6 +7,7 @@ from datetime import datetime, timedelta, timezone
 
 from netblock import report as rep
 from netblock.errors import BadInput
+from netblock.printable import printable
 
 
 def register(sub) -> None:
@@ -327,8 +328,8 @@ def _cell(v):
     if isinstance(v, datetime):
         return v.isoformat()
     if isinstance(v, list):
-        return " ".join(map(str, v))
-    return v
+        return printable(" ".join(map(str, v)))
+    return printable(v) if isinstance(v, str) else v
 
 
 def wrapup_text(store, config, since: datetime, until: datetime, n: int, compare: bool = True) -> str:
@@ -348,7 +349,7 @@ def cmd_wrapup(args, ctx) -> int:
     until = ctx.now()
     since = until - parse_duration(args.since)
     n = args.top or getattr(getattr(ctx.config, "report", None), "top", 10)
-    text = wrapup_text(ctx.store(), ctx.config, since, until, n, not args.no_compare)
+    text = printable(wrapup_text(ctx.store(), ctx.config, since, until, n, not args.no_compare), keep_newlines=True)
     year, week, _ = until.isocalendar()
     os.makedirs(args.dir, mode=0o700, exist_ok=True)
     path = os.path.join(args.dir, f"{year}-W{week:02d}.txt")

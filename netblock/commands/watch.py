@@ -15,7 +15,8 @@ from collections import Counter
 from datetime import timezone
 
 from netblock import follow
-from netblock.errors import BadInput, NetblockError
+from netblock.errors import BadInput, NetblockError, NotARegularFile
+from netblock.printable import printable
 
 FORMATS = ("auto", "postfix", "exim", "sendmail")
 STORE_BATCH = 5000
@@ -80,8 +81,9 @@ def _check_files(files: list[str]) -> None:
             continue
         if not os.path.exists(path):
             raise BadInput(f"{path}: no such file")
-        if os.path.isdir(path):
-            raise BadInput(f"{path}: is a directory")
+        why = follow.not_regular(path, os.stat(path).st_mode)
+        if why:
+            raise NotARegularFile(why)
         if not os.access(path, os.R_OK):
             raise BadInput(f"{path}: not readable")
 
@@ -150,7 +152,7 @@ def cmd_ingest(args, ctx) -> int:
         if not args.json:
             ctx.print(f"{lines_read} lines, {observed} observations (dry run: nothing stored)")
             for cls, n in sorted(by_class.items(), key=lambda kv: (-kv[1], kv[0])):
-                ctx.print(f"  {n:>10}  {cls}")
+                ctx.print(f"  {n:>10}  {printable(cls)}")
         return 0
     with store.transaction():
         from netblock import policy  # numpy: loaded only by the commands that decide
@@ -164,7 +166,12 @@ def cmd_ingest(args, ctx) -> int:
     gc.collect()
     from netblock.sync import sync
 
-    result = sync(store, ctx.backend(), ctx.config, now=now)
+    try:
+        result = sync(store, ctx.backend(), ctx.config, now=now)
+    except NetblockError as exc:
+        raise type(exc)(f"{exc} (the observations and decisions are stored; `netblock sync` retries)") from None
+    for note in result.notes:
+        ctx.warn(note)
     c = result.change
     if args.json:
         ctx.print_json({"lines": lines_read, "observations": observed, "overlong": overlong,
@@ -308,7 +315,7 @@ def cmd_run_once(args, ctx) -> int:
 def cmd_why(args, ctx) -> int:
     from netblock.targets import parse_target
 
-    parsed = parse_target(args.target, force=True)
+    parsed = parse_target(args.target, any_width=True)
     if parsed.warning:
         ctx.warn(parsed.warning)
     target = parsed.netblock
@@ -325,6 +332,6 @@ def cmd_why(args, ctx) -> int:
     if args.json:
         ctx.print_json(ex.to_dict())
     else:
-        for line in policy.render(ex):
-            ctx.print(line)
+        for line in policy.render(ex):  # one line each: a newline inside a field is escaped with the rest
+            ctx.print(printable(line))
     return 0

@@ -423,7 +423,7 @@ def test_sync_and_expire_speak_json(nb):
     nb.backend.elements = {N("198.18.9.7/32"): None, N("198.18.3.3/32"): None}
     dry = json.loads(nb.ok("sync", "--dry-run", "--json"))
     assert dry == {"desired": 2, "added": ["198.18.1.0/24"], "removed": ["198.18.9.7/32"], "updated": [],
-                   "dry_run": True, "missing": None}
+                   "dry_run": True, "missing": None, "left_out": []}
     nb.at(NOW + timedelta(hours=2))
     out = json.loads(nb.ok("expire", "--json"))
     assert [b["netblock"] for b in out["expired"]] == ["198.18.1.0/24"] and out["purged"] == []
@@ -448,3 +448,123 @@ def test_long_lists_show_progress_on_a_terminal_only(nb):
     assert rc == 0 and "checking [" in err and "1500/1500" in err
     rc, out, err = nb("add", "-", stdin=listing)
     assert rc == 0 and err == ""
+
+
+# ---------------------------------------------------------------- precedence, floors and caps (issue #15)
+
+def _delivered(nb, *ips: str, when=NOW - timedelta(days=1)) -> None:
+    from netaddr import IPAddress
+
+    from netblock.model import Observation
+
+    with Store.open(nb.db) as store:
+        store.add_observations([Observation(when, IPAddress(ip), "delivered", "postfix") for ip in ips])
+
+
+def test_a_manual_block_is_not_undone_by_the_delivered_protection(nb):
+    _delivered(nb, "198.18.5.5", "198.18.6.6")
+    out = nb.ok("add", "198.18.5.5", "198.18.6.0/24")
+    assert "not carved out: 198.18.5.5 delivered mail within 30d, but a block made by hand wins" in out
+    assert "not carved out: 198.18.6.6 delivered mail within 30d" in out
+    assert set(nb.backend.elements) == {N("198.18.5.5/32"), N("198.18.6.0/24")}
+
+
+def test_a_list_loaded_from_stdin_wins_over_the_delivered_protection_too(nb):
+    _delivered(nb, "198.18.7.7")
+    nb.ok("add", "-", stdin="198.18.7.0/24 ; SBL1\n")
+    assert nb.block("198.18.7.0/24").source == "list"
+    assert set(nb.backend.elements) == {N("198.18.7.0/24")}
+
+
+def test_a_policy_block_is_still_carved_around_a_recent_deliverer(nb):
+    from netblock.model import Block
+
+    _delivered(nb, "198.18.8.1")
+    with Store.open(nb.db) as store:
+        store.put_blocks([Block(N("198.18.8.0/30"), "widened: 4 offenders", "policy", NOW, NOW + timedelta(days=1))])
+    nb.ok("sync")
+    assert set(nb.backend.elements) == {N("198.18.8.0/32"), N("198.18.8.2/31")}
+
+
+def test_allowlist_and_own_address_still_win_and_add_names_each_carve_out(nb):
+    nb.ok("allow", "add", "198.18.9.9", "198.18.9.16/30")
+    out = nb.ok("add", "198.18.9.0/24", "203.0.113.0/24")
+    lines = [line for line in out.splitlines() if line.startswith("carved out")]
+    assert lines == ["carved out 198.18.9.9 from 198.18.9.0/24 (allowlisted)",
+                     "carved out 198.18.9.16/30 from 198.18.9.0/24 (allowlisted)",
+                     "carved out 203.0.113.25 from 203.0.113.0/24 (this host's own address)"]
+    got = nb.backend.elements
+    assert not any(N("198.18.9.9/32") in n or N("198.18.9.17/32") in n or N("203.0.113.25/32") in n for n in got)
+    assert any(N("198.18.9.8/32") in n for n in got)
+
+
+def test_why_says_a_manual_block_wins_over_the_delivered_protection(nb):
+    _delivered(nb, "198.18.5.5")
+    nb.ok("add", "198.18.5.0/24", "--reason", "by hand")
+    text = nb.ok("why", "198.18.5.5")
+    assert "a block made by hand wins over that protection" in text.splitlines()[0]
+    assert "not protected: 198.18.5.5 delivered mail recently, but 198.18.5.0/24 was blocked by hand" in text
+    data = json.loads(nb.ok("why", "198.18.5.5", "--json"))
+    assert data["protected"] == [] and data["overridden"] == [
+        {"kind": "delivered", "netblock": "198.18.5.5", "by": "198.18.5.0/24"}]
+
+
+@pytest.mark.parametrize("target", ["0.0.0.0/1", "128.0.0.0/1", "0.0.0.0/3", "2000::/15", "::ffff:0.0.0.0/97"])
+def test_nothing_wider_than_the_floor_even_with_force(nb, target):
+    err = nb.refused("add", target, "--force")
+    assert target in err and "even with --force" in err
+
+
+def test_the_floor_itself_is_allowed_with_force(nb):
+    nb.ok("add", "16.0.0.0/4", "2001::/16", "--force")
+    assert set(nb.backend.elements) == {N("16.0.0.0/4"), N("2001::/16")}
+
+
+def test_the_ipv4_cap_refuses_a_change_whole_before_anything_is_written(nb):
+    nb.ok("add", "16.0.0.0/5", "--force")
+    nb.ok("add", "32.0.0.0/5", "--force")  # 2^28 exactly: at the cap, not over it
+    err = nb.refused("add", "198.18.1.0/24", "198.18.2.1")
+    assert "268435713 IPv4 addresses, over the cap of 268435456" in err
+    nb.ok("add", "2001:db8::/32")  # IPv6 is not capped
+    err = nb.refused("add", "-", stdin="198.18.3.0/24\n")
+    assert "over the cap" in err
+
+
+def test_the_cap_counts_what_sync_installs_so_carved_space_is_free(nb):
+    nb.ok("allow", "add", "40.0.0.0/24")
+    nb.ok("add", "32.0.0.0/4", "--force")  # 2^28, of which a /24 is allowlisted
+    nb.ok("add", "198.18.1.0/24")  # fits exactly in the allowlisted /24's room
+    err = nb.refused("allow", "del", "40.0.0.0/24")  # un-carving would take it over the cap
+    assert "over the cap" in err
+
+
+def test_rows_wider_than_the_floor_in_the_store_never_reach_the_kernel(nb):
+    from netblock.model import Block
+
+    with Store.open(nb.db) as store:  # a fleet peer's (or a hand-edited) row
+        store.put_blocks([Block(N("0.0.0.0/1"), "peer", "policy", NOW, None),
+                          Block(N("198.18.1.0/24"), "fine", "cli", NOW, None)])
+    rc, out, err = nb("sync")
+    assert rc == 0 and set(nb.backend.elements) == {N("198.18.1.0/24")}
+    assert "0.0.0.0/1 [policy] ignored: /1 is wider than /4" in err
+    dry = json.loads(nb.ok("sync", "--dry-run", "--json"))
+    assert dry["left_out"] == ["0.0.0.0/1 [policy] ignored: /1 is wider than /4, the widest IPv4 block "
+                               "netblock ever installs (even with --force)"]
+    nb.ok("del", "0.0.0.0/1")  # and it can be deleted
+
+
+def test_status_says_once_that_file_sources_can_be_forged(nb):
+    from types import SimpleNamespace
+
+    text = nb.ok("status")
+    assert "forged" not in text and "sources:      0 file(s); journal off" in text
+    assert json.loads(nb.ok("status", "--json"))["forgeable"] is False
+    nb.config.sources = SimpleNamespace(files=("/var/log/mail.log", "/var/log/exim4/mainlog"), journal=True)
+    text = nb.ok("status")
+    assert "sources:      2 file(s), /var/log/mail.log, /var/log/exim4/mainlog; journal on" in text
+    notes = [line for line in text.splitlines() if "forged" in line]
+    assert len(notes) == 1 and "logger -p mail.info -t postfix/smtpd" in notes[0]
+    assert "journald's trusted fields" in notes[0]
+    data = json.loads(nb.ok("status", "--json"))
+    assert data["forgeable"] is True and data["sources"] == {
+        "files": ["/var/log/mail.log", "/var/log/exim4/mainlog"], "journal": True}

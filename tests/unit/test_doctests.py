@@ -5,7 +5,8 @@ import importlib
 
 import pytest
 
-MODULES = ["netblock.report", "netblock.aggregate", "netblock.targets", "netblock.export"]
+MODULES = ["netblock.report", "netblock.aggregate", "netblock.targets", "netblock.export", "netblock.limits",
+           "netblock.printable"]
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -279,3 +279,78 @@ def test_offset_is_saved_with_the_observations(tmp_path, store):
     assert saved.offset == os.path.getsize(log)
     lengths = [len(reject(0)) + 1, len("not a mail line") + 1]
     assert stored(store) == [0, sum(lengths)]
+
+
+# ------------------------------------------------------------------ sources that are not regular files (issue #15)
+
+@pytest.fixture
+def guard():
+    """Fails the test instead of hanging it if an open() or read() ever blocks (a guard, not a timing)."""
+    import signal
+
+    def hung(*_):
+        raise TimeoutError("blocked on a source that is not a regular file")
+
+    old = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(60)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, old)
+
+
+def test_a_fifo_is_refused_with_one_line_naming_it_and_never_opened_blocking(tmp_path, guard):
+    fifo = tmp_path / "mail.log"
+    os.mkfifo(fifo)
+    fol = Follower(str(fifo))
+    batch = fol.read()
+    assert batch.refused == f"{fifo}: a FIFO, not a regular file; not read" and not batch.lines
+    assert fol.fileno() is None
+    with pytest.raises(follow.NotARegularFile, match="a FIFO"):
+        follow.open_regular(str(fifo))
+
+
+def test_a_device_is_refused_too(guard):
+    batch = Follower("/dev/zero").read()  # reading it would never end
+    assert batch.refused == "/dev/zero: a character device, not a regular file; not read"
+
+
+def test_a_file_replaced_by_a_fifo_is_finished_then_refused(tmp_path, guard):
+    log = tmp_path / "mail.log"
+    append(log, reject(1))
+    fol = Follower(str(log))
+    assert drain(fol) == [reject(1)]
+    append(log, reject(2))
+    os.rename(log, tmp_path / "mail.log.1")
+    os.mkfifo(log)
+    assert drain(fol) == [reject(2)]
+    assert fol.read().refused == f"{log}: a FIFO, not a regular file; not read"
+    os.unlink(log)
+    append(log, reject(3))  # a regular file again: read as before
+    assert drain(fol) == [reject(3)] and fol.refused is None
+
+
+def test_the_other_sources_go_on_and_the_refusal_is_said_once(tmp_path, store, guard):
+    import io
+
+    fifo, log = tmp_path / "fifo.log", tmp_path / "mail.log"
+    os.mkfifo(fifo)
+    append(log, reject(1), reject(2))
+    err = io.StringIO()
+    r = Runner(config_for(str(fifo), str(log)), store, FakeBackend, clock=lambda: NOW, follow_mode=False,
+               stderr=err)
+    r.open_sources()
+    assert r.read_all()[0] == 2
+    append(log, reject(3))
+    assert r.read_all()[0] == 1
+    lines = err.getvalue().splitlines()
+    assert lines == [f"netblock: {fifo}: a FIFO, not a regular file; not read (the other sources go on)"]
+
+
+def test_one_shot_reading_refuses_a_fifo_without_opening_it_blocking(tmp_path, guard):
+    fifo = tmp_path / "fifo.log"
+    os.mkfifo(fifo)
+    with pytest.raises(follow.NotARegularFile, match="a FIFO"):
+        list(follow.read_lines(str(fifo)))
+    with pytest.raises(follow.NotARegularFile, match="a FIFO"):
+        list(follow.read_blocks(str(fifo)))
+    assert follow.pieces(str(fifo), 1 << 20) is None

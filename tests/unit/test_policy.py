@@ -340,3 +340,66 @@ def test_shield_covers_exactly_what_an_ipset_of_its_networks_holds():
     probes += [IPAddress(rng.getrandbits(128), 6) for _ in range(500)]
     for ip in probes:
         assert sh.covers(ip) == (ip in sh.delivered or ip in nets), ip
+
+
+# -- the element budget: carve-out amplification (issue #15) ---------------------------
+
+def _widened_with_deliverers(store, n_deliverers: int) -> None:
+    for i in (1, 2, 3):
+        seen(store, f"198.18.5.{i}", "dnsbl:zen.example", 5, 4)
+    for i in range(n_deliverers):  # spread out: each one costs the /24 several more elements
+        seen(store, f"198.18.5.{16 + 8 * i}", "delivered", 60 * 24)
+
+
+def test_a_widened_block_within_its_element_budget_is_decided_and_carved(store):
+    cfg = config_mod.loads(TOML.replace('delivered_window = "30d"', 'delivered_window = "30d"\nmax_elements_per_block = 64'))
+    _widened_with_deliverers(store, 3)
+    nets = {str(b.netblock) for b in policy.decide(store, cfg, NOW)}
+    assert "198.18.5.0/24" in nets
+
+
+def test_past_its_element_budget_a_widened_block_falls_back_to_its_offenders(store):
+    cfg = config_mod.loads(TOML.replace('delivered_window = "30d"', 'delivered_window = "30d"\nmax_elements_per_block = 8'))
+    _widened_with_deliverers(store, 3)  # 3 isolated deliverers in a /24: 13 elements
+    decided = {str(b.netblock): b for b in policy.decide(store, cfg, NOW)}
+    assert set(decided) == {"198.18.5.1/32", "198.18.5.2/32", "198.18.5.3/32"}
+    policy.record(store, decided.values(), NOW)
+    text = "\n".join(policy.render(policy.explain(store, cfg, "198.18.5.0/24", NOW)))
+    assert "widened: 198.18.5.0/24 holds 3 offenders" in text
+    assert "falls back to its offenders: with the protected addresses inside it cut out it would take more " \
+           "than 8 kernel elements" in text
+    data = policy.explain(store, cfg, "198.18.5.7", NOW).to_dict()
+    assert data["widened"][0]["fallback"] is True and data["widened"][0]["max_elements"] == 8
+    assert data["verdict"] == "not blocked: no offences observed"
+
+
+def test_sync_leaves_out_a_stored_widened_block_that_grew_past_its_budget(store):
+    from netblock.sync import plan
+
+    cfg = config_mod.loads(TOML.replace('delivered_window = "30d"', 'delivered_window = "30d"\nmax_elements_per_block = 8'))
+    store.put_blocks([Block(IPNetwork("198.18.5.0/24"), "widened: 3 offenders in 198.18.5.0/24", "policy", NOW,
+                            NOW + timedelta(days=1)),
+                      Block(IPNetwork("198.18.5.1/32"), "3 dnsbl", "policy", NOW, NOW + timedelta(days=1)),
+                      Block(IPNetwork("198.18.6.0/24"), "by hand", "cli", NOW, None)])
+    for i in range(3):
+        seen(store, f"198.18.5.{16 + 8 * i}", "delivered", 60)
+        seen(store, f"198.18.6.{16 + 8 * i}", "delivered", 60)
+    planned = plan(store, cfg, now=NOW, own=[])
+    assert [(str(b.netblock), cost > 8) for b, cost in planned.over_budget] == [("198.18.5.0/24", True)]
+    assert set(map(str, planned.desired)) == {"198.18.5.1/32", "198.18.6.0/24"}  # a manual block is not budgeted
+    assert "198.18.5.0/24 [policy] left out" in planned.notes()[0]
+    ex = policy.explain(store, cfg, "198.18.5.7", NOW)
+    assert ex.verdict == "not blocked: no offences observed" and ex.to_dict()["left_out"] == [
+        {"netblock": "198.18.5.0/24", "max_elements": 8}]
+    assert "left out: 198.18.5.0/24 would take more than 8 kernel elements" in "\n".join(policy.render(ex))
+
+
+def test_the_1000_deliverers_of_issue_15_are_priced_without_building_the_pieces():
+    """The figures of bench/bench_carve.py, in the pure core: a /48 and a /16 with 1000 deliverers inside."""
+    from netblock import limits
+
+    v6 = limits.Carved([IPNetwork(f"2001:db8:48:{0x100 + i:x}::{i % 7 + 1:x}") for i in range(1000)])
+    v4 = limits.Carved([IPNetwork(f"198.18.{70 + i // 6}.{(i % 6) * 40 + 3}") for i in range(1000)])
+    assert v6.cost(IPNetwork("2001:db8:48::/48")) > 60_000 and v4.cost(IPNetwork("198.18.0.0/16")) > 5_000
+    for carved, net in ((v6, IPNetwork("2001:db8:48::/48")), (v4, IPNetwork("198.18.0.0/16"))):
+        assert 64 < carved.cost(net, 64) <= 64 + 256  # counting stops soon after the budget

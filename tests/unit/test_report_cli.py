@@ -542,3 +542,63 @@ def test_a_session_behind_postscreen_counts_once(nb):
     nb.ok("ingest", "--format", "postfix", str(log))
     s = json.loads(nb.ok("report", "summary", "--json", "--from", "2026-11-26", "--to", "2026-11-27"))
     assert (s["connections"], s["client_ips"], s["rejections"], s["reached_banner"]) == (5, 3, 2, 4)
+# ---------------------------------------------------------------- control characters (issue #15)
+
+HOSTILE = "spam\x1b]0;pwned\x07\x1b[2J\rFAKE\x00 \u202e1.0.81.891\u2028x\nline"
+SHOWN = "spam\\x1b]0;pwned\\x07\\x1b[2J\\rFAKE\\x00 \\u202e1.0.81.891\\u2028x\\nline"
+
+
+def _raw(text: str) -> bool:
+    return any(c in text for c in "\x1b\x07\r\x00\u202e\u2028")
+
+
+def _hostile_store(nb) -> None:
+    from netaddr import IPAddress
+
+    from netblock.model import Observation
+
+    nb.ok("add", "198.18.1.0/24", "--reason", HOSTILE)
+    with Store.open(nb.db) as store:  # a class and a source path as a peer's row could hold them
+        store.add_observations([Observation(NOW - timedelta(minutes=m), IPAddress("198.18.1.9"), f"dnsbl:{HOSTILE}",
+                                            "postfix", f"/var/log/{HOSTILE}", 7) for m in (1, 2)])
+    nb.sample(minutes(0))
+    nb.count("198.18.1.0/24", 5, 200)
+    nb.sample(minutes(10))
+    nb.at(minutes(20))
+
+
+def test_control_characters_from_the_store_are_escaped_in_every_human_readable_output(nb):
+    _hostile_store(nb)
+    listed = nb.ok("list")
+    assert SHOWN in listed and not _raw(listed) and len(listed.splitlines()) == 2
+    why = nb.ok("why", "198.18.1.9")
+    assert SHOWN in why and not _raw(why)
+    assert all(not line.startswith("line") for line in why.splitlines())  # no forged line
+    classes = nb.ok("report", "classes", "--since", "1h")
+    assert f"class bl-{SHOWN}" in classes and not _raw(classes)
+    for kind in ("top", "classes"):
+        text = nb.ok("report", kind, "--csv", "--since", "1h")
+        assert not _raw(text.replace("\r\n", "\n")), kind  # the CSV writer's own line ends are fine
+    page = nb.tmp / "week.html"
+    nb.ok("report", "--html", str(page), "--since", "1h")
+    html = page.read_text()
+    assert SHOWN in html and not _raw(html)
+    wrap = nb.ok("wrapup", "--dir", str(nb.tmp / "reports"), "--since", "1h")
+    assert not _raw(wrap)
+
+
+def test_json_output_stays_exact(nb):
+    _hostile_store(nb)
+    assert json.loads(nb.ok("list", "--json"))[0]["reason"] == HOSTILE
+    assert nb.report("--since", "1h")[0]["reason"] == HOSTILE
+    assert f"dnsbl:{HOSTILE}" in {r["class"] for r in nb.report("classes", "--since", "1h")}
+    why = json.loads(nb.ok("why", "198.18.1.9", "--json"))
+    assert why["observations"][0]["source"] == f"/var/log/{HOSTILE}"
+
+
+def test_status_escapes_what_it_prints(nb, tmp_path):
+    nb.db = tmp_path / "nb\x1b[2J\u202e.db"  # a store path is text from outside too
+    nb.ok("add", "198.18.1.0/24")
+    text = nb.ok("status")
+    assert "nb\\x1b[2J\\u202e.db" in text and not _raw(text)
+    assert json.loads(nb.ok("status", "--json"))["store"].endswith("nb\x1b[2J\u202e.db")

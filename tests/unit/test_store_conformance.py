@@ -147,6 +147,24 @@ def test_blocks_active_expired_and_counts(st):
         "192.0.2.0/24": ("test", True), "2001:db8::/32": ("test", False)}
 
 
+def test_blocks_of_some_sources_and_the_ipv4_space_bound(st):
+    st.put_blocks([
+        block("203.0.113.0/24", expires=None),
+        block("198.51.100.0/25", source="list"),
+        block("198.51.100.0/24", source="policy"),
+        block("::ffff:192.0.2.0/120", source="policy"),
+        block("16.0.0.0/4", source="policy", expires=T0 - HOUR),
+        block("2001:db8::/32", source="list"),
+    ])
+    now = T0
+    assert [str(b.netblock) for b in st.blocks(now=now, sources=("cli", "list"))] == [
+        "198.51.100.0/25", "203.0.113.0/24", "2001:db8::/32"]
+    assert [str(b.netblock) for b in st.blocks(sources=("policy",))] == [
+        "16.0.0.0/4", "192.0.2.0/24", "198.51.100.0/24"]
+    assert st.v4_block_space(now) == 256 + 128 + 256 + 256  # overlaps twice, IPv4-mapped as IPv4, expired not
+    assert st.v4_block_space(T0 - 2 * HOUR) == 256 + 128 + 256 + 256 + (1 << 28)
+
+
 def test_blocks_sort_numerically_ipv4_first_and_oldest(st):
     assert st.oldest_block() is None
     st.put_blocks([block(n, created=T0 - i * MIN) for i, n in

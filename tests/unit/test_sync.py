@@ -31,8 +31,8 @@ def N(text):
     return IPNetwork(text)
 
 
-def block(net, expires=NOW + timedelta(days=1), created=NOW - timedelta(hours=1)):
-    return Block(netblock=N(net), reason="t", source="cli", created=created, expires=expires)
+def block(net, expires=NOW + timedelta(days=1), created=NOW - timedelta(hours=1), source="cli"):
+    return Block(netblock=N(net), reason="t", source=source, created=created, expires=expires)
 
 
 @pytest.fixture
@@ -79,7 +79,8 @@ def test_sync_installs_active_blocks_minus_every_kind_of_protected(env):
     store.put_blocks([
         block("203.0.113.0/24"),                    # contains this host's own address
         block("198.51.100.0/24"),                   # half allowlisted in the config
-        block("198.18.10.0/30"),                    # one sender delivered mail recently
+        block("198.18.10.0/30", source="policy"),   # one sender delivered mail recently
+        block("198.18.14.0/30"),                    # the same, but blocked by hand: a manual block wins
         block("198.18.11.0/24"),                    # one sender delivered long ago: still blocked whole
         block("198.18.12.0/24"),                    # allowlisted in the store
         block("198.18.13.0/24", NOW - timedelta(seconds=1)),  # expired
@@ -90,6 +91,7 @@ def test_sync_installs_active_blocks_minus_every_kind_of_protected(env):
     store.add_observations([
         Observation(NOW - timedelta(days=1), IPAddress("198.18.10.1"), "delivered", "postfix"),
         Observation(NOW - timedelta(days=60), IPAddress("198.18.11.1"), "delivered", "postfix"),
+        Observation(NOW - timedelta(days=1), IPAddress("198.18.14.1"), "delivered", "postfix"),
     ])
     result = sync(store, backend, config, now=NOW)
     got = list(backend.elements)
@@ -101,6 +103,7 @@ def test_sync_installs_active_blocks_minus_every_kind_of_protected(env):
     assert dropped("203.0.113.24") and not dropped("203.0.113.25") and dropped("203.0.113.26")
     assert set(got) >= {N("198.18.10.0/32"), N("198.18.10.2/31")} and not dropped("198.18.10.1")
     assert N("198.18.11.0/24") in got
+    assert N("198.18.14.0/30") in got
     assert not dropped("198.18.12.7") and not dropped("198.18.13.7")
     assert not dropped("127.0.0.1")
     assert dropped("2001:db8:25::2") and not dropped("2001:db8:25::1")

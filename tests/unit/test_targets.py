@@ -5,7 +5,7 @@ from datetime import timedelta
 import pytest
 from netaddr import IPNetwork
 
-from netblock.errors import BadInput
+from netblock.errors import BadInput, LimitExceeded
 from netblock.targets import Target, parse_duration, parse_target
 
 def test_docstring_examples_run():
@@ -133,9 +133,18 @@ def test_enough_bad_inputs_are_covered():
 
 
 @pytest.mark.parametrize("text,want", [("198.0.0.0/7", "198.0.0.0/7"), ("2001:db8::/31", "2001:db8::/31"),
-                                       ("128.0.0.0/1", "128.0.0.0/1"), ("::ffff:128.0.0.0/97", "128.0.0.0/1")])
-def test_force_allows_wide_prefixes(text, want):
+                                       ("16.0.0.0/4", "16.0.0.0/4"), ("::ffff:16.0.0.0/100", "16.0.0.0/4"),
+                                       ("2001::/16", "2001::/16")])
+def test_force_allows_wide_prefixes_down_to_the_floor(text, want):
     assert parse_target(text, force=True).netblock == IPNetwork(want)
+
+
+@pytest.mark.parametrize("text", ["128.0.0.0/1", "0.0.0.0/3", "::ffff:128.0.0.0/97", "2000::/15", "::/1"])
+def test_nothing_wider_than_the_floor_even_with_force(text):
+    with pytest.raises(LimitExceeded) as caught:
+        parse_target(text, force=True)
+    assert repr(text) in str(caught.value) and "even with --force" in str(caught.value)
+    assert parse_target(text, any_width=True).netblock.prefixlen < 16  # del/allow/why may still name it
 
 
 @pytest.mark.parametrize("text", ["0.0.0.0/0", "::/0", "198.18.1.1/0", "::ffff:0.0.0.0/96"])
