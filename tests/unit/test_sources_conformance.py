@@ -28,7 +28,10 @@ from netaddr import IPAddress
 from netblock import sources
 from netblock.sources import syslog
 
-LOGS = Path(__file__).resolve().parents[2] / "../shared/data/logs"
+_REPO = Path(__file__).resolve().parents[2]
+# The shared data sits next to the checkout (../shared), or next to the worktrees' parent.
+LOGS = next((p for p in (_REPO / "../shared/data/logs", _REPO / "../../shared/data/logs") if p.is_dir()),
+            _REPO / "../shared/data/logs")
 T0 = __import__("datetime").datetime(2026, 1, 1, tzinfo=__import__("datetime").timezone.utc)
 
 FAIL2BAN_FILES = (
