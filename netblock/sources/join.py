@@ -25,7 +25,7 @@ import json
 from collections import OrderedDict
 from datetime import datetime, timedelta, timezone
 
-from netaddr import IPAddress
+from netaddr import AddrFormatError, IPAddress
 
 from .fields import ACCEPTED, AMBIGUOUS, CLIENT, MARK
 
@@ -115,6 +115,6 @@ class Join:
             rows = json.loads(text) if text else []
             for mta, qid, stamp, ip in rows[-self.limit:]:
                 self.open[(str(mta), str(qid))] = (datetime.fromtimestamp(float(stamp), timezone.utc), IPAddress(ip))
-        except (ValueError, TypeError, OverflowError):
+        except (ValueError, TypeError, OverflowError, AddrFormatError):
             self.open.clear()
         self.changed = False
