@@ -156,9 +156,9 @@ def scan(text: str | bytes, *, fmt: str = "auto", year: int | None = None,
     binary = isinstance(text, bytes)
     rx, routes = _compiled(fmt == "auto" or fmt == "postfix", binary)
     if binary:
-        nl, cr, sasl_lost, from_tail, nul = b"\n", 13, _SASL_LOST.encode(), b"; from=<", b"\0"
+        nl, cr, sasl_lost, from_tail, nul, target_end = b"\n", 13, _SASL_LOST.encode(), b"; from=<", b"\0", b">: "
     else:
-        nl, cr, sasl_lost, from_tail, nul = "\n", "\r", _SASL_LOST, "; from=<", "\0"
+        nl, cr, sasl_lost, from_tail, nul, target_end = "\n", "\r", _SASL_LOST, "; from=<", "\0", ">: "
     text = nl + text if text.endswith(nl) else nl + text + nl
     out: list[tuple] = []
     append = out.append
@@ -202,8 +202,10 @@ def scan(text: str | bytes, *, fmt: str = "auto", year: int | None = None,
             end = find(nl, begin)
             if name != "smtpd-sasl":
                 # A remembered reply (see _reject_class), looked up here: most hits end at it.
+                # A remembered reply fits only a line with no target end (">: ") past the head.
                 tail = find(from_tail, begin, end)
-                cls = reasons.get(text[begin:tail].replace(ip_text, nul), _MISSING) if tail >= 0 else _MISSING
+                cls = (reasons.get(text[begin:tail].replace(ip_text, nul), _MISSING)
+                       if tail >= 0 and find(target_end, tail, end) < 0 else _MISSING)
                 if cls is _MISSING:
                     if text[end - 1] == cr:
                         end -= 1
