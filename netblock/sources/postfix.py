@@ -123,6 +123,7 @@ def reply_words(reason: str) -> str:
 
 
 _TAILS = ("; from=<", "; to=<", "; proto=", "; helo=<")
+_MAX_READINGS = 16  # ">: " ends tried for one target; each costs a pass over the line
 
 
 def tail_at(reason: str, pos: int) -> int:
@@ -168,15 +169,17 @@ def reply_split(reason: str, name: str = "", addr: str = ""):
         return first + 3, tail_at(reason, first + 3)
     found = set()
     end = first
-    while end >= 0:
+    for _ in range(_MAX_READINGS):
+        if end < 0:
+            break
         target = reason[pos + 1:end]
         words = end + 3
         tail = tail_at(reason, words)
         if _echoed(target, reason, tail, name, addr):
             found.add(words_class(reason[words:tail]))
         end = reason.find(">: ", end + 1)
-    if len(found) != 1:
-        return None
+    if end >= 0 or len(found) != 1:
+        return None  # readings disagree, or too many to try: no class is the client's to choose
     return found.pop()
 
 
