@@ -253,14 +253,11 @@ N = 65536
 junk = ["[" * N, "from " * (N // 5), "H=" * (N // 2), "H=(a) [1" * (N // 8), "relay=" * (N // 6),
         ", relay=[1.2.3.4]" * (N // 17), "a" * N, " " * N, "(" * N, "[1.2.3.4" * (N // 8),
         '" H=' * (N // 4), "listed in a." * (N // 12), "H=a (b) [1.2.3.4]:1 I=" * (N // 24),
-        ">: " * (N // 3), "<x>: " * (N // 5), '"' * N, '\\"' * (N // 2), " F=<" * (N // 4),
-        "; from=<a> to=<b>: " * (N // 19), '" H=[1.2.3.4] ' * (N // 15)]
+        ">: " * (N // 3), '"' * N, '" H=[1.2.3.4] ' * (N // 15)]
 heads = ["", "NOQUEUE: reject: RCPT from ", "warning: ", "connect from ", "lost connection after AUTH from ",
          "H=", "F=x H=", "H=a ", "SMTP call from ", 'SMTP protocol error in "', "<= a H=",
          "SMTP protocol synchronization error (x): rejected \"", "relay=", "relay=a ", ", proto=ESMTP, daemon=x, relay=",
-         "NOQUEUE: reject: RCPT from x[1.2.3.4]: 550 5.1.1 <", "H=[1.2.3.4] F=<", '<= "', "to=<", "to=",
-         "ABCDEFGH12: from=<", "ABCDEFGH12: to=<", "no IP address found for host ", "rejected EHLO from ",
-         "ruleset=check_rcpt, arg1=<a>, relay=[1.2.3.4], reject=550 5.1.1 <"]
+         "NOQUEUE: reject: RCPT from x[1.2.3.4]: 550 5.1.1 <", "H=[1.2.3.4] F=<", '<= "', "ABCDEFGH12: to=<"]
 inputs = [h + j for h in heads for j in junk]
 for module in (postfix, exim, sendmail):
     for pattern in module.PATTERNS.values():
