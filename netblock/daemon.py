@@ -38,6 +38,7 @@ from netblock.model import Block, Observation
 from netblock.sdnotify import Notifier
 
 NOT_OFFENCES = ("connect", "delivered")
+SMALL_JOIN, JOIN_SAVE_S = 1000, 5.0  # open transactions saved with every batch up to SMALL_JOIN
 MAX_BATCHES_PER_WAKE = 20  # then look at signals and the clock before reading on
 MAX_TRACKED = 200_000  # addresses the event path remembers offences of (~160 MB at most)
 
@@ -108,6 +109,7 @@ class Runner:
         self.own: list[IPNetwork] | None = None  # this host's addresses, read again every tick
         self.spool = None  # the daemon's on a fleet store: observations kept while that store is away
         self.join = None  # sources.join.Join: messages whose acceptance is not proven yet
+        self._join_saved = float("-inf")
 
     def log(self, message: str) -> None:
         log(message, self.stderr)
@@ -167,7 +169,13 @@ class Runner:
             self.join = join.Join()
         obs = self.join.observations(obs)
         if self.join.changed:
-            state[join.STATE_KEY] = self.join.dump()
+            # Written with the positions, so a restart resumes both together; a
+            # storm of unfinished transactions is written at most every few
+            # seconds (a pair lost then only withholds one protection).
+            now = time.monotonic()
+            if len(self.join.open) <= SMALL_JOIN or now - self._join_saved >= JOIN_SAVE_S:
+                state[join.STATE_KEY] = self.join.dump()
+                self._join_saved = now
         return obs
 
     def read_files(self, *, limit: int | None = None) -> tuple[int, list[Observation], bool]:

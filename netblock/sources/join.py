@@ -30,8 +30,8 @@ from netaddr import AddrFormatError, IPAddress
 from .fields import ACCEPTED, AMBIGUOUS, CLIENT, MARK
 
 STATE_KEY = "join:pending"
-LIMIT = 20_000
-TTL = timedelta(hours=6)
+LIMIT = 10_000
+TTL = timedelta(hours=1)  # smtpd's timeouts end a DATA phase long before; qmgr takes a new message at once
 _CLIENT_LEN, _ACCEPTED_LEN = len(CLIENT), len(ACCEPTED)
 
 

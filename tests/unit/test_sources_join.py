@@ -90,7 +90,7 @@ def test_a_reused_queue_id_belongs_to_its_newest_client():
 
 
 def test_a_transaction_that_never_completes_is_forgotten():
-    late = active(at="16:00:03")  # more than join.TTL (6h) after the client line
+    late = active(at="11:00:03")  # more than join.TTL (1h) after the client line
     assert settle(client("192.0.2.1"), late) == []
     j = Join(limit=3)
     settle(*(client(f"192.0.2.{i}", qid=f"QID{i:04d}A") for i in range(5)), j=j)
