@@ -6,7 +6,9 @@ exim.py, sendmail.py); a line where that field cannot be found is ignored, not
 guessed.  Names in a log are never resolved.
 
 `explain()` tells which named pattern matched, so the test corpus can prove
-that every pattern has a sample.
+that every pattern has a sample.  With `marks=True` the readers also return
+marker classes (fields.MARK): an ambiguous line, or one half of a message's
+acceptance; sources.join settles them into observations.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from netaddr import IPAddress
 from ..errors import BadInput
 from ..model import Observation
 from . import exim, postfix, sendmail, syslog
-from .fields import ACCEPTED, AMBIGUOUS, CLIENT, MARK, client_ip  # noqa: F401 (markers, for callers)
+from .fields import MARK, client_ip
 
 CLASSES: tuple[str, ...] = (
     "dnsbl:ZONE",  # the one parametrised class: "dnsbl:" + the list's zone, lowercased

@@ -195,21 +195,3 @@ def word_end(text: str, start: int, limit: int = 2048) -> int:
     if quoted or i < len(text):
         return -1
     return i
-
-
-def unquote_local(address: str) -> str:
-    """'"a b"@x' -> 'a b@x': an address's external (quoted) form in its internal form."""
-    if not address.startswith('"'):
-        return address
-    out, i = [], 1
-    while i < len(address):
-        c = address[i]
-        if c == "\\" and i + 1 < len(address):
-            out.append(address[i + 1])
-            i += 2
-            continue
-        if c == '"':
-            return "".join(out) + address[i + 1:]
-        out.append(c)
-        i += 1
-    return address

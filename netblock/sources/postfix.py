@@ -16,7 +16,7 @@ import re
 
 from netaddr import IPAddress
 
-from .fields import ACCEPTED, AMBIGUOUS, CLIENT, IP, NAME, address_end, client_ip, looks_dynamic, unquote_local
+from .fields import ACCEPTED, AMBIGUOUS, CLIENT, IP, NAME, client_ip, looks_dynamic
 
 MTA = "postfix"
 
