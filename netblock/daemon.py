@@ -39,6 +39,7 @@ from netblock.printable import printable
 from netblock.sdnotify import Notifier
 
 NOT_OFFENCES = ("connect", "delivered")
+SMALL_JOIN, JOIN_SAVE_S = 1000, 5.0  # open transactions saved with every batch up to SMALL_JOIN
 MAX_BATCHES_PER_WAKE = 20  # then look at signals and the clock before reading on
 MAX_TRACKED = 200_000  # addresses the event path remembers offences of (~160 MB at most)
 
@@ -111,6 +112,8 @@ class Runner:
         self.tracker: Tracker | None = None  # the daemon's in-memory view of recent offences
         self.own: list[IPNetwork] | None = None  # this host's addresses, read again every tick
         self.spool = None  # the daemon's on a fleet store: observations kept while that store is away
+        self.join = None  # sources.join.Join: messages whose acceptance is not proven yet
+        self._join_saved = float("-inf")
 
     def log(self, message: str) -> None:
         log(message, self.stderr)
@@ -126,6 +129,11 @@ class Runner:
 
     def open_sources(self) -> None:
         """Followers for the configured files (from their saved positions), and the journal."""
+        if self.join is None:
+            from netblock.sources import join
+
+            self.join = join.Join()
+            self.join.load(fleet.saved_state(self, join.STATE_KEY))
         files = [os.path.abspath(p) for p in _setting(self.config, "sources", "files", ())]
         for path in list(self.followers):
             if path not in files:
@@ -155,7 +163,24 @@ class Runner:
     def _parse(self, text: str, source: str, position: int, now: datetime) -> Observation | None:
         from netblock import sources
 
-        return sources.parse_line(text, fmt=self.fmt, source=source, position=position, now=now)
+        return sources.parse_line(text, fmt=self.fmt, source=source, position=position, now=now, marks=True)
+
+    def _settle(self, obs: list[Observation], state: dict[str, str]) -> list[Observation]:
+        """Markers paired into "delivered" (sources.join); the open ones saved with the positions."""
+        from netblock.sources import join
+
+        if self.join is None:
+            self.join = join.Join()
+        obs = self.join.observations(obs)
+        if self.join.changed:
+            # Written with the positions, so a restart resumes both together; a
+            # storm of unfinished transactions is written at most every few
+            # seconds (a pair lost then only withholds one protection).
+            now = time.monotonic()
+            if len(self.join.open) <= SMALL_JOIN or now - self._join_saved >= JOIN_SAVE_S:
+                state[join.STATE_KEY] = self.join.dump()
+                self._join_saved = now
+        return obs
 
     def read_files(self, *, limit: int | None = None) -> tuple[int, list[Observation], bool]:
         """Store what the followed files have added: (observations, offences, more pending)."""
@@ -173,7 +198,9 @@ class Runner:
                 now = self.clock()
                 obs = [o for line in batch.lines
                        if (o := self._parse(line.text, path, line.position, now)) is not None]
-                fleet.store_batch(self, obs, {} if batch.after is None else {fol.key: batch.after.dump()})
+                state = {} if batch.after is None else {fol.key: batch.after.dump()}
+                obs = self._settle(obs, state)
+                fleet.store_batch(self, obs, state)
                 fol.commit(batch)
                 if batch.overlong:
                     self.log(f"{path}: {batch.overlong} over-long line(s) cut to {fol.max_line} bytes")
@@ -203,11 +230,13 @@ class Runner:
             batch = self.journal.read(wait=wait)
             obs = []
             for e in batch.entries:
-                o = sources.parse_message(e.program, e.message, e.time, fmt=self.fmt)
+                o = sources.parse_message(e.program, e.message, e.time, fmt=self.fmt, marks=True)
                 if o is not None:
                     obs.append(Observation(o.time, o.ip, o.cls, o.mta, "journal", o.position))
+            state = {journal.STATE_KEY: batch.cursor} if batch.cursor else {}
+            obs = self._settle(obs, state)
             try:
-                fleet.store_batch(self, obs, {journal.STATE_KEY: batch.cursor} if batch.cursor else {})
+                fleet.store_batch(self, obs, state)
             except BaseException:
                 self.journal.rewind()
                 raise

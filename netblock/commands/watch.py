@@ -97,6 +97,11 @@ def cmd_ingest(args, ctx) -> int:
     lines_read = observed = overlong = 0
     by_class: Counter = Counter()
     pending = []
+    from netblock.sources.join import Join
+
+    # One join over all the files, in the order given: a message whose client
+    # line is in mail.log.1 and whose acceptance is in mail.log still pairs.
+    join = Join()
 
     def flush() -> None:
         if pending and store is not None:
@@ -115,17 +120,32 @@ def cmd_ingest(args, ctx) -> int:
                 source = "stdin" if path == "-" else path
                 jobs = _parallel_jobs(path, fmt, now, max_line, args) if args.dry_run else None
                 if jobs:
-                    for (start, stop, *_), (n, cut, seen, counts, shown) in _run_parallel(jobs):
+                    for (start, stop, *_), (n, cut, seen, counts, segments) in _run_parallel(jobs):
                         lines_read += n
                         overlong += cut
                         observed += seen
                         by_class.update(counts)
-                        ctx.stdout.write(shown)
+                        for shown, mark in segments:
+                            ctx.stdout.write(shown)
+                            if mark is None:
+                                continue
+                            when, ip, cls, mta, line = mark
+                            delivered = join.mark(when, ip, cls, mta)
+                            if delivered is None:
+                                continue
+                            observed += 1
+                            if args.json:
+                                _show_observations(ctx.stdout.write, [(when, delivered, "delivered", mta, 0)], line)
+                            else:
+                                by_class["delivered"] += 1
                         bar.advance(stop - start)
                     continue
                 for n, cut, hits, text, base in _hits(path, fmt, now, max_line, bar.advance):
                     lines_read += n
                     overlong += cut
+                    if not hits:
+                        continue
+                    hits = join.tuples(hits)
                     if not hits:
                         continue
                     observed += len(hits)
@@ -153,6 +173,10 @@ def cmd_ingest(args, ctx) -> int:
             ctx.print(f"{lines_read} lines, {observed} observations (dry run: nothing stored)")
             for cls, n in sorted(by_class.items(), key=lambda kv: (-kv[1], kv[0])):
                 ctx.print(f"  {n:>10}  {printable(cls)}")
+            if join.ambiguous:
+                # Lines with more than one reading of the client field or the
+                # reply: read neither way, shown so an operator can look.
+                ctx.print(f"  {join.ambiguous:>10}  ambiguous (not counted)")
         return 0
     with store.transaction():
         from netblock import policy  # numpy: loaded only by the commands that decide
@@ -188,7 +212,8 @@ def _hits(path: str, fmt: str, now, max_line: int, on_bytes, start: int = 0, sto
 
     Whole blocks go through one regex search (sources.batch); the few
     over-long lines come one by one, and parse_line caps them.  The tuples
-    are sources.batch's: (time, ip, cls, mta, index of the line in the text).
+    are sources.batch's: (time, ip, cls, mta, index of the line in the text),
+    markers included (sources.join settles them).
     """
     from netblock import sources
     from netblock.sources import batch
@@ -196,11 +221,11 @@ def _hits(path: str, fmt: str, now, max_line: int, on_bytes, start: int = 0, sto
     for item in follow.read_blocks(path, max_line=max_line, block_line=sources.MAX_LINE, on_bytes=on_bytes,
                                    start=start, stop=stop):
         if type(item) is follow.Line:
-            obs = sources.parse_line(item.text, fmt=fmt, now=now)
+            obs = sources.parse_line(item.text, fmt=fmt, now=now, marks=True)
             hits = [] if obs is None else [(obs.time, obs.ip, obs.cls, obs.mta, 0)]
             yield 1, int(item.truncated), hits, item.text + "\n", item.position
         else:
-            yield item.lines, 0, batch.scan(item.text, fmt=fmt, now=now), item.text, item.position
+            yield item.lines, 0, batch.scan(item.text, fmt=fmt, now=now, marks=True), item.text, item.position
 
 
 # A dry run only counts or prints, so pieces of a big plain file can be parsed
@@ -231,21 +256,36 @@ def _run_parallel(jobs: list[tuple]):
         yield from zip(jobs, pool.imap(_dry_piece, jobs))
 
 
-def _dry_piece(job: tuple) -> tuple[int, int, int, Counter, str]:
-    """A dry run over one piece of a file: lines, over-long lines, observations, per class, JSON text."""
+def _dry_piece(job: tuple) -> tuple[int, int, int, Counter, list[tuple]]:
+    """A dry run over one piece of a file: lines, over-long lines, observations, per class, segments.
+
+    The segments are (JSON text, marker or None) in file order: the parent
+    writes each text, then pairs the marker (time, ip, cls, mta, line) with
+    its own sources.join, so pairs across pieces come out as in a serial run.
+    """
+    from netblock.sources import batch
+    from netblock.sources.fields import MARK
+
     start, stop, path, fmt, now, max_line, as_json, _ = job
     lines = cut = seen = 0
     counts: Counter = Counter()
     out: list[str] = []
+    segments: list[tuple] = []
     for n, c, hits, text, _base in _hits(path, fmt, now, max_line, None, start, stop):
         lines += n
         cut += c
-        seen += len(hits)
-        if as_json:
-            _show_observations(out.append, hits, text)
-        else:
-            counts.update([h[2] for h in hits])
-    return lines, cut, seen, counts, "".join(out)
+        for h in hits:
+            if h[2][0] == MARK:
+                segments.append(("".join(out), (*h[:4], batch.line_at(text, h[4]) + "\n" if as_json else "")))
+                out.clear()
+                continue
+            seen += 1
+            if as_json:
+                _show_observations(out.append, [h], text)
+            else:
+                counts[h[2]] += 1
+    segments.append(("".join(out), None))
+    return lines, cut, seen, counts, segments
 
 
 def _observations(hits: list[tuple], text, base: int, source: str):

@@ -6,7 +6,9 @@ exim.py, sendmail.py); a line where that field cannot be found is ignored, not
 guessed.  Names in a log are never resolved.
 
 `explain()` tells which named pattern matched, so the test corpus can prove
-that every pattern has a sample.
+that every pattern has a sample.  With `marks=True` the readers also return
+marker classes (fields.MARK): an ambiguous line, or one half of a message's
+acceptance; sources.join settles them into observations.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from netaddr import IPAddress
 from ..errors import BadInput
 from ..model import Observation
 from . import exim, postfix, sendmail, syslog
-from .fields import client_ip
+from .fields import MARK, client_ip
 
 CLASSES: tuple[str, ...] = (
     "dnsbl:ZONE",  # the one parametrised class: "dnsbl:" + the list's zone, lowercased
@@ -82,14 +84,15 @@ _FAST, _FAST_GROUPS = postfix.fused(syslog.CLASSIC_HEADER)
 _PROGRAMS: dict[str, tuple[str, str] | None] = {}
 
 # What a _FAST match means, by (program, matched group): a Postfix pattern to
-# finish (name, address group, class or None when finish() must decide),
-# _NOTHING, or _GENERAL (another MTA's line: take the general path).
-_ROUTES: dict[tuple[str, str | None], tuple[str, str, str | None] | str] = {}
+# finish (name, address group, class or None when finish() must decide,
+# queue ID group or None), _NOTHING, or _GENERAL (another MTA's line: take
+# the general path).
+_ROUTES: dict[tuple[str, str | None], tuple[str, str | None, str | None, str | None] | str] = {}
 _NOTHING, _GENERAL = "nothing", "general"
 _POSTFIX_FORMATS = ("auto", "postfix")
 
 
-def _route(program: str, group: str | None) -> tuple[str, str, str | None] | str:
+def _route(program: str, group: str | None) -> tuple[str, str | None, str | None, str | None] | str:
     found = _program(program)
     if found is None:
         route = _NOTHING
@@ -101,9 +104,9 @@ def _route(program: str, group: str | None) -> tuple[str, str, str | None] | str
         if branch is None or branch[1] != found[1]:
             route = _NOTHING
         else:
-            name, _daemon, ip_group = branch
+            name, _daemon, ip_group, qid_group = branch
             fixed = postfix.FIXED_CLASS.get(name)
-            route = (name, ip_group, None if name == "smtpd-sasl" else fixed)
+            route = (name, ip_group, None if name == "smtpd-sasl" else fixed, qid_group)
     if len(_ROUTES) > 10_000:
         _ROUTES.clear()
     _ROUTES[(program, group)] = route
@@ -134,8 +137,12 @@ def _check_format(fmt: str) -> None:
         raise BadInput(f"unknown log format {fmt!r} (expected one of: {', '.join(FORMATS)})")
 
 
-def explain(program: str, message: str, *, fmt: str = "auto") -> tuple[str, IPAddress, str, str] | None:
-    """(pattern name, address, class, mta) for a message, or None if nothing matches."""
+def explain(program: str, message: str, *, fmt: str = "auto") -> tuple[str, IPAddress | None, str, str] | None:
+    """(pattern name, address, class, mta) for a message, or None if nothing matches.
+
+    The class may be a marker (fields.MARK...): an ambiguous line, or one half
+    of a message's acceptance that sources.join pairs with the other.
+    """
     _check_format(fmt)
     return _match(program, message, fmt)
 
@@ -160,13 +167,16 @@ def _match(program: str, message: str, fmt: str) -> tuple[str, IPAddress, str, s
     return hit[0], hit[1], hit[2], mta
 
 
-def parse_message(program: str, message: str, time: datetime, *, fmt: str = "auto") -> Observation | None:
+def parse_message(program: str, message: str, time: datetime, *, fmt: str = "auto",
+                  marks: bool = False) -> Observation | None:
     """The observation in one message of `program` (a syslog tag without pid), or None.
 
-    The journald reader calls this with SYSLOG_IDENTIFIER and MESSAGE.
+    The journald reader calls this with SYSLOG_IDENTIFIER and MESSAGE.  With
+    `marks`, marker observations too (class starting with fields.MARK, the
+    address None for some): the caller then runs them through sources.join.
     """
     hit = explain(program, message, fmt=fmt)
-    if hit is None:
+    if hit is None or (not marks and hit[2][0] == MARK):
         return None
     return _observation(time, hit[1], hit[2], _mta(hit), "", 0)
 
@@ -179,8 +189,12 @@ def parse_line(
     position: int = 0,
     year: int | None = None,
     now: datetime | None = None,
+    marks: bool = False,
 ) -> Observation | None:
-    """The observation in one whole log line (any of the framings syslog.py reads), or None."""
+    """The observation in one whole log line (any of the framings syslog.py reads), or None.
+
+    `marks` as for parse_message.
+    """
     if fmt not in FORMATS:
         _check_format(fmt)
     if len(line) > MAX_LINE:
@@ -196,10 +210,17 @@ def parse_line(
         if route is not _GENERAL:
             if route is _NOTHING or fmt not in _POSTFIX_FORMATS:
                 return None
-            name, ip_group, cls = route
-            if cls is None:
-                hit = postfix.finish(name, m.group(ip_group), line, m.end())
+            name, ip_group, cls, qid_group = route
+            if qid_group is not None:
+                if not marks:
+                    return None
+                hit = postfix.finish(name, ip_group and m.group(ip_group), line, m.end(), m.group(qid_group))
                 if hit is None:
+                    return None
+                ip, cls = hit[1], hit[2]
+            elif cls is None:
+                hit = postfix.finish(name, m.group(ip_group), line, m.end())
+                if hit is None or (not marks and hit[2][0] == MARK):
                     return None
                 ip, cls = hit[1], hit[2]
             else:
@@ -219,7 +240,7 @@ def parse_line(
             return None
         kind, stamp, program, message = head
     hit = _match(program or "exim", message, fmt)
-    if hit is None:
+    if hit is None or (not marks and hit[2][0] == MARK):
         return None
     time = syslog.timestamp(kind, stamp, year, now)
     if time is None:

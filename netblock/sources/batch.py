@@ -31,7 +31,7 @@ import re
 from datetime import datetime
 
 from . import _check_format, parse_line, postfix, syslog
-from .fields import _CACHE as _TEXT_IPS, parse_client_ip
+from .fields import _CACHE as _TEXT_IPS, MARK, parse_client_ip
 
 # Tag part of postfix.PROGRAM up to the daemon.  Lazy: the common "postfix/smtpd"
 # is found without backtracking; the tag is matched whole either way, because
@@ -65,7 +65,7 @@ def _body(pattern: re.Pattern[str], marker: str, ip: str) -> str:
     body = pattern.pattern
     assert body.startswith("^") and "\\$" not in body, body
     body = body[1:].replace("$", r"(?=\r?\n)")
-    body = body.replace("(?P<ip>", f"(?P<{ip}>").replace("(?P<name>", "(?:")
+    body = body.replace("(?P<ip>", f"(?P<{ip}>").replace("(?P<name>", "(?:").replace("(?P<qid>", f"(?P<q{ip}>")
     # The empty marker group closes last, so lastindex names the branch; the
     # branch itself starts with fixed text, which lets the engine skip it at once.
     return f"{body}(?P<{marker}>)"
@@ -76,21 +76,25 @@ _GENERAL_ROUTE = ("general",)  # the whole line goes to parse_line
 
 def _source(with_postfix: bool) -> tuple[str, dict[str, tuple]]:
     head = _header()
-    branches: dict[str, list[str]] = {"smtpd": [], "postscreen": []}
+    branches: dict[str, list[str]] = {"smtpd": [], "postscreen": [], "qmgr": []}
     names: dict[str, tuple] = {}
     if with_postfix:
         for i, (name, pattern) in enumerate(postfix.PATTERNS.items()):
             marker, ip = f"p_{i}", f"ip_{i}"
             branches[postfix.KINDS[name]].append(_body(pattern, marker, ip))
             fixed = postfix.FIXED_CLASS.get(name)
-            names[marker] = (name, ip, None if name == "smtpd-sasl" else fixed)
+            names[marker] = (name, ip if "(?P<ip>" in pattern.pattern else None,
+                             None if name == "smtpd-sasl" else fixed, "q" + ip if "(?P<qid>" in pattern.pattern else None)
     alternatives = [f"{_TAG_BOUND}{_OTHER_TAGS}{_PID}(?P<other>)"]
     if with_postfix:
         alternatives.insert(0, _POSTFIX_TAGS + "(?:" + "|".join(
             f"{kind}{_PID}(?:{'|'.join(bodies)})" for kind, bodies in branches.items()) + ")")
     # One leading "\n" outside any alternation: the engine then jumps from
     # newline to newline instead of trying every character.
-    return r"\n(?:" + head + "(?:" + "|".join(alternatives) + r")|(?P<digit>(?=\d)))", names
+    # A line that starts with a digit (RFC 3339, Exim's own log) or with
+    # journald's "HOST exim[PID]: " before Exim's stamp goes to parse_line.
+    return (r"\n(?:" + head + "(?:" + "|".join(alternatives) + r")"
+            r"|(?P<digit>(?=\d|[^\s\[\]]{1,255} exim\d?(?:\[\d{1,10}\])?: \d)))"), names
 
 
 def _ascii_source(source: str) -> bytes:
@@ -120,8 +124,8 @@ def _compiled(with_postfix: bool, ascii: bool) -> tuple[re.Pattern, dict[int, tu
         if group in ("other", "digit"):
             routes[index] = _GENERAL_ROUTE
         elif group in names:
-            name, ip, cls = names[group]
-            routes[index] = (name, rx.groupindex[ip], cls)
+            name, ip, cls, qid = names[group]
+            routes[index] = (name, ip and rx.groupindex[ip], cls, qid and rx.groupindex[qid])
     _COMPILED[with_postfix, ascii] = rx, routes
     return rx, routes
 
@@ -139,11 +143,12 @@ _REASONS_MAX = 20_000
 
 
 def scan(text: str | bytes, *, fmt: str = "auto", year: int | None = None,
-         now: datetime | None = None) -> list[tuple]:
+         now: datetime | None = None, marks: bool = False) -> list[tuple]:
     """Observations in `text` (complete lines, each ending in "\\n") as cheap tuples.
 
     Each is (time, ip, cls, mta, start) with `start` the index of the line's
     first character in `text`; the line ends at the next "\\n" (less one "\\r").
+    With `marks`, marker tuples too (see parse_line), for sources.join.
     `text` may be bytes when it is pure ASCII (then indexes are byte offsets
     and no decoding is needed); anything else must be decoded first.
     """
@@ -151,9 +156,9 @@ def scan(text: str | bytes, *, fmt: str = "auto", year: int | None = None,
     binary = isinstance(text, bytes)
     rx, routes = _compiled(fmt == "auto" or fmt == "postfix", binary)
     if binary:
-        nl, cr, sasl_lost, from_tail, nul = b"\n", 13, _SASL_LOST.encode(), b"; from=<", b"\0"
+        nl, cr, sasl_lost, from_tail, nul, target_end = b"\n", 13, _SASL_LOST.encode(), b"; from=<", b"\0", b">: "
     else:
-        nl, cr, sasl_lost, from_tail, nul = "\n", "\r", _SASL_LOST, "; from=<", "\0"
+        nl, cr, sasl_lost, from_tail, nul, target_end = "\n", "\r", _SASL_LOST, "; from=<", "\0", ">: "
     text = nl + text if text.endswith(nl) else nl + text + nl
     out: list[tuple] = []
     append = out.append
@@ -166,11 +171,24 @@ def scan(text: str | bytes, *, fmt: str = "auto", year: int | None = None,
         # index in the caller's text, m.start() + 1 in this one.
         route = routes[m.lastindex]
         if route is _GENERAL_ROUTE:
-            obs = parse_line(line_at(text, m.start() + 1), fmt=fmt, year=year, now=now)
+            obs = parse_line(line_at(text, m.start() + 1), fmt=fmt, year=year, now=now, marks=marks)
             if obs is not None:
                 append((obs.time, obs.ip, obs.cls, obs.mta, m.start()))
             continue
-        name, ip_group, cls = route
+        name, ip_group, cls, qid_group = route
+        if qid_group is not None:
+            if not marks:
+                continue
+            cls += m.group(qid_group).decode("ascii") if binary else m.group(qid_group)
+            if ip_group is None:
+                stamp = m.group(_STAMP)
+                time = times.get(stamp, _MISSING)
+                if time is _MISSING:
+                    time = times[stamp] = syslog.timestamp(
+                        syslog.BSD, stamp.decode("ascii") if binary else stamp, year, now)
+                if time is not None:
+                    append((time, None, cls, "postfix", m.start()))
+                continue
         stamp, ip_text = m.group(_STAMP, ip_group)
         ip = ips.get(ip_text, _MISSING)
         if ip is _MISSING:
@@ -184,13 +202,15 @@ def scan(text: str | bytes, *, fmt: str = "auto", year: int | None = None,
             end = find(nl, begin)
             if name != "smtpd-sasl":
                 # A remembered reply (see _reject_class), looked up here: most hits end at it.
+                # A remembered reply fits only a line with no target end (">: ") past the head.
                 tail = find(from_tail, begin, end)
-                cls = reasons.get(text[begin:tail].replace(ip_text, nul), _MISSING) if tail >= 0 else _MISSING
+                cls = (reasons.get(text[begin:tail].replace(ip_text, nul), _MISSING)
+                       if tail >= 0 and find(target_end, tail, end) < 0 else _MISSING)
                 if cls is _MISSING:
                     if text[end - 1] == cr:
                         end -= 1
                     cls = _reject_class(text, begin, end, ip_text, reasons, binary)
-                if cls is None:
+                if cls is None or (not marks and cls[0] == MARK):
                     continue
             else:
                 if text[end - 1] == cr:
@@ -215,15 +235,21 @@ def _reject_class(text, begin: int, end: int, ip_text, cache: dict, binary: bool
     table", "Client host [IP] blocked using zen.spamhaus.org"), each followed
     by different client-written "; from=<...> to=<...>".  The head before that
     tail, with the client's address masked as reject_class masks it, is the
-    key when it alone decides the class: when the restriction's words start
-    inside it (reject_class looks for the tail only after the echoed
-    "<target>: ").  Otherwise nothing is remembered.  The address cannot
-    straddle the tail's "; from=<" (it holds no ";" and is longer than "f"), so
-    masking the head alone masks the same copies as masking the whole reply.
+    key when it alone decides the class: when the reply holds at most one
+    ">: " and that one is in the head (then the echoed target, if any, ends
+    there, and the words end at the first tail field, which is in the head or
+    starts it).  A reply with more
+    needs the whole line (postfix.reply_split) and is never remembered.  The
+    address cannot straddle the tail's "; from=<" (it holds no ";" and is
+    longer than "f"), so masking the head alone masks the same copies as
+    masking the whole reply.
     """
-    tail = text.find(b"; from=<" if binary else "; from=<", begin, end)
-    if tail >= 0:
-        key = text[begin:tail].replace(ip_text, b"\0" if binary else "\0")
+    b = binary
+    tail = text.find(b"; from=<" if b else "; from=<", begin, end)
+    ends = text.count(b">: " if b else ">: ", begin, end)
+    simple = ends <= 1 and (tail < 0 or text.count(b">: " if b else ">: ", begin, tail) == ends)
+    if tail >= 0 and simple:
+        key = text[begin:tail].replace(ip_text, b"\0" if b else "\0")
         cls = cache.get(key, _MISSING)
         if cls is not _MISSING:
             return cls
@@ -231,11 +257,11 @@ def _reject_class(text, begin: int, end: int, ip_text, cache: dict, binary: bool
     if binary:
         reason = reason.decode("ascii")
         ip_text = ip_text.decode("ascii")
-    reason = postfix.mask_client(reason, ip_text)
-    start = postfix.words_start(reason)
-    cut = reason.find("; from=<", start)
-    cls = postfix.words_class(reason[start:] if cut < 0 else reason[start:cut])  # = reject_class(reply, ip)
-    if tail >= 0 and start <= len(key):
+    line_start = text.rfind(b"\n" if b else "\n", 0, begin) + 1
+    head = text[line_start:begin]
+    name = postfix.client_name(head.decode("ascii") if b else head, begin - line_start)
+    cls = postfix.reject_class(reason, ip_text, name)
+    if tail >= 0 and simple and postfix.code_end(reason) <= tail - begin:
         if len(cache) >= _REASONS_MAX:
             cache.clear()
         cache[key] = cls

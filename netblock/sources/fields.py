@@ -133,3 +133,65 @@ def looks_dynamic(reason: str) -> bool:
     """Whether a client rejection names a dynamic/consumer address range."""
     low = reason.lower()
     return any(word in low for word in _DYNAMIC)
+
+
+# Marker classes: what a parser says about a line that is no observation by
+# itself.  They start with "~", which no real class does, and never reach the
+# store: sources.join.Join turns them into observations or counts them.
+MARK = "~"
+AMBIGUOUS = "~ambiguous"  # more than one reading of the client field or of the reply
+CLIENT = "~client:"  # + queue id: this client opened a message transaction (not yet accepted)
+ACCEPTED = "~accepted:"  # + queue id: the MTA accepted that message
+
+
+def address_end(text: str, start: int, limit: int = 2048) -> int:
+    """Index just after the envelope address "<...>" that starts at text[start], or -1.
+
+    Quote-aware: inside a quoted local part ('"a>: b"@x', backslash escapes
+    allowed) a ">" does not end the address.  -1 when text[start] is not "<",
+    or the address is unterminated or longer than `limit`.
+    """
+    if text[start:start + 1] != "<":
+        return -1
+    i, end = start + 1, min(len(text), start + limit)
+    quoted = False
+    while i < end:
+        c = text[i]
+        if quoted:
+            if c == "\\":
+                i += 1
+            elif c == '"':
+                quoted = False
+        elif c == '"':
+            quoted = True
+        elif c == ">":
+            return i + 1
+        elif c == "<":
+            return -1
+        i += 1
+    return -1
+
+
+def word_end(text: str, start: int, limit: int = 2048) -> int:
+    """Index of the first blank at or after `start` outside a quoted string, or -1 if unterminated.
+
+    Exim writes a sender or recipient bare when it has no angle brackets
+    ("<= a@b" and "<= \\"x y\\"@b"): a quoted local part may hold blanks.
+    """
+    i, end = start, min(len(text), start + limit)
+    quoted = False
+    while i < end:
+        c = text[i]
+        if quoted:
+            if c == "\\":
+                i += 1
+            elif c == '"':
+                quoted = False
+        elif c == '"':
+            quoted = True
+        elif c == " ":
+            return i
+        i += 1
+    if quoted or i < len(text):
+        return -1
+    return i

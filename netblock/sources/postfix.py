@@ -16,13 +16,13 @@ import re
 
 from netaddr import IPAddress
 
-from .fields import IP, NAME, client_ip, looks_dynamic
+from .fields import ACCEPTED, AMBIGUOUS, CLIENT, IP, NAME, client_ip, looks_dynamic
 
 MTA = "postfix"
 
 # postfix/smtpd, postfix/submission/smtpd, postfix-in/smtps/smtpd (multi-instance
 # syslog_name), postfix/postscreen.  The kind is the last component.
-PROGRAM = re.compile(r"^postfix[\w.-]{0,64}(?:/[\w.-]{1,64}){0,4}/(smtpd|postscreen)$")
+PROGRAM = re.compile(r"^postfix[\w.-]{0,64}(?:/[\w.-]{1,64}){0,4}/(smtpd|postscreen|qmgr)$")
 
 _CLIENT = rf"from (?P<name>{NAME})\[(?P<ip>{IP})\](?::\d{{1,5}})?"
 _PS_CLIENT = rf"from \[(?P<ip>{IP})\]:\d{{1,5}}"
@@ -34,7 +34,12 @@ PATTERNS: dict[str, re.Pattern[str]] = {
         rf"^(?:NOQUEUE|[0-9A-Za-z]{{5,20}}): (?:milter-)?reject: [A-Z][A-Z-]{{0,20}} {_CLIENT}: "),
     "smtpd-connect": re.compile(rf"^connect {_CLIENT}$"),
     "smtpd-client": re.compile(
-        rf"^[0-9A-Za-z]{{5,20}}: client=(?P<name>{NAME})\[(?P<ip>{IP})\](?::\d{{1,5}})?(?:,|$)"),
+        rf"^(?P<qid>[0-9A-Za-z]{{5,20}}): client=(?P<name>{NAME})\[(?P<ip>{IP})\](?::\d{{1,5}})?(?:,|$)"),
+    # qmgr moves a message into the active queue only once cleanup has
+    # committed it, i.e. after smtpd answered "250 Ok: queued" at the end of
+    # DATA.  The sender is the client's text, but the line's end is qmgr's.
+    "qmgr-active": re.compile(
+        r"^(?P<qid>[0-9A-Za-z]{5,20}): from=<[^\n]{0,4096}>, size=\d{1,15}, nrcpt=\d{1,9} \(queue active\)$"),
     "smtpd-lost": re.compile(
         rf"^(?:NOQUEUE: )?lost connection after (?:CONNECT|EHLO|HELO|AUTH|STARTTLS|UNKNOWN) {_CLIENT}$"),
     "smtpd-sasl": re.compile(
@@ -62,10 +67,11 @@ FIXED_CLASS = {
     "smtpd-pipelining": "protocol",
     "smtpd-too-many-errors": "protocol",
     "smtpd-connect": "connect",
-    # Postfix logs "QUEUEID: client=" once it has accepted a message transaction
-    # from the client (a queue file exists): evidence of real mail, which keeps
-    # the sender out of blocks.
-    "smtpd-client": "delivered",
+    # smtpd logs "QUEUEID: client=" at the first accepted RCPT, before DATA: no
+    # proof of mail yet.  Only qmgr's "(queue active)" for the same queue ID
+    # is (sources.join pairs the two; see README "How a block is decided").
+    "smtpd-client": CLIENT,
+    "qmgr-active": ACCEPTED,
     "postscreen-dnsbl": "dnsbl:postscreen",
     "postscreen-pregreet": "pregreet",
     "postscreen-hangup": "hangup",
@@ -80,18 +86,26 @@ FIXED_CLASS = {
 _ZONE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,62}(?:\.[A-Za-z0-9_-]{1,63}){1,10}")
 
 
-def reject_class(reason: str, client: str = "") -> str | None:
+def reject_class(reason: str, client: str = "", name: str = "") -> str | None:
     """The class of a Postfix reject reply ("554 5.7.1 <x>: Relay access denied; from=<...").
 
-    Only the restriction's own words count (see reply_words): the reply code,
-    the echoed target "<...>: " in front and the "; from=<...> to=<...>
-    helo=<...>" tail the client wrote are cut off first, and the client's own
-    address (`client`, as the line spells it) is masked wherever the reply
-    repeats it, so the address is never read as words.  None for what is no
-    verdict on the client: greylisting (a lawful sender retries) and
-    postscreen's "all server ports busy".
+    smtpd's log_whatsup() writes "CODE DSN <target>: WORDS; from=<S> to=<R>
+    proto=P helo=<H>": the target is the client's (a recipient or sender in
+    Postfix's internal form, i.e. a quoted local part *without* its quotes,
+    the HELO name or the client's name), the words are the restriction's and
+    the tail is the client's again.  Only the words count (reply_split), and
+    the client's own address (`client`, as the line spells it) is masked
+    wherever the reply repeats it, so the address is never read as words.
+    None for what is no verdict on the client: greylisting (a lawful sender
+    retries) and postscreen's "all server ports busy".  AMBIGUOUS when the
+    line can be read in more than one way with different classes.  `name` is
+    the client's name in the client field ("unknown"), one of the targets.
     """
-    return words_class(reply_words(mask_client(reason, client)))
+    reason = mask_client(reason, client)
+    split = reply_split(reason, mask_client(name, client), "\0" if client else "")
+    if split is None:
+        return AMBIGUOUS
+    return split if type(split) is not tuple else words_class(reason[split[0]:split[1]])
 
 
 def mask_client(reason: str, client: str) -> str:
@@ -106,14 +120,27 @@ def mask_client(reason: str, client: str) -> str:
 
 
 def reply_words(reason: str) -> str:
-    """The restriction's own words of a reject reply: without code, echoed target and client tail."""
-    pos = words_start(reason)
-    tail = reason.find("; from=<", pos)
-    return reason[pos:] if tail < 0 else reason[pos:tail]
+    """The restriction's own words of a reply that has one reading (tests, docs)."""
+    split = reply_split(reason)
+    return "" if type(split) is not tuple else reason[split[0]:split[1]]
 
 
-def words_start(reason: str) -> int:
-    """Where the restriction's words begin: after "NNN N.N.N " and an echoed "<target>: "."""
+_TAILS = ("; from=<", "; to=<", "; proto=", "; helo=<")
+_MAX_READINGS = 16  # ">: " ends tried for one target; each costs a pass over the line
+
+
+def tail_at(reason: str, pos: int) -> int:
+    """Where log_whatsup()'s own tail begins at or after `pos` (the ";" before from=, to=, proto=, helo=)."""
+    i = reason.find("; ", pos)
+    while i >= 0:
+        if reason.startswith(_TAILS, i):
+            return i
+        i = reason.find("; ", i + 2)
+    return len(reason)
+
+
+def code_end(reason: str) -> int:
+    """Where a reply's text begins: after "NNN N.N.N " (or "NNN ")."""
     pos = 0
     if reason[3:4] == " " and reason[:3].isdigit():
         pos = 4
@@ -121,15 +148,89 @@ def words_start(reason: str) -> int:
             blank = reason.find(" ", 4)
             if blank >= 0:
                 pos = blank + 1
-    if reason.startswith("<", pos):
-        end = reason.find(">: ", pos)
-        if end >= 0:
-            pos = end + 3
     return pos
 
 
+def reply_split(reason: str, name: str = "", addr: str = ""):
+    """(start, end) of the restriction's words, a class when several readings agree, or None.
+
+    Without an echoed target the words run from the code to the tail.  With
+    one, the target ends at a ">: "; a target may itself hold ">: " (Postfix
+    logs a quoted local part without its quotes), so when there is more than
+    one, each end is tried, and a reading counts only if its target is one of
+    the things Postfix echoes: the line's own sender or recipient (as the tail
+    spells it, quotes removed), its HELO name, or the client's name or
+    address.  The readings left must agree on the class; None if they do not.
+    """
+    pos = code_end(reason)
+    if not reason.startswith("<", pos):
+        return pos, tail_at(reason, pos)
+    first = reason.find(">: ", pos)
+    if first < 0:
+        return pos, tail_at(reason, pos)
+    if reason.find(">: ", first + 3) < 0:
+        return first + 3, tail_at(reason, first + 3)
+    found = set()
+    end = first
+    for _ in range(_MAX_READINGS):
+        if end < 0:
+            break
+        target = reason[pos + 1:end]
+        words = end + 3
+        tail = tail_at(reason, words)
+        if _echoed(target, reason, tail, name, addr):
+            found.add(words_class(reason[words:tail]))
+        end = reason.find(">: ", end + 1)
+    if end >= 0 or len(found) != 1:
+        return None  # readings disagree, or too many to try: no class is the client's to choose
+    return found.pop()
+
+
+def _echoed(target: str, reason: str, tail: int, name: str, addr: str) -> bool:
+    """Whether `target` is what Postfix would echo, given the tail starting at reason[tail].
+
+    The tail's from=<...> and to=<...> hold the address in the form
+    info_log_address_format says (external: a local part that needs it is
+    quoted; internal: as is); either form of `target` must fill the field
+    exactly, up to the blank before the next field or the end of the line.
+    """
+    if target and target in (name, addr, f"{name}[{addr}]"):
+        return True
+    forms = (target, _external(target))
+    i = tail + 2
+    for field, following in (("from=<", " to=<"), ("to=<", " proto=")):
+        if not reason.startswith(field, i):
+            continue
+        for form in forms:
+            end = i + len(field) + len(form)
+            if reason.startswith(form, i + len(field)) and reason.startswith(">", end) \
+                    and (end + 1 == len(reason) or reason[end + 1] == " "):
+                return True
+        nxt = reason.find(following, i)
+        if nxt < 0:
+            break
+        i = nxt + 1
+    at = reason.find(" helo=<" + target + ">", tail)
+    if at >= 0:
+        end = at + len(target) + 8
+        return end == len(reason) or reason.startswith(" sasl_", end)
+    return False
+
+
+_ATOM = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]*")
+
+
+def _external(address: str) -> str:
+    """Postfix's external form of an internal address: a local part that is no dot-atom is quoted."""
+    at = address.rfind("@")
+    local, domain = (address, "") if at < 0 else (address[:at], address[at:])
+    if _ATOM.fullmatch(local) and not local.startswith(".") and not local.endswith(".") and ".." not in local:
+        return address
+    return '"' + local.replace("\\", "\\\\").replace('"', '\\"') + '"' + domain
+
+
 def words_class(reason: str) -> str | None:
-    """reject_class() of what reply_words() kept."""
+    """The class of a restriction's own words (what reply_split() located)."""
     if "reylist" in reason or "all server ports busy" in reason:
         return None
     at = reason.find("blocked using ")
@@ -165,7 +266,8 @@ def match(kind: str, msg: str) -> tuple[str, IPAddress, str] | None:
     m = PATTERNS[name].match(msg)
     if m is None:
         return None
-    return finish(name, m.group("ip"), msg, m.end())
+    groups = m.groupdict()
+    return finish(name, groups.get("ip"), msg, m.end(), groups.get("qid"))
 
 
 def _candidate(kind: str, msg: str) -> str | None:
@@ -196,6 +298,11 @@ def _candidate(kind: str, msg: str) -> str | None:
             name = "smtpd-client"
         else:
             return None
+    elif kind == "qmgr":
+        if msg.endswith(" (queue active)"):
+            name = "qmgr-active"
+        else:
+            return None
     elif kind == "postscreen":
         c = msg[:4]
         if c == "CONN":
@@ -217,14 +324,24 @@ def _candidate(kind: str, msg: str) -> str | None:
     return name
 
 
-def finish(name: str, ip_text: str, msg: str, end: int) -> tuple[str, IPAddress, str] | None:
-    """The result of pattern `name` having matched `msg` up to `end`."""
+def finish(name: str, ip_text: str | None, msg: str, end: int,
+           qid: str | None = None) -> tuple[str, IPAddress | None, str] | None:
+    """The result of pattern `name` having matched `msg` up to `end`.
+
+    Queue lines give a marker class with their queue ID (fields.CLIENT,
+    fields.ACCEPTED); qmgr's has no address.
+    """
+    if qid is not None:
+        if ip_text is None:
+            return name, None, FIXED_CLASS[name] + qid
+        ip = client_ip(ip_text)
+        return None if ip is None else (name, ip, FIXED_CLASS[name] + qid)
     ip = client_ip(ip_text)
     if ip is None:
         return None
     cls = FIXED_CLASS.get(name)
     if cls is None:
-        cls = reject_class(msg[end:], ip_text)
+        cls = reject_class(msg[end:], ip_text, client_name(msg, end))
         if cls is None:
             return None
     elif name == "smtpd-sasl" and "Connection lost to authentication server" in msg:
@@ -232,7 +349,14 @@ def finish(name: str, ip_text: str, msg: str, end: int) -> tuple[str, IPAddress,
     return name, ip, cls
 
 
-KINDS = {name: name.split("-", 1)[0] for name in PATTERNS}  # pattern -> "smtpd" | "postscreen"
+def client_name(msg: str, end: int) -> str:
+    """The name in the client field "from NAME[IP]" that ends before msg[end]."""
+    at = msg.rfind(" from ", 0, end) + 6
+    bracket = msg.find("[", at, end)
+    return msg[at:bracket] if at >= 6 and bracket >= 0 else ""
+
+
+KINDS = {name: name.split("-", 1)[0] for name in PATTERNS}  # pattern -> "smtpd" | "postscreen" | "qmgr"
 
 
 def fused(header: str) -> tuple[re.Pattern[str], dict[str, tuple[str, str, str]]]:
@@ -242,13 +366,14 @@ def fused(header: str) -> tuple[re.Pattern[str], dict[str, tuple[str, str, str]]
     message in one call of the regex engine is several times cheaper than
     splitting the line first.  The returned map takes the match's lastgroup
     ("p_N", set when pattern N matched) to (pattern name, daemon, name of the
-    group holding its address).  The caller still checks that the line's
-    program is that daemon.
+    group holding its address or None, name of the group holding its queue ID
+    or None).  The caller still checks that the line's program is that daemon.
     """
     branches, groups = [], {}
     for i, (name, pattern) in enumerate(PATTERNS.items()):
         body = pattern.pattern[1:]  # every pattern starts with "^"
-        body = body.replace("(?P<ip>", f"(?P<ip_{i}>").replace("(?P<name>", "(?:")
+        body = body.replace("(?P<ip>", f"(?P<ip_{i}>").replace("(?P<name>", "(?:").replace("(?P<qid>", f"(?P<q_{i}>")
         branches.append(f"(?P<p_{i}>{body})")
-        groups[f"p_{i}"] = (name, KINDS[name], f"ip_{i}")
+        groups[f"p_{i}"] = (name, KINDS[name], f"ip_{i}" if "(?P<ip>" in pattern.pattern else None,
+                            f"q_{i}" if "(?P<qid>" in pattern.pattern else None)
     return re.compile(header + "(?:" + "|".join(branches) + ")?"), groups

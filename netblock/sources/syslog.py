@@ -53,7 +53,7 @@ def split(line: str) -> tuple[str, str, str, str] | None:
         return BSD, stamp, tag, line[m.end():]
     m = _HEADER.match(line)
     if m is None:
-        return None
+        return _bare_exim(line)
     bsd, iso, exim, tag = m.group("bsd", "iso", "exim", "tag")
     rest = line[m.end():]
     if bsd is not None:
@@ -64,7 +64,31 @@ def split(line: str) -> tuple[str, str, str, str] | None:
         if tag is None:
             return None
         return ISO, iso, tag, rest
-    return EXIM, exim, tag or "", rest
+    # Exim's own log has no host or tag, and an Exim message never starts
+    # with a host name and an Exim tag; anything else that looks like one is
+    # the message's (a junk HELO: "H=(a postfix/smtpd[1]: NOQUEUE: reject: ...").
+    if tag is not None and _EXIM_TAG.match(tag) and _HOSTNAME.match(m.group("host")):
+        return EXIM, exim, tag, rest
+    return EXIM, exim, "", line[len(exim) + 1:]
+
+
+_EXIM_TAG = re.compile(r"exim\d?$")
+_HOSTNAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9.-]{0,254}$")
+
+
+# journald's "HOST exim[PID]: " without a syslog stamp, before Exim's own
+# stamp (log_file_path = syslog keeps it; fail2ban's journal lines look so).
+_BARE_EXIM = re.compile(
+    r"^[^\s\[\]]{1,255} (?P<tag>exim\d?)(?:\[\d{1,10}\])?: "
+    r"(?P<exim>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d{1,9})?(?: [+-]\d{4})?) "
+)
+
+
+def _bare_exim(line: str) -> tuple[str, str, str, str] | None:
+    m = _BARE_EXIM.match(line)
+    if m is None:
+        return None
+    return EXIM, m.group("exim"), m.group("tag"), line[m.end():]
 
 
 _BSD_CACHE: dict[tuple[str, int], datetime | None] = {}

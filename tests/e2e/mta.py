@@ -258,7 +258,7 @@ class MailScene:
         else:
             services = "smtp      inet  n       -       n       -       -       smtpd"
         values = dict(server=SERVER4, root=self.root, conf=conf, log=self.log, zone=ZONE, smtp_services=services)
-        for name in ("main.cf", "master.cf", "helo_access.pcre", "vmailbox"):
+        for name in ("main.cf", "master.cf", "helo_access.pcre", "vmailbox", "header_checks.pcre"):
             _render(FILES / "postfix" / name, conf / name, **values)
         shutil.chown(self.root / "mail", "nobody", "nogroup")
         shutil.chown(self.root / "data", "postfix", "postfix")

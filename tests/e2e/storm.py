@@ -104,8 +104,9 @@ EXIM_LINES = [
     ("dnsbl:bl.e2e.test",
      re.compile(rf"H=.*\[{_IP}\] F=<[^>]*> rejected RCPT <[^>]*>: .* in a black list at bl\.e2e\.test$")),
     ("bad-helo", re.compile(rf"H=.*\[{_IP}\] rejected EHLO or HELO ")),
-    # Exim's words for a missing PTR.
+    # Exim's words for a missing PTR: the ACL's rejection, and host.c's note at the connection.
     ("no-rdns", re.compile(rf"H=.*\[{_IP}\] F=<[^>]*> rejected RCPT <[^>]*>: host lookup failed")),
+    ("no-rdns", re.compile(rf"^\S+ \S+ no host name found for IP address {_IP}$")),
     ("unknown-user", re.compile(rf"H=.*\[{_IP}\] F=<[^>]*> rejected RCPT <[^>]*>: Unrouteable address$")),
 ]
 

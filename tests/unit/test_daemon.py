@@ -40,7 +40,10 @@ def reject(ip: str, minute: int = 0) -> str:
 
 
 def delivered(ip: str) -> str:
-    return f"2026-11-27T10:00:00+00:00 mx postfix/smtpd[42]: 4AB12C3D4E: client=mail.example[{ip}]"
+    """smtpd's client= and qmgr's proof that the message was accepted (sources.join pairs them)."""
+    return (f"2026-11-27T10:00:00+00:00 mx postfix/smtpd[42]: 4AB12C3D4E: client=mail.example[{ip}]\n"
+            f"2026-11-27T10:00:01+00:00 mx postfix/qmgr[43]: 4AB12C3D4E: from=<a@mail.example>, size=1234, "
+            f"nrcpt=1 (queue active)")
 
 
 def write(path, *lines: str) -> None:

@@ -282,6 +282,7 @@ Nov 24 10:00:00 mx1 postfix/smtpd[204]: connect from 44-100-51-198.dynamic.examp
 Nov 24 10:00:01 mx1 postfix/smtpd[204]: NOQUEUE: reject: RCPT from 44-100-51-198.dynamic.example.net[198.51.100.44]: 554 5.7.1 <44-100-51-198.dynamic.example.net[198.51.100.44]>: Client host rejected: Your IP is dynamic, please use your ISP's relay; from=<x@example.com> to=<y@example.net> proto=ESMTP helo=<pc>
 Nov 25 10:00:00 mx1 postfix/smtpd[205]: connect from mail.example.org[203.0.113.5]
 Nov 25 10:00:01 mx1 postfix/smtpd[205]: 4XyZ1k2LmNz9abc: client=mail.example.org[203.0.113.5]
+Nov 25 10:00:02 mx1 postfix/qmgr[99]: 4XyZ1k2LmNz9abc: from=<a@example.org>, size=1234, nrcpt=1 (queue active)
 Nov 27 11:00:00 mx1 postfix/smtpd[206]: connect from unknown[192.0.2.99]
 """
 WEEK = ("--from", "2026-11-20", "--to", "2026-11-27")
