@@ -17,7 +17,7 @@ import math
 import re
 import socket
 import tomllib
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Callable
@@ -25,7 +25,7 @@ from typing import Any, Callable
 from netaddr import AddrFormatError, IPNetwork
 
 from netblock.errors import ConfigError
-from netblock.firewall import BACKENDS, Settings
+from netblock.firewall import BACKENDS, VERDICTS, Settings
 
 DEFAULT_PATH = "/etc/netblock/netblock.toml"
 
@@ -224,7 +224,7 @@ class FirewallConfig:
     families: tuple[str, ...] = _k(
         _list(_enum("ipv4", "ipv6"), non_empty=True, unique=True), ("ipv4", "ipv6")
     )
-    verdict: str = _k(_enum("drop", "reject"), "drop")
+    verdict: str = _k(_enum(*VERDICTS), "drop")
     hook: str = _k(_enum("input", "prerouting"), "input")
     ipset_maxelem: int = _k(_int(1, 2**31 - 1), 1_048_576)
 
@@ -469,6 +469,11 @@ class Config:
             ports=fw.ports, families=fw.families, verdict=fw.verdict, hook=fw.hook,
             maxelem=fw.ipset_maxelem,
         )
+
+
+def with_verdict(cfg: Config, verdict: str) -> Config:
+    """``cfg`` with another ``[firewall] verdict`` (``--count-only``)."""
+    return replace(cfg, firewall=replace(cfg.firewall, verdict=verdict))
 
 
 # -- loading ----------------------------------------------------------------------

@@ -451,6 +451,32 @@ def cmd_sync(args, ctx) -> int:
     return 0
 
 
+MODE_TEXT = {
+    "drop": "enforcing: drop",
+    "reject": "enforcing: reject with TCP reset",
+    "count": "COUNTING ONLY: nothing is dropped; `netblock report` shows the connection attempts "
+             "each netblock would have dropped",
+}
+
+
+def verdict_status(backend, missing: str | None) -> dict:
+    """The verdict configured, the one the kernel's rule has, and the `mode:` line of `status`."""
+    from netblock.firewall import installed_verdict
+
+    configured = backend.settings.verdict
+    installed = None
+    if missing is None:
+        try:
+            installed = installed_verdict(backend)
+        except NetblockError:
+            installed = None
+    text = MODE_TEXT[configured]
+    if missing is None and installed != configured:
+        has = f"verdict {installed}" if installed else "a rule of other settings"
+        text += f" (the kernel still has {has}: run `netblock sync`, or reload the daemon)"
+    return {"verdict": configured, "installed": installed, "text": text}
+
+
 def cmd_status(args, ctx) -> int:
     from netblock.errors import StoreError
     from netblock.sync import desired_for, diff, read_installed
@@ -466,6 +492,7 @@ def cmd_status(args, ctx) -> int:
     desired = desired_for(store, ctx.config, now=now)
     installed, missing = read_installed(backend)
     drift = diff(installed, desired)
+    mode = verdict_status(backend, missing)
     oldest = store.oldest_block()
     info = {
         "backend": backend.name,
@@ -481,6 +508,9 @@ def cmd_status(args, ctx) -> int:
         "drift": {"missing": len(drift.added), "extra": len(drift.removed), "expiry": len(drift.updated)},
         "oldest_block": None if oldest is None else {"netblock": str(oldest.netblock), "created": iso(oldest.created)},
         "next_expiry": iso(store.next_expiry(now)),
+        "verdict": mode["verdict"],
+        "verdict_installed": mode["installed"],
+        "counting_only": mode["verdict"] == "count",
     }
     if args.json:
         ctx.print_json(info)
@@ -494,6 +524,7 @@ def cmd_status(args, ctx) -> int:
         state = "in sync"
     lines = [
         ("backend", f"{backend.name} ({backend.description})"),
+        ("mode", mode["text"]),
         ("store", info["store"]),
         ("blocks", f"{info['blocks_active']} active, {info['blocks_stored']} stored (incl. expired history)"),
         ("allowlist", f"{info['allowlist']} entries"),

@@ -41,6 +41,12 @@ def register(sub) -> None:
                        description="Follow the configured log files and the journal, decide every tick and "
                        "at once when an address crosses its threshold, and sync. SIGHUP reloads the "
                        "configuration; SIGTERM exits 0 and leaves the kernel rules in place.")
+    p.add_argument("--count-only", dest="daemon_count_only", action="store_true",
+                   help="counting-only mode: the same sets and elements, counted per netblock, nothing dropped "
+                   "(as [firewall] verdict = \"count\"; kept across SIGHUP; default: the config's verdict)")
+    p.add_argument("-v", "--verbose", action="count", default=0,
+                   help="log more: -v adds debug lines (each sync, each source batch); default: "
+                   "[daemon] log_level, info")
     p.set_defaults(handler=cmd_daemon)
 
     p = sub.add_parser("run-once", help="one daemon tick from the saved positions (systemd timer mode)",

@@ -187,7 +187,7 @@ def test_dump_writes_readable_durations():
     ("[firewall]\nports = [25, 0]", "[firewall] ports[1]: expected an integer from 1 to 65535, got 0"),
     ("[firewall]\nports = []", "[firewall] ports: expected a non-empty list, got []"),
     ("[firewall]\nfamilies = [\"ipv4\", \"ipv4\"]", '[firewall] families: expected a list without repeats'),
-    ("[firewall]\nverdict = \"accept\"", '[firewall] verdict: expected one of "drop", "reject", got "accept"'),
+    ("[firewall]\nverdict = \"accept\"", '[firewall] verdict: expected one of "drop", "reject", "count", got "accept"'),
     ("[firewall]\nhook = \"output\"", '[firewall] hook: expected one of "input", "prerouting", got "output"'),
     ("firewall = 1", "[firewall]: expected a table, got 1"),
     ("[widen]\nrules = [{family = 4, prefixlen = 24, min_count = 4}, {family = 5, prefixlen = 24, min_count = 1}]",
