@@ -417,6 +417,9 @@ class DaemonConfig:
     # Fleet mode: where observations wait while PostgreSQL is unreachable. On
     # disk under the state directory, so a reboot during an outage keeps them.
     spool: str = _k(_str(allow_empty=False), "/var/lib/netblock/spool.db")
+    # What the daemon writes to stderr (the journal): start, sources, each decision, expiries,
+    # drift, store outages at info; debug adds each sync; `netblock daemon -v` goes one lower.
+    log_level: str = _k(_enum("debug", "info", "warning", "error"), "info")
 
 
 @dataclass(frozen=True)

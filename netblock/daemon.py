@@ -33,6 +33,7 @@ from netaddr import IPAddress, IPNetwork
 
 from netblock import fleet, follow, hostaddrs, journal, policy
 from netblock.aggregate import widen_detail
+from netblock.daemonlog import Log
 from netblock.errors import NetblockError
 from netblock.model import Block, Observation
 from netblock.sdnotify import Notifier
@@ -92,7 +93,7 @@ class Runner:
     """The shared tick, with the sources it reads (followed files and the journal)."""
 
     def __init__(self, config, store, backend: Callable, *, clock: Callable[[], datetime],
-                 follow_mode: bool = True, stderr=None):
+                 follow_mode: bool = True, stderr=None, log_level: str | None = None):
         self.config = config
         self.store = store
         self._backend_factory = backend
@@ -101,15 +102,18 @@ class Runner:
         self.stderr = stderr or sys.stderr
         self.followers: dict[str, follow.Follower] = {}
         self.journal: journal.Journal | None = None
-        self.applied: set[IPNetwork] | None = None  # what the last good sync left in the kernel
+        # What the last good sync left in the kernel, with expiries: the next one tells expiries from it.
+        self.applied: dict[IPNetwork, datetime | None] | None = None
         self.last_tick: datetime | None = None
         self.last_result = TickResult()
         self.tracker: Tracker | None = None  # the daemon's in-memory view of recent offences
         self.own: list[IPNetwork] | None = None  # this host's addresses, read again every tick
         self.spool = None  # the daemon's on a fleet store: observations kept while that store is away
+        self.logger = Log(self.stderr, log_level or _setting(config, "daemon", "log_level", "info"))
 
     def log(self, message: str) -> None:
-        log(message, self.stderr)
+        """Something went wrong, or needs the operator's eye (store outage, drift, a cut line)."""
+        self.logger.warning(message)
 
     # -- sources -----------------------------------------------------------
     @property
@@ -132,6 +136,9 @@ class Runner:
                 continue
             saved = follow.Position.parse(fleet.saved_state(self, follow.state_key(path)))
             self.followers[path] = follow.Follower(path, saved, max_line=self.max_line)
+            where = "from its start" if saved is None else f"from byte {saved.offset} (saved position)"
+            missing = "" if os.path.exists(path) else " (it does not exist yet: read once it appears)"
+            self.logger.info(f"following {path} {where}{missing}")
         want_journal = bool(_setting(self.config, "sources", "journal", False))
         units = tuple(_setting(self.config, "sources", "journal_units", journal.DEFAULT_UNITS))
         if self.journal is not None and (not want_journal or self.journal.units != units):
@@ -141,6 +148,8 @@ class Runner:
             cursor = fleet.saved_state(self, journal.STATE_KEY)
             since = None if cursor else self.clock() - _setting(self.config, "policy", "window", timedelta(days=1))
             self.journal = journal.Journal(units, cursor=cursor, follow=self.follow_mode, since=since)
+            where = "from the saved cursor" if cursor else f"since {since:%Y-%m-%d %H:%M:%S}Z"
+            self.logger.info(f"reading the journal of {', '.join(units)} {where}")
 
     def close_sources(self) -> None:
         for f in self.followers.values():
@@ -265,6 +274,9 @@ class Runner:
             result.errors.append(f"counting blocks: {_failure(exc)}")
         for err in result.errors:
             self.log(f"tick failed: {err} (retrying next tick)")
+        self.logger.debug(f"tick: {result.observations} observations, {result.decided} decided, {result.blocks} "
+                          f"active; kernel +{result.added} -{result.removed} ~{result.updated}")
+        self.logger.flush()
         self.last_tick = now
         self.last_result = result
         return result
@@ -304,6 +316,7 @@ class Runner:
             result.errors.append(f"policy: {_failure(exc)}")
             return []
         result.decided = len(changed)
+        self.announce(changed, now)
         return changed
 
     def _push(self, blocks: list[Block], now: datetime, result: TickResult) -> None:
@@ -327,7 +340,8 @@ class Runner:
             return
         result.added = len(change.added)
         if self.applied is not None:
-            self.applied.update(change.added)
+            expiries = {b.netblock: b.expires for b in blocks}
+            self.applied.update((n, expiries.get(n)) for n in change.added)
 
     def own_addresses(self) -> set[IPNetwork]:
         if self.own is None:
@@ -341,6 +355,24 @@ class Runner:
             result.decided = len(changed)
         except TRANSIENT as exc:
             result.errors.append(f"policy: {_failure(exc)}")
+            return
+        self.announce(changed, now)
+
+    def announce(self, blocks: list[Block], now: datetime) -> None:
+        """One line per decision with its reason (rate-limited in a storm)."""
+        for b in blocks:
+            net = b.netblock.cidr
+            reason = b.reason
+            if reason.endswith(f" in {net}"):  # "widened: 4 offenders in 198.18.5.0/24"
+                reason = reason[: -len(str(net))] + f"the /{net.prefixlen}"
+            until = "permanently" if b.expires is None else f"for {_span(b.expires - now)}"
+            if b.created < now - timedelta(seconds=1):
+                verb = "extended"
+            elif b.reblocks:
+                verb = f"re-blocked (time {b.reblocks + 1})"
+            else:
+                verb = "blocked"
+            self.logger.event("blocked", str(net), f"{verb} {net} {until}: {reason}", noun="netblocks decided")
 
     def _sync(self, now: datetime, result: TickResult) -> None:
         from netblock.sync import sync
@@ -352,7 +384,19 @@ class Runner:
             return
         change = res.change
         result.added, result.removed, result.updated = len(change.added), len(change.removed), len(change.updated)
+        if change:
+            self.logger.debug(f"kernel: +{len(change.added)} -{len(change.removed)} ~{len(change.updated)} "
+                              f"({len(res.desired)} netblocks)")
         if self.applied is not None:
+            for net, expires in self.applied.items():
+                if net in res.desired:
+                    continue
+                if expires is not None and expires <= now:
+                    self.logger.event("expired", str(net), f"expired {net} (out of the kernel)",
+                                      noun="netblocks expired")
+                else:
+                    self.logger.event("expired", str(net), f"unblocked {net} (no longer blocked in the store)",
+                                      noun="netblocks expired or unblocked")
             vanished = [n for n in self.applied if n in res.desired and n not in res.installed_before]
             if vanished:
                 result.restored = len(vanished)
@@ -360,7 +404,7 @@ class Runner:
                 more = f" and {len(vanished) - 5} more" if len(vanished) > 5 else ""
                 self.log(f"drift repaired: restored {len(vanished)} netblock(s) missing from the kernel "
                          f"({shown}{more})")
-        self.applied = set(res.desired)
+        self.applied = dict(res.desired)
 
     # ---- sampling hook (reports engineer) ---------------------------------
     # Every tick reads the kernel's counters into the store here, after sync,
@@ -401,6 +445,15 @@ class Runner:
         when = "never" if self.last_tick is None else f"{self.last_tick:%Y-%m-%d %H:%M:%S}Z"
         state = "ok" if r.ok else "failed: " + r.errors[0]
         return f"{r.blocks} blocks, last tick {when} {state}"
+
+
+def _span(delta: timedelta) -> str:
+    """A lifetime, roughly, in its largest unit: 1d, 12h, 90m."""
+    seconds = max(0, round(delta.total_seconds()))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= 2 * size or (seconds >= size and seconds % size == 0):
+            return f"{round(seconds / size)}{unit}"
+    return f"{seconds}s"
 
 
 def newly_crossing(store, config, ips: Iterable[IPAddress], now: datetime) -> bool:
@@ -646,8 +699,10 @@ class Daemon:
     """The event loop around a Runner: inotify, journalctl's pipe, signals, the tick timer."""
 
     def __init__(self, runner: Runner, *, reload_config: Callable[[], object],
-                 notifier: Notifier | None = None):
+                 notifier: Notifier | None = None, verbose: int = 0):
         self.runner = runner
+        self.verbose = verbose  # -v: levels below [daemon] log_level, kept across reloads
+        self._set_level()
         self.reload_config = reload_config
         self.notifier = notifier or Notifier()
         self.inotify = follow.Inotify()
@@ -669,6 +724,28 @@ class Daemon:
         if value is None:
             return default
         return value.total_seconds() if isinstance(value, timedelta) else float(value)
+
+    def _set_level(self) -> None:
+        from netblock.daemonlog import LEVELS, lower
+
+        level = lower(_setting(self.config, "daemon", "log_level", "info"), self.verbose)
+        self.runner.logger.level = LEVELS[level]
+
+    def _say_started(self) -> None:
+        from netblock import __version__
+
+        runner = self.runner
+        try:
+            backend = runner.backend()
+            verdict = backend.settings.verdict
+            what = f"backend {backend.name}, verdict {verdict}"
+            if verdict == "count":
+                what += " (COUNTING ONLY: nothing is dropped)"
+        except TRANSIENT as exc:
+            what = f"backend unavailable: {_failure(exc)}"
+        path = getattr(runner.store, "path", "?")
+        runner.logger.info(f"netblock {__version__} daemon started (pid {os.getpid()}): {what}; store {path}; "
+                           f"tick {self._interval('tick', 30.0):g}s")
 
     def _on_signal(self, signum, _frame) -> None:
         if signum == signal.SIGHUP:
@@ -702,6 +779,7 @@ class Daemon:
 
     def _loop(self) -> int:
         runner = self.runner
+        self._say_started()
         runner.open_sources()
         self._track()
         self._watch_sources()
@@ -761,6 +839,7 @@ class Daemon:
                 ready.remove(fleet_fd)
             if self._stop:
                 break
+            runner.logger.flush()
             if not (backlog or ready):
                 continue
             if self.inotify.fileno() in ready:
@@ -775,6 +854,8 @@ class Daemon:
                 # until then joins one transaction at its end.
                 react_at = max(time.monotonic(), last_react + self._interval("coalesce", 0.05))
         self.notifier.stopping()
+        runner.logger.flush(force=True)
+        runner.logger.info("stopping: the rules stay in the kernel (`netblock remove-rules` takes them out)")
         return 0
 
     def _track(self) -> None:
@@ -812,6 +893,7 @@ class Daemon:
             runner.log(f"reload failed, keeping the old configuration: {_failure(exc)}")
             return
         runner.config = config
+        self._set_level()
         self._track()
         try:
             runner.open_sources()
@@ -820,7 +902,35 @@ class Daemon:
                 runner.journal.start()
         except TRANSIENT as exc:
             runner.log(f"reload: reopening sources failed: {_failure(exc)}")
-        runner.log("configuration reloaded")
+        runner.logger.info("configuration reloaded")
+        self._apply_verdict()
+
+    def _apply_verdict(self) -> None:
+        """A changed verdict (count <-> drop) goes to the kernel at once: only the rule changes.
+
+        No decision is made again and no element is touched, so every
+        per-netblock counter carries on; the sync is the tick's own.
+        """
+        runner = self.runner
+        from netblock.firewall import installed_verdict
+
+        try:
+            backend = runner.backend()
+            before = installed_verdict(backend)
+        except TRANSIENT as exc:
+            runner.log(f"reload: reading the kernel's verdict failed: {_failure(exc)}")
+            return
+        wanted = backend.settings.verdict
+        if before == wanted:
+            return
+        result = TickResult()
+        runner._sync(runner.clock(), result)
+        if result.errors:
+            runner.log(f"reload: changing the verdict to {wanted} failed: {result.errors[0]} (retrying next tick)")
+            return
+        state = "COUNTING ONLY: nothing is dropped" if wanted == "count" else "enforcing"
+        runner.logger.info(f"verdict {before or 'none'} -> {wanted} ({state}): the rule changed, "
+                           f"{len(runner.applied or ())} netblocks and their counters stay")
 
 
 def _drain(fd: int) -> None:

@@ -272,7 +272,7 @@ def _show_observations(write, hits, text) -> None:
 
 # ---------------------------------------------------------------- daemon, run-once
 
-def _runner(ctx, *, follow_mode: bool):
+def _runner(ctx, *, follow_mode: bool, log_level: str | None = None):
     from netblock.daemon import Runner
 
     if ctx.config.routed.enabled:
@@ -282,18 +282,19 @@ def _runner(ctx, *, follow_mode: bool):
 
         asn.from_config(ctx.config)
     return Runner(ctx.config, ctx.store(), ctx.backend, clock=ctx.now, follow_mode=follow_mode,
-                  stderr=ctx.stderr)
+                  stderr=ctx.stderr, log_level=log_level)
 
 
 def cmd_daemon(args, ctx) -> int:
     from netblock.daemon import Daemon
 
     runner = _runner(ctx, follow_mode=True)
-    return Daemon(runner, reload_config=ctx.reload_config).run()
+    return Daemon(runner, reload_config=ctx.reload_config, verbose=args.verbose).run()
 
 
 def cmd_run_once(args, ctx) -> int:
-    runner = _runner(ctx, follow_mode=False)
+    # The summary below says what the tick did; stderr keeps to what went wrong.
+    runner = _runner(ctx, follow_mode=False, log_level="warning")
     runner.open_sources()
     try:
         result = runner.tick()
