@@ -396,11 +396,19 @@ class PolicyConfig:
         return found
 
 
+def _journal_setting(v: Any) -> bool | str:
+    if isinstance(v, bool) or v == "auto":
+        return v
+    raise _Bad('true, false or "auto"')
+
+
 @dataclass(frozen=True)
 class SourcesConfig:
     files: tuple[str, ...] = _k(_list(_str(allow_empty=False)), ())
     format: str = _k(_enum("auto", "postfix", "exim", "sendmail"), "auto")
-    journal: bool = _k(_bool(), False)
+    # "auto": the journal where the MTA logs to it (entries of journal_units in the last
+    # day) and no files are configured; true/false force it (netblock/journal.py: choose()).
+    journal: bool | str = _k(_Kind(_journal_setting), "auto")
     journal_units: tuple[str, ...] = _k(
         _list(_str(allow_empty=False)),
         ("postfix.service", "postfix@-.service", "exim4.service", "sendmail.service"),

@@ -110,6 +110,8 @@ class Runner:
         self.own: list[IPNetwork] | None = None  # this host's addresses, read again every tick
         self.spool = None  # the daemon's on a fleet store: observations kept while that store is away
         self.logger = Log(self.stderr, log_level or _setting(config, "daemon", "log_level", "info"))
+        self.choice: journal.Choice | None = None  # the sources open_sources() chose
+        self._said_sources: str | None = None
 
     def log(self, message: str) -> None:
         """Something went wrong, or needs the operator's eye (store outage, drift, a cut line)."""
@@ -124,9 +126,23 @@ class Runner:
     def max_line(self) -> int:
         return int(_setting(self.config, "sources", "max_line", follow.DEFAULT_MAX_LINE))
 
+    def choose_sources(self) -> journal.Choice:
+        """Which sources to read: the configured files, and the journal if set or auto-detected."""
+        files = [os.path.abspath(p) for p in _setting(self.config, "sources", "files", ())]
+        units = tuple(_setting(self.config, "sources", "journal_units", journal.DEFAULT_UNITS))
+        setting = _setting(self.config, "sources", "journal", False)
+        return journal.choose(files, setting, units, lambda: journal.detect(units, now=self.clock()))
+
     def open_sources(self) -> None:
         """Followers for the configured files (from their saved positions), and the journal."""
-        files = [os.path.abspath(p) for p in _setting(self.config, "sources", "files", ())]
+        choice = self.choice = self.choose_sources()
+        if choice.reason != self._said_sources:
+            self._said_sources = choice.reason
+            (self.logger.info if choice.mode != "none" else self.logger.warning)(f"sources: {choice.reason}")
+            warning = journal.file_source_forgery_warning(choice)
+            if warning:
+                self.logger.warning(warning)
+        files = list(choice.files)
         for path in list(self.followers):
             if path not in files:
                 self.followers.pop(path).close()
@@ -139,7 +155,7 @@ class Runner:
             where = "from its start" if saved is None else f"from byte {saved.offset} (saved position)"
             missing = "" if os.path.exists(path) else " (it does not exist yet: read once it appears)"
             self.logger.info(f"following {path} {where}{missing}")
-        want_journal = bool(_setting(self.config, "sources", "journal", False))
+        want_journal = choice.journal
         units = tuple(_setting(self.config, "sources", "journal_units", journal.DEFAULT_UNITS))
         if self.journal is not None and (not want_journal or self.journal.units != units):
             self.journal.stop()
@@ -253,6 +269,11 @@ class Runner:
         """
         result = TickResult()
         self.own = None  # addresses come and go: read them again once per tick
+        if self.choice is not None and self.choice.detected and not self.choice.journal:
+            try:  # auto mode found no MTA in the journal yet: look again
+                self.open_sources()
+            except TRANSIENT as exc:
+                result.errors.append(f"opening sources: {_failure(exc)}")
         try:
             fleet.flush(self)  # what an outage left in the spool, even if the logs are quiet now
             if read_limit is None:

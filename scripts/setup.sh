@@ -7,7 +7,7 @@ export DEBIAN_FRONTEND=noninteractive
 # Kernel-side tools and libraries. libnftables1 is what the `nftables` Python module
 # (PyPI: pip-nftables) loads; iptables provides xtables-legacy for python-iptables.
 packages=(nftables libnftables1 iptables ipset iproute2 iputils-ping util-linux procps
-          iprange systemd postgresql python3-venv python3-dev gcc)
+          iprange systemd systemd-journal-remote postgresql python3-venv python3-dev gcc)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")

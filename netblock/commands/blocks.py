@@ -477,6 +477,25 @@ def verdict_status(backend, missing: str | None) -> dict:
     return {"verdict": configured, "installed": installed, "text": text}
 
 
+def sources_status(config, now: datetime):
+    """The sources the daemon and run-once read with this configuration (journal.choose(), auto-detection included)."""
+    import os
+
+    from netblock import journal
+
+    src = config.sources
+    files = [os.path.abspath(p) for p in src.files]
+    return journal.choose(files, src.journal, src.journal_units,
+                          lambda: journal.detect(src.journal_units, now=now))
+
+
+def file_source_warning(sources) -> str | None:
+    """`status` warns once, on stderr, when log files are read: local users can forge their lines."""
+    from netblock import journal
+
+    return journal.file_source_forgery_warning(sources)
+
+
 def cmd_status(args, ctx) -> int:
     from netblock.errors import StoreError
     from netblock.sync import desired_for, diff, read_installed
@@ -493,6 +512,7 @@ def cmd_status(args, ctx) -> int:
     installed, missing = read_installed(backend)
     drift = diff(installed, desired)
     mode = verdict_status(backend, missing)
+    sources = sources_status(ctx.config, now)
     oldest = store.oldest_block()
     info = {
         "backend": backend.name,
@@ -511,6 +531,9 @@ def cmd_status(args, ctx) -> int:
         "verdict": mode["verdict"],
         "verdict_installed": mode["installed"],
         "counting_only": mode["verdict"] == "count",
+        "sources": {"mode": sources.mode, "files": list(sources.files), "journal": sources.journal,
+                    "reason": sources.reason},
+        "warnings": [w for w in (file_source_warning(sources),) if w],
     }
     if args.json:
         ctx.print_json(info)
@@ -525,6 +548,7 @@ def cmd_status(args, ctx) -> int:
     lines = [
         ("backend", f"{backend.name} ({backend.description})"),
         ("mode", mode["text"]),
+        ("sources", sources.reason),
         ("store", info["store"]),
         ("blocks", f"{info['blocks_active']} active, {info['blocks_stored']} stored (incl. expired history)"),
         ("allowlist", f"{info['allowlist']} entries"),
@@ -534,6 +558,8 @@ def cmd_status(args, ctx) -> int:
     ]
     for key, value in lines:
         ctx.print(f"{key + ':':<14}{value}")
+    for warning in info["warnings"]:
+        ctx.warn(warning)
     return 0
 
 
