@@ -5,7 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export DEBIAN_FRONTEND=noninteractive
 # Kernel-side tools and libraries. libnftables1 is what the `nftables` Python module
-# (PyPI: pip-nftables) loads; iptables provides xtables-legacy for python-iptables.
+# (PyPI: pip-nftables) loads; iptables provides xtables-legacy for python-iptables;
+# systemd-journal-remote writes the real journal files the journal tests read.
 packages=(nftables libnftables1 iptables ipset iproute2 iputils-ping util-linux procps
           iprange systemd systemd-journal-remote postgresql python3-venv python3-dev gcc)
 missing=()
