@@ -386,7 +386,7 @@ class Runner:
             reason = b.reason
             if reason.endswith(f" in {net}"):  # "widened: 4 offenders in 198.18.5.0/24"
                 reason = reason[: -len(str(net))] + f"the /{net.prefixlen}"
-            until = "permanently" if b.expires is None else f"for {_span(b.expires - now)}"
+            until = "permanently" if b.expires is None else f"until {b.expires:%Y-%m-%d %H:%M}Z"
             if b.created < now - timedelta(seconds=1):
                 verb = "extended"
             elif b.reblocks:
@@ -409,15 +409,7 @@ class Runner:
             self.logger.debug(f"kernel: +{len(change.added)} -{len(change.removed)} ~{len(change.updated)} "
                               f"({len(res.desired)} netblocks)")
         if self.applied is not None:
-            for net, expires in self.applied.items():
-                if net in res.desired:
-                    continue
-                if expires is not None and expires <= now:
-                    self.logger.event("expired", str(net), f"expired {net} (out of the kernel)",
-                                      noun="netblocks expired")
-                else:
-                    self.logger.event("expired", str(net), f"unblocked {net} (no longer blocked in the store)",
-                                      noun="netblocks expired or unblocked")
+            self._say_gone(self.applied, res.desired, now)
             vanished = [n for n in self.applied if n in res.desired and n not in res.installed_before]
             if vanished:
                 result.restored = len(vanished)
@@ -426,6 +418,35 @@ class Runner:
                 self.log(f"drift repaired: restored {len(vanished)} netblock(s) missing from the kernel "
                          f"({shown}{more})")
         self.applied = dict(res.desired)
+
+    def _say_gone(self, before: dict, after: dict, now: datetime) -> None:
+        """A line per netblock whose addresses left the kernel: expired, or deleted/allowed in the store.
+
+        A netblock that only merged into a wider one (or was split around a
+        still-blocked part) is not news; what is no longer covered at all is.
+        """
+        gone = [(net, expires) for net, expires in before.items() if net not in after]
+        if not gone:
+            return
+        spans = sorted((n.version, n.first, n.last) for n in after)
+        starts = [(v, first) for v, first, _ in spans]
+        for net, expires in gone:
+            covered = 0
+            k = max(0, bisect_right(starts, (net.version, net.first)) - 1)
+            while k < len(spans) and spans[k][:2] <= (net.version, net.last):
+                v, first, last = spans[k]
+                if v == net.version and last >= net.first:
+                    covered += min(last, net.last) - max(first, net.first) + 1
+                k += 1
+            if covered >= net.size:
+                continue
+            if covered:
+                text = f"unblocked {net.size - covered} of the {net.size} addresses of {net} (expired or deleted)"
+            elif expires is not None and expires <= now:
+                text = f"expired {net}"
+            else:
+                text = f"unblocked {net} (deleted or allowed in the store)"
+            self.logger.event("expired", str(net), text, noun="netblocks expired or unblocked")
 
     # ---- sampling hook (reports engineer) ---------------------------------
     # Every tick reads the kernel's counters into the store here, after sync,
@@ -466,15 +487,6 @@ class Runner:
         when = "never" if self.last_tick is None else f"{self.last_tick:%Y-%m-%d %H:%M:%S}Z"
         state = "ok" if r.ok else "failed: " + r.errors[0]
         return f"{r.blocks} blocks, last tick {when} {state}"
-
-
-def _span(delta: timedelta) -> str:
-    """A lifetime, roughly, in its largest unit: 1d, 12h, 90m."""
-    seconds = max(0, round(delta.total_seconds()))
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= 2 * size or (seconds >= size and seconds % size == 0):
-            return f"{round(seconds / size)}{unit}"
-    return f"{seconds}s"
 
 
 def newly_crossing(store, config, ips: Iterable[IPAddress], now: datetime) -> bool:
