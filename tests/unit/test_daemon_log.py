@@ -244,3 +244,19 @@ def test_a_storm_of_a_thousand_offenders_a_second_takes_a_few_lines(tmp_path, mo
     assert len(decided) <= 2 * daemonlog.BURST  # at most two intervals' worth of single lines
     assert not [line for line in lines if "unblocked" in line or "expired" in line]  # merging is no news
     assert len(lines) < 40, lines
+
+
+def test_dash_v_goes_one_level_below_the_config_and_survives_a_reload(tmp_path):
+    cfg, _log = make_config(tmp_path, level="warning")
+    with Store.open(tmp_path / "nb.db") as store:
+        r = Runner(cfg, store, FakeBackend, clock=lambda: NOW, follow_mode=False, stderr=io.StringIO())
+        d = Daemon(r, reload_config=lambda: cfg, verbose=1)
+        assert r.logger.level == daemonlog.LEVELS["info"]
+        louder, _ = make_config(tmp_path, level="info")
+        d.reload_config = lambda: louder
+        d._do_reload()
+        assert r.logger.level == daemonlog.LEVELS["debug"]
+        d.run = None  # never started: close what the constructor opened
+        d.inotify.close()
+        os.close(d._wake_r)
+        os.close(d._wake_w)
