@@ -140,8 +140,8 @@ class Runner:
             self._said_sources = choice.reason
             (self.logger.info if choice.mode != "none" else self.logger.warning)(f"sources: {choice.reason}")
             warning = journal.file_source_forgery_warning(choice)
-            if warning:
-                self.logger.warning(warning)
+            if warning:  # info: run-once (every minute, at warning level) leaves it to `status`
+                self.logger.info(warning)
         files = list(choice.files)
         for path in list(self.followers):
             if path not in files:
