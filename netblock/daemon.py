@@ -489,7 +489,8 @@ class Runner:
         r = self.last_result
         when = "never" if self.last_tick is None else f"{self.last_tick:%Y-%m-%d %H:%M:%S}Z"
         state = "ok" if r.ok else "failed: " + r.errors[0]
-        counting = "counting only (nothing dropped), " if _setting(self.config, "firewall", "verdict", "") == "count" else ""
+        counting = _setting(self.config, "firewall", "verdict", "") == "count"
+        counting = "counting only (nothing dropped), " if counting else ""
         return f"{counting}{r.blocks} blocks, last tick {when} {state}"
 
 

@@ -257,7 +257,7 @@ class NftablesBackend:
         return rules == len(self.settings.families), True
 
     def verdict(self) -> str | None:
-        """The verdict of the chain in the kernel, told by its fingerprint (None: no chain of ours, or another setting)."""
+        """The verdict of the chain in the kernel, told by its fingerprint (None: none of ours, or other settings)."""
         with self._netlink() as sock:
             if self._table_state(sock) != "ours":
                 return None

@@ -169,7 +169,8 @@ def test_each_decision_expiry_and_source_is_said_with_its_reason(tmp_path):
     assert said[1].startswith("netblock: log files are read: any local user can forge")
     assert said[2] == f"netblock: following {log} from its start"
     assert "netblock: blocked 198.18.5.0/24 until 2026-11-28 11:51Z: widened: 3 offenders in the /24" in said
-    assert "netblock: blocked 198.18.5.1/32 until 2026-11-28 11:51Z: 2 dnsbl (dnsbl:zen.example) within 1h (threshold 2)" in said
+    assert ("netblock: blocked 198.18.5.1/32 until 2026-11-28 11:51Z: 2 dnsbl (dnsbl:zen.example) within 1h "
+            "(threshold 2)") in said
     assert "netblock: expired 198.18.5.0/24" in said
     assert "netblock: expired 192.0.2.7/32" in said
     assert "netblock: unblocked 192.0.2.8/32 (deleted or allowed in the store)" in said
