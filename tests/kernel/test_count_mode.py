@@ -154,3 +154,34 @@ def test_count_only_flag_and_a_cli_without_it(scene, tmp_path, backend):
     cli("sync")
     assert scene.probe(SPAM4, timeout=PROBE_S) == "timeout"
     assert scene.in_server(kernel_counters, backend, "drop") == {NET4: 2}  # one counted, one dropped
+
+
+def test_ipset_on_a_legacy_host_counts_and_switches_through_python_iptables(scene, tmp_path):
+    """Where `iptables` is xtables-legacy the ipset backend's rules go through libiptc: count mode there too."""
+    for tool in ("iptables", "ip6tables"):
+        (tmp_path / tool).symlink_to(f"/usr/sbin/{tool}-legacy")
+    path = f"{tmp_path}:{os.environ['PATH']}"
+
+    def call(verdict: str, method: str, *args):
+        def run():
+            os.environ["PATH"] = path
+            return getattr(get_backend("ipset", Settings(ports=(25, 587), verdict=verdict)), method)(*args)
+        return scene.in_server(run)
+
+    scene.add_client(SPAM4)
+    scene.listen(587)
+    call("count", "ensure")
+    call("count", "ensure")
+    call("count", "apply", {IPNetwork(NET4): None})
+    assert call("count", "verdict") == "count"
+    assert [scene.probe(SPAM4, port=587, timeout=PROBE_S) for _ in range(2)] == ["open"] * 2
+    saved = scene.server_exec("iptables-legacy-save", "-t", "filter").stdout
+    assert ("-A INPUT -p tcp -m multiport --dports 25,587 -m tcp --tcp-flags FIN,SYN,RST,ACK SYN "
+            "-m comment --comment netblock -j NETBLOCK") in saved
+    assert "NETBLOCK" not in scene.server_exec("iptables-nft-save").stdout
+    call("drop", "ensure")
+    assert call("drop", "verdict") == "drop"
+    assert call("drop", "counters") == {IPNetwork(NET4): (2, 120)}
+    assert scene.probe(SPAM4, port=587, timeout=PROBE_S) == "timeout"
+    assert call("drop", "counters")[IPNetwork(NET4)][0] == 3
+    call("drop", "remove")
