@@ -954,6 +954,8 @@ class Daemon:
 
         try:
             backend = runner.backend()
+            if not hasattr(backend, "verdict"):
+                return  # cannot tell: the next tick's sync installs whatever changed
             before = installed_verdict(backend)
         except TRANSIENT as exc:
             runner.log(f"reload: reading the kernel's verdict failed: {_failure(exc)}")
