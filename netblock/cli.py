@@ -55,7 +55,15 @@ class Context:
         from netblock import config
 
         path = self.args.config or os.environ.get("NETBLOCK_CONFIG")
-        return config.load(path or DEFAULT_CONFIG, explicit=bool(path))
+        loaded = config.load(path or DEFAULT_CONFIG, explicit=bool(path))
+        if self.count_only:
+            loaded = config.with_verdict(loaded, "count")
+        return loaded
+
+    @property
+    def count_only(self) -> bool:
+        """``--count-only`` before the command, or after ``daemon``: [firewall] verdict = "count" for this run."""
+        return bool(getattr(self.args, "count_only", False) or getattr(self.args, "daemon_count_only", False))
 
     def reload_config(self):
         """Read the configuration file again (SIGHUP); if it is refused, the old one stays."""
@@ -144,6 +152,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "or `db` from the config, /var/lib/netblock/netblock.db)")
     parser.add_argument("--backend", choices=("nftables", "ipset", "iptables"),
                         help="kernel backend (default: $NETBLOCK_BACKEND or `backend` from the config, nftables)")
+    parser.add_argument("--count-only", action="store_true",
+                        help="counting-only mode for this run: install the same sets and elements, count "
+                        "the connection attempts each netblock would have dropped, drop nothing (the same as "
+                        "[firewall] verdict = \"count\"; every command that syncs must get it, or it puts the "
+                        "configured verdict back: prefer the config setting; default: the config's verdict)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)

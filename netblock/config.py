@@ -25,7 +25,7 @@ from typing import Any, Callable
 from netaddr import AddrFormatError, IPNetwork
 
 from netblock.errors import ConfigError
-from netblock.firewall import BACKENDS, Settings
+from netblock.firewall import BACKENDS, VERDICTS, Settings
 from netblock.limits import DEFAULT_MAX_ELEMENTS_PER_BLOCK, MIN_PREFIXLEN
 
 DEFAULT_PATH = "/etc/netblock/netblock.toml"
@@ -225,7 +225,7 @@ class FirewallConfig:
     families: tuple[str, ...] = _k(
         _list(_enum("ipv4", "ipv6"), non_empty=True, unique=True), ("ipv4", "ipv6")
     )
-    verdict: str = _k(_enum("drop", "reject"), "drop")
+    verdict: str = _k(_enum(*VERDICTS), "drop")
     hook: str = _k(_enum("input", "prerouting"), "input")
     ipset_maxelem: int = _k(_int(1, 2**31 - 1), 1_048_576)
 
@@ -399,11 +399,19 @@ class PolicyConfig:
         return found
 
 
+def _journal_setting(v: Any) -> bool | str:
+    if isinstance(v, bool) or v == "auto":
+        return v
+    raise _Bad('true, false or "auto"')
+
+
 @dataclass(frozen=True)
 class SourcesConfig:
     files: tuple[str, ...] = _k(_list(_str(allow_empty=False)), ())
     format: str = _k(_enum("auto", "postfix", "exim", "sendmail"), "auto")
-    journal: bool = _k(_bool(), False)
+    # "auto": the journal where the MTA logs to it (entries of journal_units in the last
+    # day) and no files are configured; true/false force it (netblock/journal.py: choose()).
+    journal: bool | str = _k(_Kind(_journal_setting), "auto")
     journal_units: tuple[str, ...] = _k(
         _list(_str(allow_empty=False)),
         ("postfix.service", "postfix@-.service", "exim4.service", "sendmail.service"),
@@ -420,6 +428,9 @@ class DaemonConfig:
     # Fleet mode: where observations wait while PostgreSQL is unreachable. On
     # disk under the state directory, so a reboot during an outage keeps them.
     spool: str = _k(_str(allow_empty=False), "/var/lib/netblock/spool.db")
+    # What the daemon writes to stderr (the journal): start, sources, each decision, expiries,
+    # drift, store outages at info; debug adds each sync; `netblock daemon -v` goes one lower.
+    log_level: str = _k(_enum("debug", "info", "warning", "error"), "info")
 
 
 @dataclass(frozen=True)
@@ -472,6 +483,11 @@ class Config:
             ports=fw.ports, families=fw.families, verdict=fw.verdict, hook=fw.hook,
             maxelem=fw.ipset_maxelem,
         )
+
+
+def with_verdict(cfg: Config, verdict: str) -> Config:
+    """``cfg`` with another ``[firewall] verdict`` (``--count-only``)."""
+    return replace(cfg, firewall=replace(cfg.firewall, verdict=verdict))
 
 
 # -- loading ----------------------------------------------------------------------

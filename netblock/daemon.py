@@ -33,6 +33,7 @@ from netaddr import IPAddress, IPNetwork
 
 from netblock import fleet, follow, hostaddrs, journal, limits, policy
 from netblock.aggregate import widen_detail
+from netblock.daemonlog import Log
 from netblock.errors import NetblockError
 from netblock.model import Block, Observation
 from netblock.printable import printable
@@ -94,7 +95,7 @@ class Runner:
     """The shared tick, with the sources it reads (followed files and the journal)."""
 
     def __init__(self, config, store, backend: Callable, *, clock: Callable[[], datetime],
-                 follow_mode: bool = True, stderr=None):
+                 follow_mode: bool = True, stderr=None, log_level: str | None = None):
         self.config = config
         self.store = store
         self._backend_factory = backend
@@ -103,7 +104,8 @@ class Runner:
         self.stderr = stderr or sys.stderr
         self.followers: dict[str, follow.Follower] = {}
         self.journal: journal.Journal | None = None
-        self.applied: set[IPNetwork] | None = None  # what the last good sync left in the kernel
+        # What the last good sync left in the kernel, with expiries: the next one tells expiries from it.
+        self.applied: dict[IPNetwork, datetime | None] | None = None
         self.applied_v4: int | None = None  # IPv4 addresses it covers (the coverage cap, limits.py)
         self._notes: list[str] = []  # store blocks the last sync left out, as logged
         self._refused: dict[str, str] = {}  # source path -> why it is not read, as logged
@@ -114,9 +116,13 @@ class Runner:
         self.spool = None  # the daemon's on a fleet store: observations kept while that store is away
         self.join = None  # sources.join.Join: messages whose acceptance is not proven yet
         self._join_saved = float("-inf")
+        self.logger = Log(self.stderr, log_level or _setting(config, "daemon", "log_level", "info"))
+        self.choice: journal.Choice | None = None  # the sources open_sources() chose
+        self._said_sources: str | None = None
 
     def log(self, message: str) -> None:
-        log(message, self.stderr)
+        """Something went wrong, or needs the operator's eye (store outage, drift, a cut line)."""
+        self.logger.warning(message)
 
     # -- sources -----------------------------------------------------------
     @property
@@ -127,6 +133,13 @@ class Runner:
     def max_line(self) -> int:
         return int(_setting(self.config, "sources", "max_line", follow.DEFAULT_MAX_LINE))
 
+    def choose_sources(self) -> journal.Choice:
+        """Which sources to read: the configured files, and the journal if set or auto-detected."""
+        files = [os.path.abspath(p) for p in _setting(self.config, "sources", "files", ())]
+        units = tuple(_setting(self.config, "sources", "journal_units", journal.DEFAULT_UNITS))
+        setting = _setting(self.config, "sources", "journal", False)
+        return journal.choose(files, setting, units, lambda: journal.detect(units, now=self.clock()))
+
     def open_sources(self) -> None:
         """Followers for the configured files (from their saved positions), and the journal."""
         if self.join is None:
@@ -134,7 +147,14 @@ class Runner:
 
             self.join = join.Join()
             self.join.load(fleet.saved_state(self, join.STATE_KEY))
-        files = [os.path.abspath(p) for p in _setting(self.config, "sources", "files", ())]
+        choice = self.choice = self.choose_sources()
+        if choice.reason != self._said_sources:
+            self._said_sources = choice.reason
+            (self.logger.info if choice.mode != "none" else self.logger.warning)(f"sources: {choice.reason}")
+            warning = journal.file_source_forgery_warning(choice)
+            if warning:  # info: run-once (every minute, at warning level) leaves it to `status`
+                self.logger.info(warning)
+        files = list(choice.files)
         for path in list(self.followers):
             if path not in files:
                 self.followers.pop(path).close()
@@ -144,7 +164,10 @@ class Runner:
                 continue
             saved = follow.Position.parse(fleet.saved_state(self, follow.state_key(path)))
             self.followers[path] = follow.Follower(path, saved, max_line=self.max_line)
-        want_journal = bool(_setting(self.config, "sources", "journal", False))
+            where = "from its start" if saved is None else f"from byte {saved.offset} (saved position)"
+            missing = "" if os.path.exists(path) else " (it does not exist yet: read once it appears)"
+            self.logger.info(f"following {path} {where}{missing}")
+        want_journal = choice.journal
         units = tuple(_setting(self.config, "sources", "journal_units", journal.DEFAULT_UNITS))
         if self.journal is not None and (not want_journal or self.journal.units != units):
             self.journal.stop()
@@ -153,6 +176,8 @@ class Runner:
             cursor = fleet.saved_state(self, journal.STATE_KEY)
             since = None if cursor else self.clock() - _setting(self.config, "policy", "window", timedelta(days=1))
             self.journal = journal.Journal(units, cursor=cursor, follow=self.follow_mode, since=since)
+            where = "from the saved cursor" if cursor else f"since {since:%Y-%m-%d %H:%M:%S}Z"
+            self.logger.info(f"reading the journal of {', '.join(units)} {where}")
 
     def close_sources(self) -> None:
         for f in self.followers.values():
@@ -281,6 +306,11 @@ class Runner:
         """
         result = TickResult()
         self.own = None  # addresses come and go: read them again once per tick
+        if self.choice is not None and self.choice.detected and not self.choice.journal:
+            try:  # auto mode found no MTA in the journal yet: look again
+                self.open_sources()
+            except TRANSIENT as exc:
+                result.errors.append(f"opening sources: {_failure(exc)}")
         try:
             fleet.flush(self)  # what an outage left in the spool, even if the logs are quiet now
             if read_limit is None:
@@ -302,6 +332,9 @@ class Runner:
             result.errors.append(f"counting blocks: {_failure(exc)}")
         for err in result.errors:
             self.log(f"tick failed: {err} (retrying next tick)")
+        self.logger.debug(f"tick: {result.observations} observations, {result.decided} decided, {result.blocks} "
+                          f"active; kernel +{result.added} -{result.removed} ~{result.updated}")
+        self.logger.flush()
         self.last_tick = now
         self.last_result = result
         return result
@@ -341,6 +374,7 @@ class Runner:
             result.errors.append(f"policy: {_failure(exc)}")
             return []
         result.decided = len(changed)
+        self.announce(changed, now)
         return changed
 
     def _push(self, blocks: list[Block], now: datetime, result: TickResult) -> None:
@@ -365,7 +399,8 @@ class Runner:
             return
         result.added = len(change.added)
         if self.applied is not None:
-            self.applied.update(change.added)
+            expiries = {b.netblock: b.expires for b in blocks}
+            self.applied.update((n, expiries.get(n)) for n in change.added)
         if self.applied_v4 is not None:
             self.applied_v4 += len(change.added)  # at most: an IPv6 address counts for nothing
 
@@ -381,6 +416,24 @@ class Runner:
             result.decided = len(changed)
         except TRANSIENT as exc:
             result.errors.append(f"policy: {_failure(exc)}")
+            return
+        self.announce(changed, now)
+
+    def announce(self, blocks: list[Block], now: datetime) -> None:
+        """One line per decision with its reason (rate-limited in a storm)."""
+        for b in blocks:
+            net = b.netblock.cidr
+            reason = b.reason
+            if reason.endswith(f" in {net}"):  # "widened: 4 offenders in 198.18.5.0/24"
+                reason = reason[: -len(str(net))] + f"the /{net.prefixlen}"
+            until = "permanently" if b.expires is None else f"until {b.expires:%Y-%m-%d %H:%M}Z"
+            if b.created < now - timedelta(seconds=1):
+                verb = "extended"
+            elif b.reblocks:
+                verb = f"re-blocked (time {b.reblocks + 1})"
+            else:
+                verb = "blocked"
+            self.logger.event("blocked", str(net), f"{verb} {net} {until}: {reason}", noun="netblocks decided")
 
     def _sync(self, now: datetime, result: TickResult) -> None:
         from netblock.sync import sync
@@ -392,20 +445,56 @@ class Runner:
             return
         change = res.change
         result.added, result.removed, result.updated = len(change.added), len(change.removed), len(change.updated)
+        if change:
+            self.logger.debug(f"kernel: +{len(change.added)} -{len(change.removed)} ~{len(change.updated)} "
+                              f"({len(res.desired)} netblocks)")
         if self.applied is not None:
-            vanished = [n for n in self.applied if n in res.desired and n not in res.installed_before]
+            self._say_gone(self.applied, res.desired, now)
+            # An element the kernel's own timeout took a moment before the store's expiry is no drift.
+            soon = now + timedelta(seconds=5)
+            vanished = [n for n in self.applied if n in res.desired and n not in res.installed_before
+                        and (res.desired[n] is None or res.desired[n] > soon)]
             if vanished:
                 result.restored = len(vanished)
                 shown = ", ".join(str(n) for n in sorted(vanished, key=lambda n: (n.version, n.first))[:5])
                 more = f" and {len(vanished) - 5} more" if len(vanished) > 5 else ""
                 self.log(f"drift repaired: restored {len(vanished)} netblock(s) missing from the kernel "
                          f"({shown}{more})")
-        self.applied = set(res.desired)
+        self.applied = dict(res.desired)
         self.applied_v4 = limits.v4_addresses(res.desired, disjoint=True)
         if res.notes != self._notes:  # said once, not every tick
             for note in res.notes:
                 self.log(note)
             self._notes = res.notes
+
+    def _say_gone(self, before: dict, after: dict, now: datetime) -> None:
+        """A line per netblock whose addresses left the kernel: expired, or deleted/allowed in the store.
+
+        A netblock that only merged into a wider one (or was split around a
+        still-blocked part) is not news; what is no longer covered at all is.
+        """
+        gone = [(net, expires) for net, expires in before.items() if net not in after]
+        if not gone:
+            return
+        spans = sorted((n.version, n.first, n.last) for n in after)
+        starts = [(v, first) for v, first, _ in spans]
+        for net, expires in gone:
+            covered = 0
+            k = max(0, bisect_right(starts, (net.version, net.first)) - 1)
+            while k < len(spans) and spans[k][:2] <= (net.version, net.last):
+                v, first, last = spans[k]
+                if v == net.version and last >= net.first:
+                    covered += min(last, net.last) - max(first, net.first) + 1
+                k += 1
+            if covered >= net.size:
+                continue
+            if covered:
+                text = f"unblocked {net.size - covered} of the {net.size} addresses of {net} (expired or deleted)"
+            elif expires is not None and expires <= now:
+                text = f"expired {net}"
+            else:
+                text = f"unblocked {net} (deleted or allowed in the store)"
+            self.logger.event("expired", str(net), text, noun="netblocks expired or unblocked")
 
     # ---- sampling hook (reports engineer) ---------------------------------
     # Every tick reads the kernel's counters into the store here, after sync,
@@ -445,7 +534,9 @@ class Runner:
         r = self.last_result
         when = "never" if self.last_tick is None else f"{self.last_tick:%Y-%m-%d %H:%M:%S}Z"
         state = "ok" if r.ok else "failed: " + r.errors[0]
-        return printable(f"{r.blocks} blocks, last tick {when} {state}")  # one line for sd_notify's STATUS=
+        counting = _setting(self.config, "firewall", "verdict", "") == "count"
+        counting = "counting only (nothing dropped), " if counting else ""
+        return printable(f"{counting}{r.blocks} blocks, last tick {when} {state}")  # one line for sd_notify's STATUS=
 
 
 def newly_crossing(store, config, ips: Iterable[IPAddress], now: datetime) -> bool:
@@ -694,8 +785,10 @@ class Daemon:
     """The event loop around a Runner: inotify, journalctl's pipe, signals, the tick timer."""
 
     def __init__(self, runner: Runner, *, reload_config: Callable[[], object],
-                 notifier: Notifier | None = None):
+                 notifier: Notifier | None = None, verbose: int = 0):
         self.runner = runner
+        self.verbose = verbose  # -v: levels below [daemon] log_level, kept across reloads
+        self._set_level()
         self.reload_config = reload_config
         self.notifier = notifier or Notifier()
         self.inotify = follow.Inotify()
@@ -717,6 +810,28 @@ class Daemon:
         if value is None:
             return default
         return value.total_seconds() if isinstance(value, timedelta) else float(value)
+
+    def _set_level(self) -> None:
+        from netblock.daemonlog import LEVELS, lower
+
+        level = lower(_setting(self.config, "daemon", "log_level", "info"), self.verbose)
+        self.runner.logger.level = LEVELS[level]
+
+    def _say_started(self) -> None:
+        from netblock import __version__
+
+        runner = self.runner
+        try:
+            backend = runner.backend()
+            verdict = backend.settings.verdict
+            what = f"backend {backend.name}, verdict {verdict}"
+            if verdict == "count":
+                what += " (COUNTING ONLY: nothing is dropped)"
+        except TRANSIENT as exc:
+            what = f"backend unavailable: {_failure(exc)}"
+        path = getattr(runner.store, "path", "?")
+        runner.logger.info(f"netblock {__version__} daemon started (pid {os.getpid()}): {what}; store {path}; "
+                           f"tick {self._interval('tick', 30.0):g}s")
 
     def _on_signal(self, signum, _frame) -> None:
         if signum == signal.SIGHUP:
@@ -750,6 +865,7 @@ class Daemon:
 
     def _loop(self) -> int:
         runner = self.runner
+        self._say_started()
         runner.open_sources()
         self._track()
         self._watch_sources()
@@ -809,6 +925,7 @@ class Daemon:
                 ready.remove(fleet_fd)
             if self._stop:
                 break
+            runner.logger.flush()
             if not (backlog or ready):
                 continue
             if self.inotify.fileno() in ready:
@@ -823,6 +940,8 @@ class Daemon:
                 # until then joins one transaction at its end.
                 react_at = max(time.monotonic(), last_react + self._interval("coalesce", 0.05))
         self.notifier.stopping()
+        runner.logger.flush(force=True)
+        runner.logger.info("stopping: the rules stay in the kernel (`netblock remove-rules` takes them out)")
         return 0
 
     def _track(self) -> None:
@@ -860,6 +979,7 @@ class Daemon:
             runner.log(f"reload failed, keeping the old configuration: {_failure(exc)}")
             return
         runner.config = config
+        self._set_level()
         self._track()
         try:
             runner.open_sources()
@@ -868,7 +988,37 @@ class Daemon:
                 runner.journal.start()
         except TRANSIENT as exc:
             runner.log(f"reload: reopening sources failed: {_failure(exc)}")
-        runner.log("configuration reloaded")
+        runner.logger.info("configuration reloaded")
+        self._apply_verdict()
+
+    def _apply_verdict(self) -> None:
+        """A changed verdict (count <-> drop) goes to the kernel at once: only the rule changes.
+
+        No decision is made again and no element is touched, so every
+        per-netblock counter carries on; the sync is the tick's own.
+        """
+        runner = self.runner
+        from netblock.firewall import installed_verdict
+
+        try:
+            backend = runner.backend()
+            if not hasattr(backend, "verdict"):
+                return  # cannot tell: the next tick's sync installs whatever changed
+            before = installed_verdict(backend)
+        except TRANSIENT as exc:
+            runner.log(f"reload: reading the kernel's verdict failed: {_failure(exc)}")
+            return
+        wanted = backend.settings.verdict
+        if before == wanted:
+            return
+        result = TickResult()
+        runner._sync(runner.clock(), result)
+        if result.errors:
+            runner.log(f"reload: changing the verdict to {wanted} failed: {result.errors[0]} (retrying next tick)")
+            return
+        state = "COUNTING ONLY: nothing is dropped" if wanted == "count" else "enforcing"
+        runner.logger.info(f"verdict {before or 'none'} -> {wanted} ({state}): the rule changed, "
+                           f"{len(runner.applied or ())} netblocks and their counters stay")
 
 
 def _drain(fd: int) -> None:

@@ -34,6 +34,8 @@ class Snapshot:
     observations_by_class: dict[str, int]
     last_tick: float | None
     host: str
+    # "count": counting-only mode, the per-netblock counters are what drop would have dropped
+    verdict: str = "drop"
 
 
 DNSBL_LABELS = 50
@@ -76,7 +78,7 @@ def snapshot(store, backend, host: str, now: datetime) -> Snapshot:
         by_source[b.source] = by_source.get(b.source, 0) + 1
     last = store.get_state("last_tick")
     return Snapshot(counters, by_source, bounded_classes(store.observation_class_counts()),
-                    float(last) if last else None, host)
+                    float(last) if last else None, host, getattr(getattr(backend, "settings", None), "verdict", "drop"))
 
 
 def _family(net: IPNetwork) -> str:
@@ -119,6 +121,11 @@ class _Collector:
                                  "Unix time of the last completed daemon or run-once tick", labels=["host"])
         tick.add_metric([snap.host], snap.last_tick or 0.0)
         yield tick
+        counting = GaugeMetricFamily("netblock_counting_only",
+                                     "1 in counting-only mode: the dropped_* counters count what drop would "
+                                     "have dropped, and nothing is dropped", labels=["host"])
+        counting.add_metric([snap.host], 1.0 if snap.verdict == "count" else 0.0)
+        yield counting
 
 
 def prometheus(read) -> str:
@@ -155,6 +162,7 @@ def as_json(snap: Snapshot) -> str:
         "blocks": snap.blocks_by_source,
         "observations": snap.observations_by_class,
         "last_tick": snap.last_tick,
+        "counting_only": snap.verdict == "count",
     }, indent=2) + "\n"
 
 

@@ -13,6 +13,12 @@ store (``cursor:journal``), written in the same transaction as the
 observations; a restart continues with ``--after-cursor`` and neither loses nor
 repeats an entry. If storing fails, ``rewind()`` restarts journalctl from the
 last stored cursor.
+
+The journal is the default source (``[sources] journal = "auto"``) wherever
+the MTA logs to it: ``detect()`` asks journalctl for entries of the MTA's
+units or programs in the last day, and ``choose()`` turns that into the
+sources to read. Configured ``files`` are the explicit choice (a maillog
+setup, a host without systemd) and turn the automatic journal off.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ import os
 import signal
 import subprocess
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Iterable, Mapping, Sequence
 
 from netblock.errors import ToolMissing
@@ -33,6 +39,12 @@ UID_MIN = 1000  # accounts at or above this are people (login.defs), never an MT
 # Programs whose only job is to write what they are told into the journal.
 RELAYING_COMMS = frozenset({"logger", "systemd-cat", "python", "python3", "perl", "sh", "bash", "dash"})
 BATCH_ENTRIES = 5000
+# The programs of Postfix (its daemons), Exim (Debian's binary is exim4) and Sendmail,
+# as journald's _COMM has them: what auto-detection looks for besides the units.
+MTA_COMMS = ("smtpd", "postscreen", "master", "qmgr", "cleanup", "smtp", "exim4", "exim", "sendmail")
+DETECT_WINDOW = timedelta(days=1)
+DETECT_ENTRIES = 200  # the newest entries looked at: enough to see whose they are
+DETECT_TIMEOUT_S = 20.0
 
 
 @dataclass(frozen=True)
@@ -115,6 +127,115 @@ def command(units: Iterable[str], *, cursor: str | None, follow: bool, since: da
         args.append("--lines=0")
     args += [f"_SYSTEMD_UNIT={u}" for u in units]
     return args
+
+
+@dataclass(frozen=True)
+class Detection:
+    """What the journal of the last day says about the MTA."""
+
+    available: bool  # journalctl ran
+    trusted: int = 0  # entries netblock would read: from the MTA's units, by the MTA's programs
+    other_units: tuple[str, ...] = ()  # units of entries by the MTA's programs outside journal_units
+    error: str = ""
+
+
+def detect(units: Sequence[str], *, now: datetime, journalctl: str | None = None,
+           window: timedelta = DETECT_WINDOW) -> Detection:
+    """Whether the MTA logs to journald: its units' or programs' entries within ``window`` before ``now``.
+
+    Matching goes by journald's trusted fields only (unit, or _COMM), and
+    an entry counts as the MTA's by the same ``trusted()`` test the reader
+    applies, so a user's ``logger -t postfix/smtpd`` never makes netblock
+    choose the journal.
+    """
+    journalctl = journalctl or os.environ.get("NETBLOCK_JOURNALCTL", "journalctl")
+    args = [journalctl, "--output=json", "--no-pager", "--quiet", f"--since=@{int((now - window).timestamp())}",
+            f"--until=@{int(now.timestamp()) + 1}", f"--lines={DETECT_ENTRIES}"]
+    args += [f"_SYSTEMD_UNIT={u}" for u in units] + (["+"] if units else []) + [f"_COMM={c}" for c in MTA_COMMS]
+    try:
+        proc = subprocess.run(args, capture_output=True, stdin=subprocess.DEVNULL, timeout=DETECT_TIMEOUT_S)
+    except FileNotFoundError:
+        return Detection(False, error=f"{journalctl}: not found")
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return Detection(False, error=f"{journalctl}: {exc}")
+    uid_min = _uid_min()
+    trusted_n, others = 0, set()
+    for line in proc.stdout.splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if not isinstance(record, dict):
+            continue
+        if trusted(record, units, uid_min):
+            trusted_n += 1
+        else:
+            unit = _text(record.get("_SYSTEMD_UNIT"))
+            if unit and unit not in units and _text(record.get("_COMM")) in MTA_COMMS:
+                others.add(unit)
+    if proc.returncode != 0 and not trusted_n and not others:
+        err = " ".join(proc.stderr.decode("utf-8", "replace").split())[:200]
+        return Detection(False, error=f"{journalctl} exited with status {proc.returncode}: {err}")
+    return Detection(True, trusted_n, tuple(sorted(others)))
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The sources to read, and why (one line for the daemon's log and `status`)."""
+
+    files: tuple[str, ...]
+    journal: bool
+    reason: str
+    detected: bool = False  # the journal setting was "auto" and journalctl was asked
+
+    @property
+    def mode(self) -> str:
+        if self.files and self.journal:
+            return "files+journal"
+        return "files" if self.files else "journal" if self.journal else "none"
+
+
+def choose(files: Sequence[str], setting: bool | str, units: Sequence[str], detect_now) -> Choice:
+    """The sources for ``[sources] files`` and ``journal`` (true, false or "auto").
+
+    ``detect_now()`` returns a Detection; it is called only when the answer
+    depends on it ("auto" with no files), so explicit settings never run
+    journalctl.
+    """
+    files = tuple(files)
+    named = ", ".join(files)
+    if setting is True:
+        return Choice(files, True, "the journal ([sources] journal = true)" + (f" and {named}" if files else ""))
+    if setting is False:
+        why = f"{named} ([sources] files)" if files else "nothing: [sources] journal = false and no [sources] files"
+        return Choice(files, False, why)
+    if files:
+        return Choice(files, False, f"{named} ([sources] files, the explicit choice: the journal is not read)")
+    found = detect_now()
+    if found.trusted:
+        return Choice((), True, f"the journal (auto-detected: {found.trusted} recent entries of "
+                                f"{', '.join(units)} in the last day)", detected=True)
+    if not found.available:
+        why = f"journalctl cannot be used ({found.error})"
+    elif found.other_units:
+        why = (f"the MTA logs to the journal from {', '.join(found.other_units)}, which is not in "
+               f"[sources] journal_units")
+    else:
+        why = f"no entries of {', '.join(units)} in the journal in the last day"
+    return Choice((), False, f"nothing yet: {why}; set [sources] files for a maillog, or journal = true",
+                  detected=True)
+
+
+def file_source_forgery_warning(choice: Choice) -> str | None:
+    """The one warning for reading log files: any local user can write a line the parsers take for the MTA's.
+
+    Said once by the daemon when it opens its sources and once by `status`.
+    """
+    if not choice.files:
+        return None
+    return ("log files are read: any local user can forge an MTA line (`logger -t postfix/smtpd ...`) "
+            "and get an address blocked; where the MTA logs to journald, set [sources] files = [] and "
+            "journal = \"auto\": the journal's trusted fields tell who wrote a line")
 
 
 class Journal:

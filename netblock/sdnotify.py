@@ -31,7 +31,9 @@ class Notifier:
         text = "\n".join(f"{k.upper()}={v}" for k, v in fields.items())
         try:
             if self._sock is None:
-                self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+                # Non-blocking: a receiver that stops reading (a full queue) must not stop the daemon.
+                self._sock = socket.socket(socket.AF_UNIX,
+                                           socket.SOCK_DGRAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK)
             self._sock.sendto(text.encode(), self.address)
         except OSError:
             return False

@@ -5,10 +5,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export DEBIAN_FRONTEND=noninteractive
 # Kernel-side tools and libraries. libnftables1 is what the `nftables` Python module
-# (PyPI: pip-nftables) loads; iptables provides xtables-legacy for python-iptables.
-# chromium renders the report's HTML page headless in its test.
+# (PyPI: pip-nftables) loads; iptables provides xtables-legacy for python-iptables;
+# systemd-journal-remote writes the real journal files the journal tests read;
+# chromium renders the report's HTML page headless in its test; faketime moves the clock.
 packages=(nftables libnftables1 iptables ipset iproute2 iputils-ping util-linux procps
-          iprange systemd postgresql python3-venv python3-dev gcc faketime chromium)
+          iprange systemd systemd-journal-remote postgresql python3-venv python3-dev gcc faketime chromium)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")

@@ -519,6 +519,53 @@ def cmd_sync(args, ctx) -> int:
     return 0
 
 
+MODE_TEXT = {
+    "drop": "enforcing: drop",
+    "reject": "enforcing: reject with TCP reset",
+    "count": "COUNTING ONLY: nothing is dropped; `netblock report` shows the connection attempts "
+             "each netblock would have dropped",
+}
+
+
+def verdict_status(backend, missing: str | None) -> dict:
+    """The verdict configured, the one the kernel's rule has, and the `mode:` line of `status`."""
+    from netblock.firewall import installed_verdict
+
+    configured = backend.settings.verdict
+    installed = None
+    if missing is None:
+        try:
+            installed = installed_verdict(backend)
+        except NetblockError:
+            installed = None
+    text = MODE_TEXT[configured]
+    if missing is None and hasattr(backend, "verdict") and installed != configured:
+        has = f"verdict {installed}" if installed else "a rule of other settings"
+        text += f" (the kernel still has {has}: run `netblock sync`, or reload the daemon)"
+    return {"verdict": configured, "installed": installed, "text": text}
+
+
+def sources_status(config, now: datetime):
+    """The sources the daemon and run-once read with this configuration (journal.choose(), auto-detection included)."""
+    import os
+
+    from netblock import journal
+
+    src = getattr(config, "sources", None)
+    if src is None:  # a partial config (tests): no sources at all
+        return journal.choose((), False, (), lambda: None)
+    files = [os.path.abspath(p) for p in src.files]
+    return journal.choose(files, src.journal, src.journal_units,
+                          lambda: journal.detect(src.journal_units, now=now))
+
+
+def file_source_warning(sources) -> str | None:
+    """`status` warns once, on stderr, when log files are read: local users can forge their lines."""
+    from netblock import journal
+
+    return journal.file_source_forgery_warning(sources)
+
+
 def cmd_status(args, ctx) -> int:
     from netblock.errors import StoreError
     from netblock.sync import desired_for, diff, read_installed
@@ -534,10 +581,9 @@ def cmd_status(args, ctx) -> int:
     desired = desired_for(store, ctx.config, now=now)
     installed, missing = read_installed(backend)
     drift = diff(installed, desired)
+    mode = verdict_status(backend, missing)
+    sources = sources_status(ctx.config, now)
     oldest = store.oldest_block()
-    sources = getattr(ctx.config, "sources", None)
-    files = tuple(getattr(sources, "files", ()) or ())
-    journal = bool(getattr(sources, "journal", False))
     info = {
         "backend": backend.name,
         "description": backend.description,
@@ -552,8 +598,13 @@ def cmd_status(args, ctx) -> int:
         "drift": {"missing": len(drift.added), "extra": len(drift.removed), "expiry": len(drift.updated)},
         "oldest_block": None if oldest is None else {"netblock": str(oldest.netblock), "created": iso(oldest.created)},
         "next_expiry": iso(store.next_expiry(now)),
-        "sources": {"files": list(files), "journal": journal},
-        "forgeable": bool(files),
+        "verdict": mode["verdict"],
+        "verdict_installed": mode["installed"],
+        "counting_only": mode["verdict"] == "count",
+        "sources": {"mode": sources.mode, "files": list(sources.files), "journal": sources.journal,
+                    "reason": sources.reason},
+        "forgeable": bool(sources.files),
+        "warnings": [w for w in (file_source_warning(sources),) if w],
     }
     if args.json:
         ctx.print_json(info)
@@ -567,25 +618,22 @@ def cmd_status(args, ctx) -> int:
         state = "in sync"
     lines = [
         ("backend", f"{backend.name} ({backend.description})"),
+        ("mode", mode["text"]),
+        ("sources", sources.reason),
         ("store", info["store"]),
         ("blocks", f"{info['blocks_active']} active, {info['blocks_stored']} stored (incl. expired history)"),
         ("allowlist", f"{info['allowlist']} entries"),
         ("kernel", f"{info['installed']} netblocks installed, {info['desired']} desired: {state}"),
         ("oldest block", "-" if oldest is None else f"{oldest.netblock} created {iso(oldest.created)}"),
         ("next expiry", info["next_expiry"] or "-"),
-        ("sources", f"{len(files)} file(s){', ' + ', '.join(files) if files else ''}; "
-                    f"journal {'on' if journal else 'off'}"),
+        ("sources", f"{len(sources.files)} file(s){', ' + ', '.join(sources.files) if sources.files else ''}; "
+                    f"journal {'on' if sources.journal else 'off'} ({sources.reason})"),
     ]
     for key, value in lines:
         ctx.print(f"{key + ':':<14}{printable(value)}")
-    if files:
-        ctx.print(FORGEABLE)
+    for warning in info["warnings"]:
+        ctx.warn(warning)
     return 0
-
-
-FORGEABLE = ("note:         file sources can be forged by any local user (`logger -p mail.info -t postfix/smtpd "
-             "'NOQUEUE: reject: RCPT from x[IP]: ...'` lands in the mail log like the MTA's own lines); "
-             "journal mode (`[sources] journal = true`) checks journald's trusted fields and is not affected")
 
 
 def cmd_remove_rules(args, ctx) -> int:

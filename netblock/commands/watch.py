@@ -42,6 +42,12 @@ def register(sub) -> None:
                        description="Follow the configured log files and the journal, decide every tick and "
                        "at once when an address crosses its threshold, and sync. SIGHUP reloads the "
                        "configuration; SIGTERM exits 0 and leaves the kernel rules in place.")
+    p.add_argument("--count-only", dest="daemon_count_only", action="store_true",
+                   help="counting-only mode: the same sets and elements, counted per netblock, nothing dropped "
+                   "(as [firewall] verdict = \"count\"; kept across SIGHUP; default: the config's verdict)")
+    p.add_argument("-v", "--verbose", action="count", default=0,
+                   help="log more: -v adds debug lines (each sync, each source batch); default: "
+                   "[daemon] log_level, info")
     p.set_defaults(handler=cmd_daemon)
 
     p = sub.add_parser("run-once", help="one daemon tick from the saved positions (systemd timer mode)",
@@ -313,7 +319,7 @@ def _show_observations(write, hits, text) -> None:
 
 # ---------------------------------------------------------------- daemon, run-once
 
-def _runner(ctx, *, follow_mode: bool):
+def _runner(ctx, *, follow_mode: bool, log_level: str | None = None):
     from netblock.daemon import Runner
 
     if ctx.config.routed.enabled:
@@ -323,18 +329,19 @@ def _runner(ctx, *, follow_mode: bool):
 
         asn.from_config(ctx.config)
     return Runner(ctx.config, ctx.store(), ctx.backend, clock=ctx.now, follow_mode=follow_mode,
-                  stderr=ctx.stderr)
+                  stderr=ctx.stderr, log_level=log_level)
 
 
 def cmd_daemon(args, ctx) -> int:
     from netblock.daemon import Daemon
 
     runner = _runner(ctx, follow_mode=True)
-    return Daemon(runner, reload_config=ctx.reload_config).run()
+    return Daemon(runner, reload_config=ctx.reload_config, verbose=args.verbose).run()
 
 
 def cmd_run_once(args, ctx) -> int:
-    runner = _runner(ctx, follow_mode=False)
+    # The summary below says what the tick did; stderr keeps to what went wrong.
+    runner = _runner(ctx, follow_mode=False, log_level="warning")
     runner.open_sources()
     try:
         result = runner.tick()

@@ -29,6 +29,9 @@ from netaddr import IPNetwork
 from netblock.errors import BadInput
 
 BACKENDS = ("nftables", "ipset", "iptables")
+# "count": the same sets and elements, a rule that counts connection attempts (SYN
+# without ACK) per netblock and lets them through: what "drop" would have dropped.
+VERDICTS = ("drop", "reject", "count")
 
 Desired = Mapping[IPNetwork, "datetime | None"]
 
@@ -39,7 +42,7 @@ class Settings:
 
     ports: tuple[int, ...] = (25,)
     families: tuple[str, ...] = ("ipv4", "ipv6")
-    verdict: str = "drop"  # or "reject": tcp reset
+    verdict: str = "drop"  # or "reject": tcp reset; or "count": count SYNs, drop nothing
     hook: str = "input"  # nftables only: or "prerouting" at raw priority, before conntrack
     maxelem: int = 1_048_576  # ipset only: far above ipset's default 65536
 
@@ -48,8 +51,8 @@ class Settings:
             raise BadInput(f"ports: {list(self.ports)!r} must be 1..65535")
         if not self.families or set(self.families) - {"ipv4", "ipv6"}:
             raise BadInput(f"families: {list(self.families)!r} must be ipv4 and/or ipv6")
-        if self.verdict not in ("drop", "reject"):
-            raise BadInput(f"verdict: {self.verdict!r} must be drop or reject")
+        if self.verdict not in VERDICTS:
+            raise BadInput(f"verdict: {self.verdict!r} must be drop, reject or count")
         if self.hook not in ("input", "prerouting"):
             raise BadInput(f"hook: {self.hook!r} must be input or prerouting")
         if self.maxelem < 1:
@@ -72,12 +75,20 @@ class Backend(Protocol):
     name: str
     settings: Settings
     description: str  # for `netblock status`, e.g. "nftables table inet netblock via libnftables"
+    # Optional: verdict() -> the verdict the installed rule has ("drop", "reject",
+    # "count"), None when netblock's rule is not there or matches no setting.
 
     def ensure(self) -> None: ...
     def apply(self, desired: Desired) -> Change: ...
     def counters(self) -> dict[IPNetwork, tuple[int, int]]: ...
     def installed(self) -> dict[IPNetwork, datetime | None]: ...
     def remove(self) -> None: ...
+
+
+def installed_verdict(backend) -> str | None:
+    """The verdict netblock's rule in the kernel has now, when the backend can tell."""
+    read = getattr(backend, "verdict", None)
+    return read() if read is not None else None
 
 
 def get_backend(name: str, settings: Settings | None = None) -> Backend:

@@ -62,7 +62,7 @@ import sys
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from importlib import resources
 from itertools import repeat
@@ -79,7 +79,7 @@ from netblock.errors import (
     PermissionDenied,
     ToolMissing,
 )
-from netblock.firewall import Change, Desired, Settings
+from netblock.firewall import VERDICTS, Change, Desired, Settings
 from netblock.firewall.names import IPSET_SCRATCH, IPSET_SET, IPT_CHAIN, IPT_COMMENT, IPT_PARENT
 
 MAX_TIMEOUT = 2147483  # seconds; ipset refuses (clamps) longer member timeouts
@@ -108,21 +108,26 @@ def _template() -> dict[str, str]:
     return {k: "\n".join(v) + "\n" for k, v in sections.items()}
 
 
-def ports_match(ports: tuple[int, ...]) -> str:
+SYN_ONLY = "--tcp-flags FIN,SYN,RST,ACK SYN"  # as iptables-save spells --syn
+
+
+def ports_match(ports: tuple[int, ...], syn_only: bool = False) -> str:
+    """The jump's match, spelled as iptables-save prints it; ``syn_only`` for counting-only mode."""
     if len(ports) == 1:
-        return f"-m tcp --dport {ports[0]}"
-    return "-m multiport --dports " + ",".join(str(p) for p in ports)
+        return f"-m tcp --dport {ports[0]}" + (f" {SYN_ONLY}" if syn_only else "")
+    return "-m multiport --dports " + ",".join(str(p) for p in ports) + (f" -m tcp {SYN_ONLY}" if syn_only else "")
 
 
 def target(verdict: str) -> str:
-    return "DROP" if verdict == "drop" else "REJECT --reject-with tcp-reset"
+    return {"drop": "DROP", "count": "RETURN"}.get(verdict, "REJECT --reject-with tcp-reset")
 
 
 def render(settings: Settings, family: str) -> tuple[str, str]:
     """(ipset restore text, iptables-restore text) for one family, as installed."""
     fields = dict(set=IPSET_SET[family], family=FAMILIES[family][1], maxelem=settings.maxelem,
                   chain=IPT_CHAIN, parent=IPT_PARENT, comment=IPT_COMMENT,
-                  target=target(settings.verdict), ports=ports_match(settings.ports))
+                  target=target(settings.verdict),
+                  ports=ports_match(settings.ports, syn_only=settings.verdict == "count"))
     sections = _template()
     return sections["ipset"].format(**fields), sections["iptables"].format(**fields)
 
@@ -133,6 +138,11 @@ def _rule_lines(iptables_text: str) -> tuple[str, str]:
     chain_rule = next(r for r in rules if r.startswith(f"-A {IPT_CHAIN} "))
     jump = next(r for r in rules if r.startswith(f"-I {IPT_PARENT} "))
     return chain_rule, jump
+
+
+def _appended(jump: str) -> str:
+    """The jump rule as iptables-save lists it (``-A parent``), from its ``-I parent 1`` form."""
+    return "-A " + jump[3:].replace(f"{IPT_PARENT} 1 ", f"{IPT_PARENT} ", 1)
 
 
 # ------------------------------------------------------------------ raw nfnetlink
@@ -1006,10 +1016,24 @@ class IpsetBackend:
             raise NameClash(f"{table.tool} chain {IPT_CHAIN!r} exists without netblock's comment "
                             f"'{IPT_COMMENT}' and is not netblock's")
         ours = [j for j in jumps if f"--comment {IPT_COMMENT}" in j]
-        want_jump = "-A " + jump[3:].replace(f"{IPT_PARENT} 1 ", f"{IPT_PARENT} ", 1)
-        if rules == [chain_rule] and ours == [want_jump]:
+        if rules == [chain_rule] and ours == [_appended(jump)]:
             return
         table.write(chain_rule, jump, ours, drop_chain=False)
+
+    def verdict(self) -> str | None:
+        """The verdict of the rules in the kernel: the one whose rendering they equal (None: none does)."""
+        found = set()
+        for family in self._families():
+            exists, rules, jumps = self._iptables(family).read()
+            ours = [j for j in jumps if f"--comment {IPT_COMMENT}" in j]
+            for v in VERDICTS:
+                chain_rule, jump = _rule_lines(render(replace(self.settings, verdict=v), family)[1])
+                if exists and rules == [chain_rule] and ours == [_appended(jump)]:
+                    found.add(v)
+                    break
+            else:
+                return None
+        return found.pop() if len(found) == 1 else None
 
     def apply(self, desired: Desired) -> Change:
         now = time.time()

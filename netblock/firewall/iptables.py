@@ -28,7 +28,7 @@ import os
 import struct
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from importlib import resources
 from string import Template
@@ -37,7 +37,7 @@ from netaddr import IPNetwork
 
 from netblock.errors import (BadInput, Busy, KernelError, KernelFeatureMissing, NameClash,
                              NetblockError, PermissionDenied, ToolMissing)
-from netblock.firewall import Change, Desired, Settings
+from netblock.firewall import VERDICTS, Change, Desired, Settings
 from netblock.firewall.names import IPT_CHAIN, IPT_COMMENT, IPT_PARENT
 
 NAME = "iptables"
@@ -48,6 +48,7 @@ EXTENSIONS = ("libxt_standard.so", "libxt_tcp.so", "libxt_multiport.so", "libxt_
 MULTIPORT_MAX = 15  # the kernel's XT_MULTI_PORTS
 LOCK_WAIT_S = 10.0
 STANDARD_VERDICTS = {"ACCEPT", "DROP", "QUEUE", "RETURN"}
+_TARGET = {"drop": "DROP", "reject": "REJECT", "count": "RETURN"}  # per-netblock rule target by verdict
 TARGET_HEADER = 32  # sizeof(struct xt_entry_target): the payload follows it
 
 
@@ -70,28 +71,36 @@ FAMILIES = {
 
 # ---------------------------------------------------------------- the ruleset text
 
-def ports_match(ports: tuple[int, ...]) -> str:
-    """The match part of the jump rule, spelled as iptables-save prints it."""
+SYN_FLAGS = ["FIN,SYN,RST,ACK", "SYN"]  # --syn, as iptables-save prints it
+
+
+def ports_match(ports: tuple[int, ...], syn_only: bool = False) -> str:
+    """The match part of the jump rule, spelled as iptables-save prints it.
+
+    ``syn_only`` (counting-only mode) adds the SYN match, so the chain sees only
+    connection attempts: each rule then counts what DROP would have dropped.
+    """
     if len(ports) > MULTIPORT_MAX:
         raise BadInput(f"ports: {list(ports)!r} has more than {MULTIPORT_MAX} ports, "
                        "the most one iptables multiport match takes")
+    syn = " --tcp-flags " + " ".join(SYN_FLAGS) if syn_only else ""
     if len(ports) == 1:
-        return f"-m tcp --dport {ports[0]}"
-    return "-m multiport --dports " + ",".join(str(p) for p in ports)
+        return f"-m tcp --dport {ports[0]}{syn}"
+    return "-m multiport --dports " + ",".join(str(p) for p in ports) + (f" -m tcp{syn}" if syn else "")
 
 
 def render(settings: Settings) -> str:
     """rules/iptables.rules with the settings filled in: the skeleton as installed."""
     text = resources.files("netblock.rules").joinpath("iptables.rules").read_text()
     return Template(text).substitute(chain=IPT_CHAIN, parent=IPT_PARENT, comment=IPT_COMMENT,
-                                     ports_match=ports_match(settings.ports))
+                                     ports_match=ports_match(settings.ports, settings.verdict == "count"))
 
 
 def verdict_args(settings: Settings) -> str:
     """What follows the source in a per-netblock rule (reject with RST needs ``-p tcp``)."""
     if settings.verdict == "reject":
         return "-p tcp -j REJECT --reject-with tcp-reset"
-    return "-j DROP"
+    return "-j RETURN" if settings.verdict == "count" else "-j DROP"
 
 
 def rule_line(net: IPNetwork, settings: Settings) -> str:
@@ -262,7 +271,7 @@ class _FamilyTable:
             target = rule.create_target("REJECT")
             target.reject_with = "tcp-reset"
         else:
-            target = rule.create_target("DROP")
+            target = rule.create_target(_TARGET[self.settings.verdict])
         rule.target = target
         return bytes(rule.rule)
 
@@ -280,7 +289,7 @@ class _FamilyTable:
         t_off = struct.unpack_from("=H", template, t_at)[0]
         ip_size = ctypes.sizeof(entry_type._fields_[0][1])
         want_fixed = self._ip_fixed(template, ip_size)
-        want_name = "REJECT" if self.settings.verdict == "reject" else "DROP"
+        want_name = _TARGET[self.settings.verdict]
         want_payload = template[t_off + TARGET_HEADER:]
         # Target bytes libiptc has already named our verdict: the same bytes mean the
         # same verdict, so the per-rule library call is needed once, not 10k times.
@@ -310,13 +319,16 @@ class _FamilyTable:
             index += 1
         return rows
 
-    def append(self, template: bytes, key: Key) -> None:
+    def append(self, template: bytes, key: Key, counters: tuple[int, int] | None = None) -> None:
+        """Append one per-netblock rule; ``counters`` start it where a replaced rule of the same source left off."""
         n = self.fam.addr_len
         bits = 8 * n
         mask = ((1 << bits) - 1) ^ ((1 << (bits - key[2])) - 1)
         buf = bytearray(template)
         buf[0:n] = key[1].to_bytes(n, "big")
         buf[2 * n:3 * n] = mask.to_bytes(n, "big")
+        if counters is not None:  # libiptc commits an appended entry's counters as they are given
+            struct.pack_into("=QQ", buf, self._entry_type().counters.offset, *counters)
         # Straight to libiptc, which copies the entry: python-iptables' wrapper costs
         # more than the call itself at 10k rules.
         if self.table._iptc.iptc_append_entry(IPT_CHAIN.encode(), bytes(buf), self.table._handle) != 1:
@@ -342,6 +354,10 @@ class _FamilyTable:
         else:
             match = rule.create_match("multiport")
             match.dports = ",".join(str(p) for p in ports)
+        if self.settings.verdict == "count":
+            if len(ports) != 1:
+                match = rule.create_match("tcp")
+            match.tcp_flags = list(SYN_FLAGS)
         comment = rule.create_match("comment")
         comment.comment = IPT_COMMENT
         rule.target = rule.create_target(IPT_CHAIN)
@@ -519,11 +535,17 @@ class IptablesBackend:
                 kept: set[Key] = set()
                 doomed: list[int] = []
                 seen: set[Key] = set()
+                # A rule replaced by one with another verdict (drop <-> count) hands its
+                # counters to its successor: the report's totals run on across the switch.
+                carried: dict[Key, tuple[int, int]] = {}
                 for row in ft.rows():
                     if row.ours and row.key in want and row.key not in kept:
                         kept.add(row.key)
                     else:
                         doomed.append(row.index)
+                        if row.key in want and not row.ours:
+                            p, b = carried.get(row.key, (0, 0))
+                            carried[row.key] = (p + row.counters[0], b + row.counters[1])
                     if row.key is not None:
                         seen.add(row.key)
                 added = sorted(want - kept)
@@ -533,12 +555,35 @@ class IptablesBackend:
                     ft.delete_at(IPT_CHAIN, index)
                 template = ft.template()
                 for net in added:
-                    ft.append(template, net)
+                    ft.append(template, net, carried.get(net))
                 ft.commit()
                 change.added += [_net(k) for k in added if k not in seen]
                 change.updated += [_net(k) for k in added if k in seen]
                 change.removed += [_net(k) for k in sorted(seen - want)]
         return change
+
+    def verdict(self) -> str | None:
+        """The verdict of the installed rules: the one whose jump and per-netblock rules they all are."""
+        found = set()
+        order = [self.settings.verdict] + [v for v in VERDICTS if v != self.settings.verdict]
+        for fam in self._families():
+            if not _table_exists(fam):
+                return None
+            try:
+                for v in order:
+                    ft = _FamilyTable(fam, replace(self.settings, verdict=v), _load_iptc())
+                    jumps = ft.our_jumps() if ft.has_chain() else []
+                    if (len(jumps) == 1 and _signature(jumps[0][1]) == _signature(ft.jump_rule())
+                            and all(row.ours for row in ft.rows())):
+                        found.add(v)
+                        break
+                else:
+                    return None
+            except NetblockError:
+                raise
+            except Exception as exc:  # noqa: BLE001
+                raise _translate(exc, fam, "read") from None
+        return found.pop() if len(found) == 1 else None
 
     def _read(self, fam: _Family) -> list[_Row]:
         if not _table_exists(fam):

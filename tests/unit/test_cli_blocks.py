@@ -556,15 +556,17 @@ def test_rows_wider_than_the_floor_in_the_store_never_reach_the_kernel(nb):
 def test_status_says_once_that_file_sources_can_be_forged(nb):
     from types import SimpleNamespace
 
-    text = nb.ok("status")
-    assert "forged" not in text and "sources:      0 file(s); journal off" in text
+    nb.config.sources = SimpleNamespace(files=(), journal=False, journal_units=())
+    rc, text, err = nb("status")
+    assert rc == 0 and "forge" not in text + err and "sources:      0 file(s); journal off" in text
     assert json.loads(nb.ok("status", "--json"))["forgeable"] is False
-    nb.config.sources = SimpleNamespace(files=("/var/log/mail.log", "/var/log/exim4/mainlog"), journal=True)
-    text = nb.ok("status")
+    nb.config.sources = SimpleNamespace(files=("/var/log/mail.log", "/var/log/exim4/mainlog"), journal=True,
+                                        journal_units=("postfix.service",))
+    rc, text, err = nb("status")
     assert "sources:      2 file(s), /var/log/mail.log, /var/log/exim4/mainlog; journal on" in text
-    notes = [line for line in text.splitlines() if "forged" in line]
-    assert len(notes) == 1 and "logger -p mail.info -t postfix/smtpd" in notes[0]
-    assert "journald's trusted fields" in notes[0]
+    notes = [line for line in (text + err).splitlines() if "forge" in line]
+    assert len(notes) == 1 and "logger -t postfix/smtpd" in notes[0] and err.count("\n") == 1
+    assert "journal's trusted fields" in notes[0]
     data = json.loads(nb.ok("status", "--json"))
-    assert data["forgeable"] is True and data["sources"] == {
-        "files": ["/var/log/mail.log", "/var/log/exim4/mainlog"], "journal": True}
+    assert data["forgeable"] is True and data["sources"]["files"] == ["/var/log/mail.log", "/var/log/exim4/mainlog"]
+    assert data["sources"]["journal"] is True

@@ -155,7 +155,7 @@ def test_drift_is_repaired_and_logged(tmp_path, store):
     err = io.StringIO()
     r = runner(cfg, store, backend, stderr=err)
     r.tick()
-    assert "drift" not in err.getvalue()
+    assert "drift repaired" not in err.getvalue()
     backend.elements.clear()  # `nft flush ruleset` behind netblock's back
     result = r.tick()
     assert result.restored == 1 and IPNetwork("198.18.7.1/32") in backend.elements

@@ -61,7 +61,16 @@ def test_prometheus_text_parses_with_the_exact_names(nb):
         ("netblock_observations_total", (("class", "connect"), host)): 1,
         ("netblock_observations_total", (("class", "dnsbl:zen.spamhaus.org"), host)): 2,
         ("netblock_last_tick_timestamp_seconds", (host,)): NOW.timestamp(),
+        ("netblock_counting_only", (host,)): 0,
     }
+
+
+def test_counting_only_mode_is_exported(nb):
+    from netblock.firewall import Settings
+
+    nb.backend.settings = Settings(verdict="count")
+    assert samples(nb.ok("export"))[("netblock_counting_only", (("host", "mx1"),))] == 1
+    assert json.loads(nb.ok("export", "--format", "json"))["counting_only"] is True
 
 
 def test_expired_blocks_leave_the_gauge(nb):

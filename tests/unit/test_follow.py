@@ -342,7 +342,7 @@ def test_the_other_sources_go_on_and_the_refusal_is_said_once(tmp_path, store, g
     assert r.read_all()[0] == 2
     append(log, reject(3))
     assert r.read_all()[0] == 1
-    lines = err.getvalue().splitlines()
+    lines = [line for line in err.getvalue().splitlines() if "FIFO" in line]
     assert lines == [f"netblock: {fifo}: a FIFO, not a regular file; not read (the other sources go on)"]
 
 
