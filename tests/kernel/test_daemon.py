@@ -42,7 +42,9 @@ def reject(ip: str) -> str:
 
 
 def delivered(ip: str) -> str:
-    return f"{stamp()} mx postfix/smtpd[42]: 4AB12C3D4E: client=relay.example[{ip}]"
+    """smtpd's client= and qmgr's proof that the message was accepted (sources/join.py pairs them)."""
+    return (f"{stamp()} mx postfix/smtpd[42]: 4AB12C3D4E: client=relay.example[{ip}]\n"
+            f"{stamp()} mx postfix/qmgr[43]: 4AB12C3D4E: from=<a@relay.example>, size=1234, nrcpt=1 (queue active)")
 
 
 def append(path, *lines: str) -> None:
