@@ -599,6 +599,32 @@ def dump(cfg: Config) -> str:
     return "\n".join(lines) + "\n"
 
 
+# The example's stand-in for host_id, whose default is the name of the host that
+# loads the file, not of the one that generated the example.
+EXAMPLE_HOST_ID = "mx1"
+
+
+def dump_example() -> str:
+    """The defaults as a configuration file with every line commented out.
+
+    This is what the Debian package installs as /etc/netblock/netblock.toml: it
+    changes nothing as shipped (an empty TOML document), and uncommenting a
+    line sets that key to the value it already has, so an admin edits values
+    in place. Generated from the defaults at build time, it cannot drift.
+    """
+    lines = [
+        "# netblock configuration. Every line is commented out and shows the default;",
+        "# uncomment a line (and its [section] header) to change that key.",
+        "# `netblock config` prints the configuration in effect; the README lists every key.",
+        "",
+    ]
+    for line in dump(Config(host_id=EXAMPLE_HOST_ID)).splitlines()[2:]:
+        if line.startswith("host_id = "):
+            lines.append("# host_id: this MX's name in a fleet; the default is the host's name")
+        lines.append("# " + line if line else "")
+    return "\n".join(lines) + "\n"
+
+
 def _dump_fields(obj) -> list[str]:
     return [
         f"{f.name} = {_toml(f.metadata['kind'].dump(getattr(obj, f.name)))}"
