@@ -22,10 +22,9 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, Callable
 
-from netaddr import AddrFormatError, IPNetwork
-
-from netblock.errors import ConfigError
+from netblock.errors import BadInput, ConfigError
 from netblock.firewall import BACKENDS, Settings
+from netblock.targets import parse_target
 
 DEFAULT_PATH = "/etc/netblock/netblock.toml"
 
@@ -185,16 +184,18 @@ def _list(item: _Kind, *, non_empty: bool = False, unique: bool = False) -> _Kin
 
 
 def _cidr(v: Any) -> str:
-    """Canonical CIDR text; host bits are cleared like everywhere else in netblock."""
+    """Canonical CIDR text; host bits are cleared like everywhere else in netblock.
+
+    Parsed as strictly as `netblock allow add` parses (any width but /0): left
+    to netaddr, ``10.1/16`` would be 10.1.0.0/16 with netaddr 0.8 (Debian 12)
+    and an error with 1.x.
+    """
     if not isinstance(v, str):
         raise _Bad("a CIDR string")
     try:
-        net = IPNetwork(v)
-    except (AddrFormatError, ValueError, TypeError):
+        return str(parse_target(v, force=True).netblock)
+    except BadInput:
         raise _Bad('a CIDR like "192.0.2.0/24"') from None
-    if net.version == 6 and net.prefixlen >= 96 and net.ip.is_ipv4_mapped():
-        net = IPNetwork((int(net.ip) & 0xFFFFFFFF, net.prefixlen - 96), 4)
-    return str(net.cidr)
 
 
 def _listen(v: Any) -> str:
