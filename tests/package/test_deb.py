@@ -273,7 +273,7 @@ def test_bash_completion_from_the_package(root):
 
 
 def test_purge_removes_kernel_objects_and_state(root):
-    """Last: purges twice (kernel objects present, then absent), then reinstalls."""
+    """Last: purges with kernel objects, without, with a broken configuration; then reinstalls."""
     out = root.ok("netblock add 198.18.7.0/24 >/dev/null\n"
                   "nft list set inet netblock block4 | grep -c 198.18.7.0/24\n"
                   "test -s /var/lib/netblock/netblock.db\n"
@@ -288,4 +288,10 @@ def test_purge_removes_kernel_objects_and_state(root):
                   f"{APT} purge netblock\n"
                   "test ! -e /var/lib/netblock\n")
     assert "no netblock kernel objects were installed" in out
+    # A configuration netblock refuses does not block the removal either.
+    out = root.ok(f"{APT} install /tmp/netblock.deb >/dev/null\n"
+                  "echo 'backend = 1' >> /etc/netblock/netblock.toml\n"
+                  f"{APT} purge netblock 2>&1\n"
+                  "test ! -e /etc/netblock\n")
+    assert "/etc/netblock/netblock.toml: backend" in out and "kernel objects not removed" in out
     root.ok(f"{APT} install /tmp/netblock.deb >/dev/null")
