@@ -231,6 +231,7 @@ def test_package_ships_what_an_admin_needs(deb, tmp_path):
     for unit in UNITS:
         text = (x / "lib/systemd/system" / unit).read_text()
         assert "/usr/local/bin" not in text
+        assert "\nDocumentation=man:netblock(8)\n" in text
         assert "ExecStart=/usr/bin/netblock " in text or unit.endswith(".timer")
     assert (x / "usr/bin/netblock").stat().st_mode & 0o111
     assert "complete -o default -F _netblock netblock" in (
