@@ -79,16 +79,14 @@ def _actions(parser: argparse.ArgumentParser) -> list[str]:
     return lines
 
 
-def _command(parser: argparse.ArgumentParser, summary: dict[str, str]) -> list[str]:
+def _command(parser: argparse.ArgumentParser, summary: str) -> list[str]:
     """One subsection per command, then one per action of a command that has actions (``allow add``)."""
-    name = parser.prog
-    lines = [f'.SS "{_roff(name)}"', ".PP", "\\fB" + _roff(_usage(parser)) + "\\fR", ".PP",
-             _roff(parser.description or summary.get(name, ""))]
+    lines = [f'.SS "{_roff(parser.prog)}"', ".PP", "\\fB" + _roff(_usage(parser)) + "\\fR", ".PP",
+             _roff(parser.description or summary)]
     lines += _actions(parser)
-    inner = _subparsers(parser)
     helps = _helps(parser)
-    for sub_name, sub in inner.items():
-        lines += _command(sub, {sub.prog: helps.get(sub_name, "")})
+    for name, sub in _subparsers(parser).items():
+        lines += _command(sub, helps.get(name, ""))
     return lines
 
 
@@ -115,8 +113,8 @@ def render(parser: argparse.ArgumentParser, *, version: str, date: str) -> str:
         ".SH COMMANDS",
     ]
     helps = _helps(parser)
-    for sub_name, sub in _subparsers(parser).items():
-        lines += _command(sub, {sub.prog: helps.get(sub_name, "")})
+    for name, sub in _subparsers(parser).items():
+        lines += _command(sub, helps.get(name, ""))
     if parser.epilog:
         lines += [".SH EXIT STATUS", _roff(parser.epilog)]
     lines += [".SH ENVIRONMENT"]

@@ -509,7 +509,6 @@ def cmd_status(args, ctx) -> int:
 def cmd_remove_rules(args, ctx) -> int:
     from netblock.errors import NetblockError
     from netblock.sampling import sample
-
     from netblock.sync import read_installed
 
     backend = ctx.backend()
