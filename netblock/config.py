@@ -22,11 +22,11 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, Callable
 
-from netaddr import AddrFormatError, IPNetwork
 
-from netblock.errors import ConfigError
+from netblock.errors import BadInput, ConfigError
 from netblock.firewall import BACKENDS, VERDICTS, Settings
 from netblock.limits import DEFAULT_MAX_ELEMENTS_PER_BLOCK, MIN_PREFIXLEN
+from netblock.targets import parse_target
 
 DEFAULT_PATH = "/etc/netblock/netblock.toml"
 
@@ -186,16 +186,18 @@ def _list(item: _Kind, *, non_empty: bool = False, unique: bool = False) -> _Kin
 
 
 def _cidr(v: Any) -> str:
-    """Canonical CIDR text; host bits are cleared like everywhere else in netblock."""
+    """Canonical CIDR text; host bits are cleared like everywhere else in netblock.
+
+    Parsed as strictly as `netblock allow add` parses (any width but /0): left
+    to netaddr, ``10.1/16`` would be 10.1.0.0/16 with netaddr 0.8 (Debian 12)
+    and an error with 1.x.
+    """
     if not isinstance(v, str):
         raise _Bad("a CIDR string")
     try:
-        net = IPNetwork(v)
-    except (AddrFormatError, ValueError, TypeError):
+        return str(parse_target(v, force=True).netblock)
+    except BadInput:
         raise _Bad('a CIDR like "192.0.2.0/24"') from None
-    if net.version == 6 and net.prefixlen >= 96 and net.ip.is_ipv4_mapped():
-        net = IPNetwork((int(net.ip) & 0xFFFFFFFF, net.prefixlen - 96), 4)
-    return str(net.cidr)
 
 
 def _listen(v: Any) -> str:
@@ -615,6 +617,32 @@ def dump(cfg: Config) -> str:
         if section == "policy":
             for cls_name in sorted(value.classes):
                 lines += ["", f"[policy.classes.{_key(cls_name)}]", *_dump_fields(value.classes[cls_name])]
+    return "\n".join(lines) + "\n"
+
+
+# The example's stand-in for host_id, whose default is the name of the host that
+# loads the file, not of the one that generated the example.
+EXAMPLE_HOST_ID = "mx1"
+
+
+def dump_example() -> str:
+    """The defaults as a configuration file with every line commented out.
+
+    This is what the Debian package installs as /etc/netblock/netblock.toml: it
+    changes nothing as shipped (an empty TOML document), and uncommenting a
+    line sets that key to the value it already has, so an admin edits values
+    in place. Generated from the defaults at build time, it cannot drift.
+    """
+    lines = [
+        "# netblock configuration. Every line is commented out and shows the default;",
+        "# uncomment a line (and its [section] header) to change that key.",
+        "# `netblock config` prints the configuration in effect; the README lists every key.",
+        "",
+    ]
+    for line in dump(Config(host_id=EXAMPLE_HOST_ID)).splitlines()[2:]:
+        if line.startswith("host_id = "):
+            lines.append("# host_id: this MX's name in a fleet; the default is the host's name")
+        lines.append("# " + line if line else "")
     return "\n".join(lines) + "\n"
 
 

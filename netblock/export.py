@@ -141,16 +141,34 @@ def serve(addr: str, port: int, read):
     """Serve the Prometheus text of ``read()`` at http://addr:port/metrics from a thread.
 
     Returns the server; ``shutdown()`` stops it. Each scrape calls ``read()``
-    afresh, so /metrics and the textfile show the same numbers.
+    afresh, so /metrics and the textfile show the same numbers. The server is
+    built here around prometheus_client's WSGI app because its own
+    ``start_http_server`` returns the server only from 0.17 on, and Debian 12
+    ships 0.16.
     """
-    from prometheus_client import CollectorRegistry, start_http_server
+    import socket
+    import threading
+    from socketserver import ThreadingMixIn
+    from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+    from prometheus_client import CollectorRegistry, make_wsgi_app
 
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Collector(read))
+
+    class Quiet(WSGIRequestHandler):
+        def log_message(self, format, *args):  # noqa: A002 - the stdlib's signature
+            """A scrape is not news."""
+
+    class Server(ThreadingMixIn, WSGIServer):
+        daemon_threads = True
+
     try:
-        server, _thread = start_http_server(port, addr=addr, registry=registry)
+        Server.address_family = socket.getaddrinfo(addr, port, type=socket.SOCK_STREAM)[0][0]
+        server = make_server(addr, port, make_wsgi_app(registry), Server, handler_class=Quiet)
     except OSError as e:
         raise BadInput(f"--listen: cannot listen on {addr}:{port}: {e.strerror or e}") from None
+    threading.Thread(target=server.serve_forever, name="netblock-metrics", daemon=True).start()
     return server
 
 

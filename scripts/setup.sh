@@ -10,6 +10,11 @@ export DEBIAN_FRONTEND=noninteractive
 # chromium renders the report's HTML page headless in its test; faketime moves the clock.
 packages=(nftables libnftables1 iptables ipset iproute2 iputils-ping util-linux procps
           iprange systemd systemd-journal-remote postgresql python3-venv python3-dev gcc faketime chromium)
+# The Debian package: debian/control's Build-Depends (and build-essential, which
+# dpkg-buildpackage always requires), lintian, and mmdebstrap for
+# the throwaway Debian 12 root that tests/package installs it into.
+packages+=(build-essential debhelper dh-python pybuild-plugin-pyproject python3-all python3-setuptools
+           python3-netaddr lintian mmdebstrap)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
@@ -23,7 +28,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
         chmod 755 /usr/sbin/policy-rc.d
         made_policy=1
     fi
-    apt-get update -qq
+    apt-get -o DPkg::Lock::Timeout=900 update -qq
     apt-get -o DPkg::Lock::Timeout=900 install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
     if [ "$made_policy" = 1 ]; then rm -f /usr/sbin/policy-rc.d; fi
 fi

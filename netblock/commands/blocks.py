@@ -639,14 +639,23 @@ def cmd_status(args, ctx) -> int:
 def cmd_remove_rules(args, ctx) -> int:
     from netblock.errors import NetblockError
     from netblock.sampling import sample
+    from netblock.sync import read_installed
 
     backend = ctx.backend()
     with kernel_lock(ctx.config.lock_file):
-        try:
-            sample(ctx.store(), backend, ctx.now())  # the last drops count in reports
-        except NetblockError as exc:
-            ctx.warn(f"counters not sampled before removal: {exc}")
+        # Absent objects have no counters to keep, and the store is not even
+        # opened (a package's removal must not create one): remove() still
+        # clears whatever part of the skeleton is left.
+        _installed, missing = read_installed(backend)
+        if missing is None:
+            try:
+                sample(ctx.store(), backend, ctx.now())  # the last drops count in reports
+            except NetblockError as exc:
+                ctx.warn(f"counters not sampled before removal: {exc}")
         backend.remove()
+    if missing is not None:
+        ctx.print(f"no netblock kernel objects were installed ({backend.description}); nothing left")
+        return 0
     ctx.print(f"removed netblock's kernel objects ({backend.description}); the store is kept, "
               "`netblock sync` installs them again")
     return 0

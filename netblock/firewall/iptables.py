@@ -149,12 +149,34 @@ def _load_iptc():
         raise ToolMissing(f"python-iptables cannot load libxtables/libiptc: {_one_line(exc)}") from None
     # Resolving a jump target makes python-iptables probe every table, and a probe
     # instantiates raw/mangle/nat/security in the namespace; netblock only uses filter.
-    for cls in (iptc.Table, iptc.Table6):
-        for table in cls.ALL:
-            if table != TABLE:
-                cls.existing_table_names[table] = False
+    _probe_filter_only(iptc)
     _IPTC = iptc
     return iptc
+
+
+def _probe_filter_only(iptc) -> None:
+    """Keep python-iptables' table probe away from every table but filter.
+
+    python-iptables ≥ 1.1 remembers probe results in ``existing_table_names``;
+    1.0.1 (Debian 12's python3-iptables) has no such cache and probes through
+    the module functions ``is_table_available``/``is_table6_available``, so
+    those are narrowed instead.
+    """
+    for cls, module, probe in ((iptc.Table, iptc.ip4tc, "is_table_available"),
+                               (iptc.Table6, iptc.ip6tc, "is_table6_available")):
+        cache = getattr(cls, "existing_table_names", None)
+        if cache is not None:
+            for table in cls.ALL:
+                if table != TABLE:
+                    cache[table] = False
+        elif not getattr(getattr(module, probe), "_netblock_filter_only", False):
+            original = getattr(module, probe)
+
+            def filter_only(name, _original=original):
+                return name == TABLE and _original(name)
+
+            filter_only._netblock_filter_only = True
+            setattr(module, probe, filter_only)
 
 
 def _one_line(exc: BaseException) -> str:

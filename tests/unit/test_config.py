@@ -261,3 +261,10 @@ def test_routed_section(tmp_path):
         "[routed] max_prefix_v4: expected an integer from 8 to 32, got 7"
     assert error(tmp_path, "[routed]\ndo_not_widen = [15169, -1]\n") == \
         "[routed] do_not_widen[1]: expected an integer from 0 to 4294967295, got -1"
+
+
+@pytest.mark.parametrize("text", ["10.1/16", "0x0a000000/8", "010.0.0.0/8", "0.0.0.0/0", "192.0.2.0/24 "])
+def test_allow_entries_are_parsed_strictly_whatever_netaddr_version(tmp_path, text):
+    """netaddr 0.8 (Debian 12) reads 10.1/16 as 10.1.0.0/16, 1.x refuses it: netblock refuses it on both."""
+    with pytest.raises(ConfigError, match=r"\[blocks\] allow\[0\]: expected a CIDR"):
+        load(write(tmp_path, f'[blocks]\nallow = ["{text}"]\n'))
