@@ -60,9 +60,23 @@ def protected(store, config, *, now: datetime, own: Iterable[IPNetwork] | None =
     return Protected(
         builtin=list(protected_builtin()),
         allowlist=allow,
-        own=list(hostaddrs.own_addresses() if own is None else own),
+        own=list(hostaddrs.own_addresses() if own is None else own) + fleet_members(store),
         delivered=delivered,
     )
+
+
+def fleet_members(store) -> list[IPNetwork]:
+    """The other MX hosts' own addresses (fleet mode): peers protect each other as each protects itself."""
+    peers = getattr(store, "peer_addresses", None)
+    return [] if peers is None else peers()
+
+
+def received(store, blocks: list[Block]) -> list[Block]:
+    """The store's blocks that pass validation on receipt (see netblock.receipt): a row breaking
+    the width floors or the coverage cap is skipped and recorded, never installed, never fatal."""
+    from netblock.receipt import within_floors
+
+    return within_floors(store, blocks)
 
 
 def span(net: IPNetwork) -> tuple[int, int, int]:
@@ -126,7 +140,7 @@ def desired_for(store, config, *, now: datetime, own: Iterable[IPNetwork] | None
     next sync, which every writer runs after committing.
     """
     protect = protected(store, config, now=now, own=own).all()
-    return compute_desired(store.blocks(now=now), protect)
+    return compute_desired(received(store, store.blocks(now=now)), protect)
 
 
 def diff(installed: Mapping[IPNetwork, datetime | None],
