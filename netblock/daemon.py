@@ -245,6 +245,10 @@ class Runner:
         result = TickResult()
         self.own = None  # addresses come and go: read them again once per tick
         try:
+            fleet.publish(self)  # a fleet's hosts carve each other's addresses out
+        except TRANSIENT as exc:
+            result.errors.append(f"publishing this host's addresses: {_failure(exc)}")
+        try:
             fleet.flush(self)  # what an outage left in the spool, even if the logs are quiet now
             if read_limit is None:
                 result.observations, _ = self.read_all()
@@ -350,6 +354,7 @@ class Runner:
         except TRANSIENT as exc:
             result.errors.append(f"sync: {_failure(exc)}")
             return
+        fleet.log_rejected(self)
         change = res.change
         result.added, result.removed, result.updated = len(change.added), len(change.removed), len(change.updated)
         if self.applied is not None:
@@ -655,6 +660,7 @@ class Daemon:
         self._reload = False
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.fleet = fleet.listener_for(runner)  # PostgreSQL store: other hosts' changes wake us
+        self.fleet_due = fleet.Coalescer(self._interval("coalesce", 0.05))
         runner.spool = fleet.spool_for(runner)
         # The store refused the last read (e.g. the fleet's PostgreSQL is away): new lines wait for
         # the tick instead of each one costing a failed attempt and a log line.
@@ -729,16 +735,21 @@ class Daemon:
             if now_m >= next_tick:
                 self._reads_failed = False
                 backlog = runner.tick(read_limit=MAX_BATCHES_PER_WAKE).backlog
+                self.fleet_due.done(time.monotonic())
                 self.notifier.status(runner.status())
                 react_at = None
                 next_tick = time.monotonic() + tick_every
+                continue
+            if self.fleet_due.ready(now_m):
+                fleet.follow_change(runner)
+                self.fleet_due.done(time.monotonic())
                 continue
             if react_at is not None and now_m >= react_at:
                 react_at = None
                 last_react = now_m
                 runner.react()
                 continue
-            deadlines = [next_tick] + [d for d in (react_at, next_watchdog) if d is not None]
+            deadlines = [next_tick] + [d for d in (react_at, next_watchdog, self.fleet_due.due) if d is not None]
             timeout = 0 if backlog else max(0.0, min(deadlines) - time.monotonic())
             fds = [self.inotify.fileno(), self._wake_r]
             jfd = runner.journal.fileno() if runner.journal is not None and not self._reads_failed else None
@@ -757,7 +768,7 @@ class Daemon:
                 _drain(self._wake_r)
             if fleet_fd is not None and fleet_fd in ready:
                 if self.fleet.changed():
-                    fleet.follow_change(runner)
+                    self.fleet_due.note(time.monotonic())
                 ready.remove(fleet_fd)
             if self._stop:
                 break

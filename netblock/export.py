@@ -29,15 +29,22 @@ class Snapshot:
     observations_by_class: dict[str, int]
     last_tick: float | None
     host: str
+    rejected: dict = None  # {table: rows skipped on receipt} (netblock.receipt)
 
 
 def snapshot(store, backend, host: str, now: datetime) -> Snapshot:
     counters = backend.counters()
+    from netblock.receipt import rejected_by_table
+    from netblock.sync import fleet_members, received
+
     by_source: dict[str, int] = {}
-    for b in store.blocks(now=now):
+    for b in received(store, store.blocks(now=now)):
         by_source[b.source] = by_source.get(b.source, 0) + 1
+    store.allowlist()
+    fleet_members(store)  # the rows a sync reads, so the count below is what a sync skips
     last = store.get_state("last_tick")
-    return Snapshot(counters, by_source, store.observation_class_counts(), float(last) if last else None, host)
+    return Snapshot(counters, by_source, store.observation_class_counts(), float(last) if last else None, host,
+                    rejected_by_table(store))
 
 
 def _family(net: IPNetwork) -> str:
@@ -76,6 +83,12 @@ class _Collector:
         for cls, n in sorted(snap.observations_by_class.items()):
             obs.add_metric([cls, snap.host], n)
         yield obs
+        skipped = GaugeMetricFamily("netblock_rejected_rows",
+                                    "Store rows skipped on receipt (unparseable, or beyond the width floors "
+                                    "or the coverage cap), by table", labels=["table", "host"])
+        for table in ("blocks", "allowlist", "observations", "host_addresses"):
+            skipped.add_metric([table, snap.host], (snap.rejected or {}).get(table, 0))
+        yield skipped
         tick = GaugeMetricFamily("netblock_last_tick_timestamp_seconds",
                                  "Unix time of the last completed daemon or run-once tick", labels=["host"])
         tick.add_metric([snap.host], snap.last_tick or 0.0)

@@ -115,6 +115,50 @@ def listener_for(runner) -> Listener | None:
     return Listener(dsn, own_pid=store.backend_pid, log=runner.log, marker=marker_path(runner.config))
 
 
+COALESCE_MIN_S = 0.2  # a fleet reconcile reads every block: storms get at least this gap
+
+
+class Coalescer:
+    """At most one reconcile per interval, whatever the number of notifications (a peer, or anyone
+    with the DSN, can NOTIFY the channel in a loop). The interval runs from the end of the last
+    reconcile, so a storm costs at most reconcile / (reconcile + interval) of a core."""
+
+    def __init__(self, interval: float):
+        self.interval = max(interval, COALESCE_MIN_S)
+        self.due: float | None = None
+        self._last_end = float("-inf")
+
+    def note(self, now: float) -> None:
+        """A notification arrived: one reconcile is due, at once or an interval after the last one."""
+        if self.due is None:
+            self.due = max(now, self._last_end + self.interval)
+
+    def ready(self, now: float) -> bool:
+        return self.due is not None and now >= self.due
+
+    def done(self, now: float) -> None:
+        """A reconcile (this one, or a tick's) just ended: what was noted before it is covered."""
+        self.due = None
+        self._last_end = now
+
+
+def publish(runner) -> None:
+    """Put this host's own addresses in the fleet's list (PostgreSQL store only), for the peers to carve out."""
+    store = runner.store
+    if hasattr(store, "publish_addresses"):
+        store.publish_addresses(runner.own_addresses())
+
+
+def log_rejected(runner) -> None:
+    """One log line per store row skipped on receipt, the first time this daemon meets it."""
+    from netblock.receipt import log_new
+
+    seen = getattr(runner, "_rejections_logged", None)
+    if seen is None:
+        seen = runner._rejections_logged = set()
+    log_new(runner.store, seen, runner.log)
+
+
 def follow_change(runner) -> None:
     """Another host changed the shared block list: make this kernel equal to the store now."""
     from netblock.daemon import TickResult

@@ -209,3 +209,10 @@ def allow_entries(store, rows: Iterable[tuple]) -> list:
         except (BadRow, ValueError, TypeError, OverflowError) as exc:
             rejected(store)[("allowlist", printable(row[:3]))] = f"unparseable: {exc}"
     return out
+
+
+def rejected_by_table(store) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for table, _key in rejected(store):
+        out[table] = out.get(table, 0) + 1
+    return out

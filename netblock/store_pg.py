@@ -1032,3 +1032,79 @@ def _window(since: datetime | None, until: datetime | None) -> tuple[list[str], 
         where.append("time < %s")
         params.append(_ts(until))
     return where, params
+
+
+# -- roles: `netblock fleet ...`, run with the database owner's DSN ------------------------------
+
+FLEET_GROUP = "netblock_fleet"  # every fleet role is a member: the table grants are made once, to it
+_READ = ("schema_version", "blocks", "allowlist", "observations", "samples", "drops_daily", "hosts", "state",
+         "host_addresses", "fleet_roles", "fleet_limits")
+_HOST_WRITES = ("observations", "samples", "drops_daily", "state", "hosts", "host_addresses")
+_ROLE_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+
+def role_for(host: str) -> str:
+    """The default role name of a host id: netblock_ plus the id, lower case, other characters as '_'."""
+    return ("netblock_" + re.sub(r"[^a-z0-9_]", "_", host.lower()))[:63]
+
+
+def _owner_only(store: PgStore) -> None:
+    if store.role_host is not None or store.admin:
+        raise StoreError(f"{store.path}: `netblock fleet` creates roles: use the database owner's DSN "
+                         f"(this one is {'host ' + store.role_host if store.role_host else 'the admin role'})")
+
+
+def create_fleet_role(store: PgStore, role: str, host: str | None, password: str) -> None:
+    """Create (or re-key) a login role for ``host`` (None: the admin role), grant it what it needs,
+    and record which host it is. Row-level security does the rest."""
+    from psycopg import sql
+
+    _owner_only(store)
+    if not _ROLE_NAME.match(role):
+        raise StoreError(f"role name {receipt.printable(role)!r}: use lower-case letters, digits and '_'")
+    ident, group = sql.Identifier(role), sql.Identifier(FLEET_GROUP)
+    tables = lambda names: sql.SQL(", ").join(map(sql.Identifier, names))  # noqa: E731
+    with store.transaction(), store._errors():
+        c = store._conn
+        if not c.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (FLEET_GROUP,)).fetchone():
+            c.execute(sql.SQL("CREATE ROLE {} NOLOGIN").format(group))
+        exists = c.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone()
+        verb = "ALTER" if exists else "CREATE"
+        c.execute(sql.SQL(verb + " ROLE {} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOBYPASSRLS PASSWORD {}")
+                  .format(ident, sql.Literal(password)))
+        c.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(
+            sql.Identifier(c.execute("SELECT current_schema()").fetchone()[0]), group))
+        c.execute(sql.SQL("GRANT SELECT ON {} TO {}").format(tables(_READ), group))
+        c.execute(sql.SQL("GRANT INSERT, UPDATE ON blocks TO {}").format(group))
+        c.execute(sql.SQL("GRANT INSERT, UPDATE, DELETE ON {} TO {}").format(tables(_HOST_WRITES), group))
+        c.execute(sql.SQL("GRANT {} TO {}").format(group, ident))
+        if host is None:
+            c.execute(sql.SQL("GRANT DELETE ON blocks TO {}").format(ident))
+            c.execute(sql.SQL("GRANT INSERT, UPDATE, DELETE ON allowlist TO {}").format(ident))
+            c.execute(sql.SQL("GRANT SELECT ON quarantine TO {}").format(ident))
+        c.execute("DELETE FROM fleet_roles WHERE role = %s", (role,))
+        if host is not None:  # a host has one role: adding it again replaces the old one's mapping
+            c.execute("DELETE FROM fleet_roles WHERE host = %s", (host,))
+        c.execute("INSERT INTO fleet_roles (role, host) VALUES (%s, %s)", (role, host))
+
+
+def set_fleet_limits(store: PgStore, max_prefix_v4: int, max_prefix_v6: int, max_ttl: int, permanent: bool) -> None:
+    """What a host role's policy blocks may be (row-level security reads them at every write)."""
+    _owner_only(store)
+    with store.transaction():
+        store._execute("UPDATE fleet_limits SET max_prefix_v4 = %s, max_prefix_v6 = %s, max_ttl = %s, permanent = %s",
+                       (max_prefix_v4, max_prefix_v6, max_ttl, permanent))
+
+
+def fleet_overview(store: PgStore) -> dict:
+    """Roles, limits and quarantined rows, for `netblock fleet show`."""
+    roles = [{"role": receipt.printable(r), "host": None if h is None else receipt.printable(h)}
+             for r, h in store._all("SELECT role, host FROM fleet_roles ORDER BY host NULLS FIRST, role")]
+    v4, v6, ttl, permanent = store._one(
+        "SELECT max_prefix_v4, max_prefix_v6, max_ttl, permanent FROM fleet_limits")
+    try:
+        quarantined = store._one("SELECT count(*) FROM quarantine")[0]
+    except StoreError:
+        quarantined = None  # a host role may not read it
+    return {"roles": roles, "limits": {"max_prefix_v4": v4, "max_prefix_v6": v6, "max_ttl_s": ttl,
+                                       "permanent": permanent}, "quarantined": quarantined}

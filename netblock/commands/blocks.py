@@ -429,8 +429,19 @@ def change_json(result) -> dict:
             "removed": [str(n) for n in c.removed], "updated": [str(n) for n in c.updated]}
 
 
+def warn_rejected(ctx) -> list[dict]:
+    """Each store row skipped on receipt, once per command (JSON: the list)."""
+    from netblock.receipt import rejected
+
+    rows = [{"table": t, "key": k, "why": why} for (t, k), why in sorted(rejected(ctx.store()).items())]
+    for r in rows:
+        ctx.warn(f"skipped a {r['table']} row from the store ({r['key']}): {r['why']}")
+    return rows
+
+
 def cmd_sync(args, ctx) -> int:
     result = run_sync(ctx, dry_run=args.dry_run)
+    warn_rejected(ctx)
     if args.json:
         ctx.print_json(change_json(result) | {"dry_run": args.dry_run, "missing": result.missing})
         return 0
@@ -467,6 +478,7 @@ def cmd_status(args, ctx) -> int:
     installed, missing = read_installed(backend)
     drift = diff(installed, desired)
     oldest = store.oldest_block()
+    skipped = warn_rejected(ctx)
     info = {
         "backend": backend.name,
         "description": backend.description,
@@ -481,6 +493,7 @@ def cmd_status(args, ctx) -> int:
         "drift": {"missing": len(drift.added), "extra": len(drift.removed), "expiry": len(drift.updated)},
         "oldest_block": None if oldest is None else {"netblock": str(oldest.netblock), "created": iso(oldest.created)},
         "next_expiry": iso(store.next_expiry(now)),
+        "rejected_rows": skipped,
     }
     if args.json:
         ctx.print_json(info)
@@ -500,6 +513,8 @@ def cmd_status(args, ctx) -> int:
         ("kernel", f"{info['installed']} netblocks installed, {info['desired']} desired: {state}"),
         ("oldest block", "-" if oldest is None else f"{oldest.netblock} created {iso(oldest.created)}"),
         ("next expiry", info["next_expiry"] or "-"),
+        ("skipped rows", f"{len(skipped)} (unparseable, or beyond the width floors or coverage cap; "
+                         "not installed)" if skipped else "0"),
     ]
     for key, value in lines:
         ctx.print(f"{key + ':':<14}{value}")
