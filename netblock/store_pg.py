@@ -185,7 +185,8 @@ FLEET_GUARDS: tuple[str, ...] = (
     "UPDATE blocks SET reason = regexp_replace(reason, '[[:cntrl:]]', '?', 'g') WHERE reason ~ '[[:cntrl:]]'",
     "UPDATE allowlist SET comment = regexp_replace(comment, '[[:cntrl:]]', '?', 'g') WHERE comment ~ '[[:cntrl:]]'",
     *(_quarantine(t, c) for t, c in ROW_CHECKS.items()),
-    *(f"ALTER TABLE {t} ADD CONSTRAINT {t}_sane CHECK ({c})" for t, c in ROW_CHECKS.items()),
+    # coalesce: a CHECK that comes out NULL (a helper's "not an address") would let the row in.
+    *(f"ALTER TABLE {t} ADD CONSTRAINT {t}_sane CHECK (coalesce(({c}), false))" for t, c in ROW_CHECKS.items()),
     # Which role is which host; a row without a host is the admin role. Written by the owner only.
     """CREATE TABLE fleet_roles (
         role text COLLATE "C" PRIMARY KEY,
@@ -205,8 +206,8 @@ FLEET_GUARDS: tuple[str, ...] = (
         host    text COLLATE "C" NOT NULL,
         address text COLLATE "C" NOT NULL,
         PRIMARY KEY (host, address),
-        CHECK (masklen(netblock_inet(address)) = CASE family(netblock_inet(address)) WHEN 4 THEN 32 ELSE 128 END
-               AND {_clean('host')})
+        CHECK (coalesce(masklen(netblock_inet(address)) = CASE family(netblock_inet(address)) WHEN 4 THEN 32
+                                                           ELSE 128 END AND {_clean('host')}, false))
     )""",
     # search_path is pinned: a role that could put its own fleet_roles first must not become admin.
     """CREATE FUNCTION netblock_host() RETURNS text LANGUAGE sql STABLE SET search_path FROM CURRENT AS $$
@@ -321,6 +322,7 @@ MIGRATIONS: list[tuple[str, ...]] = [
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
+FLEET_ROLES_SINCE = 3  # the schema version that has fleet_roles
 
 
 def is_dsn(path) -> bool:
@@ -395,6 +397,8 @@ class PgStore:
         with self._errors():
             self._conn.execute(f"SET lock_timeout = '{LOCK_TIMEOUT}'")
         self._migrate()
+        if SCHEMA_VERSION < FLEET_ROLES_SINCE:
+            return
         with self._errors():
             role, self.role_host, admin = self._conn.execute(
                 "SELECT current_user, netblock_host(), netblock_is_admin()").fetchone()
@@ -706,12 +710,21 @@ class PgStore:
             rows.append((self.host_id, _ts(o.time), text, o.cls, o.mta, o.source, o.position))
         if not rows:
             return 0
+        cols = "host, time, ip, cls, mta, source, position"
+        # COPY FROM refuses a table under row-level security: a fleet role copies into a temporary
+        # table and inserts from there, so the policies see every row; the owner copies directly.
+        direct = self.role_host is None and not self.admin
         with self.transaction(), self._errors():
             self._register()
+            if not direct:
+                self._conn.execute("CREATE TEMP TABLE IF NOT EXISTS incoming_observations (host text, time bigint, "
+                                   "ip text, cls text, mta text, source text, position bigint) ON COMMIT DELETE ROWS")
             with self._conn.cursor().copy(
-                    "COPY observations (host, time, ip, cls, mta, source, position) FROM STDIN") as copy:
+                    f"COPY {'observations' if direct else 'incoming_observations'} ({cols}) FROM STDIN") as copy:
                 for row in rows:
                     copy.write_row(row)
+            if not direct:
+                self._conn.execute(f"INSERT INTO observations ({cols}) SELECT {cols} FROM incoming_observations")
         return len(rows)
 
     def observations(
