@@ -349,11 +349,13 @@ class Runner:
     def _sync(self, now: datetime, result: TickResult) -> None:
         from netblock.sync import sync
 
+        fleet.before_sync(self)
         try:
             res = sync(self.store, self.backend(), self.config, now=now)
         except TRANSIENT as exc:
             result.errors.append(f"sync: {_failure(exc)}")
             return
+        fleet.after_sync(self, res)
         fleet.log_rejected(self)
         change = res.change
         result.added, result.removed, result.updated = len(change.added), len(change.removed), len(change.updated)
@@ -661,6 +663,7 @@ class Daemon:
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.fleet = fleet.listener_for(runner)  # PostgreSQL store: other hosts' changes wake us
         self.fleet_due = fleet.Coalescer(self._interval("coalesce", 0.05))
+        runner.follower = fleet.Follower() if self.fleet is not None else None
         runner.spool = fleet.spool_for(runner)
         # The store refused the last read (e.g. the fleet's PostgreSQL is away): new lines wait for
         # the tick instead of each one costing a failed attempt and a log line.
@@ -735,14 +738,17 @@ class Daemon:
             if now_m >= next_tick:
                 self._reads_failed = False
                 backlog = runner.tick(read_limit=MAX_BATCHES_PER_WAKE).backlog
+                if self.fleet is not None:
+                    self.fleet.take_tables()  # the tick's full reconcile covers them
                 self.fleet_due.done(time.monotonic())
                 self.notifier.status(runner.status())
                 react_at = None
                 next_tick = time.monotonic() + tick_every
                 continue
             if self.fleet_due.ready(now_m):
-                fleet.follow_change(runner)
-                self.fleet_due.done(time.monotonic())
+                fleet.follow_change(runner, self.fleet.take_tables())
+                done = time.monotonic()
+                self.fleet_due.done(done, done - now_m)
                 continue
             if react_at is not None and now_m >= react_at:
                 react_at = None

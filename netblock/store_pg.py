@@ -234,6 +234,45 @@ FLEET_GUARDS: tuple[str, ...] = (
     """CREATE TRIGGER blocks_guard BEFORE UPDATE ON blocks FOR EACH ROW EXECUTE FUNCTION netblock_blocks_guard()""",
     """CREATE TRIGGER host_addresses_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON host_addresses
         FOR EACH STATEMENT EXECUTE FUNCTION netblock_notify()""",
+    # The change feed a host follows between ticks (netblock.fleet.Follower): every written block row
+    # gets the next number of one sequence, every deleted one leaves its key under such a number,
+    # so "what changed since N" is two index range scans instead of reading 100k blocks. Writers
+    # hold the advisory lock, so numbers are committed in order. SECURITY DEFINER: no role but
+    # the owner may touch the sequence or blocks_gone.
+    "CREATE SEQUENCE blocks_changes",
+    "ALTER TABLE blocks ADD COLUMN changed bigint NOT NULL DEFAULT 0",
+    "CREATE INDEX blocks_changed ON blocks (changed)",
+    """CREATE TABLE blocks_gone (
+        changed  bigint PRIMARY KEY,
+        netblock text COLLATE "C" NOT NULL,
+        at       bigint NOT NULL
+    )""",
+    """CREATE FUNCTION netblock_block_changed() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER
+        SET search_path FROM CURRENT AS $$
+        BEGIN
+            IF TG_OP = 'DELETE' THEN
+                INSERT INTO blocks_gone VALUES (nextval('blocks_changes'), OLD.netblock,
+                                                extract(epoch FROM now())::bigint);
+                RETURN OLD;
+            END IF;
+            NEW.changed := nextval('blocks_changes');
+            RETURN NEW;
+        END $$""",
+    """CREATE FUNCTION netblock_gone_pruned() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER
+        SET search_path FROM CURRENT AS $$
+        BEGIN
+            DELETE FROM blocks_gone WHERE at < extract(epoch FROM now())::bigint - 86400;
+            RETURN NULL;
+        END $$""",
+    "CREATE TRIGGER blocks_changes BEFORE INSERT OR UPDATE ON blocks FOR EACH ROW "
+    "EXECUTE FUNCTION netblock_block_changed()",
+    "CREATE TRIGGER blocks_gone AFTER DELETE ON blocks FOR EACH ROW EXECUTE FUNCTION netblock_block_changed()",
+    "CREATE TRIGGER blocks_gone_pruned AFTER DELETE ON blocks FOR EACH STATEMENT "
+    "EXECUTE FUNCTION netblock_gone_pruned()",
+    # A TRUNCATE leaves no rows behind to follow: its notification says so.
+    f"""CREATE OR REPLACE FUNCTION netblock_notify() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN PERFORM pg_notify('{CHANNEL}', TG_TABLE_NAME || CASE TG_OP WHEN 'TRUNCATE' THEN ':truncate' ELSE '' END);
+              RETURN NULL; END $$""",
     *_row_security(),
 )
 
@@ -1014,6 +1053,19 @@ class PgStore:
         self._published = texts
         return changed
 
+    def change_mark(self) -> int:
+        """The change feed's position now: changes_since(it) returns what is written after this call."""
+        return self._one("SELECT greatest((SELECT max(changed) FROM blocks), (SELECT max(changed) FROM blocks_gone), 0)")[0]
+
+    def changes_since(self, mark: int) -> tuple[list[Block], list[str], int, int]:
+        """(blocks written, keys of blocks deleted, the new mark, rows skipped) since ``mark``; the
+        blocks validated on receipt (an unparseable one is skipped, recorded and counted)."""
+        rows = self._all(f"SELECT {_BLOCK_COLS}, changed FROM blocks WHERE changed > %s ORDER BY changed", (mark,))
+        gone = self._all("SELECT changed, netblock FROM blocks_gone WHERE changed > %s ORDER BY changed", (mark,))
+        last = max([mark] + [r[-1] for r in rows] + [g[0] for g in gone])
+        good = receipt.blocks(self, [r[:-1] for r in rows], full=False)
+        return good, [receipt.printable(g[1]) for g in gone], last, len(rows) - len(good)
+
     def peer_addresses(self) -> list[IPNetwork]:
         """Every fleet member's published addresses (validated on receipt: single addresses, a bounded number)."""
         rows = self._all("SELECT host, address FROM host_addresses ORDER BY host, address")
@@ -1051,7 +1103,7 @@ def _window(since: datetime | None, until: datetime | None) -> tuple[list[str], 
 
 FLEET_GROUP = "netblock_fleet"  # every fleet role is a member: the table grants are made once, to it
 _READ = ("schema_version", "blocks", "allowlist", "observations", "samples", "drops_daily", "hosts", "state",
-         "host_addresses", "fleet_roles", "fleet_limits")
+         "host_addresses", "fleet_roles", "fleet_limits", "blocks_gone")
 _HOST_WRITES = ("observations", "samples", "drops_daily", "state", "hosts", "host_addresses")
 _ROLE_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
