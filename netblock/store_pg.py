@@ -193,6 +193,7 @@ FLEET_GUARDS: tuple[str, ...] = (
         host text COLLATE "C" UNIQUE CHECK (host IS NULL OR (length(host) BETWEEN 1 AND 253 AND host !~ '[[:cntrl:]]'))
     )""",
     # What a host role's policy blocks may be: `netblock fleet init-admin` copies them from the admin's config.
+    # (netblock_policy_ok allows an hour beyond max_ttl: a host's clock may run ahead of the server's.)
     """CREATE TABLE fleet_limits (
         one           boolean PRIMARY KEY DEFAULT true CHECK (one),
         max_prefix_v4 smallint NOT NULL DEFAULT 16 CHECK (max_prefix_v4 BETWEEN 4 AND 32),
@@ -218,7 +219,7 @@ FLEET_GUARDS: tuple[str, ...] = (
         LANGUAGE sql STABLE SET search_path FROM CURRENT AS $$
         SELECT plen >= CASE fam WHEN 4 THEN l.max_prefix_v4 ELSE l.max_prefix_v6 END
            AND CASE WHEN expires IS NULL THEN l.permanent
-                    ELSE expires <= extract(epoch FROM now())::bigint + l.max_ttl END
+                    ELSE expires <= extract(epoch FROM now())::bigint + l.max_ttl + 3600 END
         FROM fleet_limits AS l $$""",
     # Row-level security cannot compare a row with its old version: a host role may extend an
     # active block (another host's evidence counts too) but never shorten or end it.
