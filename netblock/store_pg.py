@@ -119,7 +119,9 @@ PG_HELPERS = (
         END $$""",
 )
 
-_NO_CONTROL = "{col} !~ '[[:cntrl:]]'"
+# C0, DEL and C1 controls by code point (a locale's [[:cntrl:]] may not cover C1, e.g. CSI 0x9b).
+_CONTROLS = r"[\x01-\x1f\x7f-\x9f]"
+_NO_CONTROL = "{col} !~ '" + _CONTROLS + "'"
 
 
 def _clean(*cols: str) -> str:
@@ -182,15 +184,16 @@ FLEET_GUARDS: tuple[str, ...] = (
         moved bigint NOT NULL,
         row   jsonb NOT NULL
     )""",
-    "UPDATE blocks SET reason = regexp_replace(reason, '[[:cntrl:]]', '?', 'g') WHERE reason ~ '[[:cntrl:]]'",
-    "UPDATE allowlist SET comment = regexp_replace(comment, '[[:cntrl:]]', '?', 'g') WHERE comment ~ '[[:cntrl:]]'",
+    f"UPDATE blocks SET reason = regexp_replace(reason, '{_CONTROLS}', '?', 'g') WHERE reason ~ '{_CONTROLS}'",
+    f"UPDATE allowlist SET comment = regexp_replace(comment, '{_CONTROLS}', '?', 'g') "
+    f"WHERE comment ~ '{_CONTROLS}'",
     *(_quarantine(t, c) for t, c in ROW_CHECKS.items()),
     # coalesce: a CHECK that comes out NULL (a helper's "not an address") would let the row in.
     *(f"ALTER TABLE {t} ADD CONSTRAINT {t}_sane CHECK (coalesce(({c}), false))" for t, c in ROW_CHECKS.items()),
     # Which role is which host; a row without a host is the admin role. Written by the owner only.
     """CREATE TABLE fleet_roles (
         role text COLLATE "C" PRIMARY KEY,
-        host text COLLATE "C" UNIQUE CHECK (host IS NULL OR (length(host) BETWEEN 1 AND 253 AND host !~ '[[:cntrl:]]'))
+        host text COLLATE "C" UNIQUE CHECK (host IS NULL OR (length(host) BETWEEN 1 AND 253 AND host !~ '""" + _CONTROLS + """'))
     )""",
     # What a host role's policy blocks may be: `netblock fleet init-admin` copies them from the admin's config.
     # (netblock_policy_ok allows an hour beyond max_ttl: a host's clock may run ahead of the server's.)

@@ -136,6 +136,7 @@ def test_the_schema_refuses_rows_no_reader_could_use(fleet_db):
             assert refused(owner, INSERT, (*row, "r", "policy", T, T + 60, 0)) == "23514", row
         assert refused(owner, INSERT, block_row("203.0.113.0/24", source="elsewhere")) == "23514"
         assert refused(owner, INSERT, block_row("203.0.113.0/24", reason="\x1b]2;owned\x07")) == "23514"
+        assert refused(owner, INSERT, block_row("203.0.113.0/24", reason="\x9b2J")) == "23514"  # C1 CSI
         assert refused(owner, INSERT, block_row("203.0.113.0/24", expires=10**15)) == "23514"
         assert refused(owner, "INSERT INTO observations (host, time, ip, cls, mta, source, position) "
                               "VALUES ('mx-a', %s, 'not-an-ip', 'dnsbl', 'postfix', '', 0)", (T,)) == "23514"
