@@ -233,10 +233,14 @@ class Follower:
         self.mark, self._pending = self._pending, None
         self._at = time.monotonic()
         wide: dict[int, list] = {}
+        v4 = 0
         for net, exp in self.desired.items():
-            if net.prefixlen < (32 if net.version == 4 else 128):
-                wide.setdefault(net.version, []).append((net.first, net.last, exp))
-        self._v4_total = sum(n.size for n in self.desired if n.version == 4)
+            version, plen = net.version, net.prefixlen
+            if version == 4:
+                v4 += 1 << (32 - plen)
+            if plen < (32 if version == 4 else 128):
+                wide.setdefault(version, []).append((net.first, net.last, exp))
+        self._v4_total = v4
         self._wide = {}
         for fam, items in wide.items():
             items.sort()
