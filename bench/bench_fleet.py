@@ -142,6 +142,28 @@ spool = "{work}/spool.db"
         self.scene.close()
 
 
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def wait_idle(hosts: list[Host], quiet: float = 3.0, timeout: float = 900.0) -> float:
+    """Until no daemon used CPU for ``quiet`` seconds (the startup's reconciles, each host's publication
+    of its addresses and the others' reconciles after it, are over); seconds waited."""
+    t0 = time.monotonic()
+    last = [cpu_seconds(h.proc.pid) for h in hosts]
+    calm_since = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        time.sleep(0.5)
+        now = [cpu_seconds(h.proc.pid) for h in hosts]
+        if any(b - a > 0.02 for a, b in zip(last, now)):
+            calm_since = time.monotonic()
+        last = now
+        if time.monotonic() - calm_since >= quiet:
+            break
+    return time.monotonic() - t0
+
+
 def pct(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, max(0, int(round(q * len(values))) - 1))]
 
@@ -195,9 +217,10 @@ def main(argv=None) -> int:
             h.wait_ready(timeout=1800)
         print(f"{opts.hosts} daemons started and installed {opts.blocks} elements each in "
               f"{time.monotonic() - t0:.1f} s (all at once, {os.cpu_count()} cores)", flush=True)
+        print(f"fleet idle after another {wait_idle(hosts):.1f} s (each host's addresses published, the others "
+              f"reconciled once more for them)", flush=True)
         for h in hosts:
             h.start_monitor()
-        time.sleep(2)
 
         committed: dict[str, float] = {}
         for k in range(opts.changes):
@@ -220,6 +243,12 @@ def main(argv=None) -> int:
             per_host[h.id] = max(mine) if mine else float("nan")
         lat.sort()
         n = len(committed) * len(hosts)
+        if missing or os.environ.get("BENCH_LOGS"):
+            for h in hosts:
+                print(f"{h.id} daemon log:\n{(h.work / 'daemon.err').read_text()[-3000:]}")
+        if not lat:
+            print("no change arrived in any kernel")
+            return 1
         print(f"\npropagation of one new block (admin commit -> kernel announcement), {len(committed)} changes x "
               f"{len(hosts)} hosts = {n} ({missing} never arrived), {opts.blocks} blocks shared:")
         print(f"    p50 {pct(lat, 0.5) * 1000:.0f} ms   p90 {pct(lat, 0.9) * 1000:.0f} ms   "

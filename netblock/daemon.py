@@ -716,7 +716,12 @@ class Daemon:
         self._watch_sources()
         if runner.journal is not None:
             runner.journal.start()
+        if self.fleet is not None:
+            self.fleet.fileno()  # listening before the first reconcile reads the store: nothing falls between
+        started = time.monotonic()
         runner.tick(read_limit=0)  # the kernel equals the store before anything else
+        if self.fleet is not None:
+            self.fleet.covered_by(started)
         self.notifier.ready(runner.status())
         tick_every = self._interval("tick", 30.0)
         next_tick = time.monotonic() + tick_every
@@ -737,18 +742,25 @@ class Daemon:
                 next_watchdog = now_m + watchdog
             if now_m >= next_tick:
                 self._reads_failed = False
+                started = time.monotonic()
                 backlog = runner.tick(read_limit=MAX_BATCHES_PER_WAKE).backlog
                 if self.fleet is not None:
-                    self.fleet.take_tables()  # the tick's full reconcile covers them
-                self.fleet_due.done(time.monotonic())
+                    self.fleet.covered_by(started)  # what was noted before the tick's reconcile is covered
+                done = time.monotonic()
+                self.fleet_due.done(done, done - started)
                 self.notifier.status(runner.status())
                 react_at = None
                 next_tick = time.monotonic() + tick_every
                 continue
             if self.fleet_due.ready(now_m):
-                fleet.follow_change(runner, self.fleet.take_tables())
+                tables = self.fleet.take_tables()
+                did = fleet.follow_change(runner, tables, full_allowed=self.fleet_due.full_allowed(now_m))
+                if did == "deferred":
+                    self.fleet.tables |= tables
+                    self.fleet_due.defer()
+                    continue
                 done = time.monotonic()
-                self.fleet_due.done(done, done - now_m)
+                self.fleet_due.done(done, done - now_m, full=did == "full")
                 continue
             if react_at is not None and now_m >= react_at:
                 react_at = None
@@ -762,6 +774,9 @@ class Daemon:
             if jfd is not None:
                 fds.append(jfd)
             fleet_fd = self.fleet.fileno() if self.fleet is not None else None
+            if fleet_fd is not None and self.fleet.missed and self.fleet.changed():  # (re)connected: catch up now
+                self.fleet_due.note(time.monotonic())
+                continue
             if fleet_fd is not None:
                 fds.append(fleet_fd)
             elif self.fleet is not None:  # reconnecting: look again soon

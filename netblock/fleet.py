@@ -37,6 +37,7 @@ class Listener:
         self._next_try = 0.0
         self._missed = False  # reconnected: what happened meanwhile is unknown, so the next wake syncs
         self.tables: set[str] = set()  # what the notifications since the last take_tables() named
+        self._connected_at = float("inf")
         self._down_logged = False
 
     def fileno(self) -> int | None:
@@ -64,6 +65,7 @@ class Listener:
             self._down_logged = False
             self._conn = conn
             self._missed = True
+            self._connected_at = time.monotonic()
             if self.marker is not None:
                 mark_reachable(self.marker)
         try:
@@ -101,6 +103,18 @@ class Listener:
         found, self.tables = self.tables, set()
         return found
 
+    @property
+    def missed(self) -> bool:
+        """Connected anew, and no full reconcile has run since: one is due at once, not at the next notification."""
+        return self._missed and self._conn is not None
+
+    def covered_by(self, started: float) -> None:
+        """A full reconcile that started at ``started`` (monotonic) read the store: if this connection was
+        listening by then, nothing before it is missed and what was noted before is covered."""
+        if self._conn is not None and self._connected_at <= started:
+            self._missed = False
+            self.tables.clear()
+
     def _drop(self, why: str) -> None:
         if self._conn is not None:
             try:
@@ -132,29 +146,40 @@ COALESCE_MIN_S = 0.2  # a fleet reconcile reads every block: storms get at least
 class Coalescer:
     """At most one reconcile per interval, whatever the number of notifications (a peer, or anyone
     with the DSN, can NOTIFY the channel in a loop). The interval runs from the end of the last
-    reconcile, so a storm costs at most reconcile / (reconcile + interval) of a core."""
+    reconcile. A full reconcile (every block read again) also waits, after the last full one, as
+    long as that one took: a storm forcing them keeps them to half a core at most, while a change
+    the feed can follow still goes through after one interval."""
 
     def __init__(self, interval: float):
         self.interval = max(interval, COALESCE_MIN_S)
         self.due: float | None = None
         self._last_end = float("-inf")
-        self._gap = self.interval
+        self._full_end = float("-inf")
+        self._full_gap = self.interval
 
     def note(self, now: float) -> None:
         """A notification arrived: one reconcile is due, at once or an interval after the last one."""
         if self.due is None:
-            self.due = max(now, self._last_end + self._gap)
+            self.due = max(now, self._last_end + self.interval)
 
     def ready(self, now: float) -> bool:
         return self.due is not None and now >= self.due
 
-    def done(self, now: float, took: float = 0.0) -> None:
+    def full_allowed(self, now: float) -> bool:
+        return now >= self._full_end + self._full_gap
+
+    def defer(self) -> None:
+        """The reconcile due needs the full path, which must wait: due again when it may run."""
+        self.due = self._full_end + self._full_gap
+
+    def done(self, now: float, took: float = 0.0, *, full: bool = True) -> None:
         """A reconcile (this one, or a tick's) just ended, having taken ``took`` seconds: what was
-        noted before it is covered. The next waits at least as long as this one took, so a storm
-        forcing full reconciles of a large set keeps them to half a core at most."""
+        noted before it is covered."""
         self.due = None
         self._last_end = now
-        self._gap = max(self.interval, took)
+        if full:
+            self._full_end = now
+            self._full_gap = max(self.interval, took)
 
 
 def publish(runner) -> None:
@@ -174,7 +199,7 @@ def log_rejected(runner) -> None:
     log_new(runner.store, seen, runner.log)
 
 
-def follow_change(runner, tables: set[str] | None = None) -> None:
+def follow_change(runner, tables: set[str] | None = None, *, full_allowed: bool = True) -> str:
     """Another host changed the shared block list: bring this kernel up to date now.
 
     When the notifications named only blocks and the follower knows what the
@@ -182,7 +207,9 @@ def follow_change(runner, tables: set[str] | None = None) -> None:
     addresses are added to the kernel as one small transaction: the cost
     follows the change, not the 100k blocks. Anything else (a removal, an
     expiry change, a prefix, the allowlist or the fleet's addresses, a
-    feed too old) takes the full reconcile, as the tick does.
+    feed too old) takes the full reconcile, as the tick does, unless
+    ``full_allowed`` is False: then nothing is done. Returns what was done:
+    "followed", "full" or "deferred".
     """
     from netblock.daemon import TickResult
 
@@ -190,14 +217,17 @@ def follow_change(runner, tables: set[str] | None = None) -> None:
     if tables == {"blocks"} and follower is not None:
         try:
             if follower.follow(runner):
-                return
-        except Exception as exc:  # any failure: the full reconcile below decides, and logs if it fails too
+                return "followed"
+        except Exception as exc:  # any failure: the full reconcile decides, and logs if it fails too
             follower.forget()
             runner.log(f"fleet: following the change feed failed: {exc}; reconciling in full")
+    if not full_allowed:
+        return "deferred"
     result = TickResult()
     runner._sync(runner.clock(), result)
     for err in result.errors:
         runner.log(f"fleet: sync after a change failed: {err} (retrying next tick)")
+    return "full"
 
 
 from netblock.receipt import _MAX_V4_ADDRESSES as MAX_V4_ADDRESSES  # noqa: E402

@@ -115,7 +115,7 @@ def test_anything_but_plain_additions_takes_the_full_reconcile(runner, feed, tab
     assert runner.synced == 1 and "add" not in runner._backend.calls
 
 
-def test_a_notify_storm_gets_one_reconcile_per_interval_and_slow_ones_widen_the_gap():
+def test_a_notify_storm_gets_one_reconcile_per_interval_and_slow_full_ones_widen_their_gap():
     c = fleet.Coalescer(0.0)
     assert c.interval == fleet.COALESCE_MIN_S
     t, runs = 0.0, 0
@@ -127,6 +127,18 @@ def test_a_notify_storm_gets_one_reconcile_per_interval_and_slow_ones_widen_the_
             c.done(t, took=0.01)
         t += 0.001
     assert runs <= 10.0 / fleet.COALESCE_MIN_S + 1
-    c.done(20.0, took=3.0)  # a full reconcile of a large set took 3 s: the next waits as long
+    c.done(20.0, took=3.0)  # a full reconcile of a large set took 3 s: the next full one waits as long,
     c.note(20.5)
-    assert not c.ready(22.9) and c.ready(23.0)
+    assert c.ready(20.5) and not c.full_allowed(20.5)  # a change the feed can follow does not
+    c.defer()
+    assert not c.ready(22.9) and c.ready(23.0) and c.full_allowed(23.0)
+    c.done(23.0, took=0.01, full=False)
+    c.note(23.1)
+    assert not c.ready(23.1) and c.ready(23.0 + fleet.COALESCE_MIN_S)
+
+
+def test_a_full_reconcile_that_must_wait_is_deferred_not_dropped(runner):
+    runner.store.feed = ([], ["198.18.4.0/24"], 9, 0)
+    assert fleet.follow_change(runner, {"blocks"}, full_allowed=False) == "deferred"
+    assert runner.synced == 0 and runner.follower.mark == 7  # the feed is read again next time
+    assert fleet.follow_change(runner, {"blocks"}) == "full" and runner.synced == 1
