@@ -17,6 +17,7 @@ from __future__ import annotations
 import time
 from typing import Callable
 
+from netblock.receipt import _MAX_V4_ADDRESSES as MAX_V4_ADDRESSES
 from netblock.store_pg import CHANNEL, connect, mask_dsn
 
 RETRY_EVERY_S = 2.0
@@ -229,8 +230,6 @@ def follow_change(runner, tables: set[str] | None = None, *, full_allowed: bool 
         runner.log(f"fleet: sync after a change failed: {err} (retrying next tick)")
     return "full"
 
-
-from netblock.receipt import _MAX_V4_ADDRESSES as MAX_V4_ADDRESSES  # noqa: E402
 
 FEED_MAX_AGE_S = 3600.0  # deleted keys stay in blocks_gone for a day; a follower this stale reconciles instead
 
