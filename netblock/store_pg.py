@@ -193,7 +193,8 @@ FLEET_GUARDS: tuple[str, ...] = (
     # Which role is which host; a row without a host is the admin role. Written by the owner only.
     """CREATE TABLE fleet_roles (
         role text COLLATE "C" PRIMARY KEY,
-        host text COLLATE "C" UNIQUE CHECK (host IS NULL OR (length(host) BETWEEN 1 AND 253 AND host !~ '""" + _CONTROLS + """'))
+        host text COLLATE "C" UNIQUE
+             CHECK (host IS NULL OR (length(host) BETWEEN 1 AND 253 AND host !~ '""" + _CONTROLS + """'))
     )""",
     # What a host role's policy blocks may be: `netblock fleet init-admin` copies them from the admin's config.
     # (netblock_policy_ok allows an hour beyond max_ttl: a host's clock may run ahead of the server's.)
@@ -1059,7 +1060,8 @@ class PgStore:
 
     def change_mark(self) -> int:
         """The change feed's position now: changes_since(it) returns what is written after this call."""
-        return self._one("SELECT greatest((SELECT max(changed) FROM blocks), (SELECT max(changed) FROM blocks_gone), 0)")[0]
+        return self._one("SELECT greatest((SELECT max(changed) FROM blocks), "
+                         "(SELECT max(changed) FROM blocks_gone), 0)")[0]
 
     def changes_since(self, mark: int) -> tuple[list[Block], list[str], int, int]:
         """(blocks written, keys of blocks deleted, the new mark, rows skipped) since ``mark``; the

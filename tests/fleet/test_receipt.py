@@ -53,8 +53,8 @@ def test_unparseable_rows_are_skipped_and_recorded_and_the_rest_installed(env):
         raw.execute(INSERT, row("198.51.100.6/32", expires=10**15))
         raw.execute(INSERT, row("198.51.100.7/32", reblocks=-3))
         raw.execute(INSERT, row("198.51.100.8/30", first=_net_cols(IPNetwork("198.51.100.9/32"))[2], prefixlen=30))
-        raw.execute(INSERT, row("0.0.0.0/0", netblock="::ffff:0:0/96", family=6,
-                                first=(0xFFFF_0000_0000).to_bytes(16, "big"), prefixlen=96))  # all of IPv4, spelled as IPv6
+        raw.execute(INSERT, row("0.0.0.0/0", netblock="::ffff:0:0/96", family=6,  # all of IPv4, as IPv6
+                                first=(0xFFFF_0000_0000).to_bytes(16, "big"), prefixlen=96))
         raw.execute(INSERT, row("203.0.113.9/32", reason="\x1b]2;owned\x07\x1b[2J"))
         raw.execute("INSERT INTO observations (time, ip, cls, mta, source, position) "
                     "VALUES (?, 'not-an-ip', 'dnsbl:x', 'postfix', '', 0)", (T,))
