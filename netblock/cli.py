@@ -27,6 +27,7 @@ COMMAND_MODULES = (
     "netblock.commands.report",
     "netblock.commands.export",
     "netblock.commands.admin",
+    "netblock.commands.fleet",
 )
 
 DEFAULT_CONFIG = "/etc/netblock/netblock.toml"

@@ -312,6 +312,10 @@ class Runner:
             except TRANSIENT as exc:
                 result.errors.append(f"opening sources: {_failure(exc)}")
         try:
+            fleet.publish(self)  # a fleet's hosts carve each other's addresses out
+        except TRANSIENT as exc:
+            result.errors.append(f"publishing this host's addresses: {_failure(exc)}")
+        try:
             fleet.flush(self)  # what an outage left in the spool, even if the logs are quiet now
             if read_limit is None:
                 result.observations, _ = self.read_all()
@@ -438,11 +442,14 @@ class Runner:
     def _sync(self, now: datetime, result: TickResult) -> None:
         from netblock.sync import sync
 
+        fleet.before_sync(self)
         try:
             res = sync(self.store, self.backend(), self.config, now=now)
         except TRANSIENT as exc:
             result.errors.append(f"sync: {_failure(exc)}")
             return
+        fleet.after_sync(self, res)
+        fleet.log_rejected(self)
         change = res.change
         result.added, result.removed, result.updated = len(change.added), len(change.removed), len(change.updated)
         if change:
@@ -796,6 +803,8 @@ class Daemon:
         self._reload = False
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.fleet = fleet.listener_for(runner)  # PostgreSQL store: other hosts' changes wake us
+        self.fleet_due = fleet.Coalescer(self._interval("coalesce", 0.05))
+        runner.follower = fleet.Follower() if self.fleet is not None else None
         runner.spool = fleet.spool_for(runner)
         # The store refused the last read (e.g. the fleet's PostgreSQL is away): new lines wait for
         # the tick instead of each one costing a failed attempt and a log line.
@@ -871,7 +880,12 @@ class Daemon:
         self._watch_sources()
         if runner.journal is not None:
             runner.journal.start()
+        if self.fleet is not None:
+            self.fleet.fileno()  # listening before the first reconcile reads the store: nothing falls between
+        started = time.monotonic()
         runner.tick(read_limit=0)  # the kernel equals the store before anything else
+        if self.fleet is not None:
+            self.fleet.covered_by(started)
         self.notifier.ready(runner.status())
         tick_every = self._interval("tick", 30.0)
         next_tick = time.monotonic() + tick_every
@@ -892,23 +906,41 @@ class Daemon:
                 next_watchdog = now_m + watchdog
             if now_m >= next_tick:
                 self._reads_failed = False
+                started = time.monotonic()
                 backlog = runner.tick(read_limit=MAX_BATCHES_PER_WAKE).backlog
+                if self.fleet is not None:
+                    self.fleet.covered_by(started)  # what was noted before the tick's reconcile is covered
+                done = time.monotonic()
+                self.fleet_due.done(done, done - started)
                 self.notifier.status(runner.status())
                 react_at = None
                 next_tick = time.monotonic() + tick_every
+                continue
+            if self.fleet_due.ready(now_m):
+                tables = self.fleet.take_tables()
+                did = fleet.follow_change(runner, tables, full_allowed=self.fleet_due.full_allowed(now_m))
+                if did == "deferred":
+                    self.fleet.tables |= tables
+                    self.fleet_due.defer()
+                    continue
+                done = time.monotonic()
+                self.fleet_due.done(done, done - now_m, full=did == "full")
                 continue
             if react_at is not None and now_m >= react_at:
                 react_at = None
                 last_react = now_m
                 runner.react()
                 continue
-            deadlines = [next_tick] + [d for d in (react_at, next_watchdog) if d is not None]
+            deadlines = [next_tick] + [d for d in (react_at, next_watchdog, self.fleet_due.due) if d is not None]
             timeout = 0 if backlog else max(0.0, min(deadlines) - time.monotonic())
             fds = [self.inotify.fileno(), self._wake_r]
             jfd = runner.journal.fileno() if runner.journal is not None and not self._reads_failed else None
             if jfd is not None:
                 fds.append(jfd)
             fleet_fd = self.fleet.fileno() if self.fleet is not None else None
+            if fleet_fd is not None and self.fleet.missed and self.fleet.changed():  # (re)connected: catch up now
+                self.fleet_due.note(time.monotonic())
+                continue
             if fleet_fd is not None:
                 fds.append(fleet_fd)
             elif self.fleet is not None:  # reconnecting: look again soon
@@ -921,7 +953,7 @@ class Daemon:
                 _drain(self._wake_r)
             if fleet_fd is not None and fleet_fd in ready:
                 if self.fleet.changed():
-                    fleet.follow_change(runner)
+                    self.fleet_due.note(time.monotonic())
                 ready.remove(fleet_fd)
             if self._stop:
                 break

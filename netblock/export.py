@@ -36,6 +36,7 @@ class Snapshot:
     host: str
     # "count": counting-only mode, the per-netblock counters are what drop would have dropped
     verdict: str = "drop"
+    rejected: dict | None = None  # {table: rows skipped on receipt} (netblock.receipt)
 
 
 DNSBL_LABELS = 50
@@ -71,14 +72,21 @@ def bounded_classes(counts: dict[str, int], limit: int = DNSBL_LABELS) -> dict[s
 
 
 def snapshot(store, backend, host: str, now: datetime) -> Snapshot:
-    active = [b for b in store.blocks(now=now) if b.created <= now]
+    from netblock.receipt import rejected_by_table
+    from netblock.sync import fleet_members, received
+
+    active = [b for b in received(store, store.blocks(now=now)) if b.created <= now]
     counters = by_block(backend.counters(), active)
     by_source: dict[str, int] = {}
     for b in active:
         by_source[b.source] = by_source.get(b.source, 0) + 1
+    store.allowlist()
+    fleet_members(store)  # the rows a sync reads, so the count below is what a sync skips
     last = store.get_state("last_tick")
     return Snapshot(counters, by_source, bounded_classes(store.observation_class_counts()),
-                    float(last) if last else None, host, getattr(getattr(backend, "settings", None), "verdict", "drop"))
+                    float(last) if last else None, host,
+                    verdict=getattr(getattr(backend, "settings", None), "verdict", "drop"),
+                    rejected=rejected_by_table(store))
 
 
 def _family(net: IPNetwork) -> str:
@@ -117,6 +125,12 @@ class _Collector:
         for cls, n in sorted(snap.observations_by_class.items()):
             obs.add_metric([cls, snap.host], n)
         yield obs
+        skipped = GaugeMetricFamily("netblock_rejected_rows",
+                                    "Store rows skipped on receipt (unparseable, or beyond the width floors "
+                                    "or the coverage cap), by table", labels=["table", "host"])
+        for table in ("blocks", "allowlist", "observations", "host_addresses"):
+            skipped.add_metric([table, snap.host], (snap.rejected or {}).get(table, 0))
+        yield skipped
         tick = GaugeMetricFamily("netblock_last_tick_timestamp_seconds",
                                  "Unix time of the last completed daemon or run-once tick", labels=["host"])
         tick.add_metric([snap.host], snap.last_tick or 0.0)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import time
 from typing import Callable
 
+from netblock.limits import MAX_V4_ADDRESSES
 from netblock.store_pg import CHANNEL, connect, mask_dsn
 
 RETRY_EVERY_S = 2.0
@@ -36,6 +37,8 @@ class Listener:
         self._conn = None
         self._next_try = 0.0
         self._missed = False  # reconnected: what happened meanwhile is unknown, so the next wake syncs
+        self.tables: set[str] = set()  # what the notifications since the last take_tables() named
+        self._connected_at = float("inf")
         self._down_logged = False
 
     def fileno(self) -> int | None:
@@ -63,6 +66,7 @@ class Listener:
             self._down_logged = False
             self._conn = conn
             self._missed = True
+            self._connected_at = time.monotonic()
             if self.marker is not None:
                 mark_reachable(self.marker)
         try:
@@ -74,6 +78,8 @@ class Listener:
     def changed(self) -> bool:
         """Drain what arrived; True if another connection changed blocks or the allowlist (or some may be missed)."""
         found, self._missed = self._missed, False
+        if found:
+            self.tables.add("?")
         if self._conn is None:
             return found
         mine = self.own_pid()
@@ -85,10 +91,30 @@ class Listener:
             while (note := pgconn.notifies()) is not None:
                 if note.relname.decode() == CHANNEL and note.be_pid != mine:
                     found = True
+                    # Only a hint (anyone may NOTIFY anything): "blocks" lets the follower read the
+                    # change feed; anything else asks for the full reconcile.
+                    self.tables.add(note.extra.decode(errors="replace")[:64] if note.extra else "?")
         except Exception as exc:
             self._drop(f"reading notifications failed: {exc}")
+            self.tables.add("?")
             return True
         return found
+
+    def take_tables(self) -> set[str]:
+        found, self.tables = self.tables, set()
+        return found
+
+    @property
+    def missed(self) -> bool:
+        """Connected anew, and no full reconcile has run since: one is due at once, not at the next notification."""
+        return self._missed and self._conn is not None
+
+    def covered_by(self, started: float) -> None:
+        """A full reconcile that started at ``started`` (monotonic) read the store: if this connection was
+        listening by then, nothing before it is missed and what was noted before is covered."""
+        if self._conn is not None and self._connected_at <= started:
+            self._missed = False
+            self.tables.clear()
 
     def _drop(self, why: str) -> None:
         if self._conn is not None:
@@ -115,14 +141,235 @@ def listener_for(runner) -> Listener | None:
     return Listener(dsn, own_pid=store.backend_pid, log=runner.log, marker=marker_path(runner.config))
 
 
-def follow_change(runner) -> None:
-    """Another host changed the shared block list: make this kernel equal to the store now."""
+COALESCE_MIN_S = 0.2  # a fleet reconcile reads every block: storms get at least this gap
+
+
+class Coalescer:
+    """At most one reconcile per interval, whatever the number of notifications (a peer, or anyone
+    with the DSN, can NOTIFY the channel in a loop). The interval runs from the end of the last
+    reconcile. A full reconcile (every block read again) also waits, after the last full one, as
+    long as that one took: a storm forcing them keeps them to half a core at most, while a change
+    the feed can follow still goes through after one interval."""
+
+    def __init__(self, interval: float):
+        self.interval = max(interval, COALESCE_MIN_S)
+        self.due: float | None = None
+        self._last_end = float("-inf")
+        self._full_end = float("-inf")
+        self._full_gap = self.interval
+
+    def note(self, now: float) -> None:
+        """A notification arrived: one reconcile is due, at once or an interval after the last one."""
+        if self.due is None:
+            self.due = max(now, self._last_end + self.interval)
+
+    def ready(self, now: float) -> bool:
+        return self.due is not None and now >= self.due
+
+    def full_allowed(self, now: float) -> bool:
+        return now >= self._full_end + self._full_gap
+
+    def defer(self) -> None:
+        """The reconcile due needs the full path, which must wait: due again when it may run."""
+        self.due = self._full_end + self._full_gap
+
+    def done(self, now: float, took: float = 0.0, *, full: bool = True) -> None:
+        """A reconcile (this one, or a tick's) just ended, having taken ``took`` seconds: what was
+        noted before it is covered."""
+        self.due = None
+        self._last_end = now
+        if full:
+            self._full_end = now
+            self._full_gap = max(self.interval, took)
+
+
+def publish(runner) -> None:
+    """Put this host's own addresses in the fleet's list (PostgreSQL store only), for the peers to carve out."""
+    store = runner.store
+    if hasattr(store, "publish_addresses"):
+        store.publish_addresses(runner.own_addresses())
+
+
+def log_rejected(runner) -> None:
+    """One log line per store row skipped on receipt, the first time this daemon meets it."""
+    from netblock.receipt import log_new
+
+    seen = getattr(runner, "_rejections_logged", None)
+    if seen is None:
+        seen = runner._rejections_logged = set()
+    log_new(runner.store, seen, runner.log)
+
+
+def follow_change(runner, tables: set[str] | None = None, *, full_allowed: bool = True) -> str:
+    """Another host changed the shared block list: bring this kernel up to date now.
+
+    When the notifications named only blocks and the follower knows what the
+    last full reconcile installed, the change feed is read and new single
+    addresses are added to the kernel as one small transaction: the cost
+    follows the change, not the 100k blocks. Anything else (a removal, an
+    expiry change, a prefix, the allowlist or the fleet's addresses, a
+    feed too old) takes the full reconcile, as the tick does, unless
+    ``full_allowed`` is False: then nothing is done. Returns what was done:
+    "followed", "full" or "deferred".
+    """
     from netblock.daemon import TickResult
 
+    follower = getattr(runner, "follower", None)
+    if tables == {"blocks"} and follower is not None:
+        try:
+            if follower.follow(runner):
+                return "followed"
+        except Exception as exc:  # any failure: the full reconcile decides, and logs if it fails too
+            follower.forget()
+            runner.log(f"fleet: following the change feed failed: {exc}; reconciling in full")
+    if not full_allowed:
+        return "deferred"
     result = TickResult()
     runner._sync(runner.clock(), result)
     for err in result.errors:
         runner.log(f"fleet: sync after a change failed: {err} (retrying next tick)")
+    return "full"
+
+
+FEED_MAX_AGE_S = 3600.0  # deleted keys stay in blocks_gone for a day; a follower this stale reconciles instead
+
+
+class Follower:
+    """What the last full reconcile installed and where the change feed stood before it read the
+    store, so another host's new blocks can be added without reading every block again."""
+
+    def __init__(self):
+        self.forget()
+
+    def forget(self) -> None:
+        self.desired: dict | None = None
+        self.mark: int | None = None
+        self._pending: int | None = None
+        self._at = 0.0
+        self._wide: dict[int, tuple[list[int], list[int], list]] = {}
+        self._v4_total = 0
+
+    def before_sync(self, store) -> None:
+        """Called before a full reconcile reads the store: changes after this point are followed."""
+        try:
+            self._pending = store.change_mark()
+        except Exception:
+            self._pending = None
+
+    def after_sync(self, desired: dict) -> None:
+        """The full reconcile installed ``desired``."""
+        self.desired = dict(desired)
+        self.mark, self._pending = self._pending, None
+        self._at = time.monotonic()
+        wide: dict[int, list] = {}
+        v4 = 0
+        for net, exp in self.desired.items():
+            version, plen = net.version, net.prefixlen
+            if version == 4:
+                v4 += 1 << (32 - plen)
+            if plen < (32 if version == 4 else 128):
+                wide.setdefault(version, []).append((net.first, net.last, exp))
+        self._v4_total = v4
+        self._wide = {}
+        for fam, items in wide.items():
+            items.sort()
+            self._wide[fam] = ([a for a, _, _ in items], [z for _, z, _ in items], [e for _, _, e in items])
+
+    def _covering_expiry(self, net):
+        """(covered, expiry) of the widest-matching installed prefix covering ``net``."""
+        from bisect import bisect_right
+
+        firsts, lasts, exps = self._wide.get(net.version, ((), (), ()))
+        k = bisect_right(firsts, net.first) - 1
+        if k >= 0 and lasts[k] >= net.last:
+            return True, exps[k]
+        return False, None
+
+    def follow(self, runner) -> bool:
+        """Apply what the feed says since the last mark if it is plain additions; False: reconcile in full."""
+        from netblock.lock import kernel_lock
+        from netblock.sync import protected
+
+        store = runner.store
+        if self.desired is None or self.mark is None or time.monotonic() - self._at > FEED_MAX_AGE_S:
+            return False
+        backend = runner.backend()
+        add = getattr(backend, "add", None)
+        if add is None:
+            return False
+        written, gone, mark, skipped = store.changes_since(self.mark)
+        if gone or skipped:
+            return False  # a removal (its counters are sampled first) or a bad row (logged there): the full path
+        now = runner.clock()
+        guard = _Guard(protected(store, runner.config, now=now).all())
+        additions = {}
+        for b in written:
+            net = b.netblock
+            if net.prefixlen != (32 if net.version == 4 else 128):
+                return False
+            if b.expires is not None and b.expires <= now:
+                if net in self.desired:
+                    return False
+                continue
+            if guard.covers(net):
+                continue
+            have = self.desired.get(net, _ABSENT)
+            if have is _ABSENT:
+                covered, have = self._covering_expiry(net)
+                if not covered:
+                    additions[net] = b.expires
+                    continue
+            if have is not None and (b.expires is None or b.expires > have):
+                return False  # an element to extend: replaced by the full path, counters first
+        v4 = sum(1 for n in additions if n.version == 4)
+        if v4 and self._v4_total + v4 > MAX_V4_ADDRESSES:
+            return False  # the full path applies the coverage cap
+        if additions:
+            with kernel_lock(runner.config.lock_file):
+                change = add(additions)
+            if change is None:
+                return False
+            self.desired.update(additions)
+            self._v4_total += v4
+            if runner.applied is not None:
+                runner.applied.update(additions)
+        self.mark = mark
+        return True
+
+
+_ABSENT = object()
+
+
+class _Guard:
+    """Protected prefixes, for "does one of them cover this address" by bisection."""
+
+    def __init__(self, nets):
+        from netblock.sync import span
+
+        spans: dict[int, list[tuple[int, int]]] = {}
+        for n in nets:
+            fam, first, last = span(n)
+            spans.setdefault(fam, []).append((first, last))
+        self._spans = {}
+        for fam, items in spans.items():
+            items.sort()
+            merged: list[list[int]] = []
+            for a, z in items:
+                if merged and a <= merged[-1][1] + 1:
+                    merged[-1][1] = max(merged[-1][1], z)
+                else:
+                    merged.append([a, z])
+            self._spans[fam] = ([a for a, _ in merged], [z for _, z in merged])
+
+    def covers(self, net) -> bool:
+        from bisect import bisect_right
+
+        from netblock.sync import span
+
+        fam, first, last = span(net)
+        firsts, lasts = self._spans.get(fam, ((), ()))
+        k = bisect_right(firsts, first) - 1
+        return k >= 0 and lasts[k] >= first
 
 
 def view_host(store, config, host_id: str) -> None:
@@ -322,3 +569,15 @@ def saved_state(runner, key: str) -> str | None:
         if value is not None:
             return value
     return runner.store.get_state(key)
+
+
+def before_sync(runner) -> None:
+    follower = getattr(runner, "follower", None)
+    if follower is not None:
+        follower.before_sync(runner.store)
+
+
+def after_sync(runner, result) -> None:
+    follower = getattr(runner, "follower", None)
+    if follower is not None:
+        follower.after_sync(result.desired)

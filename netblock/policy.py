@@ -481,6 +481,8 @@ def record(store, decided: Iterable[Block], now: datetime) -> list[Block]:
             elif block.expires is None or block.expires > old.expires:
                 if old.source == SOURCE:
                     new = replace(block, created=old.created, reblocks=old.reblocks)
+                elif not getattr(store, "may_write", lambda source: True)(old.source):
+                    continue  # the admin's block: a fleet host's role leaves it as it is
                 else:
                     new = replace(old, expires=block.expires)
             else:

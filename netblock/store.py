@@ -30,6 +30,7 @@ from typing import Iterable, Iterator
 
 from netaddr import AddrFormatError, IPAddress, IPNetwork
 
+from netblock import receipt
 from netblock.errors import BadInput, StoreError
 from netblock.model import AllowEntry, Block, Observation, Sample
 
@@ -187,12 +188,12 @@ def _net(family: int, first: bytes, prefixlen: int) -> IPNetwork:
     return IPNetwork((int.from_bytes(first, "big"), prefixlen), family)
 
 
-_BLOCK_COLS = "family, first, prefixlen, reason, source, created, expires, reblocks"
+_BLOCK_COLS = "family, first, prefixlen, reason, source, created, expires, reblocks, netblock"
 _BLOCK_ORDER = "ORDER BY family, first, prefixlen"
 
 
 def _block(row: tuple) -> Block:
-    family, first, prefixlen, reason, source, created, expires, reblocks = row
+    family, first, prefixlen, reason, source, created, expires, reblocks = row[:8]
     return Block(
         netblock=_net(family, first, prefixlen),
         reason=reason,
@@ -466,7 +467,7 @@ class Store:
 
     def get_block(self, net: IPNetwork | str) -> Block | None:
         row = self._one(f"SELECT {_BLOCK_COLS} FROM blocks WHERE netblock = ?", (str(canonical_net(net)),))
-        return None if row is None else _block(row)
+        return receipt.one_block(self, row)
 
     def put_blocks(self, blocks: Iterable[Block]) -> int:
         """Insert or replace each block (keyed by its canonical netblock)."""
@@ -516,13 +517,13 @@ class Store:
             params += sources
         clause = f"WHERE {' AND '.join(where)} " if where else ""
         rows = self._all(f"SELECT {_BLOCK_COLS} FROM blocks {clause}{_BLOCK_ORDER}", params)
-        return [_block(r) for r in rows]
+        return receipt.blocks(self, rows)
 
     def expired_blocks(self, now: datetime) -> list[Block]:
         rows = self._all(
             f"SELECT {_BLOCK_COLS} FROM blocks WHERE expires <= ? {_BLOCK_ORDER}", (_ts(now),)
         )
-        return [_block(r) for r in rows]
+        return receipt.blocks(self, rows, full=False)
 
     def count_blocks(self, now: datetime | None = None) -> int:
         if now is None:
@@ -543,7 +544,7 @@ class Store:
 
     def oldest_block(self) -> Block | None:
         row = self._one(f"SELECT {_BLOCK_COLS} FROM blocks ORDER BY created, family, first LIMIT 1")
-        return None if row is None else _block(row)
+        return receipt.one_block(self, row)
 
     # -- allowlist -------------------------------------------------------------
 
@@ -567,7 +568,7 @@ class Store:
             "SELECT family, first, prefixlen, comment, created FROM allowlist "
             "ORDER BY family, first, prefixlen"
         )
-        return [AllowEntry(_net(f, a, p), c, _dt(t)) for f, a, p, c, t in rows]
+        return receipt.allow_entries(self, rows)
 
     # -- observations ------------------------------------------------------------
 
@@ -614,7 +615,8 @@ class Store:
         sql = "SELECT time, ip, cls, mta, source, position FROM observations"
         if where:
             sql += " WHERE " + " AND ".join(where)
-        return [_observation(r) for r in self._all(sql + " ORDER BY time, id", params)]
+        return [o for r in self._all(sql + " ORDER BY time, id", params)
+                if receipt.address(self, "observations", r[1]) is not None and (o := _observation(r))]
 
     def offender_counts(
         self, since: datetime, *, classes: Iterable[str] | None = None
@@ -651,7 +653,9 @@ class Store:
             )
             params += names + names
         rows = self._all(sql + " GROUP BY ip, cls", params)
-        return {(IPAddress(ip), cls): (n, _dt(last)) for ip, cls, n, last in rows}
+        receipt.forget(self, "observations")
+        return {(a, cls): (n, _dt(last)) for ip, cls, n, last in rows
+                if (a := receipt.address(self, "observations", ip)) is not None}
 
     def delivered_since(self, since: datetime) -> set[IPAddress]:
         """Senders that delivered real mail since ``since``: never block them."""
@@ -660,7 +664,7 @@ class Store:
             "WHERE cls = 'delivered' AND time >= ?",
             (_ts(since),),
         )
-        return {IPAddress(ip) for (ip,) in rows}
+        return {a for (ip,) in rows if (a := receipt.address(self, "observations", ip)) is not None}
 
     def prune_observations(self, before: datetime) -> int:
         with self.transaction(), self._errors():

@@ -36,10 +36,11 @@ from typing import Iterable, Iterator
 
 from netaddr import IPAddress, IPNetwork
 
+from netblock import receipt
 from netblock.errors import StoreError
 from netblock.model import AllowEntry, Block, Observation, Sample
 from netblock.store import (
-    _BLOCK_COLS, _BLOCK_ORDER, DAY, NOT_OFFENCES, Store, _block, _day_range, _dt, _net, _net_cols,
+    _BLOCK_COLS, _BLOCK_ORDER, DAY, NOT_OFFENCES, Store, _day_range, _dt, _net_cols,
     _observation, _opt_dt, _ts, canonical_ip, canonical_net, changed_daily_rows, changed_sample_rows, fold_days,
     samples_from_rows,
 )
@@ -50,6 +51,7 @@ APPLICATION = "netblock"
 LOCK_KEY = 0x6E626C6B  # "nblk": the one advisory lock every write transaction takes
 LOCK_TIMEOUT = "30s"  # as long as SQLite's busy timeout
 CONNECT_TIMEOUT_S = 10
+POLICY_SOURCE = "policy"
 RECONNECT_EVERY_S = 1.0
 
 # Part of migration step 2 and of PgStore.rebuild_daily: Store's roll-up, per host. Released: never edit.
@@ -64,6 +66,220 @@ DAILY_BACKFILL = """
                        lag(packets, 1, 0::bigint) OVER w AS pp, lag(bytes, 1, 0::bigint) OVER w AS pb
                 FROM samples WINDOW w AS (PARTITION BY host, netblock ORDER BY time)) AS lagged) AS deltas
     GROUP BY host, time / 86400, netblock HAVING sum(dp) <> 0 OR sum(db) <> 0"""
+
+# -- step 3: a shared database trusts no writer (issue 18) ---------------------------------
+#
+# Every writer is a PostgreSQL role: the owner (who runs `netblock fleet ...`
+# and migrations), one admin role (the root CLI: add, del, allow) and one role
+# per MX host (its daemon), mapped to host ids in fleet_roles. Row-level
+# security lets a host role write only rows carrying its own host id, and
+# blocks only as the policy does (source 'policy', within fleet_limits); the
+# allowlist and blocks of other sources belong to the admin role. The owner
+# (and a superuser) bypass row-level security, so a fleet that still connects
+# as the owner keeps working as before.
+#
+# CHECK constraints hold every row to what the readers can parse. Rows of an
+# existing database that break them are moved to ``quarantine`` (the whole
+# row as JSON, with its table and when) before the constraints are added, so
+# the migration never fails on old data and nothing is silently lost; control
+# characters in block reasons and allowlist comments are replaced by "?"
+# instead (the row itself is good).
+
+_MAX_EPOCH = 253402300799  # 9999-12-31T23:59:59Z, the last second a datetime holds
+
+# Helpers that never raise: a CHECK must say "no", not abort the statement with a cast error.
+PG_HELPERS = (
+    """CREATE FUNCTION netblock_cidr(t text) RETURNS cidr LANGUAGE plpgsql IMMUTABLE AS $$
+        BEGIN RETURN t::cidr; EXCEPTION WHEN others THEN RETURN NULL; END $$""",
+    """CREATE FUNCTION netblock_inet(t text) RETURNS inet LANGUAGE plpgsql IMMUTABLE AS $$
+        BEGIN RETURN t::inet; EXCEPTION WHEN others THEN RETURN NULL; END $$""",
+    # The address in a 16-byte big-endian column (store._net_cols), or NULL.
+    """CREATE FUNCTION netblock_addr(fam smallint, b bytea) RETURNS inet LANGUAGE plpgsql IMMUTABLE AS $$
+        DECLARE h text := encode(b, 'hex');
+        BEGIN
+            IF b IS NULL OR length(b) <> 16 THEN RETURN NULL; END IF;
+            IF fam = 4 THEN
+                IF substr(h, 1, 24) <> repeat('0', 24) THEN RETURN NULL; END IF;
+                RETURN '0.0.0.0'::inet + ('x' || lpad(substr(h, 25), 16, '0'))::bit(64)::bigint;
+            ELSIF fam = 6 THEN
+                RETURN (substr(h, 1, 4) || ':' || substr(h, 5, 4) || ':' || substr(h, 9, 4) || ':' ||
+                        substr(h, 13, 4) || ':' || substr(h, 17, 4) || ':' || substr(h, 21, 4) || ':' ||
+                        substr(h, 25, 4) || ':' || substr(h, 29, 4))::inet;
+            END IF;
+            RETURN NULL;
+        EXCEPTION WHEN others THEN RETURN NULL;
+        END $$""",
+    # A netblock row's columns agree: valid CIDR text, its family, prefix length, first and last address.
+    """CREATE FUNCTION netblock_net_ok(t text, fam smallint, a bytea, z bytea, plen smallint) RETURNS boolean
+        LANGUAGE plpgsql IMMUTABLE AS $$
+        DECLARE c cidr := netblock_cidr(t);
+        BEGIN
+            RETURN c IS NOT NULL AND fam IN (4, 6) AND family(c) = fam AND masklen(c) = plen
+               AND host(netblock_addr(fam, a)) = host(c) AND host(netblock_addr(fam, z)) = host(broadcast(c));
+        END $$""",
+)
+
+# C0, DEL and C1 controls by code point (a locale's [[:cntrl:]] may not cover C1, e.g. CSI 0x9b).
+_CONTROLS = r"[\x01-\x1f\x7f-\x9f]"
+_NO_CONTROL = "{col} !~ '" + _CONTROLS + "'"
+
+
+def _clean(*cols: str) -> str:
+    return " AND ".join(_NO_CONTROL.format(col=c) for c in cols)
+
+
+# {table: its CHECK}: what every reader of the table relies on.
+ROW_CHECKS = {
+    "blocks": ("netblock_net_ok(netblock, family, first, last, prefixlen) AND source IN ('cli', 'list', 'policy') "
+               f"AND created BETWEEN 0 AND {_MAX_EPOCH} AND (expires IS NULL OR expires BETWEEN 0 AND {_MAX_EPOCH}) "
+               f"AND reblocks >= 0 AND {_clean('reason')}"),
+    "allowlist": (f"netblock_net_ok(netblock, family, first, last, prefixlen) AND created BETWEEN 0 AND {_MAX_EPOCH} "
+                  f"AND {_clean('comment')}"),
+    "observations": ("masklen(netblock_inet(ip)) = CASE family(netblock_inet(ip)) WHEN 4 THEN 32 ELSE 128 END "
+                     f"AND time BETWEEN 0 AND {_MAX_EPOCH} AND {_clean('host', 'cls', 'mta', 'source')}"),
+    "samples": (f"netblock_cidr(netblock) IS NOT NULL AND time BETWEEN 0 AND {_MAX_EPOCH} "
+                f"AND packets >= 0 AND bytes >= 0 AND {_clean('host')}"),
+    "drops_daily": f"netblock_cidr(netblock) IS NOT NULL AND packets >= 0 AND bytes >= 0 AND {_clean('host')}",
+    "hosts": f"length(host) BETWEEN 1 AND 253 AND {_clean('host')}",
+    "state": _clean("host", "key"),
+}
+
+# Tables whose rows carry the writing host's id, and the shared ones.
+HOST_TABLES = ("observations", "samples", "drops_daily", "state", "hosts", "host_addresses")
+SHARED_TABLES = ("blocks", "allowlist")
+
+
+def _quarantine(table: str, check: str) -> str:
+    return (f"WITH bad AS (DELETE FROM {table} WHERE NOT coalesce(({check}), false) RETURNING *) "
+            f"INSERT INTO quarantine (tbl, moved, row) "
+            f"SELECT '{table}', extract(epoch FROM now())::bigint, to_jsonb(bad) FROM bad")
+
+
+def _row_security() -> tuple[str, ...]:
+    out = []
+    admin = "(SELECT netblock_is_admin())"
+    policy_row = ("(SELECT netblock_host()) IS NOT NULL AND source = 'policy' "
+                  "AND netblock_policy_ok(family, prefixlen, expires)")
+    for table in SHARED_TABLES + HOST_TABLES + ("quarantine",):
+        out.append(f"ALTER TABLE {table} ENABLE ROW LEVEL SECURITY")
+        out.append(f"CREATE POLICY admin ON {table} USING ({admin}) WITH CHECK ({admin})")
+        if table != "quarantine":
+            out.append(f"CREATE POLICY everyone_reads ON {table} FOR SELECT USING (true)")
+    for table in HOST_TABLES:
+        own = "host = (SELECT netblock_host())"
+        out.append(f"CREATE POLICY own_rows ON {table} USING ({own}) WITH CHECK ({own})")
+    out.append(f"CREATE POLICY host_decides ON blocks FOR INSERT WITH CHECK ({policy_row})")
+    out.append("CREATE POLICY host_redecides ON blocks FOR UPDATE "
+               "USING ((SELECT netblock_host()) IS NOT NULL AND (source = 'policy' "
+               "       OR expires <= extract(epoch FROM now())::bigint)) "
+               f"WITH CHECK ({policy_row})")
+    return tuple(out)
+
+
+FLEET_GUARDS: tuple[str, ...] = (
+    *PG_HELPERS,
+    """CREATE TABLE quarantine (
+        id    bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        tbl   text COLLATE "C" NOT NULL,
+        moved bigint NOT NULL,
+        row   jsonb NOT NULL
+    )""",
+    f"UPDATE blocks SET reason = regexp_replace(reason, '{_CONTROLS}', '?', 'g') WHERE reason ~ '{_CONTROLS}'",
+    f"UPDATE allowlist SET comment = regexp_replace(comment, '{_CONTROLS}', '?', 'g') "
+    f"WHERE comment ~ '{_CONTROLS}'",
+    *(_quarantine(t, c) for t, c in ROW_CHECKS.items()),
+    # coalesce: a CHECK that comes out NULL (a helper's "not an address") would let the row in.
+    *(f"ALTER TABLE {t} ADD CONSTRAINT {t}_sane CHECK (coalesce(({c}), false))" for t, c in ROW_CHECKS.items()),
+    # Which role is which host; a row without a host is the admin role. Written by the owner only.
+    """CREATE TABLE fleet_roles (
+        role text COLLATE "C" PRIMARY KEY,
+        host text COLLATE "C" UNIQUE
+             CHECK (host IS NULL OR (length(host) BETWEEN 1 AND 253 AND host !~ '""" + _CONTROLS + """'))
+    )""",
+    # What a host role's policy blocks may be: `netblock fleet init-admin` copies them from the admin's config.
+    # (netblock_policy_ok allows an hour beyond max_ttl: a host's clock may run ahead of the server's.)
+    """CREATE TABLE fleet_limits (
+        one           boolean PRIMARY KEY DEFAULT true CHECK (one),
+        max_prefix_v4 smallint NOT NULL DEFAULT 16 CHECK (max_prefix_v4 BETWEEN 4 AND 32),
+        max_prefix_v6 smallint NOT NULL DEFAULT 48 CHECK (max_prefix_v6 BETWEEN 16 AND 128),
+        max_ttl       bigint NOT NULL DEFAULT 7776000 CHECK (max_ttl > 0),
+        permanent     boolean NOT NULL DEFAULT false
+    )""",
+    "INSERT INTO fleet_limits DEFAULT VALUES",
+    # Each host's own addresses, which every host carves out of what it drops (single addresses only).
+    f"""CREATE TABLE host_addresses (
+        host    text COLLATE "C" NOT NULL,
+        address text COLLATE "C" NOT NULL,
+        PRIMARY KEY (host, address),
+        CHECK (coalesce(masklen(netblock_inet(address)) = CASE family(netblock_inet(address)) WHEN 4 THEN 32
+                                                           ELSE 128 END AND {_clean('host')}, false))
+    )""",
+    # search_path is pinned: a role that could put its own fleet_roles first must not become admin.
+    """CREATE FUNCTION netblock_host() RETURNS text LANGUAGE sql STABLE SET search_path FROM CURRENT AS $$
+        SELECT host FROM fleet_roles WHERE role = current_user AND host IS NOT NULL $$""",
+    """CREATE FUNCTION netblock_is_admin() RETURNS boolean LANGUAGE sql STABLE SET search_path FROM CURRENT AS $$
+        SELECT EXISTS (SELECT 1 FROM fleet_roles WHERE role = current_user AND host IS NULL) $$""",
+    """CREATE FUNCTION netblock_policy_ok(fam smallint, plen smallint, expires bigint) RETURNS boolean
+        LANGUAGE sql STABLE SET search_path FROM CURRENT AS $$
+        SELECT plen >= CASE fam WHEN 4 THEN l.max_prefix_v4 ELSE l.max_prefix_v6 END
+           AND CASE WHEN expires IS NULL THEN l.permanent
+                    ELSE expires <= extract(epoch FROM now())::bigint + l.max_ttl + 3600 END
+        FROM fleet_limits AS l $$""",
+    # Row-level security cannot compare a row with its old version: a host role may extend an
+    # active block (another host's evidence counts too) but never shorten or end it.
+    """CREATE FUNCTION netblock_blocks_guard() RETURNS trigger LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
+        BEGIN
+            IF netblock_host() IS NOT NULL AND (OLD.expires IS NULL OR OLD.expires > extract(epoch FROM now()))
+               AND ((OLD.expires IS NULL AND NEW.expires IS NOT NULL) OR NEW.expires < OLD.expires) THEN
+                RAISE EXCEPTION 'host % may not shorten the active block %', netblock_host(), OLD.netblock
+                    USING ERRCODE = 'insufficient_privilege';
+            END IF;
+            RETURN NEW;
+        END $$""",
+    """CREATE TRIGGER blocks_guard BEFORE UPDATE ON blocks FOR EACH ROW EXECUTE FUNCTION netblock_blocks_guard()""",
+    """CREATE TRIGGER host_addresses_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON host_addresses
+        FOR EACH STATEMENT EXECUTE FUNCTION netblock_notify()""",
+    # The change feed a host follows between ticks (netblock.fleet.Follower): every written block row
+    # gets the next number of one sequence, every deleted one leaves its key under such a number,
+    # so "what changed since N" is two index range scans instead of reading 100k blocks. Writers
+    # hold the advisory lock, so numbers are committed in order. SECURITY DEFINER: no role but
+    # the owner may touch the sequence or blocks_gone.
+    "CREATE SEQUENCE blocks_changes",
+    "ALTER TABLE blocks ADD COLUMN changed bigint NOT NULL DEFAULT 0",
+    "CREATE INDEX blocks_changed ON blocks (changed)",
+    """CREATE TABLE blocks_gone (
+        changed  bigint PRIMARY KEY,
+        netblock text COLLATE "C" NOT NULL,
+        at       bigint NOT NULL
+    )""",
+    """CREATE FUNCTION netblock_block_changed() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER
+        SET search_path FROM CURRENT AS $$
+        BEGIN
+            IF TG_OP = 'DELETE' THEN
+                INSERT INTO blocks_gone VALUES (nextval('blocks_changes'), OLD.netblock,
+                                                extract(epoch FROM now())::bigint);
+                RETURN OLD;
+            END IF;
+            NEW.changed := nextval('blocks_changes');
+            RETURN NEW;
+        END $$""",
+    """CREATE FUNCTION netblock_gone_pruned() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER
+        SET search_path FROM CURRENT AS $$
+        BEGIN
+            DELETE FROM blocks_gone WHERE at < extract(epoch FROM now())::bigint - 86400;
+            RETURN NULL;
+        END $$""",
+    "CREATE TRIGGER blocks_changes BEFORE INSERT OR UPDATE ON blocks FOR EACH ROW "
+    "EXECUTE FUNCTION netblock_block_changed()",
+    "CREATE TRIGGER blocks_gone AFTER DELETE ON blocks FOR EACH ROW EXECUTE FUNCTION netblock_block_changed()",
+    "CREATE TRIGGER blocks_gone_pruned AFTER DELETE ON blocks FOR EACH STATEMENT "
+    "EXECUTE FUNCTION netblock_gone_pruned()",
+    # A TRUNCATE leaves no rows behind to follow: its notification says so.
+    f"""CREATE OR REPLACE FUNCTION netblock_notify() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN PERFORM pg_notify('{CHANNEL}', TG_TABLE_NAME || CASE TG_OP WHEN 'TRUNCATE' THEN ':truncate' ELSE '' END);
+              RETURN NULL; END $$""",
+    *_row_security(),
+)
 
 # MIGRATIONS[i] upgrades a database from version i to i + 1; only ever appended.
 # Text is compared byte-wise (COLLATE "C"), as SQLite does, whatever the
@@ -146,9 +362,11 @@ MIGRATIONS: list[tuple[str, ...]] = [
         "CREATE INDEX drops_daily_day ON drops_daily (day)",
         DAILY_BACKFILL,
     ),
+    FLEET_GUARDS,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
+FLEET_ROLES_SINCE = 3  # the schema version that has fleet_roles
 
 
 def is_dsn(path) -> bool:
@@ -200,6 +418,10 @@ class PgStore:
         self._depth = 0
         self._last_failure = float("-inf")  # when connecting last failed
         self._registered = False  # this host is in the hosts table (reports list it)
+        self.role_host: str | None = None  # the fleet host this connection's role is (None: admin or owner)
+        self.admin = False
+        self.rejected: dict[tuple[str, str], str] = {}  # rows skipped on receipt (netblock.receipt)
+        self._published: tuple[str, ...] | None = None
 
     # -- opening ---------------------------------------------------------------
 
@@ -219,6 +441,21 @@ class PgStore:
         with self._errors():
             self._conn.execute(f"SET lock_timeout = '{LOCK_TIMEOUT}'")
         self._migrate()
+        if SCHEMA_VERSION < FLEET_ROLES_SINCE:
+            return
+        with self._errors():
+            role, self.role_host, admin = self._conn.execute(
+                "SELECT current_user, netblock_host(), netblock_is_admin()").fetchone()
+        # A host role writes as its own host, whatever the configuration says: refuse a mix-up.
+        if self.role_host is not None and self.role_host != self.host_id:
+            raise StoreError(f"{self.path}: role {receipt.printable(role)} is fleet host "
+                             f"{receipt.printable(self.role_host)}, but this host's id is "
+                             f"{receipt.printable(self.host_id)} (host_id in the config)")
+        self.admin = bool(admin)
+
+    def may_write(self, source: str) -> bool:
+        """Whether this connection's role may write blocks of ``source``: a host role only the policy's."""
+        return self.role_host is None or source == POLICY_SOURCE
 
     def _migrate(self) -> None:
         if self._version_checked() == SCHEMA_VERSION:
@@ -310,6 +547,10 @@ class PgStore:
             if isinstance(e, psycopg.OperationalError) and (self._conn.closed or self._conn.broken):
                 if self.unreachable_since is None:
                     self.unreachable_since = datetime.now(timezone.utc)
+            if getattr(e, "sqlstate", None) == "42501":  # refused by row-level security or a missing grant
+                raise StoreError(f"{self.path}: refused: {receipt.printable(_first_line(e))} (role "
+                                 f"{receipt.printable(self._conn.info.user)}; the root CLI's blocks and the "
+                                 f"allowlist need the admin role's DSN)") from None
             raise StoreError(f"{self.path}: {_first_line(e)}") from None
         else:
             self.unreachable_since = None
@@ -388,7 +629,7 @@ class PgStore:
 
     def get_block(self, net: IPNetwork | str) -> Block | None:
         row = self._one(f"SELECT {_BLOCK_COLS} FROM blocks WHERE netblock = %s", (str(canonical_net(net)),))
-        return None if row is None else _block(row)
+        return receipt.one_block(self, row)
 
     def put_blocks(self, blocks: Iterable[Block]) -> int:
         """Insert or replace each block (keyed by its canonical netblock)."""
@@ -464,11 +705,11 @@ class PgStore:
             params += sources
         clause = f"WHERE {' AND '.join(where)} " if where else ""
         rows = self._all(f"SELECT {_BLOCK_COLS} FROM blocks {clause}{_BLOCK_ORDER}", params)
-        return [_block(r) for r in rows]
+        return receipt.blocks(self, rows)
 
     def expired_blocks(self, now: datetime) -> list[Block]:
         rows = self._all(f"SELECT {_BLOCK_COLS} FROM blocks WHERE expires <= %s {_BLOCK_ORDER}", (_ts(now),))
-        return [_block(r) for r in rows]
+        return receipt.blocks(self, rows, full=False)
 
     def count_blocks(self, now: datetime | None = None) -> int:
         if now is None:
@@ -487,7 +728,7 @@ class PgStore:
 
     def oldest_block(self) -> Block | None:
         row = self._one(f"SELECT {_BLOCK_COLS} FROM blocks ORDER BY created, family, first LIMIT 1")
-        return None if row is None else _block(row)
+        return receipt.one_block(self, row)
 
     # -- allowlist -------------------------------------------------------------
 
@@ -509,7 +750,7 @@ class PgStore:
     def allowlist(self) -> list[AllowEntry]:
         rows = self._all("SELECT family, first, prefixlen, comment, created FROM allowlist "
                          "ORDER BY family, first, prefixlen")
-        return [AllowEntry(_net(f, a, p), c, _dt(t)) for f, a, p, c, t in rows]
+        return receipt.allow_entries(self, rows)
 
     # -- observations ------------------------------------------------------------
 
@@ -525,12 +766,21 @@ class PgStore:
             rows.append((self.host_id, _ts(o.time), text, o.cls, o.mta, o.source, o.position))
         if not rows:
             return 0
+        cols = "host, time, ip, cls, mta, source, position"
+        # COPY FROM refuses a table under row-level security: a fleet role copies into a temporary
+        # table and inserts from there, so the policies see every row; the owner copies directly.
+        direct = self.role_host is None and not self.admin
         with self.transaction(), self._errors():
             self._register()
+            if not direct:
+                self._conn.execute("CREATE TEMP TABLE IF NOT EXISTS incoming_observations (host text, time bigint, "
+                                   "ip text, cls text, mta text, source text, position bigint) ON COMMIT DELETE ROWS")
             with self._conn.cursor().copy(
-                    "COPY observations (host, time, ip, cls, mta, source, position) FROM STDIN") as copy:
+                    f"COPY {'observations' if direct else 'incoming_observations'} ({cols}) FROM STDIN") as copy:
                 for row in rows:
                     copy.write_row(row)
+            if not direct:
+                self._conn.execute(f"INSERT INTO observations ({cols}) SELECT {cols} FROM incoming_observations")
         return len(rows)
 
     def observations(
@@ -552,7 +802,8 @@ class PgStore:
         sql = "SELECT time, ip, cls, mta, source, position FROM observations"
         if where:
             sql += " WHERE " + " AND ".join(where)
-        return [_observation(r) for r in self._all(sql + " ORDER BY time, id", params)]
+        return [o for r in self._all(sql + " ORDER BY time, id", params)
+                if receipt.address(self, "observations", r[1]) is not None and (o := _observation(r))]
 
     def offender_counts(
         self, since: datetime, *, classes: Iterable[str] | None = None
@@ -573,13 +824,15 @@ class PgStore:
             sql += " AND (cls = ANY(%s) OR (strpos(cls, ':') > 0 AND split_part(cls, ':', 1) = ANY(%s)))"
             params += [names, names]
         rows = self._all(sql + " GROUP BY ip, cls", params)
-        return {(IPAddress(ip), cls): (n, _dt(last)) for ip, cls, n, last in rows}
+        receipt.forget(self, "observations")
+        return {(a, cls): (n, _dt(last)) for ip, cls, n, last in rows
+                if (a := receipt.address(self, "observations", ip)) is not None}
 
     def delivered_since(self, since: datetime) -> set[IPAddress]:
         """Senders that delivered real mail to any host since ``since``: never block them."""
         rows = self._all("SELECT DISTINCT ip FROM observations WHERE cls = 'delivered' AND time >= %s",
                          (_ts(since),))
-        return {IPAddress(ip) for (ip,) in rows}
+        return {a for (ip,) in rows if (a := receipt.address(self, "observations", ip)) is not None}
 
     def prune_observations(self, before: datetime) -> int:
         with self.transaction():
@@ -796,8 +1049,45 @@ class PgStore:
     # -- fleet -------------------------------------------------------------------
 
     def hosts(self) -> list[str]:
-        """Every host id that has written observations, samples or state, sorted."""
-        return [h for (h,) in self._all("SELECT host FROM hosts ORDER BY host")]
+        """Every host id that has written observations, samples or state, sorted (printable: a peer wrote it)."""
+        return [receipt.printable(h) for (h,) in self._all("SELECT host FROM hosts ORDER BY host")]
+
+    def publish_addresses(self, own: Iterable[IPNetwork]) -> bool:
+        """Put this host's own addresses in the fleet's list, which every host carves out of what it
+        drops; True when the list changed. Nothing is written while it is what was last published."""
+        texts = tuple(sorted({str(n.ip) for n in own if n.size == 1}))
+        if texts == self._published:
+            return False
+        with self.transaction():
+            self._register()
+            have = {a for (a,) in self._all("SELECT address FROM host_addresses WHERE host = %s", (self.host_id,))}
+            changed = have != set(texts)
+            if changed:
+                self._execute("DELETE FROM host_addresses WHERE host = %s AND address <> ALL(%s)",
+                              (self.host_id, list(texts)))
+                self._many("INSERT INTO host_addresses (host, address) VALUES (%s, %s) ON CONFLICT DO NOTHING",
+                           [(self.host_id, t) for t in texts if t not in have])
+        self._published = texts
+        return changed
+
+    def change_mark(self) -> int:
+        """The change feed's position now: changes_since(it) returns what is written after this call."""
+        return self._one("SELECT greatest((SELECT max(changed) FROM blocks), "
+                         "(SELECT max(changed) FROM blocks_gone), 0)")[0]
+
+    def changes_since(self, mark: int) -> tuple[list[Block], list[str], int, int]:
+        """(blocks written, keys of blocks deleted, the new mark, rows skipped) since ``mark``; the
+        blocks validated on receipt (an unparseable one is skipped, recorded and counted)."""
+        rows = self._all(f"SELECT {_BLOCK_COLS}, changed FROM blocks WHERE changed > %s ORDER BY changed", (mark,))
+        gone = self._all("SELECT changed, netblock FROM blocks_gone WHERE changed > %s ORDER BY changed", (mark,))
+        last = max([mark] + [r[-1] for r in rows] + [g[0] for g in gone])
+        good = receipt.blocks(self, [r[:-1] for r in rows], full=False)
+        return good, [receipt.printable(g[1]) for g in gone], last, len(rows) - len(good)
+
+    def peer_addresses(self) -> list[IPNetwork]:
+        """Every fleet member's published addresses (validated on receipt: single addresses, a bounded number)."""
+        rows = self._all("SELECT host, address FROM host_addresses ORDER BY host, address")
+        return receipt.peer_addresses(self, rows)
 
     def _register(self) -> None:
         """Put this host in the hosts table, once per connection, before its first own row.
@@ -825,3 +1115,79 @@ def _window(since: datetime | None, until: datetime | None) -> tuple[list[str], 
         where.append("time < %s")
         params.append(_ts(until))
     return where, params
+
+
+# -- roles: `netblock fleet ...`, run with the database owner's DSN ------------------------------
+
+FLEET_GROUP = "netblock_fleet"  # every fleet role is a member: the table grants are made once, to it
+_READ = ("schema_version", "blocks", "allowlist", "observations", "samples", "drops_daily", "hosts", "state",
+         "host_addresses", "fleet_roles", "fleet_limits", "blocks_gone")
+_HOST_WRITES = ("observations", "samples", "drops_daily", "state", "hosts", "host_addresses")
+_ROLE_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+
+def role_for(host: str) -> str:
+    """The default role name of a host id: netblock_ plus the id, lower case, other characters as '_'."""
+    return ("netblock_" + re.sub(r"[^a-z0-9_]", "_", host.lower()))[:63]
+
+
+def _owner_only(store: PgStore) -> None:
+    if store.role_host is not None or store.admin:
+        raise StoreError(f"{store.path}: `netblock fleet` creates roles: use the database owner's DSN "
+                         f"(this one is {'host ' + store.role_host if store.role_host else 'the admin role'})")
+
+
+def create_fleet_role(store: PgStore, role: str, host: str | None, password: str) -> None:
+    """Create (or re-key) a login role for ``host`` (None: the admin role), grant it what it needs,
+    and record which host it is. Row-level security does the rest."""
+    from psycopg import sql
+
+    _owner_only(store)
+    if not _ROLE_NAME.match(role):
+        raise StoreError(f"role name {receipt.printable(role)!r}: use lower-case letters, digits and '_'")
+    ident, group = sql.Identifier(role), sql.Identifier(FLEET_GROUP)
+    tables = lambda names: sql.SQL(", ").join(map(sql.Identifier, names))  # noqa: E731
+    with store.transaction(), store._errors():
+        c = store._conn
+        if not c.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (FLEET_GROUP,)).fetchone():
+            c.execute(sql.SQL("CREATE ROLE {} NOLOGIN").format(group))
+        exists = c.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone()
+        verb = "ALTER" if exists else "CREATE"
+        c.execute(sql.SQL(verb + " ROLE {} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOBYPASSRLS PASSWORD {}")
+                  .format(ident, sql.Literal(password)))
+        c.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(
+            sql.Identifier(c.execute("SELECT current_schema()").fetchone()[0]), group))
+        c.execute(sql.SQL("GRANT SELECT ON {} TO {}").format(tables(_READ), group))
+        c.execute(sql.SQL("GRANT INSERT, UPDATE ON blocks TO {}").format(group))
+        c.execute(sql.SQL("GRANT INSERT, UPDATE, DELETE ON {} TO {}").format(tables(_HOST_WRITES), group))
+        c.execute(sql.SQL("GRANT {} TO {}").format(group, ident))
+        if host is None:
+            c.execute(sql.SQL("GRANT DELETE ON blocks TO {}").format(ident))
+            c.execute(sql.SQL("GRANT INSERT, UPDATE, DELETE ON allowlist TO {}").format(ident))
+            c.execute(sql.SQL("GRANT SELECT ON quarantine TO {}").format(ident))
+        c.execute("DELETE FROM fleet_roles WHERE role = %s", (role,))
+        if host is not None:  # a host has one role: adding it again replaces the old one's mapping
+            c.execute("DELETE FROM fleet_roles WHERE host = %s", (host,))
+        c.execute("INSERT INTO fleet_roles (role, host) VALUES (%s, %s)", (role, host))
+
+
+def set_fleet_limits(store: PgStore, max_prefix_v4: int, max_prefix_v6: int, max_ttl: int, permanent: bool) -> None:
+    """What a host role's policy blocks may be (row-level security reads them at every write)."""
+    _owner_only(store)
+    with store.transaction():
+        store._execute("UPDATE fleet_limits SET max_prefix_v4 = %s, max_prefix_v6 = %s, max_ttl = %s, permanent = %s",
+                       (max_prefix_v4, max_prefix_v6, max_ttl, permanent))
+
+
+def fleet_overview(store: PgStore) -> dict:
+    """Roles, limits and quarantined rows, for `netblock fleet show`."""
+    roles = [{"role": receipt.printable(r), "host": None if h is None else receipt.printable(h)}
+             for r, h in store._all("SELECT role, host FROM fleet_roles ORDER BY host NULLS FIRST, role")]
+    v4, v6, ttl, permanent = store._one(
+        "SELECT max_prefix_v4, max_prefix_v6, max_ttl, permanent FROM fleet_limits")
+    try:
+        quarantined = store._one("SELECT count(*) FROM quarantine")[0]
+    except StoreError:
+        quarantined = None  # a host role may not read it
+    return {"roles": roles, "limits": {"max_prefix_v4": v4, "max_prefix_v6": v6, "max_ttl_s": ttl,
+                                       "permanent": permanent}, "quarantined": quarantined}

@@ -107,10 +107,24 @@ def protected(store, config, *, now: datetime, own: Iterable[IPNetwork] | None =
     return Protected(
         builtin=list(protected_builtin()),
         allowlist=allow,
-        own=list(hostaddrs.own_addresses() if own is None else own),
+        own=list(hostaddrs.own_addresses() if own is None else own) + fleet_members(store),
         delivered=delivered,
         manual=manual,
     )
+
+
+def fleet_members(store) -> list[IPNetwork]:
+    """The other MX hosts' own addresses (fleet mode): peers protect each other as each protects itself."""
+    peers = getattr(store, "peer_addresses", None)
+    return [] if peers is None else peers()
+
+
+def received(store, blocks: list[Block]) -> list[Block]:
+    """The store's blocks that pass validation on receipt (see netblock.receipt): a row breaking
+    the width floors or the coverage cap is skipped and recorded, never installed, never fatal."""
+    from netblock.receipt import within_floors
+
+    return within_floors(store, blocks)
 
 
 def span(net: IPNetwork) -> tuple[int, int, int]:
@@ -229,7 +243,7 @@ def plan(store, config, *, now: datetime, own: Iterable[IPNetwork] | None = None
     budget = max_elements(config)
     too_wide: list[Block] = []
     over_budget: list[tuple[Block, int]] = []
-    desired = compute_desired(screen(store.blocks(now=now), carve, budget, too_wide, over_budget), carve)
+    desired = compute_desired(screen(received(store, store.blocks(now=now)), carve, budget, too_wide, over_budget), carve)
     return Plan(desired, too_wide, over_budget, budget)
 
 

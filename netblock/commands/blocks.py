@@ -494,8 +494,19 @@ def change_json(result) -> dict:
             "removed": [str(n) for n in c.removed], "updated": [str(n) for n in c.updated]}
 
 
+def warn_rejected(ctx) -> list[dict]:
+    """Each store row skipped on receipt, once per command (JSON: the list)."""
+    from netblock.receipt import rejected
+
+    rows = [{"table": t, "key": k, "why": why} for (t, k), why in sorted(rejected(ctx.store()).items())]
+    for r in rows:
+        ctx.warn(f"skipped a {r['table']} row from the store ({r['key']}): {r['why']}")
+    return rows
+
+
 def cmd_sync(args, ctx) -> int:
     result = run_sync(ctx, dry_run=args.dry_run)
+    warn_rejected(ctx)
     if args.json:
         ctx.print_json(change_json(result) | {"dry_run": args.dry_run, "missing": result.missing,
                                               "left_out": result.notes})
@@ -584,6 +595,7 @@ def cmd_status(args, ctx) -> int:
     mode = verdict_status(backend, missing)
     sources = sources_status(ctx.config, now)
     oldest = store.oldest_block()
+    skipped = warn_rejected(ctx)
     info = {
         "backend": backend.name,
         "description": backend.description,
@@ -605,6 +617,7 @@ def cmd_status(args, ctx) -> int:
                     "reason": sources.reason},
         "forgeable": bool(sources.files),
         "warnings": [w for w in (file_source_warning(sources),) if w],
+        "rejected_rows": skipped,
     }
     if args.json:
         ctx.print_json(info)
@@ -628,6 +641,8 @@ def cmd_status(args, ctx) -> int:
         ("next expiry", info["next_expiry"] or "-"),
         ("sources", f"{len(sources.files)} file(s){', ' + ', '.join(sources.files) if sources.files else ''}; "
                     f"journal {'on' if sources.journal else 'off'} ({sources.reason})"),
+        ("skipped rows", f"{len(skipped)} (unparseable, or beyond the width floors or coverage cap; "
+                         "not installed)" if skipped else "0"),
     ]
     for key, value in lines:
         ctx.print(f"{key + ':':<14}{printable(value)}")

@@ -62,6 +62,8 @@ def test_prometheus_text_parses_with_the_exact_names(nb):
         ("netblock_observations_total", (("class", "dnsbl:zen.spamhaus.org"), host)): 2,
         ("netblock_last_tick_timestamp_seconds", (host,)): NOW.timestamp(),
         ("netblock_counting_only", (host,)): 0,
+        **{("netblock_rejected_rows", (host, ("table", t))): 0
+           for t in ("allowlist", "blocks", "host_addresses", "observations")},
     }
 
 
