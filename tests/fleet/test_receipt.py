@@ -67,8 +67,11 @@ def test_unparseable_rows_are_skipped_and_recorded_and_the_rest_installed(env):
     assert keys == {f"198.51.100.{i}/{p}" for i, p in ((0, 24), (1, 32), (2, 32), (3, 32), (4, 32), (5, 32), (6, 32),
                                                         (7, 32), (8, 30))} | {"::ffff:0:0/96"}
     assert any(t == "allowlist" for t, _ in store.rejected)
-    # peer-written text reaches no terminal as escapes
-    assert store.get_block("203.0.113.9/32").reason == "?]2;owned??[2J"
+    # peer-written text is kept as written (JSON shows it exactly) and reaches no terminal as escapes
+    from netblock.printable import printable
+
+    assert store.get_block("203.0.113.9/32").reason == "\x1b]2;owned\x07\x1b[2J"
+    assert printable(store.get_block("203.0.113.9/32").reason) == "\\x1b]2;owned\\x07\\x1b[2J"
     # the policy's reads of the observations skip the bad one instead of failing
     assert store.offender_stats(NOW - timedelta(days=1)) == {}
     assert store.delivered_since(NOW - timedelta(days=1)) == set() and store.observations() == []
