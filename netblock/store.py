@@ -527,8 +527,9 @@ class Store:
         bits = 32 if family == 4 else 128
         last = first + (1 << (bits - prefixlen)) - 1
         active = "(expires IS NULL OR expires > ?)"
-        rows = self._all(f"SELECT {_BLOCK_COLS} FROM blocks WHERE family = ? AND first BETWEEN ? AND ? AND {active}",
-                         (family, first.to_bytes(16, "big"), last.to_bytes(16, "big"), _ts(now)))
+        rows = self._all(f"SELECT {_BLOCK_COLS} FROM blocks WHERE family = ? AND first BETWEEN ? AND ? "
+                         f"AND prefixlen >= ? AND {active}",
+                         (family, first.to_bytes(16, "big"), last.to_bytes(16, "big"), prefixlen, _ts(now)))
         if prefixlen:
             holders = {(first >> (bits - p) << (bits - p)).to_bytes(16, "big") for p in range(prefixlen)}
             rows += self._all(f"SELECT {_BLOCK_COLS} FROM blocks WHERE family = ? AND first IN "
