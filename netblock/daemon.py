@@ -26,7 +26,7 @@ import sys
 import time
 from bisect import bisect_right
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Callable, Iterable
 
 from netaddr import IPAddress, IPNetwork
@@ -40,6 +40,8 @@ from netblock.sdnotify import Notifier
 
 NOT_OFFENCES = ("connect", "delivered")
 MAX_BATCHES_PER_WAKE = 20  # then look at signals and the clock before reading on
+FULL_SYNC_KEY = "full_sync"  # state key: when run-once last synced in full
+SAMPLED_KEY = "counters_sampled"  # state key: when run-once last read the counters
 MAX_TRACKED = 200_000  # addresses the event path remembers offences of (~160 MB at most)
 
 
@@ -82,6 +84,7 @@ class TickResult:
     updated: int = 0
     restored: int = 0  # netblocks put back after they vanished from the kernel
     backlog: bool = False  # lines were left for the daemon loop to read
+    skipped: bool = False  # no full sync: nothing new and the kernel proven unchanged (Runner._quiet)
     errors: list[str] = field(default_factory=list)
 
     @property
@@ -111,6 +114,8 @@ class Runner:
         self.tracker: Tracker | None = None  # the daemon's in-memory view of recent offences
         self.own: list[IPNetwork] | None = None  # this host's addresses, read again every tick
         self.spool = None  # the daemon's on a fleet store: observations kept while that store is away
+        self.full_at: datetime | None = None  # the last full sync by this process
+        self.sampled_at: datetime | None = None  # the last counter read by this process
 
     def log(self, message: str) -> None:
         log(message, self.stderr)
@@ -264,7 +269,10 @@ class Runner:
         self._decide(now, result)
         if self.tracker is not None and not result.errors:
             self.tracker.settled(now)  # the full decision covered whatever was pending
-        self._sync(now, result)
+        if self._quiet(now, result):
+            result.skipped = True
+        else:
+            self._sync(now, result)
         self._sample(now, result)
         self._prune(now, result)
         try:
@@ -353,6 +361,46 @@ class Runner:
         except TRANSIENT as exc:
             result.errors.append(f"policy: {_failure(exc)}")
 
+    def _stored_time(self, key: str) -> datetime | None:
+        """A time run-once left in the store's state (each run-once is a new process)."""
+        if self.follow_mode:
+            return None  # the daemon trusts only what it did itself: its first tick syncs in full
+        try:
+            value = self.store.get_state(key)
+            return None if value is None else datetime.fromtimestamp(float(value), timezone.utc)
+        except (TRANSIENT, ValueError):
+            return None
+
+    def _quiet(self, now: datetime, result: TickResult) -> bool:
+        """Whether this tick may leave the kernel as it is, because a full sync would change nothing.
+
+        True only when nothing was read or decided, no block expired since
+        the last full sync, that sync is younger than ``[daemon]
+        reconcile_every`` (what catches a deliverer's protection running
+        out, or any store change made without a sync), the store is this
+        host's own (a fleet's peers write to it), and the backend proves
+        with the ruleset generation that the kernel still holds what
+        netblock last wrote: a hand edit always takes the full sync.
+        """
+        if result.observations or result.decided or result.errors:
+            return False
+        from netblock.store import Store
+
+        if not isinstance(self.store, Store):
+            return False
+        last = self.full_at or self._stored_time(FULL_SYNC_KEY)
+        every = _setting(self.config, "daemon", "reconcile_every", timedelta(minutes=30))
+        if last is None or not timedelta(0) <= now - last < every:
+            return False
+        try:
+            expired = self.store.next_expiry(last)
+            if expired is not None and expired <= now:
+                return False
+            view = getattr(self.backend(), "region_view", None)
+            return view is not None and view() is not None
+        except TRANSIENT:
+            return False
+
     def _sync(self, now: datetime, result: TickResult) -> None:
         from netblock.sync import sync
 
@@ -361,6 +409,12 @@ class Runner:
         except TRANSIENT as exc:
             result.errors.append(f"sync: {_failure(exc)}")
             return
+        self.full_at = now
+        if not self.follow_mode:
+            try:
+                self.store.set_state(FULL_SYNC_KEY, str(now.timestamp()))
+            except TRANSIENT:
+                pass  # the next run-once syncs in full again
         change = res.change
         result.added, result.removed, result.updated = len(change.added), len(change.removed), len(change.updated)
         if self.applied is not None:
@@ -386,11 +440,20 @@ class Runner:
             from netblock import sampling
         except ImportError:
             return
-        try:
-            sampling.sample(self.store, self.backend(), now)
-        except TRANSIENT as exc:
-            result.errors.append(f"sampling: {_failure(exc)}")
-            return
+        last = self.sampled_at or self._stored_time(SAMPLED_KEY)
+        every = _setting(self.config, "daemon", "sample_every", timedelta(minutes=5))
+        if last is None or not timedelta(0) <= now - last < every:
+            try:
+                sampling.sample(self.store, self.backend(), now)
+            except TRANSIENT as exc:
+                result.errors.append(f"sampling: {_failure(exc)}")
+                return
+            self.sampled_at = now
+            if not self.follow_mode:
+                try:
+                    self.store.set_state(SAMPLED_KEY, str(now.timestamp()))
+                except TRANSIENT:
+                    pass
         try:  # what `netblock export` shows as netblock_last_tick_timestamp_seconds
             self.store.set_state("last_tick", str(now.timestamp()))
         except TRANSIENT as exc:
@@ -831,6 +894,7 @@ class Daemon:
             runner.log(f"reload failed, keeping the old configuration: {_failure(exc)}")
             return
         runner.config = config
+        runner.full_at = None  # the new configuration may want another kernel state
         self._track()
         try:
             runner.open_sources()

@@ -452,6 +452,14 @@ class NftablesBackend:
         """
         with self._netlink() as sock:
             genid = self._genid(sock)
+            memo = self._memo
+            if memo is not None and memo[1] == genid and memo[0] == sock.netns_cookie():
+                if any(col.ranges for col in memo[2].values()):
+                    return None
+                return RegionView(genid, memo[0], {
+                    _FAMILY[fam][0]: (memoryview(col.keys.tobytes()).cast("Q") if _FAMILY[fam][1] == 32
+                                      else col.keys.tolist(), memoryview(col.expiry.tobytes()).cast("d"))
+                    for fam, col in memo[2].items()})
             try:
                 data = _read_snapshot_file(sock)
                 if data["format"] != SNAPSHOT_FORMAT or data["genid"] != genid:

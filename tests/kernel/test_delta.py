@@ -127,3 +127,19 @@ def test_at_100k_installed_add_del_allow_read_no_set(scene, tmp_path):
                                 "block4"], capture_output=True, text=True, check=True).stdout
     assert f'"{v4[10].ip}"' not in installed and f'"{v4[11].ip}"' in installed
     assert _left_to_do(nb.pending()) == {}
+
+
+def test_run_once_with_no_news_reads_no_set_until_the_ruleset_changes(scene, tmp_path):
+    nb = Cli(scene, tmp_path)
+    log = tmp_path / "mail.log"
+    log.touch()
+    nb.conf.write_text(nb.conf.read_text() + f'[sources]\nfiles = ["{log}"]\n')
+    nb("add", "198.18.16.0/24")
+    rc, out, dumps = nb.counted("run-once")  # syncs in full and reads the counters: both read the sets
+    assert rc == 0 and dumps > 0, out
+    rc, out, dumps = nb.counted("run-once")
+    assert rc == 0 and dumps == 0, out  # nothing new, the generation proves the kernel, counters read recently
+    scene.server_exec("nft", "flush", "set", "inet", "netblock", "block4")
+    rc, out, dumps = nb.counted("run-once")
+    assert rc == 0 and dumps > 0 and "+1" in out, out  # a hand edit: the full sync repairs it
+    assert "198.18.16.0/24" in scene.server_exec("nft", "list", "set", "inet", "netblock", "block4").stdout
