@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -63,19 +64,25 @@ def inside_24() -> str:
 
 # ---------------------------------------------------------------- timing inside the namespace
 
-def _run(argv, stdin_path=None, env=None) -> float:
-    """Wall seconds of one whole process (run in the namespace child)."""
+def _run(argv, stdin_path=None, env=None) -> tuple[float, float]:
+    """(wall seconds, CPU seconds user+system) of one whole process (run in the namespace child).
+
+    The CPU time is what the process itself cost, whatever else the machine
+    was doing; on a shared machine the wall time also holds the waits for a core.
+    """
     stdin = open(stdin_path, "rb") if stdin_path else subprocess.DEVNULL
     try:
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         t = time.perf_counter()
         r = subprocess.run(argv, stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
         dt = time.perf_counter() - t
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
     finally:
         if stdin_path:
             stdin.close()
     if r.returncode != 0:
         raise RuntimeError(f"{argv!r} exited {r.returncode}: {r.stderr.decode(errors='replace')[-500:]}")
-    return dt
+    return dt, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
 def _steps(steps):
@@ -113,18 +120,23 @@ class Bench:
         print(fmt_row(self.backend, what, ours, peer_what, peer), flush=True)
 
 
-def fmt_times(xs: list[float] | None) -> str:
-    if not xs:
+def fmt_times(runs: list[tuple[float, float]] | None) -> str:
+    """Wall median (min..max, n) and the median CPU seconds."""
+    if not runs:
         return "-"
+    xs = [w for w, _ in runs]
     med = statistics.median(xs)
-    return f"{med:7.3f} s ({min(xs):.3f}..{max(xs):.3f}, n={len(xs)})"
+    return f"{med:7.3f} s ({min(xs):.3f}..{max(xs):.3f}, n={len(xs)}) cpu {statistics.median(c for _, c in runs):.3f}"
 
 
 def fmt_row(backend, what, ours, peer_what, peer) -> str:
     ratio = ""
     if peer:
-        ratio = f"  = {statistics.median(ours) / statistics.median(peer):.2f}x"
-    return f"{backend:9} {what:34} {fmt_times(ours):34} {peer_what:26} {fmt_times(peer)}{ratio}"
+        wall = statistics.median(w for w, _ in ours) / statistics.median(w for w, _ in peer)
+        cpu_peer = statistics.median(c for _, c in peer)
+        cpu = statistics.median(c for _, c in ours) / cpu_peer if cpu_peer else float("nan")
+        ratio = f"  = {wall:.2f}x wall, {cpu:.2f}x cpu"
+    return f"{backend:9} {what:34} {fmt_times(ours):44} {peer_what:20} {fmt_times(peer)}{ratio}"
 
 
 def load_avg() -> str:
@@ -259,7 +271,7 @@ def _proc_mem(pid: int) -> tuple[float, float]:
     return vals["VmRSS"], vals["VmHWM"]
 
 
-def bench_idle(b: Bench, minutes: float, settle: float = 60.0) -> None:
+def bench_idle(b: Bench, minutes: float, settle: float = 90.0) -> None:
     """The daemon at N, no log traffic: CPU share over ``minutes`` after ``settle`` s, and RSS."""
     proc = subprocess.Popen(["ip", "netns", "exec", b.ns, *b.nb("daemon")],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -281,7 +293,6 @@ def bench_idle(b: Bench, minutes: float, settle: float = 60.0) -> None:
     share = 100 * (c1 - c0) / (t1 - t0)
     line = (f"{b.backend:9} idle daemon, {minutes:g} min at {b.n}: {share:.2f}% of a core "
             f"({c1 - c0:.1f} s CPU), RSS {rss:.0f} MB (high-water {hwm:.0f} MB)")
-    b.rows.append((line, [], "", None))
     print(line, flush=True)
 
 
@@ -299,11 +310,15 @@ def main(argv=None) -> int:
         return 2
     print(f"# bench_scale: n={opts.n} runs={opts.runs} bulk-runs={opts.bulk_runs} "
           f"python={sys.version.split()[0]} cores={os.cpu_count()} load {load_avg()}", flush=True)
-    print(f"{'backend':9} {'netblock command (whole process)':34} {'median (min..max, n)':34} "
-          f"{'peer':26} peer median", flush=True)
+    print(f"{'backend':9} {'netblock command (whole process)':34} {'wall median (min..max, n) cpu median':44} "
+          f"{'peer':20} peer", flush=True)
     with scene("sc") as sc, tempfile.TemporaryDirectory(prefix="nbscale") as tmp:
         work = Path(tmp)
         (work / "run").mkdir()
+        floor = run_in_netns(sc.server, _steps, [(True, [sys.executable, "-c", "pass"], None)] * opts.runs
+                             + [(True, [NETBLOCK, "--version"], None)] * opts.runs)
+        print(fmt_row("-", "python -c pass (the floor)", floor[:opts.runs], "", None), flush=True)
+        print(fmt_row("-", "netblock --version", floor[opts.runs:], "", None), flush=True)
         for backend in opts.backends.split(","):
             b = Bench(sc.server, work, backend, opts.n)
             bench_backend(b, opts.runs, opts.bulk_runs)

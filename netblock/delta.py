@@ -45,15 +45,16 @@ class DeltaResult:
 
 
 def sync_change(store, backend, config, nets, *, now: datetime, lock_timeout: float = DEFAULT_TIMEOUT,
-                full=None):
+                full=None, cap_checked: bool = False):
     """Carry the change of ``nets`` (blocks added or deleted, allowlist entries added) to the kernel.
 
     ``full()`` runs the full sync and is called whenever the shortcut
-    cannot prove itself (see the module docstring).
+    cannot prove itself (see the module docstring). ``cap_checked``: the
+    caller refused a write past the IPv4 cap already (`add`'s check_cap).
     """
     if hasattr(backend, "region_view") and hasattr(store, "blocks_touching") and 0 < len(nets) <= ZONE_LIMIT:
         with kernel_lock(config.lock_file, timeout=lock_timeout):
-            result = _try(store, backend, config, list(nets), now)
+            result = _try(store, backend, config, list(nets), now, cap_checked)
         if result is not None:
             return result
     return full()
@@ -95,7 +96,7 @@ class _Installed:
         return i if i < len(self.keys) and self.keys[i] == key else None
 
 
-def _try(store, backend, config, nets, now: datetime):
+def _try(store, backend, config, nets, now: datetime, cap_checked: bool):
     from netblock.firewall import Change
 
     backend.ensure()
@@ -135,10 +136,6 @@ def _try(store, backend, config, nets, now: datetime):
         return None
     if any(e <= now_ts for e in elements.values()):
         return None  # expired but maybe not collected yet: the full apply knows how to replace it
-
-    # The cap: the stored blocks summed never count less than what sync installs.
-    if store.v4_block_space(now) > limits.MAX_V4_ADDRESSES:
-        return None
 
     from netblock.sync import Protected, compute_desired, screen
     from netblock.aggregate import protected_builtin
@@ -194,6 +191,12 @@ def _try(store, backend, config, nets, now: datetime):
             new[(version, _key(first >> (bits - parent) << (bits - parent), parent))] = exp
             merged = True
 
+    # The cap: only a change that blocks more IPv4 space can cross it. `add` checked it before writing
+    # (check_cap); otherwise the stored blocks summed, never less than what sync installs, must be under it.
+    growth = _v4_size(new) - _v4_size(gone)
+    if growth > 0 and not cap_checked and store.v4_block_space(now) > limits.MAX_V4_ADDRESSES:
+        return None
+
     added, updated, removed = [], [], []
     change = Change()
     for (version, k), exp in sorted(new.items()):
@@ -222,6 +225,10 @@ def _try(store, backend, config, nets, now: datetime):
               f"than {budget} kernel elements ([policy] max_elements_per_block); its offenders are "
               "blocked one by one instead" for b, _cost in over_budget]
     return DeltaResult(change=change, count=count, notes=notes)
+
+
+def _v4_size(elements) -> int:
+    return sum(1 << (32 - (k & 255)) for v, k in elements if v == 4)
 
 
 def _outermost(cidrs: set) -> set:

@@ -68,14 +68,15 @@ def _left_to_do(report):
 
 
 def test_changes_leave_what_the_full_sync_leaves_and_read_no_set(scene, tmp_path):
+    """add, del, allow add and allow del in a random order over overlapping and adjacent netblocks."""
     nb = Cli(scene, tmp_path)
     nb("add", "--ttl", "2h", "198.18.16.0/24", "198.18.18.0/24", "2001:db8:5::/48")
     rng = random.Random(17)
     pool = [f"198.18.{16 + i // 4}.{(i % 4) * 64}/26" for i in range(16)] + ["198.18.16.0/23", "198.18.20.0/22",
                                                                               "198.18.17.77", "2001:db8:5:1::/64"]
     blocked, allowed = set(), set()
-    for step in range(24):
-        op = rng.choice(["add", "add", "del", "allow"])
+    for step in range(30):
+        op = rng.choice(["add", "add", "del", "allow", "unallow"])
         if op == "add":
             net = rng.choice(pool)
             ttl = rng.choice(["1h", "3h", None])
@@ -89,6 +90,10 @@ def test_changes_leave_what_the_full_sync_leaves_and_read_no_set(scene, tmp_path
             net = f"198.18.{rng.randrange(16, 24)}.{rng.randrange(256)}"
             allowed.add(net)
             rc, out, dumps = nb.counted("allow", "add", net)
+        elif op == "unallow" and allowed:
+            net = rng.choice(sorted(allowed))
+            allowed.discard(net)
+            rc, out, dumps = nb.counted("allow", "del", net)
         else:
             continue
         assert rc == 0, out
