@@ -215,8 +215,13 @@ def _try(store, backend, config, nets, now: datetime, cap_checked: bool):
 
     if removed:  # their counters go with them: keep what they counted, for these elements only
         from netblock import sampling
+        from netblock.errors import NetblockError
 
-        sampling.record(store, backend.counters_of(view, removed), now)
+        try:
+            counted = backend.counters_of(view, removed)
+        except NetblockError:
+            return None  # the full sync reads them with the rest
+        sampling.record(store, counted, now)
     if not backend.apply_region(view, removed, added, updated):
         return None
     count = sum(len(inst.keys) for inst in installed.values()) + len(added) - len(removed)
