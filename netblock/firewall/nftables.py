@@ -685,19 +685,30 @@ class _Column:
         return i if i < len(self.keys) and self.keys[i] == key else None
 
     def covering(self, first: int, bits: int) -> float | None:
-        """The expiry (inf: permanent) of the element whose CIDR holds address ``first``, or None."""
-        for plen in range(bits, -1, -1):
-            i = self.find((first >> (bits - plen) << (bits - plen)) << 8 | plen)
-            if i is not None:
-                e = float(self.expiry[i])
-                return np.inf if np.isnan(e) else e
-        return None
+        """The expiry (inf: permanent) of the element whose CIDR holds address ``first``, or None.
+
+        Every prefix length's key is looked up in one searchsorted call: the
+        event path asks this for each new address of a burst.
+        """
+        candidates = [(first >> (bits - plen) << (bits - plen)) << 8 | plen for plen in range(bits, -1, -1)]
+        n = len(self.keys)
+        if not n:
+            return None
+        wanted = np.array(candidates, dtype=self.keys.dtype)
+        pos = np.minimum(np.searchsorted(self.keys, wanted), n - 1)
+        hits = np.flatnonzero(self.keys[pos] == wanted)
+        if not len(hits):
+            return None
+        e = float(self.expiry[pos[hits[0]]])
+        return np.inf if np.isnan(e) else e
 
     def plus(self, added: list[tuple[int, float | None]]) -> "_Column":
-        keys = np.concatenate([self.keys, np.array([k for k, _ in added], dtype=self.keys.dtype)])
-        exp = np.concatenate([self.expiry, np.array([np.nan if e is None else e for _, e in added])])
-        order = np.argsort(keys, kind="stable")
-        return _Column(keys[order], exp[order], self.ranges)
+        """The column with ``added`` (keys not in it yet) inserted in order: a copy, not a sort of everything."""
+        new = sorted(added)
+        keys = np.array([k for k, _ in new], dtype=self.keys.dtype)
+        exp = np.array([np.nan if e is None else e for _, e in new], dtype=np.float64)
+        at = np.searchsorted(self.keys, keys)
+        return _Column(np.insert(self.keys, at, keys), np.insert(self.expiry, at, exp), self.ranges)
 
 
 def _wanted(desired: Desired, families, now: float):
