@@ -451,7 +451,9 @@ class Runner:
                 result.errors.append(f"sampling: {_failure(exc)}")
                 return
             self.sampled_at = now
-            if not self.follow_mode:
+            if self.follow_mode:
+                _give_back_memory()  # the counters of 100k elements were read as as many objects
+            else:
                 try:
                     self.store.set_state(SAMPLED_KEY, str(now.timestamp()))
                 except TRANSIENT:
