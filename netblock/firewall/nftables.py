@@ -435,6 +435,24 @@ class NftablesBackend:
         return {IPNetwork(key, version=_FAMILY[fam][0]): (p, b)
                 for fam, entries in self._read_all().items() for key, (_e, p, b, _r) in entries.items()}
 
+    def counter_columns(self) -> dict[int, tuple]:
+        """counters() as arrays: {version: (keys first << 8 | prefixlen, packets, bytes)}, no object per element.
+
+        For the daemon's periodic sample, which compares them with its
+        previous read and hands only the changed ones on (Runner._sample).
+        """
+        out = {}
+        for fam, entries in self._read_all().items():
+            keys = [f << 8 | p for f, p in entries]
+            n = len(keys)
+            arr = np.array(keys, dtype=np.uint64 if _FAMILY[fam][1] == 32 else object)
+            order = np.argsort(arr, kind="stable")
+            out[_FAMILY[fam][0]] = (
+                arr[order],
+                np.fromiter((v[1] for v in entries.values()), dtype=np.int64, count=n)[order],
+                np.fromiter((v[2] for v in entries.values()), dtype=np.int64, count=n)[order])
+        return out
+
     def installed(self) -> dict[IPNetwork, datetime | None]:
         return {IPNetwork(key, version=_FAMILY[fam][0]): None if e is None else datetime.fromtimestamp(e, timezone.utc)
                 for fam, entries in self._read_all().items() for key, (e, _p, _b, _r) in entries.items()}
