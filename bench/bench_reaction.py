@@ -46,7 +46,7 @@ nft per ban) from /proc/PID/stat, from the first write to the end of the
 phase, as a fraction of one core.
 
 Run (root): .venv/bin/python -m bench.bench_reaction [--duration 30] [--quick] [--rates 10,100,1000]
-           [--tools netblock,fail2ban] [--widen] [--tick 1h] [--grace 30]
+           [--tools netblock,fail2ban] [--widen] [--tick 1h] [--grace 30] [--installed 100000]
 Needs the Debian packages fail2ban and python3-pyinotify for the fail2ban rows.
 """
 
@@ -284,27 +284,11 @@ class Netblock:
 
     def __init__(self, ns: str, work: Path, log: Path, opts):
         self.ns, self.work, self.log = ns, work, log
-        widen = "true" if opts.widen else "false"  # --widen: the default rules of [widen]
-        conf = work / "netblock.toml"
-        conf.write_text(f"""
-lock_file = "{work}/run/netblock.lock"
-backend = "nftables"
-[sources]
-files = ["{log}"]
-[daemon]
-tick = "{opts.tick}"
-[policy.classes.dnsbl]
-threshold = 2
-window = "1h"
-ttl = "1d"
-widen = {widen}
-[widen]
-enabled = {widen}
-""")
+        conf = netblock_conf(work, log, opts)
         notify_path = str(work / "notify")
         notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         notify.bind(notify_path)
-        notify.settimeout(60)
+        notify.settimeout(600 if opts.installed else 60)  # the first tick syncs the installed set in full
         env = {k: v for k, v in os.environ.items() if not k.startswith(("NETBLOCK_", "NOTIFY_", "WATCHDOG_"))}
         env["NOTIFY_SOCKET"] = notify_path
         self.err = open(work / "netblock.err", "w")
@@ -321,6 +305,27 @@ enabled = {widen}
         finally:
             notify.close()
 
+    @staticmethod
+    def preload(ns: str, work: Path, log: Path, opts) -> None:
+        """--installed N: N netblocks in the store and the kernel before the phase (and its listener) starts.
+
+        Alternately /24 and /32, each in its own /23 of 240.0.0.0/4 (reserved,
+        never routed; no packet is sent to them), one day's TTL.
+        """
+        from datetime import timedelta
+
+        from netaddr import IPNetwork
+
+        from netblock.model import Block
+        from netblock.store import Store
+
+        conf = netblock_conf(work, log, opts)
+        now = datetime.now(timezone.utc)
+        with Store.open(str(work / "nb.db")) as st:
+            st.put_blocks(Block(IPNetwork((0xF0000000 + (i << 9), 24 if i % 2 else 32), version=4), "preload", "list",
+                                now, now + timedelta(days=1)) for i in range(opts.installed))
+        nsexec(ns, NETBLOCK, "--config", str(conf), "--db", str(work / "nb.db"), "sync", timeout=1800)
+
     def stop(self) -> None:
         self.proc.send_signal(signal.SIGTERM)
         try:
@@ -329,6 +334,27 @@ enabled = {widen}
             self.proc.kill()
             self.proc.wait()
         self.err.close()
+
+
+def netblock_conf(work: Path, log: Path, opts) -> Path:
+    widen = "true" if opts.widen else "false"  # --widen: the default rules of [widen]
+    conf = work / "netblock.toml"
+    conf.write_text(f"""
+lock_file = "{work}/run/netblock.lock"
+backend = "nftables"
+[sources]
+files = ["{log}"]
+[daemon]
+tick = "{opts.tick}"
+[policy.classes.dnsbl]
+threshold = 2
+window = "1h"
+ttl = "1d"
+widen = {widen}
+[widen]
+enabled = {widen}
+""")
+    return conf
 
 
 class Fail2ban:
@@ -409,6 +435,8 @@ def run_phase(scene, tool_cls, rate: int, opts, offenders: list[str], work: Path
     log = work / "mail.log"
     log.touch()
     nsexec(scene.server, "nft", "flush", "ruleset")
+    if opts.installed and hasattr(tool_cls, "preload"):
+        tool_cls.preload(scene.server, work, log, opts)
     out = work / "announced"
     mon = subprocess.Popen(["ip", "netns", "exec", scene.server, sys.executable, "-c",
                             "import sys; from bench.bench_reaction import monitor; monitor(sys.argv[1])", str(out)],
@@ -515,6 +543,9 @@ def main(argv=None) -> int:
                     help="netblock with density widening (default rules): an offender counts as dropped "
                     "when an element holding it (its own or a widened prefix) is committed")
     ap.add_argument("--seed", type=int, default=25)
+    ap.add_argument("--installed", type=int, default=0,
+                    help="netblocks netblock holds in its store and the kernel before each of its phases "
+                    "(e.g. 100000; from 240.0.0.0/4, never sent to)")
     args = ap.parse_args(argv)
     duration = args.duration = 5.0 if args.quick else args.duration
     rates = [int(r) for r in args.rates.split(",")]

@@ -26,7 +26,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Iterable, Iterator, Sequence
 
-import numpy as np
+from netblock.lazynp import np
 from netaddr import IPAddress, IPNetwork
 
 from netblock.errors import BadInput
@@ -283,6 +283,9 @@ def _aggregate_intervals(blocked: _Intervals, protected: _Intervals) -> _Result:
     return _Result(net, plen, v6)
 
 
+SMALL = 256  # IPv4 intervals (blocked and protected) up to which aggregate() stays in plain Python
+
+
 def aggregate(
     blocked: Iterable[IPNetwork | IPAddress | str],
     protected: Iterable[IPNetwork | IPAddress | str] = (),
@@ -300,7 +303,16 @@ def aggregate(
     >>> [str(n) for n in aggregate(["198.18.0.0/29"], protected=["198.18.0.3"])]
     ['198.18.0.0/31', '198.18.0.2/32', '198.18.0.4/30']
     """
-    result = _aggregate_intervals(_collect(blocked), _collect(protected))
+    blocked, protected = _collect(blocked), _collect(protected)
+    if len(blocked.v4_start) + len(protected.v4_start) <= SMALL:
+        # A few intervals (one change's zone, netblock/delta.py): exact Python ints, no numpy import.
+        v4 = _py_cidrs(_py_subtract(_py_merge(zip(blocked.v4_start, blocked.v4_end)),
+                                    _py_merge(zip(protected.v4_start, protected.v4_end))), 32)
+        out = [IPNetwork((n, p), version=4) for n, p in v4]
+        out.extend(IPNetwork((n, p), version=6)
+                   for n, p in _py_cidrs(_py_subtract(_py_merge(blocked.v6), _py_merge(protected.v6)), 128))
+        return out
+    result = _aggregate_intervals(blocked, protected)
     out = [IPNetwork((n, p), version=4) for n, p in zip(result.v4_net.tolist(), result.v4_len.tolist())]
     out.extend(IPNetwork((n, p), version=6) for n, p in result.v6)
     return out
@@ -625,10 +637,17 @@ def _as_bytes(lines: Iterable[str] | str | bytes) -> bytes:
     return "".join(line if line.endswith("\n") else line + "\n" for line in lines).encode()
 
 
-_OCTET_DIGITS = np.zeros((256, 3), dtype=np.uint8)
-for _v in range(256):
-    _t = str(_v).encode()
-    _OCTET_DIGITS[_v, 3 - len(_t):] = np.frombuffer(_t, dtype=np.uint8)
+_OCTET_TABLE = []  # the digits of 0..255 right-aligned in 3 cells, built on first use (numpy is imported lazily)
+
+
+def _octet_digits():
+    if not _OCTET_TABLE:
+        table = np.zeros((256, 3), dtype=np.uint8)
+        for v in range(256):
+            t = str(v).encode()
+            table[v, 3 - len(t):] = np.frombuffer(t, dtype=np.uint8)
+        _OCTET_TABLE.append(table)
+    return _OCTET_TABLE[0]
 
 
 def _format_v4(net: np.ndarray, plen: np.ndarray) -> bytes:
@@ -640,12 +659,13 @@ def _format_v4(net: np.ndarray, plen: np.ndarray) -> bytes:
     if net.size == 0:
         return b""
     rows = np.zeros((net.size, 19), dtype=np.uint8)
+    octet_digits = _octet_digits()
     for i in range(4):
-        rows[:, 4 * i : 4 * i + 3] = _OCTET_DIGITS[(net >> (24 - 8 * i)) & 0xFF]
+        rows[:, 4 * i : 4 * i + 3] = octet_digits[(net >> (24 - 8 * i)) & 0xFF]
     rows[:, [3, 7, 11]] = _DOT
     wide = plen != 32
     rows[wide, 15] = _SLASH
-    rows[wide, 16:18] = _OCTET_DIGITS[plen[wide]][:, 1:]
+    rows[wide, 16:18] = octet_digits[plen[wide]][:, 1:]
     rows[:, 18] = _NL
     flat = rows.ravel()
     return flat[flat != 0].tobytes()

@@ -30,6 +30,19 @@ COMMAND_MODULES = (
     "netblock.commands.fleet",
 )
 
+# Which module registers each command, so that a command imports only its own module (a one-block
+# `add` at 100k installed must not pay for the daemon's and the reports' imports). A command not
+# listed here (or none given: --help) registers them all.
+COMMAND_OF = {
+    **dict.fromkeys(("add", "del", "list", "allow", "expire", "sync", "status", "remove-rules", "config",
+                     "aggregate"), "netblock.commands.blocks"),
+    **dict.fromkeys(("ingest", "daemon", "run-once", "why"), "netblock.commands.watch"),
+    **dict.fromkeys(("sample", "report", "wrapup"), "netblock.commands.report"),
+    "export": "netblock.commands.export",
+    **dict.fromkeys(("install-units", "completion", "demo"), "netblock.commands.admin"),
+}
+_VALUED_OPTIONS = ("--config", "--db", "--backend")
+
 DEFAULT_CONFIG = "/etc/netblock/netblock.toml"
 
 
@@ -138,7 +151,24 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: {message} (see `{self.prog} --help`)\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def command_module(argv: list[str]) -> str | None:
+    """The module that registers the command named in ``argv``, or None (then all of them)."""
+    skip = False
+    for token in argv:
+        if skip:
+            skip = False
+        elif token in _VALUED_OPTIONS:
+            skip = True
+        elif token == "--" or token.startswith("-"):
+            if token == "--":
+                return None
+        else:
+            module = COMMAND_OF.get(token)
+            return module if module in COMMAND_MODULES else None
+    return None
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     parser = Parser(
         prog="netblock",
         description="Keep kernel port-25 drop rules in step with what the mail logs say about abusive senders.",
@@ -159,13 +189,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "[firewall] verdict = \"count\"; every command that syncs must get it, or it puts the "
                         "configured verdict back: prefer the config setting; default: the config's verdict)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name in COMMAND_MODULES:
+    for name in COMMAND_MODULES if only is None else (only,):
         importlib.import_module(name).register(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    parser = build_parser(command_module(sys.argv[1:] if argv is None else argv))
     args = parser.parse_args(argv)
     ctx = Context(args)
     try:

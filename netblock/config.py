@@ -427,6 +427,11 @@ class DaemonConfig:
     tick: timedelta = _k(_dur(timedelta(seconds=1)), timedelta(seconds=30))
     coalesce: timedelta = _k(_dur(timedelta(0)), timedelta(milliseconds=50))
     observation_retention: timedelta = _k(_dur(timedelta(seconds=1)), timedelta(days=30))
+    # Counters are read every sample_every (and always right before an element goes); a tick with
+    # nothing new skips the full sync while the ruleset generation proves the kernel unchanged, at
+    # most for reconcile_every.
+    sample_every: timedelta = _k(_dur(timedelta(seconds=1)), timedelta(minutes=5))
+    reconcile_every: timedelta = _k(_dur(timedelta(seconds=1)), timedelta(minutes=30))
     # Fleet mode: where observations wait while PostgreSQL is unreachable. On
     # disk under the state directory, so a reboot during an outage keeps them.
     spool: str = _k(_str(allow_empty=False), "/var/lib/netblock/spool.db")

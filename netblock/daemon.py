@@ -26,7 +26,7 @@ import sys
 import time
 from bisect import bisect_right
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Callable, Iterable
 
 from netaddr import IPAddress, IPNetwork
@@ -42,6 +42,8 @@ from netblock.sdnotify import Notifier
 NOT_OFFENCES = ("connect", "delivered")
 SMALL_JOIN, JOIN_SAVE_S = 1000, 5.0  # open transactions saved with every batch up to SMALL_JOIN
 MAX_BATCHES_PER_WAKE = 20  # then look at signals and the clock before reading on
+FULL_SYNC_KEY = "full_sync"  # state key: when run-once last synced in full
+SAMPLED_KEY = "counters_sampled"  # state key: when run-once last read the counters
 MAX_TRACKED = 200_000  # addresses the event path remembers offences of (~160 MB at most)
 
 
@@ -84,6 +86,7 @@ class TickResult:
     updated: int = 0
     restored: int = 0  # netblocks put back after they vanished from the kernel
     backlog: bool = False  # lines were left for the daemon loop to read
+    skipped: bool = False  # no full sync: nothing new and the kernel proven unchanged (Runner._quiet)
     errors: list[str] = field(default_factory=list)
 
     @property
@@ -119,6 +122,9 @@ class Runner:
         self.logger = Log(self.stderr, log_level or _setting(config, "daemon", "log_level", "info"))
         self.choice: journal.Choice | None = None  # the sources open_sources() chose
         self._said_sources: str | None = None
+        self.full_at: datetime | None = None  # the last full sync by this process
+        self.sampled_at: datetime | None = None  # the last counter read by this process
+        self._counted: dict | None = None  # that read as arrays (the daemon's, see _sample_changed)
 
     def log(self, message: str) -> None:
         """Something went wrong, or needs the operator's eye (store outage, drift, a cut line)."""
@@ -327,7 +333,12 @@ class Runner:
         self._decide(now, result)
         if self.tracker is not None and not result.errors:
             self.tracker.settled(now)  # the full decision covered whatever was pending
-        self._sync(now, result)
+        if self._quiet(now, result):
+            result.skipped = True
+        else:
+            self._sync(now, result)
+            if self.follow_mode:
+                _give_back_memory()  # a full sync at 100k builds and drops about a million objects
         self._sample(now, result)
         self._prune(now, result)
         try:
@@ -439,6 +450,46 @@ class Runner:
                 verb = "blocked"
             self.logger.event("blocked", str(net), f"{verb} {net} {until}: {reason}", noun="netblocks decided")
 
+    def _stored_time(self, key: str) -> datetime | None:
+        """A time run-once left in the store's state (each run-once is a new process)."""
+        if self.follow_mode:
+            return None  # the daemon trusts only what it did itself: its first tick syncs in full
+        try:
+            value = self.store.get_state(key)
+            return None if value is None else datetime.fromtimestamp(float(value), timezone.utc)
+        except (TRANSIENT, ValueError):
+            return None
+
+    def _quiet(self, now: datetime, result: TickResult) -> bool:
+        """Whether this tick may leave the kernel as it is, because a full sync would change nothing.
+
+        True only when nothing was read or decided, no block expired since
+        the last full sync, that sync is younger than ``[daemon]
+        reconcile_every`` (what catches a deliverer's protection running
+        out, or any store change made without a sync), the store is this
+        host's own (a fleet's peers write to it), and the backend proves
+        with the ruleset generation that the kernel still holds what
+        netblock last wrote: a hand edit always takes the full sync.
+        """
+        if result.observations or result.decided or result.errors:
+            return False
+        from netblock.store import Store
+
+        if not isinstance(self.store, Store):
+            return False
+        last = self.full_at or self._stored_time(FULL_SYNC_KEY)
+        every = _setting(self.config, "daemon", "reconcile_every", timedelta(minutes=30))
+        if last is None or not timedelta(0) <= now - last < every:
+            return False
+        try:
+            expired = self.store.next_expiry(last)
+            if expired is not None and expired <= now:
+                return False
+            view = getattr(self.backend(), "region_view", None)
+            return view is not None and view() is not None
+        except TRANSIENT:
+            return False
+
     def _sync(self, now: datetime, result: TickResult) -> None:
         from netblock.sync import sync
 
@@ -450,6 +501,12 @@ class Runner:
             return
         fleet.after_sync(self, res)
         fleet.log_rejected(self)
+        self.full_at = now
+        if not self.follow_mode:
+            try:
+                self.store.set_state(FULL_SYNC_KEY, str(now.timestamp()))
+            except TRANSIENT:
+                pass  # the next run-once syncs in full again
         change = res.change
         result.added, result.removed, result.updated = len(change.added), len(change.removed), len(change.updated)
         if change:
@@ -511,11 +568,26 @@ class Runner:
             from netblock import sampling
         except ImportError:
             return
-        try:
-            sampling.sample(self.store, self.backend(), now)
-        except TRANSIENT as exc:
-            result.errors.append(f"sampling: {_failure(exc)}")
-            return
+        last = self.sampled_at or self._stored_time(SAMPLED_KEY)
+        every = _setting(self.config, "daemon", "sample_every", timedelta(minutes=5))
+        if last is None or not timedelta(0) <= now - last < every:
+            try:
+                if self.follow_mode and hasattr(self.backend(), "counter_columns"):
+                    self._sample_changed(now)
+                else:
+                    sampling.sample(self.store, self.backend(), now)
+            except TRANSIENT as exc:
+                self._counted = None
+                result.errors.append(f"sampling: {_failure(exc)}")
+                return
+            self.sampled_at = now
+            if self.follow_mode:
+                _give_back_memory()  # the counters of 100k elements were read as as many objects
+            else:
+                try:
+                    self.store.set_state(SAMPLED_KEY, str(now.timestamp()))
+                except TRANSIENT:
+                    pass
         try:  # what `netblock export` shows as netblock_last_tick_timestamp_seconds
             self.store.set_state("last_tick", str(now.timestamp()))
         except TRANSIENT as exc:
@@ -527,6 +599,34 @@ class Runner:
             except TRANSIENT as exc:
                 result.errors.append(f"thinning samples: {_failure(exc)}")
     # ---- end of sampling hook ---------------------------------------------
+
+    def _sample_changed(self, now: datetime) -> None:
+        """sampling.sample() for the daemon: only counters that moved since its own last read reach the store.
+
+        The store writes only changed counters anyway, but comparing 100k
+        of them with their latest rows costs seconds every sample_every;
+        the daemon keeps its last read as arrays and hands on what differs
+        (everything, on its first read).
+        """
+        import numpy as np
+
+        from netblock import sampling
+
+        cols = self.backend().counter_columns()
+        previous = self._counted or {}
+        changed = {}
+        for version, (keys, packets, nbytes) in cols.items():
+            pick = np.ones(len(keys), dtype=bool)
+            old = previous.get(version)
+            if old is not None and len(old[0]) and len(keys):
+                pos = np.minimum(np.searchsorted(old[0], keys), len(old[0]) - 1)
+                same = (old[0][pos] == keys) & (old[1][pos] == packets) & (old[2][pos] == nbytes)
+                pick = ~np.asarray(same, dtype=bool)
+            for i in np.flatnonzero(pick).tolist():
+                k = int(keys[i])
+                changed[IPNetwork((k >> 8, k & 255), version=version)] = (int(packets[i]), int(nbytes[i]))
+        sampling.record(self.store, changed, now)
+        self._counted = cols
 
     def _prune(self, now: datetime, result: TickResult) -> None:
         keep = _setting(self.config, "daemon", "observation_retention", None)
@@ -1012,6 +1112,7 @@ class Daemon:
             return
         runner.config = config
         self._set_level()
+        runner.full_at = None  # the new configuration may want another kernel state
         self._track()
         try:
             runner.open_sources()
@@ -1051,6 +1152,18 @@ class Daemon:
         state = "COUNTING ONLY: nothing is dropped" if wanted == "count" else "enforcing"
         runner.logger.info(f"verdict {before or 'none'} -> {wanted} ({state}): the rule changed, "
                            f"{len(runner.applied or ())} netblocks and their counters stay")
+
+
+def _give_back_memory() -> None:
+    """Return the heap a full sync freed to the system, so an idle daemon's RSS is what it keeps."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):
+        pass  # not glibc
 
 
 def _drain(fd: int) -> None:

@@ -519,6 +519,25 @@ class Store:
         rows = self._all(f"SELECT {_BLOCK_COLS} FROM blocks {clause}{_BLOCK_ORDER}", params)
         return receipt.blocks(self, rows)
 
+    def blocks_touching(self, family: int, first: int, prefixlen: int, now: datetime) -> list[Block]:
+        """Active blocks overlapping one CIDR of ``family``: those inside it and those holding it.
+
+        Two index lookups whatever the store holds: what a one-block change
+        reads (netblock/delta.py) instead of every block.
+        """
+        bits = 32 if family == 4 else 128
+        last = first + (1 << (bits - prefixlen)) - 1
+        active = "(expires IS NULL OR expires > ?)"
+        rows = self._all(f"SELECT {_BLOCK_COLS} FROM blocks WHERE family = ? AND first BETWEEN ? AND ? "
+                         f"AND prefixlen >= ? AND {active}",
+                         (family, first.to_bytes(16, "big"), last.to_bytes(16, "big"), prefixlen, _ts(now)))
+        if prefixlen:
+            holders = {(first >> (bits - p) << (bits - p)).to_bytes(16, "big") for p in range(prefixlen)}
+            rows += self._all(f"SELECT {_BLOCK_COLS} FROM blocks WHERE family = ? AND first IN "
+                              f"({', '.join(['?'] * len(holders))}) AND prefixlen < ? AND last >= ? AND {active}",
+                              (family, *holders, prefixlen, last.to_bytes(16, "big"), _ts(now)))
+        return receipt.blocks(self, rows, full=False)
+
     def expired_blocks(self, now: datetime) -> list[Block]:
         rows = self._all(
             f"SELECT {_BLOCK_COLS} FROM blocks WHERE expires <= ? {_BLOCK_ORDER}", (_ts(now),)

@@ -707,6 +707,20 @@ class PgStore:
         rows = self._all(f"SELECT {_BLOCK_COLS} FROM blocks {clause}{_BLOCK_ORDER}", params)
         return receipt.blocks(self, rows)
 
+    def blocks_touching(self, family: int, first: int, prefixlen: int, now: datetime) -> list[Block]:
+        """Active blocks overlapping one CIDR of ``family``: those inside it and those holding it (see Store)."""
+        bits = 32 if family == 4 else 128
+        last = first + (1 << (bits - prefixlen)) - 1
+        active = "(expires IS NULL OR expires > %s)"
+        rows = self._all(f"SELECT {_BLOCK_COLS} FROM blocks WHERE family = %s AND first BETWEEN %s AND %s AND prefixlen >= %s "
+                         f"AND {active}", (family, first.to_bytes(16, "big"), last.to_bytes(16, "big"), prefixlen, _ts(now)))
+        if prefixlen:
+            holders = [(first >> (bits - p) << (bits - p)).to_bytes(16, "big") for p in range(prefixlen)]
+            rows += self._all(f"SELECT {_BLOCK_COLS} FROM blocks WHERE family = %s AND first = ANY(%s) "
+                              f"AND prefixlen < %s AND last >= %s AND {active}",
+                              (family, holders, prefixlen, last.to_bytes(16, "big"), _ts(now)))
+        return receipt.blocks(self, rows, full=False)
+
     def expired_blocks(self, now: datetime) -> list[Block]:
         rows = self._all(f"SELECT {_BLOCK_COLS} FROM blocks WHERE expires <= %s {_BLOCK_ORDER}", (_ts(now),))
         return receipt.blocks(self, rows, full=False)

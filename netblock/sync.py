@@ -284,7 +284,8 @@ def read_installed(backend) -> tuple[dict[IPNetwork, datetime | None], str | Non
     tool or kernel feature, a stranger's object) still propagates.
     """
     try:
-        return dict(backend.installed()), None
+        proven = backend.installed_proven() if hasattr(backend, "installed_proven") else None
+        return (dict(backend.installed()) if proven is None else proven), None
     except NetblockError as exc:
         if type(exc) is not NetblockError:
             raise
@@ -326,7 +327,8 @@ def _apply(store, backend, config, *, now, own, stage) -> SyncResult:
     limits.check_coverage(desired, disjoint=True)  # refused whole: the kernel keeps what it has
     stage()
     backend.ensure()
-    installed = dict(backend.installed())
+    proven = backend.installed_proven() if hasattr(backend, "installed_proven") else None
+    installed = dict(backend.installed()) if proven is None else proven  # no dump while the generation proves it
     stage()
     change_plan = diff(installed, desired)
     if change_plan.removed or change_plan.updated:  # their counters go with them: keep what they counted

@@ -266,11 +266,23 @@ def sync_after_write(ctx):
         raise type(exc)(f"{exc} (the store is updated; `netblock sync` retries the kernel)") from None
 
 
+def change_after_write(ctx, nets, *, cap_checked: bool = False):
+    """sync_after_write() at the cost of the change of ``nets`` when the kernel proves it may (netblock/delta.py)."""
+    from netblock.delta import sync_change
+
+    try:
+        return sync_change(ctx.store(), ctx.backend(), ctx.config, list(nets), now=ctx.now(),
+                           full=lambda: run_sync(ctx), cap_checked=cap_checked)
+    except NetblockError as exc:
+        raise type(exc)(f"{exc} (the store is updated; `netblock sync` retries the kernel)") from None
+
+
 def report_sync(ctx, result) -> None:
     for note in result.notes:
         ctx.warn(note)
     c = result.change
-    ctx.print(f"kernel: {len(result.desired)} netblocks "
+    count = result.count if hasattr(result, "count") else len(result.desired)
+    ctx.print(f"kernel: {count} netblocks "
               f"(+{len(c.added)} -{len(c.removed)} ~{len(c.updated)})")
 
 
@@ -336,7 +348,7 @@ def cmd_add(args, ctx) -> int:
         for prot, _ in guard.delivered.carved(b.netblock):
             ctx.print(f"not carved out: {show(prot)} delivered mail within {window}, "
                       f"but a block made by hand wins ({show(b.netblock)})")
-    report_sync(ctx, sync_after_write(ctx))
+    report_sync(ctx, change_after_write(ctx, [b.netblock for b in blocks], cap_checked=True))
     return 0
 
 
@@ -376,7 +388,7 @@ def cmd_del(args, ctx) -> int:
         gone = store.delete_blocks(dict.fromkeys(nets))
     for net in gone:
         ctx.print(f"deleted {show(net)}")
-    report_sync(ctx, sync_after_write(ctx))
+    report_sync(ctx, change_after_write(ctx, gone))
     return 0
 
 
@@ -416,7 +428,7 @@ def cmd_allow_add(args, ctx) -> int:
         store.allow_add(entries)
     for e in entries:
         ctx.print(f"allowed {show(e.netblock)}")
-    report_sync(ctx, sync_after_write(ctx))
+    report_sync(ctx, change_after_write(ctx, [e.netblock for e in entries]))
     return 0
 
 
@@ -432,7 +444,7 @@ def cmd_allow_del(args, ctx) -> int:
         gone = store.allow_del(dict.fromkeys(nets))
     for net in gone:
         ctx.print(f"no longer allowed: {show(net)}")
-    report_sync(ctx, sync_after_write(ctx))
+    report_sync(ctx, change_after_write(ctx, gone, cap_checked=True))
     return 0
 
 

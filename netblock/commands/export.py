@@ -45,9 +45,9 @@ def cmd_export(args, ctx) -> int:
         addr, port = _addr(args.listen or ctx.config.export.listen)
         db, backend = ctx.db_path, ctx.backend()
 
-        def fresh():  # the HTTP thread opens its own store connection per scrape
+        def fresh():  # the HTTP thread opens its own store connection per scrape; counters as last sampled
             with Store.open(db, host_id=host) as store:
-                return export.snapshot(own_view(store, host), backend, host, ctx.now())
+                return export.snapshot(own_view(store, host), export.Sampled(backend, store), host, ctx.now())
 
         export.serve(addr, port, fresh)
         ctx.warn(f"serving http://{addr}:{port}/metrics; Ctrl-C stops")

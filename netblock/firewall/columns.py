@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import numpy as np
+from netblock.lazynp import np
 
 
 def timestamps(expiries: list) -> np.ndarray:

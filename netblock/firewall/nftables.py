@@ -38,13 +38,12 @@ from importlib import resources
 from operator import attrgetter, countOf
 from pathlib import Path
 
-import numpy as np
 from netaddr import IPNetwork, iprange_to_cidrs, IPAddress
 
 from netblock.errors import (KernelError, KernelFeatureMissing, NameClash, NetblockError, PermissionDenied,
                              ToolMissing)
 from netblock.firewall import VERDICTS, Change, Desired, Settings
-from netblock.firewall.columns import timestamps
+from netblock.firewall.columns import np, timestamps
 from netblock.firewall import names
 from netblock.firewall import nfnetlink as nl
 
@@ -458,9 +457,154 @@ class NftablesBackend:
         return {IPNetwork(key, version=_FAMILY[fam][0]): (p, b)
                 for fam, entries in self._read_all().items() for key, (_e, p, b, _r) in entries.items()}
 
+    def counter_columns(self) -> dict[int, tuple]:
+        """counters() as arrays: {version: (keys first << 8 | prefixlen, packets, bytes)}, no object per element.
+
+        For the daemon's periodic sample, which compares them with its
+        previous read and hands only the changed ones on (Runner._sample).
+        """
+        out = {}
+        for fam, entries in self._read_all().items():
+            keys = [f << 8 | p for f, p in entries]
+            n = len(keys)
+            arr = np.array(keys, dtype=np.uint64 if _FAMILY[fam][1] == 32 else object)
+            order = np.argsort(arr, kind="stable")
+            out[_FAMILY[fam][0]] = (
+                arr[order],
+                np.fromiter((v[1] for v in entries.values()), dtype=np.int64, count=n)[order],
+                np.fromiter((v[2] for v in entries.values()), dtype=np.int64, count=n)[order])
+        return out
+
     def installed(self) -> dict[IPNetwork, datetime | None]:
         return {IPNetwork(key, version=_FAMILY[fam][0]): None if e is None else datetime.fromtimestamp(e, timezone.utc)
                 for fam, entries in self._read_all().items() for key, (e, _p, _b, _r) in entries.items()}
+
+    # ------------------------------------------------------------ one change, priced by the change
+
+    def region_view(self) -> "RegionView | None":
+        """The sets as netblock's last commit left them, if the ruleset generation proves it; else None.
+
+        Read from the snapshot file without numpy and without a Python
+        object per element: sorted keys and expiries as memoryviews that
+        bisect can search (netblock/delta.py). None when anyone else
+        committed since (a hand edit, another tool), or the state has
+        hand-made ranges: then the caller runs the full sync.
+        """
+        with self._netlink() as sock:
+            genid = self._genid(sock)
+            memo = self._memo
+            if memo is not None and memo[1] == genid and memo[0] == sock.netns_cookie():
+                if any(col.ranges for col in memo[2].values()):
+                    return None
+                return RegionView(genid, memo[0], {
+                    _FAMILY[fam][0]: (memoryview(col.keys.tobytes()).cast("Q") if _FAMILY[fam][1] == 32
+                                      else col.keys.tolist(), memoryview(col.expiry.tobytes()).cast("d"))
+                    for fam, col in memo[2].items()})
+            try:
+                data = _read_snapshot_file(sock)
+                if data["format"] != SNAPSHOT_FORMAT or data["genid"] != genid:
+                    return None
+                sets = {}
+                for fam in self.settings.families:
+                    keys, expiry, ranges = data["sets"][fam]
+                    if ranges:
+                        return None
+                    keys = memoryview(keys).cast("Q") if _FAMILY[fam][1] == 32 else list(keys)
+                    expiry = memoryview(expiry).cast("d")
+                    if len(keys) != len(expiry):
+                        return None
+                    sets[_FAMILY[fam][0]] = (keys, expiry)
+            except (OSError, LookupError, ValueError, EOFError, TypeError):
+                return None
+            return RegionView(genid, sock.netns_cookie(), sets)
+
+    def installed_proven(self) -> dict[IPNetwork, datetime | None] | None:
+        """installed() from netblock's last state when the ruleset generation proves it, else None.
+
+        Spares `status`, `sync` and the tick the seconds a 100k set dump
+        costs the kernel; elements past their expiry are left out, as the
+        kernel drops them.
+        """
+        view = self.region_view()
+        if view is None:
+            return None
+        now = datetime.now(timezone.utc).timestamp()
+        out = {}
+        for version, (keys, expiry) in view.sets.items():
+            for k, e in zip(keys, expiry):
+                if e != e:
+                    out[IPNetwork((k >> 8, k & 255), version=version)] = None
+                elif e > now:
+                    out[IPNetwork((k >> 8, k & 255), version=version)] = datetime.fromtimestamp(e, timezone.utc)
+        return out
+
+    def counters_of(self, view: "RegionView", keys: list[tuple[int, int]]) -> dict[IPNetwork, tuple[int, int]]:
+        """{netblock: (packets, bytes)} of the installed elements ``keys`` ((version, first << 8 | prefixlen))."""
+        out = {}
+        with self._netlink() as sock:
+            for version in (4, 6):
+                mine = [k for v, k in keys if v == version]
+                if not mine:
+                    continue
+                fam, bits = _VERSION_FAMILY[version], _FAMILY[_VERSION_FAMILY[version]][1]
+                try:
+                    elements = sock.get_elements(names.NFT_SET[fam], [(k >> 8).to_bytes(bits // 8, "big") for k in mine])
+                except nl.NetlinkError as exc:
+                    raise _translate(exc, f"read counters of {names.NFT_SET[fam]}") from None
+                found = {int.from_bytes(el.key, "big"): (el.packets, el.bytes) for el in elements if not el.end}
+                for k in mine:
+                    if (k >> 8) in found:
+                        out[IPNetwork((k >> 8, k & 255), version=version)] = found[k >> 8]
+        return out
+
+    def apply_region(self, view: "RegionView", removed: list[tuple[int, int]],
+                     added: list[tuple[int, int, float | None]],
+                     updated: list[tuple[int, int, float | None]]) -> bool:
+        """Remove, add and re-time the given elements in one transaction guarded by the view's generation.
+
+        Keys are (version, first << 8 | prefixlen), expiries epoch seconds
+        (None: permanent). False when the kernel moved on since the view
+        (the caller runs the full sync); the snapshot is then updated in
+        place, so the next change needs no dump either.
+        """
+        ops = []
+        for version in (4, 6):
+            fam = _VERSION_FAMILY[version]
+            if fam not in self.settings.families:
+                if any(v == version for v, *_ in removed + added + updated):
+                    return False
+                continue
+            bits = _FAMILY[fam][1]
+            dels = [e for v, k in removed if v == version
+                    for e in _range_elements(*_derived(k, bits), bits)]
+            ups = [nl.ElemSpec((k >> 8).to_bytes(bits // 8, "big"), False, e or 0)
+                   for v, k, e in updated if v == version]
+            adds = [e for v, k, x in added if v == version
+                    for e in _network_elements(k >> 8, k & 255, bits, x)]
+            set_name = names.NFT_SET[fam]
+            if dels:
+                ops.append(nl.SetOp(set_name, True, dels))
+            if ups:
+                ops.append(nl.SetOp(set_name, False, ups, exclusive=False))
+            if adds:
+                ops.append(nl.SetOp(set_name, False, adds))
+        if not ops:
+            return True
+        self._memo = None
+        with self._netlink() as sock:
+            if sock.netns_cookie() != view.cookie:
+                return False
+            try:
+                sock.batch(ops, genid=view.genid)
+            except nl.NetlinkError:
+                _forget_snapshot(sock)
+                return False  # the kernel moved on, or refused: the full sync reads it afresh and says why
+            sets = {}
+            for version, (keys, expiry) in view.sets.items():
+                fam = _VERSION_FAMILY[version]
+                sets[fam] = _spliced(keys, expiry, version, removed, added, updated)
+            _write_snapshot(sock, nl.next_genid(view.genid), sets)
+        return True
 
     def remove(self) -> None:
         """Delete netblock's table (sets, elements, chain) in one transaction; a stranger's stays."""
@@ -581,19 +725,30 @@ class _Column:
         return i if i < len(self.keys) and self.keys[i] == key else None
 
     def covering(self, first: int, bits: int) -> float | None:
-        """The expiry (inf: permanent) of the element whose CIDR holds address ``first``, or None."""
-        for plen in range(bits, -1, -1):
-            i = self.find((first >> (bits - plen) << (bits - plen)) << 8 | plen)
-            if i is not None:
-                e = float(self.expiry[i])
-                return np.inf if np.isnan(e) else e
-        return None
+        """The expiry (inf: permanent) of the element whose CIDR holds address ``first``, or None.
+
+        Every prefix length's key is looked up in one searchsorted call: the
+        event path asks this for each new address of a burst.
+        """
+        candidates = [(first >> (bits - plen) << (bits - plen)) << 8 | plen for plen in range(bits, -1, -1)]
+        n = len(self.keys)
+        if not n:
+            return None
+        wanted = np.array(candidates, dtype=self.keys.dtype)
+        pos = np.minimum(np.searchsorted(self.keys, wanted), n - 1)
+        hits = np.flatnonzero(self.keys[pos] == wanted)
+        if not len(hits):
+            return None
+        e = float(self.expiry[pos[hits[0]]])
+        return np.inf if np.isnan(e) else e
 
     def plus(self, added: list[tuple[int, float | None]]) -> "_Column":
-        keys = np.concatenate([self.keys, np.array([k for k, _ in added], dtype=self.keys.dtype)])
-        exp = np.concatenate([self.expiry, np.array([np.nan if e is None else e for _, e in added])])
-        order = np.argsort(keys, kind="stable")
-        return _Column(keys[order], exp[order], self.ranges)
+        """The column with ``added`` (keys not in it yet) inserted in order: a copy, not a sort of everything."""
+        new = sorted(added)
+        keys = np.array([k for k, _ in new], dtype=self.keys.dtype)
+        exp = np.array([np.nan if e is None else e for _, e in new], dtype=np.float64)
+        at = np.searchsorted(self.keys, keys)
+        return _Column(np.insert(self.keys, at, keys), np.insert(self.expiry, at, exp), self.ranges)
 
 
 def _wanted(desired: Desired, families, now: float):
@@ -735,10 +890,14 @@ def _read_snapshot_file(sock: nl.Nfnl):
 
 
 def _save_snapshot(sock: nl.Nfnl, genid: int, state: dict) -> None:
+    _write_snapshot(sock, genid, {fam: col.dump(_FAMILY[fam][1]) for fam, col in state.items()})
+
+
+def _write_snapshot(sock: nl.Nfnl, genid: int, sets: dict) -> None:
+    """Write the snapshot of sets already in file form ({family: (keys, expiries, ranges)})."""
     try:
         SNAPSHOT_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
         path = _snapshot_path(sock)
-        sets = {fam: col.dump(_FAMILY[fam][1]) for fam, col in state.items()}
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "wb") as f:
@@ -772,6 +931,45 @@ def _forget_snapshot(sock: nl.Nfnl) -> None:
         _snapshot_path(sock).unlink(missing_ok=True)
     except OSError:
         pass
+
+
+@dataclass
+class RegionView:
+    """apply()'s last state, proven current by the ruleset generation: {version: (sorted keys, expiries)}.
+
+    Keys are first << 8 | prefixlen, expiries epoch seconds (NaN: permanent).
+    """
+
+    genid: int
+    cookie: int
+    sets: dict
+
+
+def _spliced(keys, expiry, version: int, removed, added, updated):
+    """The snapshot form of one set after apply_region(): the arrays with the few changes spliced in."""
+    from array import array
+    from bisect import bisect_left
+
+    arr_k = array("Q", keys) if version == 4 else list(keys)
+    arr_e = array("d", expiry)
+    nan = float("nan")
+    for v, k in removed:
+        if v == version:
+            i = bisect_left(arr_k, k)
+            if i < len(arr_k) and arr_k[i] == k:
+                del arr_k[i]
+                del arr_e[i]
+    for v, k, e in updated:
+        if v == version:
+            i = bisect_left(arr_k, k)
+            if i < len(arr_k) and arr_k[i] == k:
+                arr_e[i] = nan if e is None else e
+    for v, k, e in added:
+        if v == version:
+            i = bisect_left(arr_k, k)
+            arr_k.insert(i, k)
+            arr_e.insert(i, nan if e is None else e)
+    return (arr_k.tobytes() if version == 4 else arr_k), arr_e.tobytes(), []
 
 
 def _differs(current: float | None, wanted: float | None, now: float) -> bool:

@@ -165,6 +165,28 @@ def test_blocks_of_some_sources_and_the_ipv4_space_bound(st):
     assert st.v4_block_space(T0 - 2 * HOUR) == 256 + 128 + 256 + 256 + (1 << 28)
 
 
+def test_blocks_touching_a_cidr_are_those_inside_it_and_those_holding_it(st):
+    st.put_blocks([
+        block("198.18.0.0/16", source="policy"),
+        block("198.18.16.0/24"),
+        block("198.18.16.7/32"),
+        block("198.18.17.0/24"),  # beside, not overlapping
+        block("198.18.16.0/22", expires=T0 - HOUR),  # holds it, but expired
+        block("::ffff:198.18.16.128/121"),
+        block("2001:db8::/32"),
+        block("2001:db8:1::/48"),
+    ])
+    def touching(family, net, plen):
+        return sorted(str(b.netblock) for b in st.blocks_touching(family, int(IPNetwork(net).first), plen, T0))
+
+    assert touching(4, "198.18.16.0", 24) == ["198.18.0.0/16", "198.18.16.0/24", "198.18.16.128/25", "198.18.16.7/32"]
+    assert touching(4, "198.18.16.7", 32) == ["198.18.0.0/16", "198.18.16.0/24", "198.18.16.7/32"]
+    assert touching(4, "198.18.18.0", 24) == ["198.18.0.0/16"]
+    assert touching(4, "198.19.0.0", 16) == []
+    assert touching(6, "2001:db8:1::", 64) == ["2001:db8:1::/48", "2001:db8::/32"]
+    assert touching(6, "2001:db8::", 31) == ["2001:db8:1::/48", "2001:db8::/32"]
+
+
 def test_blocks_sort_numerically_ipv4_first_and_oldest(st):
     assert st.oldest_block() is None
     st.put_blocks([block(n, created=T0 - i * MIN) for i, n in
