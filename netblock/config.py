@@ -26,7 +26,7 @@ from typing import Any, Callable
 from netblock.errors import BadInput, ConfigError
 from netblock.firewall import BACKENDS, VERDICTS, Settings
 from netblock.limits import DEFAULT_MAX_ELEMENTS_PER_BLOCK, MIN_PREFIXLEN
-from netblock.targets import parse_target
+from netblock.decide.targets import parse_target
 
 DEFAULT_PATH = "/etc/netblock/netblock.toml"
 
@@ -324,7 +324,7 @@ class WidenConfig:
     max_prefix_v6: int = _k(_int(MIN_PREFIXLEN[6], 128), 48)
 
 
-# -- [routed]: widening to announced prefixes (netblock/routed.py explains the defaults) --
+# -- [routed]: widening to announced prefixes (netblock/decide/routed.py explains the defaults) --
 
 # Webmail and mail-service providers' ASes (names as in pyasn's asnames.json):
 # a site exchanges real mail with them, so their networks are never widened to.
@@ -412,7 +412,7 @@ class SourcesConfig:
     files: tuple[str, ...] = _k(_list(_str(allow_empty=False)), ())
     format: str = _k(_enum("auto", "postfix", "exim", "sendmail"), "auto")
     # "auto": the journal where the MTA logs to it (entries of journal_units in the last
-    # day) and no files are configured; true/false force it (netblock/journal.py: choose()).
+    # day) and no files are configured; true/false force it (netblock/sources/journal.py: choose()).
     journal: bool | str = _k(_Kind(_journal_setting), "auto")
     journal_units: tuple[str, ...] = _k(
         _list(_str(allow_empty=False)),

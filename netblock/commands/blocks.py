@@ -15,7 +15,7 @@ from datetime import datetime, timedelta, timezone
 from netaddr import IPNetwork
 
 from netblock.errors import BadInput, NetblockError
-from netblock.lock import kernel_lock
+from netblock.system.lock import kernel_lock
 from netblock.model import AllowEntry, Block
 from netblock.printable import printable
 
@@ -75,7 +75,7 @@ def parse_targets(items: list[tuple[str, str]], ctx, *, force: bool = False, any
 
     ``any_width`` for commands that only name space (del, allow): no width limit applies.
     """
-    from netblock.targets import parse_target
+    from netblock.decide.targets import parse_target
 
     nets = []
     warned = 0
@@ -107,7 +107,7 @@ class Refusals:
     delivered: "Refusals | None" = None  # recent deliverers: not refused, and not carved out of a manual block
 
     def __init__(self, labelled: list[tuple[IPNetwork, str]]):
-        from netblock.sync import span
+        from netblock.run.sync import span
 
         self.labelled = labelled
         self.merged: dict[int, tuple[list[int], list[int]]] = {}
@@ -121,7 +121,7 @@ class Refusals:
                 lasts.append(last)
 
     def why(self, net: IPNetwork) -> str | None:
-        from netblock.sync import span
+        from netblock.run.sync import span
 
         fam, first, last = span(net)
         if fam not in self.merged:
@@ -138,7 +138,7 @@ class Refusals:
 
     def carved(self, net: IPNetwork) -> list[tuple[IPNetwork, str]]:
         """(protected netblock, label) of each protection inside ``net``: what sync cuts out of it."""
-        from netblock.sync import span
+        from netblock.run.sync import span
 
         fam, first, last = span(net)
         if fam not in self.merged:
@@ -161,7 +161,7 @@ def refusals(store, config, now: datetime) -> Refusals:
     A sender that delivered mail is carved out by sync but may still be
     blocked by hand: the next sync after the delivery window honours it.
     """
-    from netblock.sync import protected
+    from netblock.run.sync import protected
 
     prot = protected(store, config, now=now)
     labelled = [(net, "protected: built-in never-block range") for net in prot.builtin]
@@ -173,7 +173,7 @@ def refusals(store, config, now: datetime) -> Refusals:
 
 
 def parse_ttl(text: str, config) -> timedelta:
-    from netblock.targets import parse_duration
+    from netblock.decide.targets import parse_duration
 
     try:
         ttl = parse_duration(text)
@@ -252,7 +252,7 @@ def check_width(net: IPNetwork, config, force: bool, text: str) -> None:
 # ---------------------------------------------------------------- sync glue
 
 def run_sync(ctx, *, dry_run: bool = False):
-    from netblock.sync import SYNC_STEPS, sync
+    from netblock.run.sync import SYNC_STEPS, sync
 
     with ctx.progress(SYNC_STEPS, "sync") as bar:
         return sync(ctx.store(), ctx.backend(), ctx.config, now=ctx.now(), dry_run=dry_run, stage=bar.advance)
@@ -349,7 +349,7 @@ def check_cap(store, config, now: datetime, *, add=(), unallow=()) -> None:
     aggregation runs only near the cap.
     """
     from netblock import limits
-    from netblock.sync import compute_desired, max_elements, protected, screen
+    from netblock.run.sync import compute_desired, max_elements, protected, screen
 
     # The stored blocks' sizes summed, overlaps twice: one query, and never less than what sync installs.
     if store.v4_block_space(now) + limits.v4_addresses((b.netblock for b in add), disjoint=True) \
@@ -549,7 +549,7 @@ def sources_status(config, now: datetime):
     """The sources the daemon and run-once read with this configuration (journal.choose(), auto-detection included)."""
     import os
 
-    from netblock import journal
+    from netblock.sources import journal
 
     src = getattr(config, "sources", None)
     if src is None:  # a partial config (tests): no sources at all
@@ -561,19 +561,19 @@ def sources_status(config, now: datetime):
 
 def file_source_warning(sources) -> str | None:
     """`status` warns once, on stderr, when log files are read: local users can forge their lines."""
-    from netblock import journal
+    from netblock.sources import journal
 
     return journal.file_source_forgery_warning(sources)
 
 
 def cmd_status(args, ctx) -> int:
     from netblock.errors import StoreError
-    from netblock.sync import desired_for, diff, read_installed
+    from netblock.run.sync import desired_for, diff, read_installed
 
     try:
         store = ctx.store()
     except StoreError as exc:  # a fleet's PostgreSQL may be away: say since when, and what the kernel keeps
-        from netblock.fleet import status_unreachable
+        from netblock.run.fleet import status_unreachable
 
         return status_unreachable(ctx, exc, as_json=args.json)
     backend = ctx.backend()
@@ -638,8 +638,8 @@ def cmd_status(args, ctx) -> int:
 
 def cmd_remove_rules(args, ctx) -> int:
     from netblock.errors import NetblockError
-    from netblock.sampling import sample
-    from netblock.sync import read_installed
+    from netblock.run.sampling import sample
+    from netblock.run.sync import read_installed
 
     backend = ctx.backend()
     with kernel_lock(ctx.config.lock_file):
@@ -674,7 +674,7 @@ def cmd_config(args, ctx) -> int:
     from netblock import config as config_mod
 
     cfg = ctx.config
-    from netblock.store_pg import mask_dsn  # psycopg-free: only masks a DSN's password
+    from netblock.store.postgres import mask_dsn  # psycopg-free: only masks a DSN's password
 
     overrides = {"db": mask_dsn(ctx.db_path), "backend": ctx.backend_name}
     if dataclasses.is_dataclass(cfg):

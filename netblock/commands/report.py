@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 from datetime import datetime, timedelta, timezone
 
-from netblock import report as rep
+from netblock.reports import tables as rep
 from netblock.errors import BadInput
 from netblock.printable import printable
 
@@ -63,7 +63,7 @@ def register(sub) -> None:
 
 
 def cmd_sample(args, ctx) -> int:
-    from netblock import sampling
+    from netblock.run import sampling
 
     store, backend = ctx.store(), ctx.backend()
     counters = backend.counters()
@@ -85,7 +85,7 @@ def _time(text: str, what: str) -> datetime:
 
 
 def window(args, now: datetime) -> tuple[datetime, datetime]:
-    from netblock.targets import parse_duration
+    from netblock.decide.targets import parse_duration
 
     if args.since and args.from_:
         raise BadInput("--since and --from exclude each other")
@@ -145,7 +145,7 @@ def top_rows(store, config, since: datetime, until: datetime, n: int, by: str = 
              compare: bool = False) -> tuple[list[rep.Row], list[rep.Row] | None]:
     """The top-n decided blocks with their carve-outs, and (``compare``) the previous window's top-n
     rows that dropped out (None without a comparison)."""
-    from netblock.sync import protected
+    from netblock.run.sync import protected
 
     blocks = store.blocks()
     everything = drop_rows(store, config, since, until, blocks)
@@ -202,9 +202,9 @@ def summary_of(store, config, since, until) -> rep.Summary:
 
 
 def asn_rows(store, config, since, until) -> list:
-    """Distinct rejected addresses per origin AS in the window, from the one routing table (netblock.asn)."""
-    from netblock import asn
-    from netblock.store import NOT_OFFENCES
+    """Distinct rejected addresses per origin AS in the window, from the one routing table (netblock.decide.asn)."""
+    from netblock.decide import asn
+    from netblock.store.sqlite import NOT_OFFENCES
 
     ips = {o.ip for o in store.observations(since=since, until=until) if o.cls not in NOT_OFFENCES}
     return asn.count_by_origin(ips, asn.from_config(config))
@@ -212,7 +212,7 @@ def asn_rows(store, config, since, until) -> list:
 
 def asn_drop_rows(store, config, since, until) -> list[rep.OriginDrops]:
     """Packets and bytes dropped per origin AS in the window, by decided block (see drops_by_origin)."""
-    from netblock import asn
+    from netblock.decide import asn
 
     table = asn.from_config(config)
     return rep.drops_by_origin(drop_rows(store, config, since, until), table.origin, table.name)
@@ -222,13 +222,13 @@ def cmd_report(args, ctx) -> int:
     if args.top is not None and args.top < 1:
         raise BadInput(f"--top: {args.top} must be at least 1")
     if args.plot:
-        from netblock import plot
+        from netblock.reports import plot
 
         plot.check_target(args.plot)
     since, until = window(args, ctx.now())
     store, config = ctx.store(), ctx.config
     if args.host is not None:
-        from netblock.fleet import view_host
+        from netblock.run.fleet import view_host
 
         view_host(store, config, args.host)
     n = args.top or getattr(getattr(config, "report", None), "top", 10)
@@ -246,7 +246,7 @@ def cmd_report(args, ctx) -> int:
         return _emit(args, ctx, records, lambda: rep.origin_table(drops, exact=args.exact),
                      fields=["asn", "owner", "packets", "bytes", "blocks"])
     if args.kind == "asn":
-        from netblock.asn import render_counts
+        from netblock.decide.asn import render_counts
 
         rows = asn_rows(store, config, since, until)[:n]
         records = [{"ips": r.ips, "asn": r.asn, "owner": r.owner} for r in rows]
@@ -266,7 +266,7 @@ def cmd_report(args, ctx) -> int:
     rows, gone = top_rows(store, config, since, until, n, args.by, compare)
     records = [row_record(r, compare) for r in rows]
     if args.json and args.host is None and hasattr(store, "hosts"):  # a fleet: which MX dropped what
-        from netblock.fleet import per_host_packets
+        from netblock.run.fleet import per_host_packets
 
         per_host = per_host_packets(store, since, until)
         for rec, r in zip(records, rows):
@@ -285,20 +285,20 @@ def cmd_report(args, ctx) -> int:
 
 def _files(args, store, config, since, until, n, compare) -> None:
     """--plot and --html: written before anything is printed, so a failure leaves stdout empty."""
-    from netblock.export import write_atomically
+    from netblock.reports.export import write_atomically
 
     rows, gone = top_rows(store, config, since, until, n, args.by, compare)
     daily = store.daily_drops(since, until)
     if args.plot:
-        from netblock import plot
+        from netblock.reports import plot
 
         plot.write(args.plot, rows, daily, since, until, by=args.by)
     if args.html:
-        from netblock import html
+        from netblock.reports import html
 
         extra = []
         if getattr(getattr(config, "report", None), "asn_file", ""):
-            from netblock.asn import render_counts
+            from netblock.decide.asn import render_counts
 
             extra.append(("Rejected addresses by origin AS",
                           html.preformatted(render_counts(asn_rows(store, config, since, until)[:n]))))
@@ -343,8 +343,8 @@ def wrapup_text(store, config, since: datetime, until: datetime, n: int, compare
 def cmd_wrapup(args, ctx) -> int:
     import os
 
-    from netblock.export import write_atomically
-    from netblock.targets import parse_duration
+    from netblock.reports.export import write_atomically
+    from netblock.decide.targets import parse_duration
 
     until = ctx.now()
     since = until - parse_duration(args.since)

@@ -1,6 +1,6 @@
 """Commands that read the mail logs: ingest, daemon, run-once, why.
 
-All of them go through the same steps as the daemon's tick (netblock.daemon):
+All of them go through the same steps as the daemon's tick (netblock.run.daemon):
 observations into the store, policy, sync. ``ingest`` reads finished files
 once (plain or gzip, or stdin) and keeps no position; ``run-once`` continues
 from the positions the daemon saves, for the systemd timer mode.
@@ -14,7 +14,7 @@ import os
 from collections import Counter
 from datetime import timezone
 
-from netblock import follow
+from netblock.sources import follow
 from netblock.errors import BadInput, NetblockError, NotARegularFile
 from netblock.printable import printable
 
@@ -185,7 +185,7 @@ def cmd_ingest(args, ctx) -> int:
                 ctx.print(f"  {join.ambiguous:>10}  ambiguous (not counted)")
         return 0
     with store.transaction():
-        from netblock import policy  # numpy: loaded only by the commands that decide
+        from netblock.decide import policy  # numpy: loaded only by the commands that decide
 
         decided = policy.record(store, policy.decide(store, ctx.config, now), now)
     # A storm decides 100k blocks, and sync loads them all again from the
@@ -194,7 +194,7 @@ def cmd_ingest(args, ctx) -> int:
     decided_nets = [str(b.netblock) for b in decided] if args.json else None
     del decided
     gc.collect()
-    from netblock.sync import sync
+    from netblock.run.sync import sync
 
     try:
         result = sync(store, ctx.backend(), ctx.config, now=now)
@@ -320,12 +320,12 @@ def _show_observations(write, hits, text) -> None:
 # ---------------------------------------------------------------- daemon, run-once
 
 def _runner(ctx, *, follow_mode: bool, log_level: str | None = None):
-    from netblock.daemon import Runner
+    from netblock.run.daemon import Runner
 
     if ctx.config.routed.enabled:
         # A routing table that cannot be read would stop every decision of every
         # tick; refuse to start instead, with the one-line reason.
-        from netblock import asn
+        from netblock.decide import asn
 
         asn.from_config(ctx.config)
     return Runner(ctx.config, ctx.store(), ctx.backend, clock=ctx.now, follow_mode=follow_mode,
@@ -333,7 +333,7 @@ def _runner(ctx, *, follow_mode: bool, log_level: str | None = None):
 
 
 def cmd_daemon(args, ctx) -> int:
-    from netblock.daemon import Daemon
+    from netblock.run.daemon import Daemon
 
     runner = _runner(ctx, follow_mode=True)
     return Daemon(runner, reload_config=ctx.reload_config, verbose=args.verbose).run()
@@ -360,7 +360,7 @@ def cmd_run_once(args, ctx) -> int:
 # ---------------------------------------------------------------- why
 
 def cmd_why(args, ctx) -> int:
-    from netblock.targets import parse_target
+    from netblock.decide.targets import parse_target
 
     parsed = parse_target(args.target, any_width=True)
     if parsed.warning:
@@ -368,12 +368,12 @@ def cmd_why(args, ctx) -> int:
     target = parsed.netblock
     own = []
     try:
-        from netblock import hostaddrs
+        from netblock.system import hostaddrs
 
         own = hostaddrs.own_addresses()
     except (NetblockError, OSError, ImportError):
         own = []  # own addresses are extra detail here, not a reason to fail
-    from netblock import policy
+    from netblock.decide import policy
 
     ex = policy.explain(ctx.store(), ctx.config, target, ctx.now(), own=own)
     if args.json:

@@ -21,7 +21,7 @@ import time
 import pytest
 
 from mta import BELOW, DOMAIN, LEGIT, SINGLES, WAIT_S
-from netblock.lab import run_in_netns
+from netblock.demo.lab import run_in_netns
 from netns import SERVER4, check_allowed, wait_for
 
 pytestmark = pytest.mark.e2e

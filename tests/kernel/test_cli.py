@@ -15,7 +15,7 @@ import pytest
 
 from netns import CLIENT4, SERVER4, SERVER6
 
-from netblock import hostaddrs
+from netblock.system import hostaddrs
 
 pytestmark = pytest.mark.kernel
 

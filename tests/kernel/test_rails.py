@@ -58,7 +58,7 @@ def run(scene, tmp_path, *argv: str, input: str | None = None, check: bool = Tru
 
 def test_a_block_made_by_hand_wins_over_the_delivered_protection_but_not_over_the_allowlist(scene, tmp_path):
     from netblock.model import Block, Observation
-    from netblock.store import Store
+    from netblock.store.sqlite import Store
     from netaddr import IPAddress, IPNetwork
 
     (tmp_path / "netblock.toml").write_text(f'lock_file = "{tmp_path}/run/netblock.lock"\n')
@@ -136,7 +136,7 @@ def test_a_widened_block_over_its_element_budget_falls_back_to_its_offenders(sce
     from netaddr import IPAddress
 
     from netblock.model import Observation
-    from netblock.store import Store
+    from netblock.store.sqlite import Store
 
     (tmp_path / "netblock.toml").write_text(f"""
 lock_file = "{tmp_path}/run/netblock.lock"

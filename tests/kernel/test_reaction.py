@@ -21,10 +21,11 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from netaddr import IPAddress, IPNetwork
 
-from netblock import config as config_mod, policy
-from netblock.daemon import Tracker
+from netblock import config as config_mod
+from netblock.decide import policy
+from netblock.run.daemon import Tracker
 from netblock.model import Observation
-from netblock.store import Store
+from netblock.store.sqlite import Store
 from netns import scene as make_scene, wait_for
 
 pytestmark = pytest.mark.kernel

@@ -22,9 +22,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(__file__)))
 
 from fakes import FakeBackend, FakeConfig  # noqa: E402
 
-from netblock import cli, hostaddrs  # noqa: E402
+from netblock import cli  # noqa: E402
+from netblock.system import hostaddrs
 from netblock.errors import NetblockError  # noqa: E402
-from netblock.store import Store  # noqa: E402
+from netblock.store.sqlite import Store  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "../shared/data"
 # A pinned instant, not today: in this file it meets only fakes, the store and pure functions,

@@ -16,9 +16,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from test_report_cli import NOW, Harness, N  # noqa: F401  (same fake kernel and store)
 
-from netblock import export, hostaddrs
+from netblock.reports import export
+from netblock.system import hostaddrs
 from netblock.model import Observation
-from netblock.store import Store
+from netblock.store.sqlite import Store
 
 
 @pytest.fixture

@@ -18,11 +18,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(__file__)))
 
 from fakes import FakeBackend  # noqa: E402
 
-from netblock import follow  # noqa: E402
-from netblock.daemon import Runner  # noqa: E402
+from netblock.sources import follow  # noqa: E402
+from netblock.run.daemon import Runner  # noqa: E402
 from netblock.errors import StoreError  # noqa: E402
-from netblock.follow import Follower, Inotify, Position  # noqa: E402
-from netblock.store import Store  # noqa: E402
+from netblock.sources.follow import Follower, Inotify, Position  # noqa: E402
+from netblock.store.sqlite import Store  # noqa: E402
 
 # A pinned instant, not today: in this file it meets only fakes, the store and pure functions,
 # never the kernel's or the real clock (scripts/test-clock.sh runs the suite 400 days ahead).

@@ -22,10 +22,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(__file__)))
 
 from fakes import FakeBackend  # noqa: E402
 
-from netblock import journal  # noqa: E402
-from netblock.daemon import Runner  # noqa: E402
-from netblock.journal import Journal, command, trusted  # noqa: E402
-from netblock.store import Store  # noqa: E402
+from netblock.sources import journal  # noqa: E402
+from netblock.run.daemon import Runner  # noqa: E402
+from netblock.sources.journal import Journal, command, trusted  # noqa: E402
+from netblock.store.sqlite import Store  # noqa: E402
 
 # A pinned instant, not today: in this file it meets only fakes, the store and pure functions,
 # never the kernel's or the real clock (scripts/test-clock.sh runs the suite 400 days ahead).
@@ -251,9 +251,10 @@ def test_the_daemon_loop_reacts_to_journal_entries(fake, store, tmp_path, monkey
 
     from netaddr import IPNetwork
 
-    from netblock import config as config_mod, hostaddrs
-    from netblock.daemon import Daemon
-    from netblock.sdnotify import Notifier
+    from netblock import config as config_mod
+    from netblock.system import hostaddrs
+    from netblock.run.daemon import Daemon
+    from netblock.system.sdnotify import Notifier
 
     monkeypatch.setattr(hostaddrs, "own_addresses", lambda: [])
     cfg = config_mod.loads(f"""

@@ -23,10 +23,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(__file__)))
 
 from fakes import FakeBackend  # noqa: E402
 
-from netblock import journal  # noqa: E402
-from netblock.daemon import Runner  # noqa: E402
-from netblock.journal import Choice, Detection, choose, detect  # noqa: E402
-from netblock.store import Store  # noqa: E402
+from netblock.sources import journal  # noqa: E402
+from netblock.run.daemon import Runner  # noqa: E402
+from netblock.sources.journal import Choice, Detection, choose, detect  # noqa: E402
+from netblock.store.sqlite import Store  # noqa: E402
 
 JOURNAL_REMOTE = "/lib/systemd/systemd-journal-remote"
 UNITS = ("postfix.service", "postfix@-.service", "exim4.service", "sendmail.service")

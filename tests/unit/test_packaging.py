@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from netblock import __version__, config, manpage
+from netblock import __version__, config
+from netblock.commands import manpage
 from netblock.cli import build_parser
-from netblock.completion import _subparsers
+from netblock.system.completion import _subparsers
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -9,10 +9,11 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from netaddr import IPAddress, IPNetwork
 
-from netblock import cli, config as config_mod, policy
+from netblock import cli, config as config_mod
+from netblock.decide import policy
 from netblock.errors import BadInput
 from netblock.model import AllowEntry, Block, Observation
-from netblock.store import Store
+from netblock.store.sqlite import Store
 
 # A pinned instant, not today: in this file it meets only fakes, the store and pure functions,
 # never the kernel's or the real clock (scripts/test-clock.sh runs the suite 400 days ahead).
@@ -282,7 +283,7 @@ def test_why_command_prints_text_and_json(tmp_path, monkeypatch):
     with Store.open(db) as s:
         seen(s, "198.18.17.1", "no-rdns", 3, 2, 1)
     monkeypatch.setenv("NETBLOCK_NOW", NOW.isoformat())
-    monkeypatch.setattr("netblock.hostaddrs.own_addresses", lambda: [])
+    monkeypatch.setattr("netblock.system.hostaddrs.own_addresses", lambda: [])
 
     def run(*argv):
         out = io.StringIO()
@@ -374,7 +375,7 @@ def test_past_its_element_budget_a_widened_block_falls_back_to_its_offenders(sto
 
 
 def test_sync_leaves_out_a_stored_widened_block_that_grew_past_its_budget(store):
-    from netblock.sync import plan
+    from netblock.run.sync import plan
 
     cfg = config_mod.loads(TOML.replace('delivered_window = "30d"', 'delivered_window = "30d"\nmax_elements_per_block = 8'))
     store.put_blocks([Block(IPNetwork("198.18.5.0/24"), "widened: 3 offenders in 198.18.5.0/24", "policy", NOW,

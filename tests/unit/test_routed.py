@@ -13,10 +13,12 @@ from pathlib import Path
 import pytest
 from netaddr import IPAddress, IPNetwork, IPSet
 
-from netblock import asn, cli, config as config_mod, policy, routed, sync
+from netblock.decide import asn, policy, routed
+from netblock import cli, config as config_mod
+from netblock.run import sync
 from netblock.aggregate import aggregate
 from netblock.model import Observation
-from netblock.store import Store
+from netblock.store.sqlite import Store
 
 DATA = Path(__file__).resolve().parents[2] / "../shared/data/asn/pyasn"
 TABLE = str(DATA / "ipasn_20140513.dat.gz")
@@ -233,7 +235,7 @@ def test_why_names_the_as_the_prefix_and_the_offenders(store, tmp_path, monkeypa
     seen(store, [STORM[0]] * 3, "bad-helo")  # bad-helo's threshold is 3
     store.close()
     monkeypatch.setenv("NETBLOCK_NOW", NOW.isoformat())
-    monkeypatch.setattr("netblock.hostaddrs.own_addresses", lambda: [])
+    monkeypatch.setattr("netblock.system.hostaddrs.own_addresses", lambda: [])
 
     def run(*argv):
         out = io.StringIO()

@@ -24,10 +24,11 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(__file__)))
 from fakes import FakeBackend  # noqa: E402
-from netblock import cli, config, follow, sources  # noqa: E402
+from netblock import cli, config, sources  # noqa: E402
+from netblock.sources import follow
 from netblock.sources import batch, postfix  # noqa: E402
 from netblock.sources.join import Join  # noqa: E402
-from netblock.store import Store  # noqa: E402
+from netblock.store.sqlite import Store  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLES = REPO / "tests" / "samples"
@@ -377,7 +378,7 @@ class Harness:
 @pytest.fixture
 def nb(tmp_path, monkeypatch):
     monkeypatch.setenv("NETBLOCK_NOW", NOW.isoformat())
-    from netblock import hostaddrs
+    from netblock.system import hostaddrs
 
     monkeypatch.setattr(hostaddrs, "own_addresses", lambda: [])
     return Harness(tmp_path)

@@ -327,10 +327,10 @@ class Store:
         """Open (creating and upgrading as needed) the store at ``path``.
 
         A ``postgresql://`` DSN opens the fleet's shared PostgreSQL store
-        instead (netblock.store_pg, which alone needs psycopg), as ``host_id``.
+        instead (netblock.store.postgres, which alone needs psycopg), as ``host_id``.
         """
         if isinstance(path, str) and path.startswith(("postgresql://", "postgres://")):
-            from netblock.store_pg import PgStore
+            from netblock.store.postgres import PgStore
 
             return PgStore.open(path, host_id=host_id)
         path = os.fspath(path)

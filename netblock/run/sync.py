@@ -14,11 +14,12 @@ from typing import Iterable, Mapping
 
 from netaddr import IPNetwork
 
-from netblock import hostaddrs, limits
+from netblock.system import hostaddrs
+from netblock import limits
 from netblock.aggregate import aggregate, protected_builtin
 from netblock.errors import NetblockError
 from netblock.firewall import Change
-from netblock.lock import DEFAULT_TIMEOUT, kernel_lock
+from netblock.system.lock import DEFAULT_TIMEOUT, kernel_lock
 from netblock.model import MANUAL_SOURCES, Block
 
 _V4_MAPPED_FIRST = 0xFFFF_0000_0000
@@ -185,7 +186,7 @@ class Plan:
 
 def max_elements(config) -> int:
     """``[policy] max_elements_per_block``: what one decided block may cost in kernel elements."""
-    from netblock.policy import budget
+    from netblock.decide.policy import budget
 
     return budget(config)
 
@@ -316,7 +317,7 @@ def _apply(store, backend, config, *, now, own, stage) -> SyncResult:
     stage()
     change_plan = diff(installed, desired)
     if change_plan.removed or change_plan.updated:  # their counters go with them: keep what they counted
-        from netblock import sampling
+        from netblock.run import sampling
 
         sampling.sample(store, backend, now)
     stage()

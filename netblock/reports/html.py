@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import datetime
 from html import escape
 
-from netblock import report as rep
+from netblock.reports import tables as rep
 from netblock.printable import printable
 
 STYLE = """
@@ -102,7 +102,7 @@ def preformatted(text: str) -> str:
 
 def charts(rows, daily, since, until) -> str:
     """The charts as inline SVG, or "" when matplotlib is not installed."""
-    from netblock import plot
+    from netblock.reports import plot
 
     if not plot.available():
         return ""

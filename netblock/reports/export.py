@@ -50,7 +50,7 @@ def by_block(counters: dict[IPNetwork, tuple[int, int]], blocks) -> dict[IPNetwo
     re-created from zero, so the block's sum goes down once: Prometheus reads
     that as a counter reset, as it does after a reboot.
     """
-    from netblock.report import Decisions, Row, group
+    from netblock.reports.tables import Decisions, Row, group
 
     grouped = group([Row(net, p, b) for net, (p, b) in counters.items()], Decisions(blocks))
     return {r.netblock: (r.packets, r.bytes) for r in grouped}

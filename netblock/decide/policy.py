@@ -14,7 +14,7 @@ swallow one of them is still decided: aggregation carves the protected
 addresses out of it at sync time, so the rest of the botnet's /24 is blocked.
 
 With ``[routed] enabled`` the same offenders also widen to the prefix their
-provider announces (netblock/routed.py says when, and why those defaults).
+provider announces (netblock/decide/routed.py says when, and why those defaults).
 
 ``explain()`` answers ``netblock why``: the observations, the rule that did or
 did not fire, the widening that covers the address, or what protects it.
@@ -405,11 +405,11 @@ class _OffenderEnds:
         return True, self._when[net.version][int(order[k])]
 
 
-# -- widening to announced prefixes (netblock/routed.py) -------------------------------
+# -- widening to announced prefixes (netblock/decide/routed.py) -------------------------------
 
 def _routed_input(store, rules, config, now, sh: Shield):
     """(settings, table, offences) for the routed level, or None while it is off."""
-    from netblock import asn, routed
+    from netblock.decide import asn, routed
 
     rs = routed.settings(config)
     names = [n for n, r in rules.items() if r.widen]
@@ -419,7 +419,7 @@ def _routed_input(store, rules, config, now, sh: Shield):
 
 
 def _routed(store, rules, config, now, sh: Shield) -> list[Block]:
-    from netblock import routed
+    from netblock.decide import routed
 
     found = _routed_input(store, rules, config, now, sh)
     if found is None:
@@ -438,7 +438,7 @@ def _routed(store, rules, config, now, sh: Shield) -> list[Block]:
 
 def _routed_for(store, rules, config, now, sh: Shield, net: IPNetwork) -> list[dict]:
     """The routed candidates ``why`` shows: blocked ones overlapping ``net``, refused ones holding it."""
-    from netblock import routed
+    from netblock.decide import routed
 
     given = _routed_input(store, rules, config, now, sh)
     if given is None:
@@ -551,7 +551,7 @@ class Explanation:
 
 def parse_target(text: str) -> IPNetwork:
     """The address or prefix ``why`` asks about, parsed as strictly as ``netblock add`` does."""
-    from netblock.targets import parse_target as strict
+    from netblock.decide.targets import parse_target as strict
 
     return strict(text, any_width=True).netblock
 
@@ -719,7 +719,7 @@ def render(ex: Explanation) -> list[str]:
                          f"would take more than {w['max_elements']} kernel elements "
                          "([policy] max_elements_per_block), so each offender is blocked on its own")
     if ex.routed:
-        from netblock.routed import render as render_routed
+        from netblock.decide.routed import render as render_routed
 
         for r in ex.routed:
             lines += render_routed(r)

@@ -1,7 +1,7 @@
 """The routing table: which announced prefix and origin AS an address belongs to.
 
 One loader for everything that asks "whose network is this?": the routed
-widening level (netblock/routed.py), ``netblock why`` and ``netblock report
+widening level (netblock/decide/routed.py), ``netblock why`` and ``netblock report
 asn``. It reads offline files only, so a mail server never makes a network
 lookup per spammer (nor leaks its logs to a lookup service):
 

@@ -1,6 +1,6 @@
 """The store on PostgreSQL: fleet mode, several MX hosts sharing one database.
 
-Same interface and semantics as netblock.store.Store (SQLite), so every
+Same interface and semantics as netblock.store.sqlite.Store (SQLite), so every
 caller stays unaware of which one it holds. What differs is only what a
 fleet needs:
 
@@ -12,7 +12,7 @@ fleet needs:
   and then summed, so a fleet report adds deltas, never raw counters.
 * A write to blocks or allowlist (by a CLI command, a policy decision or
   pruning, on any host) fires a statement-level trigger that NOTIFYs
-  ``netblock_changes``: netblock.fleet listens and syncs within a second.
+  ``netblock_changes``: netblock.run.fleet listens and syncs within a second.
 * ``transaction()`` takes one transaction-level advisory lock first, which
   gives every write transaction the serialisation SQLite's ``BEGIN
   IMMEDIATE`` gives: read-modify-write sequences never interleave.
@@ -38,7 +38,7 @@ from netaddr import IPAddress, IPNetwork
 
 from netblock.errors import StoreError
 from netblock.model import AllowEntry, Block, Observation, Sample
-from netblock.store import (
+from netblock.store.sqlite import (
     _BLOCK_COLS, _BLOCK_ORDER, DAY, NOT_OFFENCES, Store, _block, _day_range, _dt, _net, _net_cols,
     _observation, _opt_dt, _ts, canonical_ip, canonical_net, changed_daily_rows, changed_sample_rows, fold_days,
     samples_from_rows,

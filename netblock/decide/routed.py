@@ -4,7 +4,7 @@ The seed's kernel table shows whole allocations blocked next to /24s and
 single hosts (221.216.0.0/13, 219.128.0.0/12, 61.128.0.0/10): during a storm a
 postmaster blocks the network a provider actually routes, because the
 zombies in a dynamic-address pool come from all over it and fixed /24 or /16
-density rules see only a few in each. The routing table (netblock/asn.py)
+density rules see only a few in each. The routing table (netblock/decide/asn.py)
 says where that network ends, so the block stops at the provider's own
 boundary instead of at an arbitrary bit.
 
@@ -76,7 +76,7 @@ import numpy as np
 from netaddr import IPAddress, IPNetwork, IPSet
 
 from netblock.aggregate import aggregate
-from netblock.asn import Table, address
+from netblock.decide.asn import Table, address
 from netblock.config import RoutedConfig
 from netblock.model import Block
 

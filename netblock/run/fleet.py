@@ -17,7 +17,7 @@ from __future__ import annotations
 import time
 from typing import Callable
 
-from netblock.store_pg import CHANNEL, connect, mask_dsn
+from netblock.store.postgres import CHANNEL, connect, mask_dsn
 
 RETRY_EVERY_S = 2.0
 
@@ -117,7 +117,7 @@ def listener_for(runner) -> Listener | None:
 
 def follow_change(runner) -> None:
     """Another host changed the shared block list: make this kernel equal to the store now."""
-    from netblock.daemon import TickResult
+    from netblock.run.daemon import TickResult
 
     result = TickResult()
     runner._sync(runner.clock(), result)
@@ -215,8 +215,8 @@ def status_unreachable(ctx, exc, *, as_json: bool) -> int:
     Only for a PostgreSQL store (anything else re-raises): its hosts keep
     their rules during an outage, which is what the operator wants confirmed.
     """
-    from netblock.store_pg import is_dsn, mask_dsn
-    from netblock.sync import read_installed
+    from netblock.store.postgres import is_dsn, mask_dsn
+    from netblock.run.sync import read_installed
 
     path = ctx.db_path
     if not is_dsn(path):
@@ -259,7 +259,7 @@ def spool_for(runner):
     """The spool of a daemon on the fleet's PostgreSQL; None for SQLite (the store is local already)."""
     if getattr(runner.store, "dsn", None) is None:
         return None
-    from netblock.store import Spool
+    from netblock.store.sqlite import Spool
 
     return Spool.open(spool_path(runner.config))
 
@@ -278,7 +278,7 @@ def flush(runner) -> bool:
     if spool is None or not spool.pending():
         return True
     from netblock.errors import StoreError
-    from netblock.store import flush_spool
+    from netblock.store.sqlite import flush_spool
 
     try:
         n = flush_spool(spool, runner.store)

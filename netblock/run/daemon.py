@@ -31,13 +31,17 @@ from typing import Callable, Iterable
 
 from netaddr import IPAddress, IPNetwork
 
-from netblock import fleet, follow, hostaddrs, journal, limits, policy
+from netblock.run import fleet
+from netblock.sources import follow, journal
+from netblock.system import hostaddrs
+from netblock import limits
+from netblock.decide import policy
 from netblock.aggregate import widen_detail
-from netblock.daemonlog import Log
+from netblock.run.daemonlog import Log
 from netblock.errors import NetblockError
 from netblock.model import Block, Observation
 from netblock.printable import printable
-from netblock.sdnotify import Notifier
+from netblock.system.sdnotify import Notifier
 
 NOT_OFFENCES = ("connect", "delivered")
 SMALL_JOIN, JOIN_SAVE_S = 1000, 5.0  # open transactions saved with every batch up to SMALL_JOIN
@@ -379,7 +383,7 @@ class Runner:
 
     def _push(self, blocks: list[Block], now: datetime, result: TickResult) -> None:
         """Add ``blocks`` to the kernel as one small transaction, or fall back to a full sync."""
-        from netblock.lock import kernel_lock
+        from netblock.system.lock import kernel_lock
 
         try:
             add = getattr(self.backend(), "add", None)
@@ -436,7 +440,7 @@ class Runner:
             self.logger.event("blocked", str(net), f"{verb} {net} {until}: {reason}", noun="netblocks decided")
 
     def _sync(self, now: datetime, result: TickResult) -> None:
-        from netblock.sync import sync
+        from netblock.run.sync import sync
 
         try:
             res = sync(self.store, self.backend(), self.config, now=now)
@@ -501,7 +505,7 @@ class Runner:
     # so the report's time series has one point per tick.
     def _sample(self, now: datetime, result: TickResult) -> None:
         try:
-            from netblock import sampling
+            from netblock.run import sampling
         except ImportError:
             return
         try:
@@ -812,7 +816,7 @@ class Daemon:
         return value.total_seconds() if isinstance(value, timedelta) else float(value)
 
     def _set_level(self) -> None:
-        from netblock.daemonlog import LEVELS, lower
+        from netblock.run.daemonlog import LEVELS, lower
 
         level = lower(_setting(self.config, "daemon", "log_level", "info"), self.verbose)
         self.runner.logger.level = LEVELS[level]
