@@ -439,6 +439,12 @@ class Runner:
                 verb = "blocked"
             self.logger.event("blocked", str(net), f"{verb} {net} {until}: {reason}", noun="netblocks decided")
 
+    def sync_now(self) -> list[str]:
+        """Make the kernel equal to the store at once, outside a tick; the errors, if any."""
+        result = TickResult()
+        self._sync(self.clock(), result)
+        return result.errors
+
     def _sync(self, now: datetime, result: TickResult) -> None:
         from netblock.run.sync import sync
 

@@ -117,11 +117,7 @@ def listener_for(runner) -> Listener | None:
 
 def follow_change(runner) -> None:
     """Another host changed the shared block list: make this kernel equal to the store now."""
-    from netblock.run.daemon import TickResult
-
-    result = TickResult()
-    runner._sync(runner.clock(), result)
-    for err in result.errors:
+    for err in runner.sync_now():
         runner.log(f"fleet: sync after a change failed: {err} (retrying next tick)")
 
 
