@@ -38,10 +38,8 @@ from netaddr import IPAddress, IPNetwork
 
 from netblock.errors import StoreError
 from netblock.model import AllowEntry, Block, Observation, Sample
-from netblock.store.sqlite import (
-    _BLOCK_COLS, _BLOCK_ORDER, DAY, NOT_OFFENCES, Store, _block, _day_range, _dt, _net, _net_cols,
-    _observation, _opt_dt, _ts, canonical_ip, canonical_net, changed_daily_rows, changed_sample_rows, fold_days,
-    samples_from_rows,
+from netblock.store._sql import (
+    DAY, NOT_OFFENCES, canonical_ip, canonical_net, changed_daily_rows, changed_sample_rows, fold_days, samples_from_rows, StoreCommon, ts as _ts, dt as _dt, opt_dt as _opt_dt, net_cols as _net_cols, to_net as _net, BLOCK_COLS as _BLOCK_COLS, BLOCK_ORDER as _BLOCK_ORDER, to_block as _block, to_observation as _observation, day_range as _day_range,
 )
 
 DSN_PREFIXES = ("postgresql://", "postgres://")
@@ -187,7 +185,7 @@ def connect(dsn: str):
         raise StoreError(f"{mask_dsn(dsn)}: cannot connect: {_first_line(e)}") from None
 
 
-class PgStore:
+class PgStore(StoreCommon):
     """One connection to the fleet's PostgreSQL database; use as a context manager."""
 
     def __init__(self, dsn: str, conn, host_id: str):
@@ -650,7 +648,6 @@ class PgStore:
         )
         return {net: (t, p, b) for net, t, p, b in rows}
 
-    _sample_key = staticmethod(Store._sample_key)
 
     def add_changed_samples(self, time: datetime, counters: dict[IPNetwork, tuple[int, int]]) -> int:
         """Record only the counters that differ from this host's latest sample (see Store)."""
@@ -754,10 +751,6 @@ class PgStore:
                 yield net, t, p, b
             else:
                 yield net, t, p - pp, b - pb
-
-    # Pure folds over _drop_deltas: the same code serves both backends.
-    sample_drops = Store.sample_drops
-    daily_drops = Store.daily_drops
 
     def block_reasons(self, at: datetime) -> dict[str, tuple[str, bool]]:
         """{netblock text: (reason, active at ``at``)} of every block."""
