@@ -14,6 +14,10 @@ Text output follows FireHOL iprange's default format: a single host is printed
 bare (``198.18.1.1``), any wider netblock with its length (``198.18.0.0/16``),
 IPv4 before IPv6, ascending. ``aggregate6`` prints hosts as ``/32``; the
 benchmark normalises that difference away.
+
+Why this module is long: the interval algebra (merge, subtract, widen, carve)
+and its text fast path are pure functions over one integer representation;
+split, one invariant would span several files.
 """
 
 from __future__ import annotations

@@ -9,6 +9,10 @@ The file is checked strictly: an unknown key, a wrong type or an
 out-of-range value is refused with one line naming ``[section] key``,
 because a typo in a firewall tool's config silently falling back to a
 default is how a site ends up blocking nothing (or everything).
+
+Why this module is long: the whole schema (every section, key, default and
+check) is one table that --help, the shipped file and the cross-section checks
+read.
 """
 
 from __future__ import annotations

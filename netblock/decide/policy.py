@@ -18,6 +18,10 @@ provider announces (netblock/decide/routed.py says when, and why those defaults)
 
 ``explain()`` answers ``netblock why``: the observations, the rule that did or
 did not fire, the widening that covers the address, or what protects it.
+
+Why this module is long: the policy's steps (count, threshold, widen, protect,
+extend) share the tick's indexes; protection and widening are candidates for
+decide/ modules of their own (issue 16).
 """
 
 from __future__ import annotations

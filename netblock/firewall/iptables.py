@@ -17,6 +17,9 @@ between our read and our commit).
 The kernel holds no expiry here; the store does. ``installed()`` therefore
 reports ``None`` for every netblock, and ``apply()`` installs exactly what is
 desired now.
+
+Why this module is long: one backend: its rule placement, counters and diff
+read the same chain state.
 """
 
 from __future__ import annotations

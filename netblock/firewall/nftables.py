@@ -22,6 +22,9 @@ kernel.
 Beyond the five calls every backend has, add() serves the daemon's event
 path: new single addresses go in as one small batch, checked against that
 snapshot, at a cost that follows the burst rather than the set.
+
+Why this module is long: one backend: ruleset text, set diff, counters and the
+netlink fast path share the set's representation.
 """
 
 from __future__ import annotations

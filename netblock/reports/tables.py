@@ -12,6 +12,9 @@ turns them into drops inside a window.
   decided block holding it (see Decisions), its reason and its carve-outs.
 * Comparison: each row and class beside the previous window of the same
   length, so "SBL hits are way up" and "dropped out of the list" show.
+
+Why this module is long: the report's pure data layer (deltas, pieces folded
+into decided blocks, windows) and the table text it feeds.
 """
 
 from __future__ import annotations

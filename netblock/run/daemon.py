@@ -15,6 +15,10 @@ observations are stored, so a failing store loses nothing, and the kernel is
 only a cache of the store, so a failing sync is repaired by the next one.
 SIGTERM/SIGINT end the loop between steps (positions are already saved) and
 leave the kernel rules in place; SIGHUP reloads the configuration.
+
+Why this module is long: the Runner (one tick: read, store, decide, sync,
+sample) and the event loop that drives it; the tick is a candidate for
+run/tick.py.
 """
 
 from __future__ import annotations

@@ -132,7 +132,7 @@ def _program(program: str) -> tuple[str, str] | None:
     return found
 
 
-def _check_format(fmt: str) -> None:
+def check_format(fmt: str) -> None:
     if fmt not in FORMATS:
         raise BadInput(f"unknown log format {fmt!r} (expected one of: {', '.join(FORMATS)})")
 
@@ -143,7 +143,7 @@ def explain(program: str, message: str, *, fmt: str = "auto") -> tuple[str, IPAd
     The class may be a marker (fields.MARK...): an ambiguous line, or one half
     of a message's acceptance that sources.join pairs with the other.
     """
-    _check_format(fmt)
+    check_format(fmt)
     return _match(program, message, fmt)
 
 
@@ -196,7 +196,7 @@ def parse_line(
     `marks` as for parse_message.
     """
     if fmt not in FORMATS:
-        _check_format(fmt)
+        check_format(fmt)
     if len(line) > MAX_LINE:
         line = line[:MAX_LINE]
     elif line[-1:] == "\n":

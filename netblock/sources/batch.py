@@ -30,8 +30,8 @@ from __future__ import annotations
 import re
 from datetime import datetime
 
-from . import _check_format, parse_line, postfix, syslog
-from .fields import _CACHE as _TEXT_IPS, MARK, parse_client_ip
+from . import check_format, parse_line, postfix, syslog
+from .fields import CACHE as _TEXT_IPS, MARK, parse_client_ip
 
 # Tag part of postfix.PROGRAM up to the daemon.  Lazy: the common "postfix/smtpd"
 # is found without backtracking; the tag is matched whole either way, because
@@ -152,7 +152,7 @@ def scan(text: str | bytes, *, fmt: str = "auto", year: int | None = None,
     `text` may be bytes when it is pure ASCII (then indexes are byte offsets
     and no decoding is needed); anything else must be decoded first.
     """
-    _check_format(fmt)
+    check_format(fmt)
     binary = isinstance(text, bytes)
     rx, routes = _compiled(fmt == "auto" or fmt == "postfix", binary)
     if binary:

@@ -17,6 +17,9 @@ Rotation is handled the two ways logrotate does it:
 
 Wake-ups come from inotify (on each file and on its directory, so creation and
 renames are seen as well as appends); there is no sleep-polling loop.
+
+Why this module is long: following a file through rotation, truncation and
+copy-truncate, with saved positions, is one state machine.
 """
 
 from __future__ import annotations

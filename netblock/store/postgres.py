@@ -22,6 +22,9 @@ fleet needs:
 psycopg is imported only here, and this module only when a DSN is given, so
 an SQLite-only install never needs it. The password (from the DSN,
 PGPASSWORD or PGPASSFILE, all handled by libpq) never appears in a message.
+
+Why this module is long: all SQL of the fleet's store lives here by design,
+with its migrations.
 """
 
 from __future__ import annotations

@@ -16,6 +16,9 @@ Representation choices:
   IPv4-mapped IPv6 is folded to IPv4 so one sender has one key.
 * Times are integer epoch seconds (UTC); they round-trip to the second.
   Naive datetimes are refused: a silent local-time guess would shift expiries.
+
+Why this module is long: all SQL of the single-host store and the spool lives
+here by design, with its migrations.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ import pytest
 from netblock import __version__, config
 from netblock.commands import manpage
 from netblock.cli import build_parser
-from netblock.system.completion import _subparsers
+from netblock.system.completion import subparsers
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -26,7 +26,7 @@ def page() -> str:
 
 def parsers(parser=None):
     parser = parser or build_parser()
-    for sub in _subparsers(parser).values():
+    for sub in subparsers(parser).values():
         yield sub
         yield from parsers(sub)
 

@@ -459,9 +459,9 @@ def test_forgetting_the_caches_changes_no_result():
             b"failed: UGFzc3dvcmQ6\n")
     first = batch.scan(text, now=NOW) + batch.scan(text.decode(), now=NOW)
     fields.client_ip("198.18.40.3")
-    assert batch._IPS and fields._CACHE
+    assert batch._IPS and fields.CACHE
     batch.forget()
-    assert not batch._IPS and not fields._CACHE and not batch._REASONS
+    assert not batch._IPS and not fields.CACHE and not batch._REASONS
     assert batch.scan(text, now=NOW) + batch.scan(text.decode(), now=NOW) == first
     assert [(str(h[1]), h[2]) for h in first[:2]] == [("198.18.40.1", "dnsbl:zen.example"),
                                                       ("198.18.40.2", "auth-failed")]
