@@ -327,6 +327,17 @@ def protected_builtin() -> list[IPNetwork]:
     ]
 
 
+_V4_MAPPED_FIRST = 0xFFFF_0000_0000
+_V4_MAPPED_LAST = 0xFFFF_FFFF_FFFF
+
+
+def span(net: IPNetwork) -> tuple[int, int, int]:
+    """(family, first, last) with IPv4-mapped IPv6 folded into IPv4, as aggregation does."""
+    if net.version == 6 and _V4_MAPPED_FIRST <= net.first and net.last <= _V4_MAPPED_LAST:
+        return 4, net.first - _V4_MAPPED_FIRST, net.last - _V4_MAPPED_FIRST
+    return net.version, net.first, net.last
+
+
 # --------------------------------------------------------------------------
 # Density widening.
 

@@ -110,7 +110,7 @@ class Refusals:
     delivered: "Refusals | None" = None  # recent deliverers: not refused, and not carved out of a manual block
 
     def __init__(self, labelled: list[tuple[IPNetwork, str]]):
-        from netblock.run.sync import span
+        from netblock.aggregate import span
 
         self.labelled = labelled
         self.merged: dict[int, tuple[list[int], list[int]]] = {}
@@ -124,7 +124,7 @@ class Refusals:
                 lasts.append(last)
 
     def why(self, net: IPNetwork) -> str | None:
-        from netblock.run.sync import span
+        from netblock.aggregate import span
 
         fam, first, last = span(net)
         if fam not in self.merged:
@@ -141,7 +141,7 @@ class Refusals:
 
     def carved(self, net: IPNetwork) -> list[tuple[IPNetwork, str]]:
         """(protected netblock, label) of each protection inside ``net``: what sync cuts out of it."""
-        from netblock.run.sync import span
+        from netblock.aggregate import span
 
         fam, first, last = span(net)
         if fam not in self.merged:
@@ -164,14 +164,14 @@ def refusals(store, config, now: datetime) -> Refusals:
     A sender that delivered mail is carved out by sync but may still be
     blocked by hand: the next sync after the delivery window honours it.
     """
-    from netblock.run.sync import protected
+    from netblock.decide.protect import for_sync as protected
 
     prot = protected(store, config, now=now)
     labelled = [(net, "protected: built-in never-block range") for net in prot.builtin]
     labelled += [(net, "protected: allowlisted") for net in prot.allowlist]
     labelled += [(net, "protected: this host's own address") for net in prot.own]
     guard = Refusals(labelled)
-    guard.delivered = Refusals([(net, "delivered") for net in prot.delivered])
+    guard.delivered = Refusals([(IPNetwork(ip), "delivered") for ip in prot.delivered])
     return guard
 
 
@@ -352,7 +352,8 @@ def check_cap(store, config, now: datetime, *, add=(), unallow=()) -> None:
     aggregation runs only near the cap.
     """
     from netblock import limits
-    from netblock.run.sync import compute_desired, max_elements, protected, screen
+    from netblock.decide.protect import for_sync as protected
+    from netblock.run.sync import compute_desired, max_elements, screen
 
     # The stored blocks' sizes summed, overlaps twice: one query, and never less than what sync installs.
     if store.v4_block_space(now) + limits.v4_addresses((b.netblock for b in add), disjoint=True) \

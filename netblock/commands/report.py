@@ -145,7 +145,7 @@ def top_rows(store, config, since: datetime, until: datetime, n: int, by: str = 
              compare: bool = False) -> tuple[list[rep.Row], list[rep.Row] | None]:
     """The top-n decided blocks with their carve-outs, and (``compare``) the previous window's top-n
     rows that dropped out (None without a comparison)."""
-    from netblock.run.sync import protected
+    from netblock.decide.protect import for_sync as protected
 
     blocks = store.blocks()
     everything = drop_rows(store, config, since, until, blocks)

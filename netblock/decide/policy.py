@@ -26,18 +26,18 @@ decide/ modules of their own (issue 16).
 
 from __future__ import annotations
 
-from bisect import bisect_right
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Iterable, Iterator
 
 import numpy as np
 
-from netaddr import IPAddress, IPNetwork, IPSet
+from netaddr import IPAddress, IPNetwork
 
 from netblock import limits
-from netblock.aggregate import WidenRule, address_int, protected_builtin, widen_detail, widen_spans
+from netblock.aggregate import WidenRule, address_int, widen_detail, widen_spans
 from netblock.model import MANUAL_SOURCES, Block, Observation
+from netblock.decide.protect import Protection, overlap, protection
 
 SOURCE = "policy"
 
@@ -113,54 +113,6 @@ def widen_settings(config) -> WidenSettings:
     return WidenSettings(bool(getattr(w, "enabled", False)), tuple(rules), window, limits)
 
 
-# -- protection -------------------------------------------------------------------
-
-@dataclass
-class Shield:
-    """What policy must not decide on, kept apart by kind so ``why`` can name it."""
-
-    builtin: list[IPNetwork]
-    allowlist: list[IPNetwork]
-    delivered: set[IPAddress]
-    own: list[IPNetwork] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        # Sorted merged (first, last) spans per family, searched by bisection:
-        # a storm asks about 100k addresses, and IPSet's membership test builds
-        # every supernet of each one.
-        merged = IPSet(self.builtin + self.allowlist + self.own)
-        spans: dict[int, tuple[list[int], list[int]]] = {}
-        for net in merged.iter_cidrs():
-            firsts, lasts = spans.setdefault(net.version, ([], []))
-            firsts.append(net.first)
-            lasts.append(net.last)
-        self._spans = spans
-
-    def covers(self, ip: IPAddress) -> bool:
-        if self.delivered and ip in self.delivered:
-            return True
-        spans = self._spans.get(ip.version)
-        if spans is None:
-            return False
-        value = ip.value
-        k = bisect_right(spans[0], value) - 1
-        return k >= 0 and value <= spans[1][k]
-
-    def carved(self) -> "limits.Carved":
-        """Everything sync cuts out of a policy block, priced per block (the element budget)."""
-        if getattr(self, "_carved", None) is None:
-            self._carved = limits.Carved(self.builtin + self.allowlist + self.own
-                                         + [IPNetwork(ip) for ip in self.delivered])
-        return self._carved
-
-    def why(self, target: IPNetwork) -> list[tuple[str, str]]:
-        """(kind, netblock) of every protection overlapping ``target``."""
-        out = []
-        for kind, nets in (("builtin", self.builtin), ("allowlist", self.allowlist), ("own address", self.own)):
-            out += [(kind, str(n)) for n in nets if _overlap(n, target)]
-        out += [("delivered", str(ip)) for ip in sorted(self.delivered) if ip in target]
-        return out
-
 
 # -- the element budget: a widened block that would cost too much falls back to its offenders --
 
@@ -174,7 +126,7 @@ def fallback_reason(net: IPNetwork, limit: int) -> str:
             "with its protected addresses cut out")
 
 
-def within_budget(block: Block, offenders: Iterable[tuple[IPAddress, datetime | None]], sh: "Shield",
+def within_budget(block: Block, offenders: Iterable[tuple[IPAddress, datetime | None]], sh: Protection,
                   limit: int, now: datetime) -> list[Block]:
     """``[block]`` when cutting the protected space out of it costs at most ``limit`` kernel
     elements, else one block per offender (``(address, expiry)``) it was widened from.
@@ -192,19 +144,6 @@ def within_budget(block: Block, offenders: Iterable[tuple[IPAddress, datetime | 
             continue
         out.append(Block(IPNetwork(ip), text, SOURCE, now, expires))
     return out
-
-
-def _overlap(a: IPNetwork, b: IPNetwork) -> bool:
-    return a.version == b.version and a.first <= b.last and b.first <= a.last
-
-
-def shield(store, config, now: datetime, *, own: Iterable[IPNetwork] = ()) -> Shield:
-    allow = [e.netblock for e in store.allowlist()]
-    blocks_cfg = getattr(config, "blocks", None)
-    allow += [IPNetwork(str(t)) for t in (getattr(blocks_cfg, "allow", None) or ())]
-    window = getattr(config.policy, "delivered_window", None)
-    delivered = store.delivered_since(now - window) if window else set()
-    return Shield(list(protected_builtin()), allow, set(delivered), list(own))
 
 
 # -- deciding ----------------------------------------------------------------------
@@ -234,7 +173,7 @@ class Offence:
         return f"{self.rule.name} ({', '.join(self.classes)})"
 
 
-def _offences(store, rules: dict[str, ClassRule], now: datetime, shield_: Shield,
+def _offences(store, rules: dict[str, ClassRule], now: datetime, shield_: Protection,
               *, only: Iterable[str] | None = None, window: timedelta | None = None) -> list[Offence]:
     """Every (ip, rule) at or over the rule's threshold within its window (or ``window``).
 
@@ -244,7 +183,7 @@ def _offences(store, rules: dict[str, ClassRule], now: datetime, shield_: Shield
     return list(_iter_offences(store, rules, now, shield_, only=only, window=window))
 
 
-def _iter_offences(store, rules: dict[str, ClassRule], now: datetime, shield_: Shield,
+def _iter_offences(store, rules: dict[str, ClassRule], now: datetime, shield_: Protection,
                    *, only: Iterable[str] | None = None, window: timedelta | None = None) -> Iterator[Offence]:
     """_offences() one by one, for callers that fold them as they come (a storm has 100k)."""
     chosen = {n: r for n, r in rules.items()
@@ -295,7 +234,7 @@ def decide(store, config, now: datetime) -> list[Block]:
     rules = class_rules(config)
     if not rules:
         return []
-    sh = shield(store, config, now)
+    sh = protection(store, config, now)
     # Widening first, while nothing else is held: each pass loads every
     # offender from the store, and a storm's per-address blocks are many.
     # The per-address blocks still take precedence over a widened one.
@@ -322,7 +261,7 @@ def decide(store, config, now: datetime) -> list[Block]:
     return sorted(decided.values(), key=lambda b: (b.netblock.version, b.netblock.first, b.netblock.prefixlen))
 
 
-def _widened(store, rules, config, now, sh: Shield) -> list[Block]:
+def _widened(store, rules, config, now, sh: Protection) -> list[Block]:
     ws = widen_settings(config)
     names = [n for n, r in rules.items() if r.widen]
     if not ws.enabled or not ws.rules or not names:
@@ -336,7 +275,7 @@ def _widened(store, rules, config, now, sh: Shield) -> list[Block]:
     found = sorted(widen_spans(v4, v6, ws.rules, ws.max_prefixlen), key=lambda w: w[0].prefixlen)
     kept = []
     for w in found:
-        if any(_overlap(k[0], w[0]) for k in kept):
+        if any(overlap(k[0], w[0]) for k in kept):
             continue  # a wider prefix already covers it
         kept.append(w)
     out = []
@@ -411,7 +350,7 @@ class _OffenderEnds:
 
 # -- widening to announced prefixes (netblock/decide/routed.py) -------------------------------
 
-def _routed_input(store, rules, config, now, sh: Shield):
+def _routed_input(store, rules, config, now, sh: Protection):
     """(settings, table, offences) for the routed level, or None while it is off."""
     from netblock.decide import asn, routed
 
@@ -422,7 +361,7 @@ def _routed_input(store, rules, config, now, sh: Shield):
     return rs, asn.from_config(config), _offences(store, rules, now, sh, only=names, window=rs.window)
 
 
-def _routed(store, rules, config, now, sh: Shield) -> list[Block]:
+def _routed(store, rules, config, now, sh: Protection) -> list[Block]:
     from netblock.decide import routed
 
     found = _routed_input(store, rules, config, now, sh)
@@ -440,7 +379,7 @@ def _routed(store, rules, config, now, sh: Shield) -> list[Block]:
     return out
 
 
-def _routed_for(store, rules, config, now, sh: Shield, net: IPNetwork) -> list[dict]:
+def _routed_for(store, rules, config, now, sh: Protection, net: IPNetwork) -> list[dict]:
     """The routed candidates ``why`` shows: blocked ones overlapping ``net``, refused ones holding it."""
     from netblock.decide import routed
 
@@ -456,7 +395,7 @@ def _routed_for(store, rules, config, now, sh: Shield, net: IPNetwork) -> list[d
     def holds(c) -> bool:
         return c.netblock.first <= net.first and net.last <= c.netblock.last
 
-    shown = [c for c in candidates if c.blocked and _overlap(c.netblock, net)]
+    shown = [c for c in candidates if c.blocked and overlap(c.netblock, net)]
     if not any(holds(c) for c in shown):
         shown += [c for c in candidates if not c.blocked and holds(c)]
     named = {ip: sorted(c) for ip, c in classes.items()}
@@ -565,7 +504,7 @@ def explain(store, config, target: IPNetwork | str, now: datetime, *, own: Itera
     net = parse_target(target) if isinstance(target, str) else target
     rules = class_rules(config)
     ws = widen_settings(config)
-    sh = shield(store, config, now, own=own)
+    sh = protection(store, config, now, own=own)
     longest = max([r.window for r in rules.values()] + [ws.window if ws.enabled else timedelta(0)],
                   default=timedelta(days=1))
     since = now - longest
@@ -575,7 +514,7 @@ def explain(store, config, target: IPNetwork | str, now: datetime, *, own: Itera
         obs = [o for o in store.observations(since=since)
                if o.ip.version == net.version and o.ip in net]
     checks = _checks(obs, rules, now, sh)
-    blocks = [b for b in store.blocks(now=now) if _overlap(b.netblock, net)]
+    blocks = [b for b in store.blocks(now=now) if overlap(b.netblock, net)]
     limit = budget(config)
     left_out = [b for b in blocks if b.source == SOURCE and b.netblock.size > 1
                 and sh.carved().cost(b.netblock, limit) > limit]  # sync leaves these out (sync.screen)
@@ -595,7 +534,7 @@ def _by_hand_wins(protections: list[tuple[str, str]], blocks: list[Block]
                   ) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
     """(protections that hold, (deliverer, manual block) pairs where a block made by hand wins).
 
-    Sync carves recent deliverers out of the policy's blocks only (sync.Protected).
+    Sync carves recent deliverers out of the policy's blocks only (protect.for_sync).
     """
     manual = [b.netblock for b in blocks if b.source in MANUAL_SOURCES]
     held, overridden = [], []
@@ -610,7 +549,7 @@ def _by_hand_wins(protections: list[tuple[str, str]], blocks: list[Block]
     return held, overridden
 
 
-def _checks(obs: list[Observation], rules, now: datetime, sh: Shield) -> list[Check]:
+def _checks(obs: list[Observation], rules, now: datetime, sh: Protection) -> list[Check]:
     """Each address's offences grouped by the rule that counts them (or by class, if none does)."""
     groups: dict[tuple[IPAddress, str], list[Observation]] = {}
     for o in obs:
@@ -656,7 +595,7 @@ def _widening_for(store, rules, config, now, sh, net: IPNetwork, ws: WidenSettin
     limit = budget(config)
     out = []
     for w in widen_detail(list(offenders), ws.rules, ws.max_prefixlen):
-        if _overlap(w.netblock, net):
+        if overlap(w.netblock, net):
             rule = w.rule
             cost = sh.carved().cost(w.netblock, limit)
             out.append({

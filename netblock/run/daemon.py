@@ -39,7 +39,7 @@ from netblock.run import fleet
 from netblock.sources import follow, journal
 from netblock.system import hostaddrs
 from netblock import limits
-from netblock.decide import policy
+from netblock.decide import policy, protect
 from netblock.aggregate import widen_detail
 from netblock.run.daemonlog import Log
 from netblock.errors import NetblockError
@@ -573,29 +573,6 @@ def newly_crossing(store, config, ips: Iterable[IPAddress], now: datetime) -> bo
     return False
 
 
-class _FastShield:
-    """policy.Shield.covers() by bisection: an IPSet lookup costs ~0.1 ms, and a storm asks thousands of times."""
-
-    def __init__(self, shield: policy.Shield):
-        self.shield = shield
-        self.delivered = shield.delivered
-        merged: list[list[int]] = []  # [version, first, last], disjoint and sorted
-        for v, first, last in sorted((n.version, n.first, n.last)
-                                     for n in shield.builtin + shield.allowlist + shield.own):
-            if merged and merged[-1][0] == v and first <= merged[-1][2] + 1:
-                merged[-1][2] = max(merged[-1][2], last)
-            else:
-                merged.append([v, first, last])
-        self._starts = [(v, first) for v, first, _ in merged]
-        self._spans = merged
-
-    def covers(self, ip: IPAddress) -> bool:
-        if ip in self.delivered:
-            return True
-        k = bisect_right(self._starts, (ip.version, ip.value)) - 1
-        return k >= 0 and self._spans[k][0] == ip.version and ip.value <= self._spans[k][2]
-
-
 class Tracker:
     """The offences of recent minutes in memory, so a threshold crossing is seen as its line is read.
 
@@ -632,7 +609,7 @@ class Tracker:
         if store is not None and now is not None and self.rules:
             self.feed(o for o in store.observations(since=now - self.keep) if o.cls not in NOT_OFFENCES)
             if self.widens:
-                self._note_widening(_FastShield(policy.shield(store, config, now)), now)
+                self._note_widening(protect.protection(store, config, now), now)
             self.settled(now)
 
     def feed(self, offences: Iterable[Observation]) -> None:
@@ -706,7 +683,7 @@ class Tracker:
         """Blocks for what is pending that the store does not already hold active (as policy.decide() words them)."""
         if not self.pending and not self.pending_widen:
             return []
-        shield = _FastShield(policy.shield(store, config, now))
+        shield = protect.protection(store, config, now)
         decided: dict[IPNetwork, Block] = {}
         for ip in self.pending:
             for name in self.recent.get(ip, ()):
@@ -752,7 +729,7 @@ class Tracker:
             found = True
         return found, expires
 
-    def _note_widening(self, shield: "_FastShield", now: datetime) -> dict[tuple[int, int], set[IPAddress]]:
+    def _note_widening(self, shield: protect.Protection, now: datetime) -> dict[tuple[int, int], set[IPAddress]]:
         """Put the pending addresses that are widening offenders into their neighbourhoods: {key: those new}."""
         touched: dict[tuple[int, int], set[IPAddress]] = {}
         for ip in self.pending_widen:
@@ -763,7 +740,7 @@ class Tracker:
             touched.setdefault(key, set()).add(ip)
         return touched
 
-    def _widened(self, store, shield: "_FastShield", now: datetime) -> list[Block]:
+    def _widened(self, store, shield: protect.Protection, now: datetime) -> list[Block]:
         """Widened prefixes around the addresses that just became widening offenders.
 
         Only their neighbourhood (the widest rule's prefix around each) is
@@ -791,7 +768,7 @@ class Tracker:
                     continue
                 block = Block(w.netblock, f"widened: {len(w.offenders)} offenders in {w.netblock}",
                               policy.SOURCE, now, expires)
-                out += policy.within_budget(block, zip(w.offenders, ends), shield.shield, self.budget, now)
+                out += policy.within_budget(block, zip(w.offenders, ends), shield, self.budget, now)
         return out
 
 

@@ -329,9 +329,12 @@ def test_shield_covers_exactly_what_an_ipset_of_its_networks_holds():
 
     from netaddr import IPSet
 
-    sh = policy.Shield(list(policy.protected_builtin()),
-                       [IPNetwork("198.18.20.0/23"), IPNetwork("198.18.21.128/25"), IPNetwork("2001:db8:5::/48")],
-                       {IPAddress("198.18.30.1")}, [IPNetwork("203.0.113.7/32")])
+    from netblock.aggregate import protected_builtin
+    from netblock.decide import protect
+
+    sh = protect.Protection(list(protected_builtin()),
+                             [IPNetwork("198.18.20.0/23"), IPNetwork("198.18.21.128/25"), IPNetwork("2001:db8:5::/48")],
+                             {IPAddress("198.18.30.1")}, [IPNetwork("203.0.113.7/32")])
     nets = IPSet(sh.builtin + sh.allowlist + sh.own)
     rng = random.Random(4)
     probes = [IPAddress("198.18.30.1"), IPAddress("198.18.19.255"), IPAddress("198.18.20.0"),

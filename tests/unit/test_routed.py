@@ -15,6 +15,7 @@ from netaddr import IPAddress, IPNetwork, IPSet
 
 from netblock.decide import asn, policy, routed
 from netblock import cli, config as config_mod
+from netblock.decide import protect
 from netblock.run import sync
 from netblock.aggregate import aggregate
 from netblock.model import Observation
@@ -211,7 +212,7 @@ def test_policy_widens_to_the_slash13_and_sync_carves_the_delivered_sender(store
     assert sorted(decided) == sorted(f"{ip}/32" for ip in STORM)
 
     blocks = policy.decide(store, cfg, NOW)
-    desired = sync.compute_desired(blocks, sync.protected(store, cfg, now=NOW, own=[]).all())
+    desired = sync.compute_desired(blocks, protect.for_sync(store, cfg, now=NOW, own=[]).all())
     assert IPSet(desired) == IPSet(["221.216.0.0/13"]) - IPSet([DELIVERED])
     assert IPAddress(NEVER) in IPSet(desired) and IPAddress(DELIVERED) not in IPSet(desired)
 
