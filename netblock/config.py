@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 
+from netblock import durations
 from netblock.errors import BadInput, ConfigError
 from netblock.firewall import BACKENDS, VERDICTS, Settings
 from netblock.limits import DEFAULT_MAX_ELEMENTS_PER_BLOCK, MIN_PREFIXLEN
@@ -69,35 +70,19 @@ class _Bad(Exception):
 
 # -- durations -------------------------------------------------------------------
 
-_UNIT = {
-    "w": timedelta(weeks=1),
-    "d": timedelta(days=1),
-    "h": timedelta(hours=1),
-    "m": timedelta(minutes=1),
-    "s": timedelta(seconds=1),
-    "ms": timedelta(milliseconds=1),
-}
-# The CLI's syntax (targets.parse_duration: largest unit first, each at most
-# once) plus milliseconds, which only the daemon's coalescing delay needs.
-_DURATION = re.compile("".join(f"(?:([0-9]+){unit})?" for unit in _UNIT))
-
-
 def _duration(text: Any) -> timedelta:
     """``50ms``, ``30s``, ``5m``, ``1h``, ``7d``, ``2w``, or combined largest first: ``1d12h``."""
-    m = _DURATION.fullmatch(text) if isinstance(text, str) else None
-    if m is None or not any(m.groups()):
-        raise _Bad('a duration like "7d"')
     try:
-        return sum((int(n) * size for n, size in zip(m.groups(), _UNIT.values()) if n), timedelta(0))
+        value = durations.parse(text, milliseconds=True)
     except OverflowError:
         raise _Bad("a duration shorter than 999999999 days") from None
+    if value is None:
+        raise _Bad('a duration like "7d"')
+    return value
 
 
 def _format_duration(value: timedelta) -> str:
-    for unit, size in _UNIT.items():
-        if unit != "w" and value % size == timedelta(0):
-            return f"{value // size}{unit}"
-    raise ValueError(f"{value!r} is not a whole number of milliseconds")
+    return durations.format(value, zero="0d")
 
 
 # -- value kinds: parse from TOML, dump back to TOML ---------------------------------

@@ -17,6 +17,7 @@ from datetime import datetime, timedelta, timezone
 
 from netaddr import IPNetwork
 
+from netblock import durations
 from netblock.errors import BadInput, NetblockError
 from netblock.system.lock import kernel_lock
 from netblock.model import AllowEntry, Block
@@ -38,15 +39,6 @@ def iso(when: datetime | None) -> str | None:
 def show(net: IPNetwork) -> str:
     """A single host bare (198.18.9.7), anything wider as CIDR, like `netblock aggregate`."""
     return str(net.ip) if net.prefixlen == (32 if net.version == 4 else 128) else str(net.cidr)
-
-
-def format_duration(delta: timedelta) -> str:
-    """The largest exact unit of the config's duration syntax: 604800 s -> 7d."""
-    seconds = int(delta.total_seconds())
-    for unit, size in (("w", 604800), ("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds and seconds % size == 0:
-            return f"{seconds // size}{unit}"
-    return f"{seconds}s"
 
 
 def table(rows: list[list[str]], header: list[str]) -> list[str]:
@@ -184,7 +176,7 @@ def parse_ttl(text: str, config) -> timedelta:
         raise BadInput(f"--ttl: {exc}") from None
     max_ttl = config.blocks.max_ttl
     if max_ttl and ttl > max_ttl:
-        raise BadInput(f"--ttl {text!r}: longer than blocks.max_ttl ({format_duration(max_ttl)}); "
+        raise BadInput(f"--ttl {text!r}: longer than blocks.max_ttl ({durations.format(max_ttl, weeks=True)}); "
                        "use --permanent for a block that never expires")
     return ttl
 
@@ -332,7 +324,7 @@ def cmd_add(args, ctx) -> int:
         ctx.print(f"blocked {show(b.netblock)} {until}{extra}")
     else:
         ctx.print(f"blocked {len(blocks)} netblocks ({fresh} new, {again} re-blocked)")
-    window = format_duration(config.policy.delivered_window)
+    window = durations.format(config.policy.delivered_window, weeks=True)
     for b in blocks:
         for prot, label in guard.carved(b.netblock):
             ctx.print(f"carved out {show(prot)} from {show(b.netblock)} ({label.removeprefix('protected: ')})")

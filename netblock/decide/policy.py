@@ -34,7 +34,7 @@ import numpy as np
 
 from netaddr import IPAddress, IPNetwork
 
-from netblock import limits
+from netblock import durations, limits
 from netblock.aggregate import WidenRule, address_int, widen_detail, widen_spans
 from netblock.model import MANUAL_SOURCES, Block, Observation
 from netblock.decide.protect import Protection, overlap, protection
@@ -221,14 +221,6 @@ def _later(a: datetime | None, b: datetime | None) -> datetime | None:
     return max(a, b)
 
 
-def _fmt_window(td: timedelta) -> str:
-    secs = int(td.total_seconds())
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if secs and secs % size == 0:
-            return f"{secs // size}{unit}"
-    return f"{secs}s"
-
-
 def decide(store, config, now: datetime) -> list[Block]:
     """The policy blocks the store's observations call for at ``now`` (no writes)."""
     rules = class_rules(config)
@@ -249,7 +241,7 @@ def decide(store, config, now: datetime) -> list[Block]:
         if expires is not None:
             expires = same.setdefault((expires, expires.tzinfo), expires)
         net = IPNetwork(off.ip)
-        reason = (f"{off.count} {off.label} within {_fmt_window(off.rule.window)} "
+        reason = (f"{off.count} {off.label} within {durations.format(off.rule.window)} "
                   f"(threshold {off.rule.threshold})")
         reason = same.setdefault(reason, reason)
         block = Block(net, reason, SOURCE, now, expires)
@@ -475,7 +467,7 @@ class Explanation:
             ],
             "rules": [
                 {"ip": c.ip, "class": c.cls, "count": c.count, "threshold": c.threshold,
-                 "window": _fmt_window(c.window), "ttl": None if c.ttl is None else _fmt_window(c.ttl),
+                 "window": durations.format(c.window), "ttl": None if c.ttl is None else durations.format(c.ttl),
                  "fired": c.fired, "expires": c.expires, "note": c.note}
                 for c in self.checks
             ],
@@ -581,7 +573,7 @@ def _checks(obs: list[Observation], rules, now: datetime, sh: Protection) -> lis
         elif fired and expires is not None and expires <= now:
             fired, note = False, "over the threshold, but the block has run out"
         elif not fired:
-            note = f"{len(inside)} of {rule.threshold} needed within {_fmt_window(rule.window)}"
+            note = f"{len(inside)} of {rule.threshold} needed within {durations.format(rule.window)}"
         out.append(Check(str(ip), label, len(inside), rule.threshold, rule.window, rule.ttl,
                          fired, expires if fired else None, note))
     return out
@@ -646,12 +638,12 @@ def render(ex: Explanation) -> list[str]:
             if c.threshold == 0:
                 lines.append(f"  {c.ip} {c.cls}: {c.count} seen; {c.note}")
                 continue
-            ttl = "permanent" if c.ttl is None else _fmt_window(c.ttl)
+            ttl = "permanent" if c.ttl is None else durations.format(c.ttl)
             state = "BLOCK" if c.fired else "no block"
             extra = f" until {c.expires:%Y-%m-%d %H:%M:%S}Z" if c.fired and c.expires else ""
             note = f" ({c.note})" if c.note else ""
             lines.append(f"  {c.ip} {c.cls}: {c.count} seen, threshold {c.threshold} within "
-                         f"{_fmt_window(c.window)}, ttl {ttl} -> {state}{extra}{note}")
+                         f"{durations.format(c.window)}, ttl {ttl} -> {state}{extra}{note}")
     for w in ex.widened:
         r = w["rule"]
         unit = f" (counted per /{r['unit_prefixlen']})" if r["unit_prefixlen"] else ""

@@ -38,7 +38,7 @@ from netaddr import IPAddress, IPNetwork
 from netblock.run import fleet
 from netblock.sources import follow, journal
 from netblock.system import hostaddrs
-from netblock import limits
+from netblock import durations, limits
 from netblock.decide import policy, protect
 from netblock.aggregate import widen_detail
 from netblock.run.daemonlog import Log
@@ -700,7 +700,7 @@ class Tracker:
                     continue
                 if shield.covers(ip):
                     break
-                reason = (f"{off.count} {off.label} within {policy._fmt_window(rule.window)} "
+                reason = (f"{off.count} {off.label} within {durations.format(rule.window)} "
                           f"(threshold {rule.threshold})")
                 decided[net] = Block(net, reason, policy.SOURCE, now, off.expires)
         if self.widens:

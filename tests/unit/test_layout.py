@@ -22,7 +22,7 @@ RANKS = [
     (2, ("netblock.decide", "netblock.reports", "netblock.config")),
     (1, ("netblock.sources", "netblock.store", "netblock.firewall", "netblock.system", "netblock.demo")),
     (0, ("netblock.errors", "netblock.model", "netblock.clock", "netblock.printable", "netblock.limits",
-         "netblock.aggregate")),
+         "netblock.aggregate", "netblock.durations")),
 ]
 TOP = "netblock"  # the package itself: its __version__ only
 
