@@ -20,7 +20,7 @@ from netaddr import IPNetwork
 from netblock import durations
 from netblock.errors import BadInput, NetblockError
 from netblock.system.lock import kernel_lock
-from netblock.model import AllowEntry, Block
+from netblock.model import AllowEntry, Block, host_mask
 from netblock.printable import printable
 
 MAX_WARNINGS = 5  # host-bit warnings shown one by one before they are only counted
@@ -34,11 +34,6 @@ def iso(when: datetime | None) -> str | None:
     if when is None:
         return None
     return when.astimezone(timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
-
-
-def show(net: IPNetwork) -> str:
-    """A single host bare (198.18.9.7), anything wider as CIDR, like `netblock aggregate`."""
-    return str(net.ip) if net.prefixlen == (32 if net.version == 4 else 128) else str(net.cidr)
 
 
 def table(rows: list[list[str]], header: list[str]) -> list[str]:
@@ -321,16 +316,16 @@ def cmd_add(args, ctx) -> int:
         b = blocks[0]
         until = "permanently" if b.expires is None else f"until {iso(b.expires)}"
         extra = f" (re-block #{b.reblocks})" if b.reblocks else ""
-        ctx.print(f"blocked {show(b.netblock)} {until}{extra}")
+        ctx.print(f"blocked {host_mask(b.netblock)} {until}{extra}")
     else:
         ctx.print(f"blocked {len(blocks)} netblocks ({fresh} new, {again} re-blocked)")
     window = durations.format(config.policy.delivered_window, weeks=True)
     for b in blocks:
         for prot, label in guard.carved(b.netblock):
-            ctx.print(f"carved out {show(prot)} from {show(b.netblock)} ({label.removeprefix('protected: ')})")
+            ctx.print(f"carved out {host_mask(prot)} from {host_mask(b.netblock)} ({label.removeprefix('protected: ')})")
         for prot, _ in guard.delivered.carved(b.netblock):
-            ctx.print(f"not carved out: {show(prot)} delivered mail within {window}, "
-                      f"but a block made by hand wins ({show(b.netblock)})")
+            ctx.print(f"not carved out: {host_mask(prot)} delivered mail within {window}, "
+                      f"but a block made by hand wins ({host_mask(b.netblock)})")
     report_sync(ctx, sync_after_write(ctx))
     return 0
 
@@ -371,7 +366,7 @@ def cmd_del(args, ctx) -> int:
                 raise BadInput(f"{text}: not in the store (see `netblock list --all`)")
         gone = store.delete_blocks(dict.fromkeys(nets))
     for net in gone:
-        ctx.print(f"deleted {show(net)}")
+        ctx.print(f"deleted {host_mask(net)}")
     report_sync(ctx, sync_after_write(ctx))
     return 0
 
@@ -411,7 +406,7 @@ def cmd_allow_add(args, ctx) -> int:
     with store.transaction():
         store.allow_add(entries)
     for e in entries:
-        ctx.print(f"allowed {show(e.netblock)}")
+        ctx.print(f"allowed {host_mask(e.netblock)}")
     report_sync(ctx, sync_after_write(ctx))
     return 0
 
@@ -427,7 +422,7 @@ def cmd_allow_del(args, ctx) -> int:
         check_cap(store, ctx.config, ctx.now(), unallow=nets)
         gone = store.allow_del(dict.fromkeys(nets))
     for net in gone:
-        ctx.print(f"no longer allowed: {show(net)}")
+        ctx.print(f"no longer allowed: {host_mask(net)}")
     report_sync(ctx, sync_after_write(ctx))
     return 0
 
@@ -476,9 +471,9 @@ def cmd_expire(args, ctx) -> int:
                         "kernel": change_json(result)})
         return 0
     for b in newly:
-        ctx.print(f"expired {show(b.netblock)} at {iso(b.expires)}")
+        ctx.print(f"expired {host_mask(b.netblock)} at {iso(b.expires)}")
     for b in purge:
-        ctx.print(f"purged {show(b.netblock)} (expired {iso(b.expires)}, history no longer kept)")
+        ctx.print(f"purged {host_mask(b.netblock)} (expired {iso(b.expires)}, history no longer kept)")
     ctx.print(f"{len(newly)} expired, {len(purge)} purged from the store")
     report_sync(ctx, result)
     return 0
@@ -503,11 +498,11 @@ def cmd_sync(args, ctx) -> int:
     for note in result.notes:
         ctx.warn(note)
     for net in c.added:
-        ctx.print(f"+ {show(net)}")
+        ctx.print(f"+ {host_mask(net)}")
     for net in c.removed:
-        ctx.print(f"- {show(net)}")
+        ctx.print(f"- {host_mask(net)}")
     for net in c.updated:
-        ctx.print(f"~ {show(net)} expires {iso(result.desired[net]) or 'never'}")
+        ctx.print(f"~ {host_mask(net)} expires {iso(result.desired[net]) or 'never'}")
     if result.missing:
         ctx.warn(f"{result.missing}")
     if not c and not result.missing:

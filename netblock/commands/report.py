@@ -204,7 +204,7 @@ def summary_of(store, config, since, until) -> rep.Summary:
 def asn_rows(store, config, since, until) -> list:
     """Distinct rejected addresses per origin AS in the window, from the one routing table (netblock.decide.asn)."""
     from netblock.decide import asn
-    from netblock.store.sqlite import NOT_OFFENCES
+    from netblock.model import NOT_OFFENCES
 
     ips = {o.ip for o in store.observations(since=since, until=until) if o.cls not in NOT_OFFENCES}
     return asn.count_by_origin(ips, asn.from_config(config))

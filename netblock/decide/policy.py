@@ -36,7 +36,7 @@ from netaddr import IPAddress, IPNetwork
 
 from netblock import durations, limits
 from netblock.aggregate import WidenRule, address_int, widen_detail, widen_spans
-from netblock.model import MANUAL_SOURCES, Block, Observation
+from netblock.model import MANUAL_SOURCES, NOT_OFFENCES, Block, Observation, host_mask
 from netblock.decide.protect import Protection, overlap, protection
 
 SOURCE = "policy"
@@ -458,7 +458,7 @@ class Explanation:
 
     def to_dict(self) -> dict:
         return {
-            "target": _show(self.target),
+            "target": host_mask(self.target),
             "verdict": self.verdict,
             "observations": [
                 {"time": o.time, "ip": str(o.ip), "class": o.cls, "mta": o.mta,
@@ -545,7 +545,7 @@ def _checks(obs: list[Observation], rules, now: datetime, sh: Protection) -> lis
     """Each address's offences grouped by the rule that counts them (or by class, if none does)."""
     groups: dict[tuple[IPAddress, str], list[Observation]] = {}
     for o in obs:
-        if o.cls in ("connect", "delivered"):
+        if o.cls in NOT_OFFENCES:
             continue
         rule = rule_for(rules, o.cls)
         groups.setdefault((o.ip, rule.name if rule else o.cls), []).append(o)
@@ -619,13 +619,9 @@ def _verdict(net, blocks, checks, widened, protected) -> str:
     return "not blocked: no offences observed"
 
 
-def _show(net: IPNetwork) -> str:
-    return str(net.ip) if net.size == 1 else str(net.cidr)
-
-
 def render(ex: Explanation) -> list[str]:
     """Human-readable lines for ``netblock why``."""
-    lines = [f"{_show(ex.target)}: {ex.verdict}"]
+    lines = [f"{host_mask(ex.target)}: {ex.verdict}"]
     if ex.observations:
         lines.append("observations:")
         for o in ex.observations:

@@ -14,7 +14,7 @@ import os
 from datetime import datetime, timedelta
 
 from netblock.errors import BadInput, ToolMissing
-from netblock.reports.tables import host_mask
+from netblock.model import host_mask
 
 FORMATS = (".png", ".svg")
 

@@ -43,11 +43,10 @@ from netblock.decide import policy, protect
 from netblock.aggregate import widen_detail
 from netblock.run.daemonlog import Log
 from netblock.errors import NetblockError
-from netblock.model import Block, Observation
+from netblock.model import NOT_OFFENCES, Block, Observation
 from netblock.printable import printable
 from netblock.system.sdnotify import Notifier
 
-NOT_OFFENCES = ("connect", "delivered")
 SMALL_JOIN, JOIN_SAVE_S = 1000, 5.0  # open transactions saved with every batch up to SMALL_JOIN
 MAX_BATCHES_PER_WAKE = 20  # then look at signals and the clock before reading on
 MAX_TRACKED = 200_000  # addresses the event path remembers offences of (~160 MB at most)

@@ -15,9 +15,6 @@ from netaddr import AddrFormatError, IPAddress, IPNetwork
 from netblock.errors import BadInput
 from netblock.model import Block, Observation, Sample
 
-# Classes that record normal traffic rather than abuse.
-NOT_OFFENCES = ("connect", "delivered")
-
 DAY = 86400
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)

@@ -34,9 +34,9 @@ from typing import Iterable, Iterator
 from netaddr import IPAddress, IPNetwork
 
 from netblock.errors import StoreError
-from netblock.model import AllowEntry, Block, Observation, Sample
+from netblock.model import NOT_OFFENCES, AllowEntry, Block, Observation, Sample
 from netblock.store._sql import (
-    DAY, NOT_OFFENCES, canonical_ip, canonical_net, changed_daily_rows, changed_sample_rows, fold_days, samples_from_rows, StoreCommon, ts as _ts, dt as _dt, opt_dt as _opt_dt, net_cols as _net_cols, to_net as _net, BLOCK_COLS as _BLOCK_COLS, BLOCK_ORDER as _BLOCK_ORDER, to_block as _block, to_observation as _observation, day_range as _day_range,
+    DAY, canonical_ip, canonical_net, changed_daily_rows, changed_sample_rows, fold_days, samples_from_rows, StoreCommon, ts as _ts, dt as _dt, opt_dt as _opt_dt, net_cols as _net_cols, to_net as _net, BLOCK_COLS as _BLOCK_COLS, BLOCK_ORDER as _BLOCK_ORDER, to_block as _block, to_observation as _observation, day_range as _day_range,
 )
 
 DEFAULT_PATH = "/var/lib/netblock/netblock.db"
