@@ -28,6 +28,7 @@ from typing import Any, Callable
 
 
 from netblock import durations
+from netblock.aggregate import DEFAULT_WIDEN, WidenRule
 from netblock.errors import BadInput, ConfigError
 from netblock.firewall import BACKENDS, VERDICTS, Settings
 from netblock.limits import DEFAULT_MAX_ELEMENTS_PER_BLOCK, MIN_PREFIXLEN
@@ -231,25 +232,6 @@ class BlocksConfig:
     allow: tuple[str, ...] = _k(_list(_Kind(_cidr)), ())
 
 
-@dataclass(frozen=True)
-class WidenRule:
-    """Block a whole /prefixlen once it holds min_count offending units
-    (addresses, or /unit_prefixlen sub-prefixes when that is set)."""
-
-    family: int
-    prefixlen: int
-    min_count: int
-    unit_prefixlen: int | None = None
-
-
-DEFAULT_WIDEN_RULES = (
-    WidenRule(4, 24, 4),
-    WidenRule(4, 16, 64, 24),
-    WidenRule(6, 64, 2),
-    WidenRule(6, 48, 8, 64),
-)
-
-
 _RULE_KEYS = "family, prefixlen, min_count and optionally unit_prefixlen"
 
 
@@ -306,7 +288,7 @@ def _dump_widen_rule(r: WidenRule) -> dict:
 class WidenConfig:
     enabled: bool = _k(_bool(), True)
     rules: tuple[WidenRule, ...] = _k(
-        _Kind(_widen_rules, lambda v: [_dump_widen_rule(r) for r in v]), DEFAULT_WIDEN_RULES
+        _Kind(_widen_rules, lambda v: [_dump_widen_rule(r) for r in v]), DEFAULT_WIDEN
     )
     window: timedelta = _k(_dur(timedelta(seconds=1)), timedelta(days=1))
     max_prefix_v4: int = _k(_int(MIN_PREFIXLEN[4], 32), 16)
