@@ -85,6 +85,7 @@ from netblock.errors import (
 )
 from netblock.firewall import VERDICTS, Change, Desired, Settings
 from netblock.firewall.names import IPSET_SCRATCH, IPSET_SET, IPT_CHAIN, IPT_COMMENT, IPT_PARENT
+from netblock.firewall.xtables import ports_match
 
 MAX_TIMEOUT = 2147483  # seconds; ipset refuses (clamps) longer member timeouts
 TOLERANCE = 2.0  # seconds of expiry difference that do not count as a change
@@ -110,16 +111,6 @@ def _template() -> dict[str, str]:
         elif current is not None and stripped and not stripped.startswith("#"):
             current.append(stripped)
     return {k: "\n".join(v) + "\n" for k, v in sections.items()}
-
-
-SYN_ONLY = "--tcp-flags FIN,SYN,RST,ACK SYN"  # as iptables-save spells --syn
-
-
-def ports_match(ports: tuple[int, ...], syn_only: bool = False) -> str:
-    """The jump's match, spelled as iptables-save prints it; ``syn_only`` for counting-only mode."""
-    if len(ports) == 1:
-        return f"-m tcp --dport {ports[0]}" + (f" {SYN_ONLY}" if syn_only else "")
-    return "-m multiport --dports " + ",".join(str(p) for p in ports) + (f" -m tcp {SYN_ONLY}" if syn_only else "")
 
 
 def target(verdict: str) -> str:

@@ -38,17 +38,17 @@ from string import Template
 
 from netaddr import IPNetwork
 
-from netblock.errors import (BadInput, Busy, KernelError, KernelFeatureMissing, NameClash,
+from netblock.errors import (Busy, KernelError, KernelFeatureMissing, NameClash,
                              NetblockError, PermissionDenied, ToolMissing)
 from netblock.firewall import VERDICTS, Change, Desired, Settings
 from netblock.firewall.names import IPT_CHAIN, IPT_COMMENT, IPT_PARENT
+from netblock.firewall.xtables import SYN_FLAGS, ports_match
 
 NAME = "iptables"
 TABLE = "filter"
 # Extensions python-iptables loads from XTABLES_LIBDIR to build our rules.
 EXTENSIONS = ("libxt_standard.so", "libxt_tcp.so", "libxt_multiport.so", "libxt_comment.so",
               "libipt_REJECT.so", "libip6t_REJECT.so")
-MULTIPORT_MAX = 15  # the kernel's XT_MULTI_PORTS
 LOCK_WAIT_S = 10.0
 STANDARD_VERDICTS = {"ACCEPT", "DROP", "QUEUE", "RETURN"}
 _TARGET = {"drop": "DROP", "reject": "REJECT", "count": "RETURN"}  # per-netblock rule target by verdict
@@ -73,24 +73,6 @@ FAMILIES = {
 
 
 # ---------------------------------------------------------------- the ruleset text
-
-SYN_FLAGS = ["FIN,SYN,RST,ACK", "SYN"]  # --syn, as iptables-save prints it
-
-
-def ports_match(ports: tuple[int, ...], syn_only: bool = False) -> str:
-    """The match part of the jump rule, spelled as iptables-save prints it.
-
-    ``syn_only`` (counting-only mode) adds the SYN match, so the chain sees only
-    connection attempts: each rule then counts what DROP would have dropped.
-    """
-    if len(ports) > MULTIPORT_MAX:
-        raise BadInput(f"ports: {list(ports)!r} has more than {MULTIPORT_MAX} ports, "
-                       "the most one iptables multiport match takes")
-    syn = " --tcp-flags " + " ".join(SYN_FLAGS) if syn_only else ""
-    if len(ports) == 1:
-        return f"-m tcp --dport {ports[0]}{syn}"
-    return "-m multiport --dports " + ",".join(str(p) for p in ports) + (f" -m tcp{syn}" if syn else "")
-
 
 def render(settings: Settings) -> str:
     """rules/iptables.rules with the settings filled in: the skeleton as installed."""
