@@ -24,8 +24,8 @@ from __future__ import annotations
 
 import re
 import socket
-from array import array
 import sys
+from array import array
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Iterable, Iterator, Sequence

@@ -26,13 +26,12 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, Callable
 
-
 from netblock import durations
 from netblock.aggregate import DEFAULT_WIDEN, WidenRule
+from netblock.decide.targets import parse_target
 from netblock.errors import BadInput, ConfigError
 from netblock.firewall import BACKENDS, VERDICTS, Settings
 from netblock.limits import DEFAULT_MAX_ELEMENTS_PER_BLOCK, MIN_PREFIXLEN
-from netblock.decide.targets import parse_target
 
 DEFAULT_PATH = "/etc/netblock/netblock.toml"
 

@@ -19,9 +19,9 @@ from netaddr import IPNetwork
 
 from netblock import durations
 from netblock.errors import BadInput, NetblockError
-from netblock.system.lock import kernel_lock
 from netblock.model import AllowEntry, Block, host_mask
 from netblock.printable import printable
+from netblock.system.lock import kernel_lock
 
 MAX_WARNINGS = 5  # host-bit warnings shown one by one before they are only counted
 EXPIRE_STATE_KEY = "cli.expire.last"

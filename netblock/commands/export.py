@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import time
 
-from netblock.reports import export
 from netblock.errors import BadInput
+from netblock.reports import export
 
 
 def register(sub) -> None:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import csv
 from datetime import datetime, timedelta, timezone
 
-from netblock.reports import tables as rep
 from netblock.errors import BadInput
 from netblock.printable import printable
+from netblock.reports import tables as rep
 
 
 def register(sub) -> None:
@@ -343,8 +343,8 @@ def wrapup_text(store, config, since: datetime, until: datetime, n: int, compare
 def cmd_wrapup(args, ctx) -> int:
     import os
 
-    from netblock.reports.export import write_atomically
     from netblock.decide.targets import parse_duration
+    from netblock.reports.export import write_atomically
 
     until = ctx.now()
     since = until - parse_duration(args.since)

@@ -14,9 +14,9 @@ import os
 from collections import Counter
 from datetime import timezone
 
-from netblock.sources import follow
 from netblock.errors import BadInput, NetblockError, NotARegularFile
 from netblock.printable import printable
+from netblock.sources import follow
 
 FORMATS = ("auto", "postfix", "exim", "sendmail")
 STORE_BATCH = 5000

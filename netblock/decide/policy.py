@@ -31,13 +31,12 @@ from datetime import datetime, timedelta
 from typing import Iterable, Iterator
 
 import numpy as np
-
 from netaddr import IPAddress, IPNetwork
 
 from netblock import durations, limits
 from netblock.aggregate import WidenRule, address_int, widen_detail, widen_spans
-from netblock.model import MANUAL_SOURCES, NOT_OFFENCES, Block, Observation, host_mask
 from netblock.decide.protect import Protection, overlap, protection
+from netblock.model import MANUAL_SOURCES, NOT_OFFENCES, Block, Observation, host_mask
 
 SOURCE = "policy"
 

@@ -76,8 +76,8 @@ import numpy as np
 from netaddr import IPAddress, IPNetwork, IPSet
 
 from netblock.aggregate import aggregate
-from netblock.decide.asn import Table, address
 from netblock.config import RoutedConfig
+from netblock.decide.asn import Table, address
 from netblock.model import Block
 
 SOURCE = "policy"

@@ -38,8 +38,15 @@ from string import Template
 
 from netaddr import IPNetwork
 
-from netblock.errors import (Busy, KernelError, KernelFeatureMissing, NameClash,
-                             NetblockError, PermissionDenied, ToolMissing)
+from netblock.errors import (
+    Busy,
+    KernelError,
+    KernelFeatureMissing,
+    NameClash,
+    NetblockError,
+    PermissionDenied,
+    ToolMissing,
+)
 from netblock.firewall import VERDICTS, Change, Desired, Settings
 from netblock.firewall.names import IPT_CHAIN, IPT_COMMENT, IPT_PARENT
 from netblock.firewall.xtables import SYN_FLAGS, ports_match

@@ -30,9 +30,9 @@ netlink fast path share the set's representation.
 from __future__ import annotations
 
 import errno
+import hashlib
 import marshal
 import os
-import hashlib
 import re
 import string
 from dataclasses import dataclass, field, replace
@@ -42,14 +42,12 @@ from operator import attrgetter, countOf
 from pathlib import Path
 
 import numpy as np
-from netaddr import IPNetwork, iprange_to_cidrs, IPAddress
+from netaddr import IPAddress, IPNetwork, iprange_to_cidrs
 
-from netblock.errors import (KernelError, KernelFeatureMissing, NameClash, NetblockError, PermissionDenied,
-                             ToolMissing)
-from netblock.firewall import VERDICTS, Change, Desired, Settings
-from netblock.firewall.columns import timestamps
-from netblock.firewall import names
+from netblock.errors import KernelError, KernelFeatureMissing, NameClash, NetblockError, PermissionDenied, ToolMissing
+from netblock.firewall import VERDICTS, Change, Desired, Settings, names
 from netblock.firewall import nfnetlink as nl
+from netblock.firewall.columns import timestamps
 
 # Expiry differences below this are not worth a kernel update (no churn on repeated applies).
 EXPIRY_TOLERANCE = 2.0  # seconds

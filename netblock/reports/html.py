@@ -11,8 +11,8 @@ from __future__ import annotations
 from datetime import datetime
 from html import escape
 
-from netblock.reports import tables as rep
 from netblock.printable import printable
+from netblock.reports import tables as rep
 
 STYLE = """
 body { font-family: sans-serif; max-width: 60em; margin: 2em auto; color: #222; }

@@ -35,16 +35,16 @@ from typing import Callable, Iterable
 
 from netaddr import IPAddress, IPNetwork
 
-from netblock.run import fleet
-from netblock.sources import follow, journal
-from netblock.system import hostaddrs
 from netblock import durations, limits
-from netblock.decide import policy, protect
 from netblock.aggregate import widen_detail
-from netblock.run.daemonlog import Log
+from netblock.decide import policy, protect
 from netblock.errors import NetblockError
 from netblock.model import NOT_OFFENCES, Block, Observation
 from netblock.printable import printable
+from netblock.run import fleet
+from netblock.run.daemonlog import Log
+from netblock.sources import follow, journal
+from netblock.system import hostaddrs
 from netblock.system.sdnotify import Notifier
 
 SMALL_JOIN, JOIN_SAVE_S = 1000, 5.0  # open transactions saved with every batch up to SMALL_JOIN

@@ -211,8 +211,8 @@ def status_unreachable(ctx, exc, *, as_json: bool) -> int:
     Only for a PostgreSQL store (anything else re-raises): its hosts keep
     their rules during an outage, which is what the operator wants confirmed.
     """
-    from netblock.store.postgres import is_dsn, mask_dsn
     from netblock.run.sync import read_installed
+    from netblock.store.postgres import is_dsn, mask_dsn
 
     path = ctx.db_path
     if not is_dsn(path):

@@ -19,8 +19,8 @@ from netblock.aggregate import aggregate, span
 from netblock.decide import protect
 from netblock.errors import NetblockError
 from netblock.firewall import Change
-from netblock.system.lock import DEFAULT_TIMEOUT, kernel_lock
 from netblock.model import Block
+from netblock.system.lock import DEFAULT_TIMEOUT, kernel_lock
 
 _PERMANENT = object()  # marks a desired netblock covered by a permanent block
 

@@ -42,7 +42,44 @@ from netaddr import IPAddress, IPNetwork
 from netblock.errors import StoreError
 from netblock.model import NOT_OFFENCES, AllowEntry, Block, Observation, Sample
 from netblock.store._sql import (
-    DAY, canonical_ip, canonical_net, changed_daily_rows, changed_sample_rows, fold_days, samples_from_rows, StoreCommon, ts as _ts, dt as _dt, opt_dt as _opt_dt, net_cols as _net_cols, to_net as _net, BLOCK_COLS as _BLOCK_COLS, BLOCK_ORDER as _BLOCK_ORDER, to_block as _block, to_observation as _observation, day_range as _day_range,
+    BLOCK_COLS as _BLOCK_COLS,
+)
+from netblock.store._sql import (
+    BLOCK_ORDER as _BLOCK_ORDER,
+)
+from netblock.store._sql import (
+    DAY,
+    StoreCommon,
+    canonical_ip,
+    canonical_net,
+    changed_daily_rows,
+    changed_sample_rows,
+    fold_days,
+    samples_from_rows,
+)
+from netblock.store._sql import (
+    day_range as _day_range,
+)
+from netblock.store._sql import (
+    dt as _dt,
+)
+from netblock.store._sql import (
+    net_cols as _net_cols,
+)
+from netblock.store._sql import (
+    opt_dt as _opt_dt,
+)
+from netblock.store._sql import (
+    to_block as _block,
+)
+from netblock.store._sql import (
+    to_net as _net,
+)
+from netblock.store._sql import (
+    to_observation as _observation,
+)
+from netblock.store._sql import (
+    ts as _ts,
 )
 
 DSN_PREFIXES = ("postgresql://", "postgres://")

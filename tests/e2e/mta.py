@@ -31,7 +31,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from netaddr import IPAddress, IPNetwork, iprange_to_cidrs
-
 from netns import SERVER4, build_scene, check_allowed, nsexec, run_in_netns, wait_for
 
 FILES = Path(__file__).resolve().parent / "files"

@@ -12,7 +12,6 @@ import sys
 from datetime import datetime, timedelta, timezone
 
 import pytest
-
 from netns import CLIENT4, SERVER4, SERVER6
 
 from netblock.system import hostaddrs

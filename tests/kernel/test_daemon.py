@@ -19,8 +19,8 @@ import sys
 from datetime import datetime, timezone
 
 import pytest
-
-from netns import scene as make_scene, wait_for
+from netns import scene as make_scene
+from netns import wait_for
 
 pytestmark = pytest.mark.kernel
 

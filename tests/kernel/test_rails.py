@@ -19,8 +19,8 @@ import sys
 from datetime import datetime, timezone
 
 import pytest
-
-from netns import SERVER4, scene as make_scene, wait_for
+from netns import SERVER4, wait_for
+from netns import scene as make_scene
 
 pytestmark = pytest.mark.kernel
 
@@ -57,9 +57,10 @@ def run(scene, tmp_path, *argv: str, input: str | None = None, check: bool = Tru
 
 
 def test_a_block_made_by_hand_wins_over_the_delivered_protection_but_not_over_the_allowlist(scene, tmp_path):
+    from netaddr import IPAddress, IPNetwork
+
     from netblock.model import Block, Observation
     from netblock.store.sqlite import Store
-    from netaddr import IPAddress, IPNetwork
 
     (tmp_path / "netblock.toml").write_text(f'lock_file = "{tmp_path}/run/netblock.lock"\n')
     scene.add_client(HAND4, POLICY4, ALLOW4)

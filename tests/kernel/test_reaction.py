@@ -20,13 +20,14 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 from netaddr import IPAddress, IPNetwork
+from netns import scene as make_scene
+from netns import wait_for
 
 from netblock import config as config_mod
 from netblock.decide import policy
-from netblock.run.daemon import Tracker
 from netblock.model import Observation
+from netblock.run.daemon import Tracker
 from netblock.store.sqlite import Store
-from netns import scene as make_scene, wait_for
 
 pytestmark = pytest.mark.kernel
 

@@ -7,7 +7,6 @@ validation-before-write, expiry bookkeeping, output formats.
 from __future__ import annotations
 
 import argparse
-
 import io
 import json
 import os
@@ -23,9 +22,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(__file__)))
 from fakes import FakeBackend, FakeConfig  # noqa: E402
 
 from netblock import cli  # noqa: E402
-from netblock.system import hostaddrs
 from netblock.errors import NetblockError  # noqa: E402
 from netblock.store.sqlite import Store  # noqa: E402
+from netblock.system import hostaddrs
 
 DATA = Path(__file__).resolve().parents[2] / "../shared/data"
 # A pinned instant, not today: in this file it meets only fakes, the store and pure functions,

@@ -24,12 +24,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(__file__)))
 from fakes import FakeBackend  # noqa: E402
 
 from netblock import config as config_mod  # noqa: E402
+from netblock.model import Block  # noqa: E402
 from netblock.run import daemonlog
-from netblock.system import hostaddrs
 from netblock.run.daemon import Daemon, Runner  # noqa: E402
 from netblock.run.daemonlog import Log  # noqa: E402
-from netblock.model import Block  # noqa: E402
 from netblock.store.sqlite import Store  # noqa: E402
+from netblock.system import hostaddrs
 
 SUMMARY = re.compile(r"\.\.\. and (\d+) more (.+?) in the last \d+s \(")
 

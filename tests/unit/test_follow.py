@@ -18,9 +18,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(__file__)))
 
 from fakes import FakeBackend  # noqa: E402
 
-from netblock.sources import follow  # noqa: E402
-from netblock.run.daemon import Runner  # noqa: E402
 from netblock.errors import StoreError  # noqa: E402
+from netblock.run.daemon import Runner  # noqa: E402
+from netblock.sources import follow  # noqa: E402
 from netblock.sources.follow import Follower, Inotify, Position  # noqa: E402
 from netblock.store.sqlite import Store  # noqa: E402
 

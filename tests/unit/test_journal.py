@@ -22,8 +22,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(__file__)))
 
 from fakes import FakeBackend  # noqa: E402
 
-from netblock.sources import journal  # noqa: E402
 from netblock.run.daemon import Runner  # noqa: E402
+from netblock.sources import journal  # noqa: E402
 from netblock.sources.journal import Journal, command, trusted  # noqa: E402
 from netblock.store.sqlite import Store  # noqa: E402
 
@@ -252,8 +252,8 @@ def test_the_daemon_loop_reacts_to_journal_entries(fake, store, tmp_path, monkey
     from netaddr import IPNetwork
 
     from netblock import config as config_mod
-    from netblock.system import hostaddrs
     from netblock.run.daemon import Daemon
+    from netblock.system import hostaddrs
     from netblock.system.sdnotify import Notifier
 
     monkeypatch.setattr(hostaddrs, "own_addresses", lambda: [])

@@ -23,8 +23,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(__file__)))
 
 from fakes import FakeBackend  # noqa: E402
 
-from netblock.sources import journal  # noqa: E402
 from netblock.run.daemon import Runner  # noqa: E402
+from netblock.sources import journal  # noqa: E402
 from netblock.sources.journal import Choice, Detection, choose, detect  # noqa: E402
 from netblock.store.sqlite import Store  # noqa: E402
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from netblock import __version__, config
-from netblock.commands import manpage
 from netblock.cli import build_parser
+from netblock.commands import manpage
 from netblock.system.completion import subparsers
 
 REPO = Path(__file__).resolve().parents[2]

@@ -4,8 +4,8 @@ from datetime import datetime, timedelta, timezone
 
 from netaddr import IPNetwork
 
-from netblock.reports import tables as rep
 from netblock.model import Block, Sample
+from netblock.reports import tables as rep
 
 # A pinned instant, not today: in this file it meets only fakes, the store and pure functions,
 # never the kernel's or the real clock (scripts/test-clock.sh runs the suite 400 days ahead).

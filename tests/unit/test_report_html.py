@@ -16,7 +16,6 @@ import zlib
 from datetime import timedelta
 
 import pytest
-
 from test_report_cli import NOW, Harness, N  # noqa: F401  (same fake kernel and store)
 
 from netblock.system import hostaddrs

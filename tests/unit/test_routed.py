@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 from netaddr import IPAddress, IPNetwork, IPSet
 
-from netblock.decide import asn, policy, routed
-from netblock import cli, config as config_mod
-from netblock.decide import protect
-from netblock.run import sync
+from netblock import cli
+from netblock import config as config_mod
 from netblock.aggregate import aggregate
+from netblock.decide import asn, policy, protect, routed
 from netblock.model import Observation
+from netblock.run import sync
 from netblock.store.sqlite import Store
 
 DATA = Path(__file__).resolve().parents[2] / "../shared/data/asn/pyasn"

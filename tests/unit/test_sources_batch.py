@@ -24,9 +24,9 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(__file__)))
 from fakes import FakeBackend  # noqa: E402
+
 from netblock import cli, config, sources  # noqa: E402
-from netblock.sources import follow
-from netblock.sources import batch, postfix  # noqa: E402
+from netblock.sources import batch, follow, postfix  # noqa: E402
 from netblock.sources.join import Join  # noqa: E402
 from netblock.store.sqlite import Store  # noqa: E402
 

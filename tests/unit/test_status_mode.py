@@ -18,9 +18,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(__file__)))
 from fakes import FakeBackend, FakeConfig  # noqa: E402
 from test_cli_blocks import Harness  # noqa: E402
 
-from netblock.system import hostaddrs  # noqa: E402
 from netblock.config import SourcesConfig  # noqa: E402
 from netblock.firewall import Settings  # noqa: E402
+from netblock.system import hostaddrs  # noqa: E402
 
 
 class VerdictBackend(FakeBackend):

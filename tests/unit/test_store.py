@@ -16,9 +16,9 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from netaddr import IPAddress, IPNetwork
 
-from netblock.store import sqlite as store_mod
 from netblock.errors import StoreError
 from netblock.model import Block, Observation
+from netblock.store import sqlite as store_mod
 from netblock.store.sqlite import SCHEMA_VERSION, Store
 
 # A pinned instant, not today: in this file it meets only fakes, the store and pure functions,

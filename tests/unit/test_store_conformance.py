@@ -9,8 +9,8 @@ and the password never being shown.
 from __future__ import annotations
 
 import inspect
-import os
 import multiprocessing
+import os
 import select
 import subprocess
 import sys
@@ -22,10 +22,10 @@ from types import SimpleNamespace
 import pytest
 from netaddr import IPAddress, IPNetwork
 
-from netblock.run import fleet
-from netblock.store import postgres as store_pg
 from netblock.errors import BadInput, StoreError
 from netblock.model import AllowEntry, Block, Observation, Sample
+from netblock.run import fleet
+from netblock.store import postgres as store_pg
 from netblock.store.sqlite import Store
 
 # A pinned instant, not today: in this file it meets only fakes, the store and pure functions,

@@ -14,12 +14,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(__file__)))
 
 from fakes import FakeBackend, FakeConfig  # noqa: E402
 
-from netblock.system import hostaddrs  # noqa: E402
 from netblock.errors import Busy  # noqa: E402
-from netblock.system.lock import kernel_lock  # noqa: E402
 from netblock.model import AllowEntry, Block, Observation  # noqa: E402
-from netblock.store.sqlite import Store  # noqa: E402
 from netblock.run.sync import compute_desired, diff, sync  # noqa: E402
+from netblock.store.sqlite import Store  # noqa: E402
+from netblock.system import hostaddrs  # noqa: E402
+from netblock.system.lock import kernel_lock  # noqa: E402
 
 # A pinned instant, not today: in this file it meets only fakes, the store and pure functions,
 # never the kernel's or the real clock (scripts/test-clock.sh runs the suite 400 days ahead).
@@ -205,8 +205,8 @@ def test_compute_desired_takes_a_one_shot_iterable_of_blocks():
 def test_a_terminal_sees_a_progress_bar_of_the_sync_steps(env):
     import io
 
-    from netblock.system.progress import Progress
     from netblock.run.sync import SYNC_STEPS
+    from netblock.system.progress import Progress
 
     class Terminal(io.StringIO):
         def isatty(self):

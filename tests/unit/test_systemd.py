@@ -8,7 +8,6 @@ import pytest
 from netblock.system import units
 
 
-
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory):
     root = tmp_path_factory.mktemp("root")

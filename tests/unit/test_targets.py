@@ -5,8 +5,9 @@ from datetime import timedelta
 import pytest
 from netaddr import IPNetwork
 
-from netblock.errors import BadInput, LimitExceeded
 from netblock.decide.targets import Target, parse_duration, parse_target
+from netblock.errors import BadInput, LimitExceeded
+
 
 def test_docstring_examples_run():
     import doctest
