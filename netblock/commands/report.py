@@ -185,7 +185,7 @@ def classes_rows(store, config, since, until, compare: bool = False) -> list[rep
     With ``compare``, each class's count in the previous window of the same length too."""
     counts = store.observation_class_counts(since, until)
     known = set(store.observation_class_counts(until=since))
-    known |= set(getattr(getattr(config, "policy", None), "classes", {}) or {})
+    known |= set(config.policy.classes)
     previous = store.observation_class_counts(*previous_window(since, until)) if compare else None
     return rep.classes(counts, {c for c in known if c.startswith("dnsbl:")}, previous)
 
@@ -197,7 +197,7 @@ def summary_of(store, config, since, until) -> rep.Summary:
     if earlier:
         weeks = min(4.0, (since - min(o.time for o in earlier)).total_seconds() / (7 * 86400))
     totals = [rep.Row(rep.parse_net(net), p, b) for net, (p, b, _f, _l) in store.sample_drops(since, until).items()]
-    factor = getattr(getattr(config, "report", None), "storm_factor", 2.0)
+    factor = config.report.storm_factor
     return rep.summary(inside, len(earlier), weeks, store.blocks(), totals, since, until, factor)
 
 
@@ -231,7 +231,7 @@ def cmd_report(args, ctx) -> int:
         from netblock.run.fleet import view_host
 
         view_host(store, config, args.host)
-    n = args.top or getattr(getattr(config, "report", None), "top", 10)
+    n = args.top or config.report.top
     compare = not args.no_compare
     args.by_asn, args.by = args.by, args.by or "packets"
     if args.plot or args.html:
@@ -297,7 +297,7 @@ def _files(args, store, config, since, until, n, compare) -> None:
         from netblock.reports import html
 
         extra = []
-        if getattr(getattr(config, "report", None), "asn_file", ""):
+        if config.report.asn_file:
             from netblock.decide.asn import render_counts
 
             extra.append(("Rejected addresses by origin AS",
@@ -306,7 +306,7 @@ def _files(args, store, config, since, until, n, compare) -> None:
                           html.preformatted(rep.origin_table(asn_drop_rows(store, config, since, until)[:n]))))
         page = html.page(rows, classes_rows(store, config, since, until, compare),
                          summary_of(store, config, since, until), daily, since, until,
-                         host=getattr(config, "host_id", ""), extra_sections=extra, dropped_out=gone)
+                         host=config.host_id, extra_sections=extra, dropped_out=gone)
         write_atomically(args.html, page)
 
 
@@ -348,7 +348,7 @@ def cmd_wrapup(args, ctx) -> int:
 
     until = ctx.now()
     since = until - parse_duration(args.since)
-    n = args.top or getattr(getattr(ctx.config, "report", None), "top", 10)
+    n = args.top or ctx.config.report.top
     text = printable(wrapup_text(ctx.store(), ctx.config, since, until, n, not args.no_compare), keep_newlines=True)
     year, week, _ = until.isocalendar()
     os.makedirs(args.dir, mode=0o700, exist_ok=True)

@@ -70,13 +70,11 @@ def register(sub) -> None:
 def _format(args, ctx) -> str:
     if args.format:
         return args.format
-    sources = getattr(ctx.config, "sources", None)
-    return getattr(sources, "format", None) or "auto"
+    return ctx.config.sources.format
 
 
 def _max_line(ctx) -> int:
-    sources = getattr(ctx.config, "sources", None)
-    return int(getattr(sources, "max_line", None) or follow.DEFAULT_MAX_LINE)
+    return ctx.config.sources.max_line
 
 
 def _check_files(files: list[str]) -> None:

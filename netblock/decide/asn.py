@@ -441,8 +441,7 @@ def load(path: str, names_path: str | None = None) -> Table:
 
 def from_config(config) -> Table:
     """The table ``[report] asn_file`` / ``as_names_file`` name."""
-    report = getattr(config, "report", None)
-    return load(getattr(report, "asn_file", "") or "", getattr(report, "as_names_file", "") or None)
+    return load(config.report.asn_file or "", config.report.as_names_file or None)
 
 
 # -- netblock report asn -----------------------------------------------------------------

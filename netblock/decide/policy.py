@@ -54,26 +54,15 @@ class ClassRule:
 
 # -- reading the configuration ------------------------------------------------
 
-def _get(obj, name: str, index: int, default=None):
-    if isinstance(obj, dict):
-        return obj.get(name, default)
-    if isinstance(obj, (tuple, list)):
-        return obj[index] if index < len(obj) else default
-    return getattr(obj, name, default)
-
-
 def class_rules(config) -> dict[str, ClassRule]:
     """``[policy.classes]`` as ClassRules; a class without a window uses ``policy.window``."""
     policy = config.policy
-    default_window = getattr(policy, "window", timedelta(days=1))
     out = {}
-    for name, spec in (getattr(policy, "classes", None) or {}).items():
-        threshold = int(_get(spec, "threshold", 0, 1))
-        window = _get(spec, "window", 1) or default_window
-        ttl = _get(spec, "ttl", 2)
+    for name, spec in policy.classes.items():
+        ttl = spec.ttl
         if isinstance(ttl, timedelta) and ttl <= timedelta(0):
             ttl = None
-        out[name] = ClassRule(name, threshold, window, ttl, bool(_get(spec, "widen", 3, False)))
+        out[name] = ClassRule(name, int(spec.threshold), spec.window or policy.window, ttl, bool(spec.widen))
     return out
 
 
@@ -94,22 +83,9 @@ class WidenSettings:
 
 
 def widen_settings(config) -> WidenSettings:
-    w = getattr(config, "widen", None)
-    if w is None:
-        return WidenSettings(False, (), timedelta(0), {4: 8, 6: 32})
-    rules = []
-    for r in getattr(w, "rules", ()) or ():
-        if isinstance(r, WidenRule):
-            rules.append(r)
-            continue
-        family = _get(r, "family", 0)
-        family = {"ipv4": 4, "ipv6": 6, "inet": 4, "inet6": 6}.get(family, family)
-        unit = _get(r, "unit_prefixlen", 3)
-        rules.append(WidenRule(int(family), int(_get(r, "prefixlen", 1)), int(_get(r, "min_count", 2)),
-                               None if unit is None else int(unit)))
-    limits = {4: int(getattr(w, "max_prefix_v4", 8)), 6: int(getattr(w, "max_prefix_v6", 32))}
-    window = getattr(w, "window", None) or getattr(config.policy, "window", timedelta(days=1))
-    return WidenSettings(bool(getattr(w, "enabled", False)), tuple(rules), window, limits)
+    w = config.widen
+    limits = {4: w.max_prefix_v4, 6: w.max_prefix_v6}
+    return WidenSettings(w.enabled, tuple(w.rules), w.window or config.policy.window, limits)
 
 
 
@@ -117,7 +93,7 @@ def widen_settings(config) -> WidenSettings:
 
 def budget(config) -> int:
     """``[policy] max_elements_per_block``."""
-    return int(getattr(config.policy, "max_elements_per_block", limits.DEFAULT_MAX_ELEMENTS_PER_BLOCK))
+    return config.policy.max_elements_per_block
 
 
 def fallback_reason(net: IPNetwork, limit: int) -> str:

@@ -76,7 +76,6 @@ import numpy as np
 from netaddr import IPAddress, IPNetwork, IPSet
 
 from netblock.aggregate import aggregate
-from netblock.config import RoutedConfig
 from netblock.decide.asn import Table, address
 from netblock.model import Block
 
@@ -99,7 +98,7 @@ class Settings:
 
 def settings(config) -> Settings:
     """``[routed]`` as Settings (the defaults when the config has no such section)."""
-    r = getattr(config, "routed", None) or RoutedConfig()
+    r = config.routed
     return Settings(bool(r.enabled), int(r.min_offenders), int(r.min_spread), r.window,
                     ((4, int(r.max_prefix_v4)), (6, int(r.max_prefix_v6))), frozenset(r.do_not_widen))
 

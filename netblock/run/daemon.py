@@ -75,12 +75,6 @@ def _failure(exc: BaseException) -> str:
 TRANSIENT = (Exception,)
 
 
-def _setting(config, section: str, name: str, default):
-    part = getattr(config, section, None)
-    value = getattr(part, name, None) if part is not None else None
-    return default if value is None else value
-
-
 @dataclass
 class TickResult:
     observations: int = 0
@@ -123,7 +117,7 @@ class Runner:
         self.spool = None  # the daemon's on a fleet store: observations kept while that store is away
         self.join = None  # sources.join.Join: messages whose acceptance is not proven yet
         self._join_saved = float("-inf")
-        self.logger = Log(self.stderr, log_level or _setting(config, "daemon", "log_level", "info"))
+        self.logger = Log(self.stderr, log_level or config.daemon.log_level)
         self.choice: journal.Choice | None = None  # the sources open_sources() chose
         self._said_sources: str | None = None
 
@@ -134,17 +128,17 @@ class Runner:
     # -- sources -----------------------------------------------------------
     @property
     def fmt(self) -> str:
-        return _setting(self.config, "sources", "format", "auto")
+        return self.config.sources.format
 
     @property
     def max_line(self) -> int:
-        return int(_setting(self.config, "sources", "max_line", follow.DEFAULT_MAX_LINE))
+        return int(self.config.sources.max_line)
 
     def choose_sources(self) -> journal.Choice:
         """Which sources to read: the configured files, and the journal if set or auto-detected."""
-        files = [os.path.abspath(p) for p in _setting(self.config, "sources", "files", ())]
-        units = tuple(_setting(self.config, "sources", "journal_units", journal.DEFAULT_UNITS))
-        setting = _setting(self.config, "sources", "journal", False)
+        files = [os.path.abspath(p) for p in self.config.sources.files]
+        units = tuple(self.config.sources.journal_units)
+        setting = self.config.sources.journal
         return journal.choose(files, setting, units, lambda: journal.detect(units, now=self.clock()))
 
     def open_sources(self) -> None:
@@ -175,13 +169,13 @@ class Runner:
             missing = "" if os.path.exists(path) else " (it does not exist yet: read once it appears)"
             self.logger.info(f"following {path} {where}{missing}")
         want_journal = choice.journal
-        units = tuple(_setting(self.config, "sources", "journal_units", journal.DEFAULT_UNITS))
+        units = tuple(self.config.sources.journal_units)
         if self.journal is not None and (not want_journal or self.journal.units != units):
             self.journal.stop()
             self.journal = None
         if want_journal and self.journal is None:
             cursor = fleet.saved_state(self, journal.STATE_KEY)
-            since = None if cursor else self.clock() - _setting(self.config, "policy", "window", timedelta(days=1))
+            since = None if cursor else self.clock() - self.config.policy.window
             self.journal = journal.Journal(units, cursor=cursor, follow=self.follow_mode, since=since)
             where = "from the saved cursor" if cursor else f"since {since:%Y-%m-%d %H:%M:%S}Z"
             self.logger.info(f"reading the journal of {', '.join(units)} {where}")
@@ -526,7 +520,7 @@ class Runner:
             self.store.set_state("last_tick", str(now.timestamp()))
         except TRANSIENT as exc:
             result.errors.append(f"recording the tick: {_failure(exc)}")
-        retention = _setting(self.config, "report", "retention", None)
+        retention = self.config.report.retention
         if retention:
             try:
                 sampling.thin_if_due(self.store, now, retention)
@@ -535,7 +529,7 @@ class Runner:
     # ---- end of sampling hook ---------------------------------------------
 
     def _prune(self, now: datetime, result: TickResult) -> None:
-        keep = _setting(self.config, "daemon", "observation_retention", None)
+        keep = self.config.daemon.observation_retention
         if not keep:
             return
         try:
@@ -547,7 +541,7 @@ class Runner:
         r = self.last_result
         when = "never" if self.last_tick is None else f"{self.last_tick:%Y-%m-%d %H:%M:%S}Z"
         state = "ok" if r.ok else "failed: " + r.errors[0]
-        counting = _setting(self.config, "firewall", "verdict", "") == "count"
+        counting = self.config.firewall.verdict == "count"
         counting = "counting only (nothing dropped), " if counting else ""
         return printable(f"{counting}{r.blocks} blocks, last tick {when} {state}")  # one line for sd_notify's STATUS=
 
@@ -795,16 +789,13 @@ class Daemon:
     def config(self):
         return self.runner.config
 
-    def _interval(self, name: str, default: float) -> float:
-        value = _setting(self.config, "daemon", name, None)
-        if value is None:
-            return default
-        return value.total_seconds() if isinstance(value, timedelta) else float(value)
+    def _interval(self, name: str) -> float:
+        return getattr(self.config.daemon, name).total_seconds()
 
     def _set_level(self) -> None:
         from netblock.run.daemonlog import LEVELS, lower
 
-        level = lower(_setting(self.config, "daemon", "log_level", "info"), self.verbose)
+        level = lower(self.config.daemon.log_level, self.verbose)
         self.runner.logger.level = LEVELS[level]
 
     def _say_started(self) -> None:
@@ -821,7 +812,7 @@ class Daemon:
             what = f"backend unavailable: {_failure(exc)}"
         path = getattr(runner.store, "path", "?")
         runner.logger.info(f"netblock {__version__} daemon started (pid {os.getpid()}): {what}; store {path}; "
-                           f"tick {self._interval('tick', 30.0):g}s")
+                           f"tick {self._interval('tick'):g}s")
 
     def _on_signal(self, signum, _frame) -> None:
         if signum == signal.SIGHUP:
@@ -863,7 +854,7 @@ class Daemon:
             runner.journal.start()
         runner.tick(read_limit=0)  # the kernel equals the store before anything else
         self.notifier.ready(runner.status())
-        tick_every = self._interval("tick", 30.0)
+        tick_every = self._interval("tick")
         next_tick = time.monotonic() + tick_every
         react_at: float | None = None
         last_react = float("-inf")  # when the last event transaction started
@@ -874,7 +865,7 @@ class Daemon:
             if self._reload:
                 self._reload = False
                 self._do_reload()
-                tick_every = self._interval("tick", 30.0)
+                tick_every = self._interval("tick")
                 next_tick = min(next_tick, time.monotonic() + tick_every)
             now_m = time.monotonic()
             if next_watchdog is not None and now_m >= next_watchdog:
@@ -928,7 +919,7 @@ class Daemon:
             if react_at is None and tracker is not None and (tracker.pending or tracker.pending_widen):
                 # At once if the kernel was left alone for a coalesce interval; else what arrives
                 # until then joins one transaction at its end.
-                react_at = max(time.monotonic(), last_react + self._interval("coalesce", 0.05))
+                react_at = max(time.monotonic(), last_react + self._interval("coalesce"))
         self.notifier.stopping()
         runner.logger.flush(force=True)
         runner.logger.info("stopping: the rules stay in the kernel (`netblock remove-rules` takes them out)")

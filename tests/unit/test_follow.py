@@ -10,13 +10,12 @@ import gzip
 import os
 import sys
 from datetime import datetime, timezone
-from types import SimpleNamespace as NS
 
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(__file__)))
 
-from fakes import FakeBackend  # noqa: E402
+from fakes import FakeBackend, daemon_config  # noqa: E402
 
 from netblock.errors import StoreError  # noqa: E402
 from netblock.run.daemon import Runner  # noqa: E402
@@ -204,10 +203,8 @@ def test_inotify_wakes_on_append_and_on_creation(tmp_path):
 
 # ------------------------------------------------------------------ into the store
 
-def config_for(*files: str) -> NS:
-    return NS(sources=NS(files=list(files), format="auto", journal=False, journal_units=[], max_line=8192),
-              policy=NS(window=None, delivered_window=None, classes={}), widen=None,
-              daemon=NS(observation_retention=None))
+def config_for(*files: str):
+    return daemon_config(files, window="1h")
 
 
 @pytest.fixture

@@ -14,13 +14,12 @@ import select
 import stat
 import sys
 from datetime import datetime, timedelta, timezone
-from types import SimpleNamespace as NS
 
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(__file__)))
 
-from fakes import FakeBackend  # noqa: E402
+from fakes import FakeBackend, daemon_config  # noqa: E402
 
 from netblock.run.daemon import Runner  # noqa: E402
 from netblock.sources import journal  # noqa: E402
@@ -118,10 +117,8 @@ def store(tmp_path):
     s.close()
 
 
-def config() -> NS:
-    return NS(sources=NS(files=[], format="auto", journal=True, journal_units=[UNIT], max_line=8192),
-              policy=NS(window=timedelta(days=1), delivered_window=None, classes={}), widen=None,
-              daemon=NS(observation_retention=None))
+def config():
+    return daemon_config(journal=True, units=[UNIT])
 
 
 def run_once(store) -> int:

@@ -15,13 +15,12 @@ import stat
 import subprocess
 import sys
 from datetime import datetime, timedelta, timezone
-from types import SimpleNamespace as NS
 
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(__file__)))
 
-from fakes import FakeBackend  # noqa: E402
+from fakes import FakeBackend, daemon_config  # noqa: E402
 
 from netblock.run.daemon import Runner  # noqa: E402
 from netblock.sources import journal  # noqa: E402
@@ -150,11 +149,8 @@ def test_only_file_mode_carries_the_forgery_warning():
 
 # ------------------------------------------------------------------ the daemon's tick reads what it detected
 
-def config(journal_setting, files=()) -> NS:
-    return NS(sources=NS(files=list(files), format="auto", journal=journal_setting, journal_units=list(UNITS),
-                         max_line=8192),
-              policy=NS(window=timedelta(days=1), delivered_window=None, classes={}), widen=None,
-              daemon=NS(observation_retention=None))
+def config(journal_setting, files=()):
+    return daemon_config(files, journal_setting, UNITS)
 
 
 def test_run_once_reads_the_auto_detected_journal_and_ignores_forgeries(real_journal, tmp_path):
