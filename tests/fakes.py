@@ -53,6 +53,15 @@ class FakeBackend:
             raise NetblockError("fake: netblock's kernel objects are missing; run ensure() first")
         return dict(self.elements)
 
+    def add(self, additions) -> Change | None:
+        """No fast path, like the ipset and iptables backends: the caller syncs."""
+        self.calls.append("add")
+        return None
+
+    def verdict(self) -> str | None:
+        """The configured verdict while the objects exist: the fake's rule always matches its settings."""
+        return self.settings.verdict if self.present else None
+
     def remove(self) -> None:
         self.calls.append("remove")
         self.elements = {}

@@ -530,7 +530,7 @@ def verdict_status(backend, missing: str | None) -> dict:
         except NetblockError:
             installed = None
     text = MODE_TEXT[configured]
-    if missing is None and hasattr(backend, "verdict") and installed != configured:
+    if missing is None and installed != configured:
         has = f"verdict {installed}" if installed else "a rule of other settings"
         text += f" (the kernel still has {has}: run `netblock sync`, or reload the daemon)"
     return {"verdict": configured, "installed": installed, "text": text}

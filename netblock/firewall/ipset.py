@@ -1015,6 +1015,10 @@ class IpsetBackend:
             return
         table.write(chain_rule, jump, ours, drop_chain=False)
 
+    def add(self, additions: Desired) -> Change | None:
+        """No cheap path for plain additions here: None, so the caller runs a full sync."""
+        return None
+
     def verdict(self) -> str | None:
         """The verdict of the rules in the kernel: the one whose rendering they equal (None: none does)."""
         found = set()

@@ -576,6 +576,10 @@ class IptablesBackend:
                 change.removed += [_net(k) for k in sorted(seen - want)]
         return change
 
+    def add(self, additions: Desired) -> Change | None:
+        """No cheap path for plain additions here: None, so the caller runs a full sync."""
+        return None
+
     def verdict(self) -> str | None:
         """The verdict of the installed rules: the one whose jump and per-netblock rules they all are."""
         found = set()

@@ -383,15 +383,13 @@ class Runner:
         from netblock.system.lock import kernel_lock
 
         try:
-            add = getattr(self.backend(), "add", None)
             change = None
-            if add is not None:
-                own = self.own_addresses()
-                room = self.applied_v4 is not None and self.applied_v4 + len(blocks) <= limits.MAX_V4_ADDRESSES
-                if room and all(b.netblock.prefixlen == (32 if b.netblock.version == 4 else 128)
-                                and b.netblock not in own for b in blocks):
-                    with kernel_lock(self.config.lock_file):
-                        change = add({b.netblock: b.expires for b in blocks})
+            own = self.own_addresses()
+            room = self.applied_v4 is not None and self.applied_v4 + len(blocks) <= limits.MAX_V4_ADDRESSES
+            if room and all(b.netblock.prefixlen == (32 if b.netblock.version == 4 else 128)
+                            and b.netblock not in own for b in blocks):
+                with kernel_lock(self.config.lock_file):
+                    change = self.backend().add({b.netblock: b.expires for b in blocks})
         except TRANSIENT as exc:
             result.errors.append(f"adding to the kernel: {_failure(exc)}")
             return
@@ -983,8 +981,6 @@ class Daemon:
 
         try:
             backend = runner.backend()
-            if not hasattr(backend, "verdict"):
-                return  # cannot tell: the next tick's sync installs whatever changed
             before = installed_verdict(backend)
         except TRANSIENT as exc:
             runner.log(f"reload: reading the kernel's verdict failed: {_failure(exc)}")

@@ -65,10 +65,11 @@ def test_a_kernel_behind_the_configured_verdict_is_pointed_out(nb):
             "or reload the daemon)") in text
 
 
-def test_a_backend_that_cannot_tell_is_not_called_drifted(nb):
+def test_a_rule_that_matches_the_settings_is_not_called_drifted(nb):
+    """Every backend declares verdict() (the Backend protocol): the fake's rule has its settings' verdict."""
     nb.ok("add", "198.18.1.0/24")
     info, text, _ = status(nb)
-    assert info["verdict_installed"] is None
+    assert info["verdict_installed"] == "drop"
     assert "mode:         enforcing: drop\n" in text
 
 
