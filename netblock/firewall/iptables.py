@@ -35,6 +35,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from importlib import resources
 from string import Template
+from typing import Any
 
 from netaddr import IPNetwork
 
@@ -167,7 +168,7 @@ def _probe_filter_only(iptc) -> None:
             def filter_only(name, _original=original):
                 return name == TABLE and _original(name)
 
-            filter_only._netblock_filter_only = True
+            setattr(filter_only, "_netblock_filter_only", True)
             setattr(module, probe, filter_only)
 
 
@@ -255,8 +256,8 @@ class _FamilyTable:
 
     fam: _Family
     settings: Settings
-    iptc: object
-    table: object = field(init=False)
+    iptc: Any  # the python-iptables module: untyped, and loaded late
+    table: Any = field(init=False)
 
     def __post_init__(self) -> None:
         try:

@@ -31,7 +31,7 @@ import time
 from bisect import bisect_right
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 from netaddr import IPAddress, IPNetwork
 
@@ -115,7 +115,7 @@ class Runner:
         self.tracker: Tracker | None = None  # the daemon's in-memory view of recent offences
         self.own: list[IPNetwork] | None = None  # this host's addresses, read again every tick
         self.spool = None  # the daemon's on a fleet store: observations kept while that store is away
-        self.join = None  # sources.join.Join: messages whose acceptance is not proven yet
+        self.join: Any = None  # sources.join.Join: messages whose acceptance is not proven yet
         self._join_saved = float("-inf")
         self.logger = Log(self.stderr, log_level or config.daemon.log_level)
         self.choice: journal.Choice | None = None  # the sources open_sources() chose

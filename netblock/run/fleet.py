@@ -15,7 +15,7 @@ own changes are already followed by its own sync or push.
 from __future__ import annotations
 
 import time
-from typing import Callable
+from typing import Any, Callable
 
 from netblock.store.postgres import CHANNEL, connect, mask_dsn
 
@@ -33,7 +33,7 @@ class Listener:
         self.own_pid = own_pid
         self.log = log
         self.retry_every = retry_every
-        self._conn = None
+        self._conn: Any = None  # a psycopg connection (psycopg loads only for a fleet)
         self._next_try = 0.0
         self._missed = False  # reconnected: what happened meanwhile is unknown, so the next wake syncs
         self._down_logged = False

@@ -66,7 +66,7 @@ def compute_desired(blocks: Iterable[Block], protect: Iterable[IPNetwork]) -> di
         order = sorted(range(len(firsts)), key=firsts.__getitem__)
         families[fam] = ([firsts[k] for k in order], [lasts[k] for k in order], [index[k] for k in order])
 
-    latest: list[object] = [None] * len(nets)  # None: not yet seen
+    latest: list = [None] * len(nets)  # None: not yet seen; _PERMANENT; else the latest expiry
     for netblock, expires in zip(blocked, ends):
         fam, first, last = span(netblock)
         if fam not in families:

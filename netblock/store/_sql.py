@@ -215,6 +215,15 @@ class StoreCommon:
     """The methods both stores share: pure folds over their ``_drop_deltas``, ``_daily_totals`` and
     ``_daily_per_day``, and the samples' key."""
 
+    def _drop_deltas(self, since: datetime | None, until: datetime | None) -> Iterable[tuple[str, int, int, int]]:
+        raise NotImplementedError
+
+    def _daily_totals(self, d0: int | None, d1: int | None) -> list[tuple[str, int, int, int, int]]:
+        raise NotImplementedError
+
+    def _daily_per_day(self, d0: int | None, d1: int | None) -> list[tuple[int, int, int]]:
+        raise NotImplementedError
+
     @staticmethod
     def _sample_key(net: IPNetwork) -> str:
         """canonical_net(net) as text; an IPv4 CIDR with its host bits clear (what every backend

@@ -492,7 +492,8 @@ class PgStore(StoreCommon):
 
         ``sources`` keeps only blocks of those sources (e.g. the hand-made ones).
         """
-        where, params = [], []
+        where: list[str] = []
+        params: list = []
         if now is not None:
             where.append("(expires IS NULL OR expires > %s)")
             params.append(_ts(now))

@@ -174,6 +174,10 @@ class SqliteFile:
     A subclass sets ``path``, ``_conn`` and ``_depth``.
     """
 
+    path: str
+    _conn: sqlite3.Connection
+    _depth: int
+
     @contextmanager
     def _errors(self) -> Iterator[None]:
         try:
@@ -245,7 +249,7 @@ class Store(SqliteFile, StoreCommon):
         if isinstance(path, str) and path.startswith(("postgresql://", "postgres://")):
             from netblock.store.postgres import PgStore
 
-            return PgStore.open(path, host_id=host_id)
+            return PgStore.open(path, host_id=host_id)  # type: ignore[return-value]  # same interface; no Store protocol yet
         path = os.fspath(path)
         memory = path == ":memory:"
         old_umask = os.umask(0o077)
@@ -367,7 +371,8 @@ class Store(SqliteFile, StoreCommon):
 
         ``sources`` keeps only blocks of those sources (e.g. the hand-made ones).
         """
-        where, params = [], []
+        where: list[str] = []
+        params: list = []
         if now is not None:
             where.append("(expires IS NULL OR expires > ?)")
             params.append(_ts(now))
