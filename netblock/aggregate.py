@@ -28,7 +28,7 @@ import sys
 from array import array
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 from netaddr import IPAddress, IPNetwork
@@ -50,8 +50,8 @@ _V6_TOKEN = re.compile(r"([0-9A-Fa-f:.]+)(?:/([0-9]{1,3}))?")
 class _Intervals:
     """Half-open address intervals of both families, not yet merged."""
 
-    v4_start: list[int] | np.ndarray
-    v4_end: list[int] | np.ndarray
+    v4_start: Any  # array("q") while collecting, a numpy array after
+    v4_end: Any
     v6: list[tuple[int, int]]
 
     @classmethod

@@ -666,7 +666,7 @@ def cmd_config(args, ctx) -> int:
     from netblock.store.postgres import mask_dsn  # psycopg-free: only masks a DSN's password
 
     overrides = {"db": mask_dsn(ctx.db_path), "backend": ctx.backend_name}
-    if dataclasses.is_dataclass(cfg):
+    if dataclasses.is_dataclass(cfg) and not isinstance(cfg, type):
         names = {f.name for f in dataclasses.fields(cfg)}
         cfg = dataclasses.replace(cfg, **{k: v for k, v in overrides.items() if k in names})
     if args.json:

@@ -269,9 +269,9 @@ def cmd_report(args, ctx) -> int:
         from netblock.run.fleet import per_host_packets
 
         per_host = per_host_packets(store, since, until)
-        for rec, r in zip(records, rows):
+        for rec, row in zip(records, rows):
             hosts: dict[str, int] = {}
-            for piece in {r.netblock, *r.rolled_up}:
+            for piece in {row.netblock, *row.rolled_up}:
                 for host, packets in per_host.get(str(piece.cidr), {}).items():
                     hosts[host] = hosts.get(host, 0) + packets
             rec["hosts"] = hosts

@@ -100,7 +100,7 @@ def cmd_ingest(args, ctx) -> int:
     store = None if args.dry_run else ctx.store()
     lines_read = observed = overlong = 0
     by_class: Counter = Counter()
-    pending = []
+    pending: list = []
     from netblock.sources.join import Join
 
     # One join over all the files, in the order given: a message whose client
@@ -224,7 +224,7 @@ def _hits(path: str, fmt: str, now, max_line: int, on_bytes, start: int = 0, sto
 
     for item in follow.read_blocks(path, max_line=max_line, block_line=sources.MAX_LINE, on_bytes=on_bytes,
                                    start=start, stop=stop):
-        if type(item) is follow.Line:
+        if isinstance(item, follow.Line):
             obs = sources.parse_line(item.text, fmt=fmt, now=now, marks=True)
             hits = [] if obs is None else [(obs.time, obs.ip, obs.cls, obs.mta, 0)]
             yield 1, int(item.truncated), hits, item.text + "\n", item.position

@@ -240,7 +240,7 @@ def _widened(store, rules, config, now, sh: Protection) -> list[Block]:
         return []
     v4, v6 = ends.offenders()
     found = sorted(widen_spans(v4, v6, ws.rules, ws.max_prefixlen), key=lambda w: w[0].prefixlen)
-    kept = []
+    kept: list = []
     for w in found:
         if any(overlap(k[0], w[0]) for k in kept):
             continue  # a wider prefix already covers it

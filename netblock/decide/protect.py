@@ -80,7 +80,8 @@ class Protection:
         if not self.manual or not delivered:
             return delivered, []
         inside = _Cover(self.manual)
-        kept, overridden = [], []
+        kept: list[IPNetwork] = []
+        overridden: list[IPNetwork] = []
         for net in delivered:
             (overridden if inside.covers(net) else kept).append(net)
         return kept, overridden

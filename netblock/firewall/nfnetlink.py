@@ -427,10 +427,10 @@ class Nfnl:
         errors = []
         while True:
             try:
-                chunk = self._recv(socket.MSG_DONTWAIT)
+                reply = self._recv(socket.MSG_DONTWAIT)
             except BlockingIOError:
                 break
-            for kind, _seq, buf, start, _end in self._messages(chunk):
+            for kind, _seq, buf, start, _end in self._messages(reply):
                 if kind == NLMSG_ERROR:
                     err = self._error_of(buf, start)
                     if err:
@@ -480,7 +480,7 @@ def _fast_layouts() -> dict:
     never wrong.
     """
     big = int.from_bytes
-    layouts = {}
+    layouts: dict[int, tuple] = {}
     for kl in (4, 16):
         key_part = f"2H2H{kl}s"
         key_hdr = (8 + kl, NFTA_SET_ELEM_KEY, 4 + kl, NFTA_DATA_VALUE)

@@ -353,7 +353,8 @@ class NftablesBackend:
                     if self._genid(sock) != genid:
                         continue
                     current = {fam: _Column.of(entries, _FAMILY[fam][1]) for fam, entries in read.items()}
-                change, ops, new = Change(), [], {}
+                change, ops = Change(), []
+                new: dict = {}
                 for fam, wanted in adding.items():
                     bits = _FAMILY[fam][1]
                     have = current[fam]
@@ -665,7 +666,8 @@ def _plan_columns(nets: list, wanted: dict, current: dict, now: float):
     everything (an unchanged entry plans to nothing), and the new state is
     the wanted keys with the kernel's expiries where nothing was sent.
     """
-    want_small, have_small, state = {}, {}, {}
+    want_small, have_small = {}, {}
+    state: dict = {}
     for fam, (wkeys, wexp, widx) in wanted.items():
         bits = _FAMILY[fam][1]
         col = current[fam]

@@ -743,7 +743,7 @@ class Tracker:
         for key, new in self._note_widening(shield, now).items():
             found = widen_detail(list(self._neighbourhoods[key]), self.widening.rules, self.widening.max_prefixlen)
             found.sort(key=lambda w: w.netblock.prefixlen)
-            kept = []
+            kept: list = []
             for w in found:
                 if not any(k.netblock.first <= w.netblock.first and w.netblock.last <= k.netblock.last for k in kept):
                     kept.append(w)

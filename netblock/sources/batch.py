@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
+from typing import Any
 
 from . import check_format, parse_line, postfix, syslog
 from .fields import CACHE as _TEXT_IPS
@@ -143,7 +144,7 @@ _CACHE_MAX = 200_000
 _REASONS_MAX = 20_000
 
 
-def scan(text: str | bytes, *, fmt: str = "auto", year: int | None = None,
+def scan(text: Any, *, fmt: str = "auto", year: int | None = None,
          now: datetime | None = None, marks: bool = False) -> list[tuple]:
     """Observations in `text` (complete lines, each ending in "\\n") as cheap tuples.
 
@@ -156,6 +157,12 @@ def scan(text: str | bytes, *, fmt: str = "auto", year: int | None = None,
     check_format(fmt)
     binary = isinstance(text, bytes)
     rx, routes = _compiled(fmt == "auto" or fmt == "postfix", binary)
+    nl: Any  # these six are bytes or str, as the text is
+    cr: Any
+    sasl_lost: Any
+    from_tail: Any
+    nul: Any
+    target_end: Any
     if binary:
         nl, cr, sasl_lost, from_tail, nul, target_end = b"\n", 13, _SASL_LOST.encode(), b"; from=<", b"\0", b">: "
     else:
