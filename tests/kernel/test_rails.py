@@ -19,6 +19,7 @@ import sys
 from datetime import datetime, timezone
 
 import pytest
+from loglines import dnsbl_reject
 from netns import SERVER4, wait_for
 from netns import scene as make_scene
 
@@ -41,9 +42,7 @@ def stamp() -> str:
 
 
 def reject(ip: str) -> str:
-    return (f"{stamp()} mx postfix/smtpd[42]: NOQUEUE: reject: RCPT from unknown[{ip}]: 554 5.7.1 "
-            f"Service unavailable; Client host [{ip}] blocked using zen.example; "
-            f"from=<a@b.example> to=<c@d.example> proto=ESMTP helo=<x>")
+    return dnsbl_reject(ip, stamp())
 
 
 def run(scene, tmp_path, *argv: str, input: str | None = None, check: bool = True):

@@ -21,6 +21,7 @@ from netaddr import IPNetwork
 sys.path.insert(0, os.path.dirname(os.path.dirname(__file__)))
 
 from fakes import FakeBackend  # noqa: E402
+from loglines import dnsbl_reject  # noqa: E402
 
 from netblock import config as config_mod  # noqa: E402
 from netblock.errors import KernelError  # noqa: E402
@@ -35,9 +36,7 @@ NOW = datetime(2026, 11, 27, 12, 0, tzinfo=timezone.utc)
 
 
 def reject(ip: str, minute: int = 0) -> str:
-    return (f"2026-11-27T11:{minute:02d}:00+00:00 mx postfix/smtpd[42]: NOQUEUE: reject: RCPT from "
-            f"unknown[{ip}]: 554 5.7.1 Service unavailable; Client host [{ip}] blocked using "
-            f"zen.example; from=<a@b.example> to=<c@d.example> proto=ESMTP helo=<x>")
+    return dnsbl_reject(ip, f"2026-11-27T11:{minute:02d}:00+00:00")
 
 
 def delivered(ip: str) -> str:

@@ -16,6 +16,7 @@ import pytest
 sys.path.insert(0, os.path.dirname(os.path.dirname(__file__)))
 
 from fakes import FakeBackend, daemon_config  # noqa: E402
+from loglines import no_rdns_reject  # noqa: E402
 
 from netblock.errors import StoreError  # noqa: E402
 from netblock.run.daemon import Runner  # noqa: E402
@@ -31,9 +32,7 @@ NOW = datetime(2026, 11, 27, 12, 0, tzinfo=timezone.utc)
 def reject(i: int) -> str:
     """A Postfix RCPT reject for 198.18.(i // 250).(i % 250 + 1), unique per i."""
     ip = f"198.18.{i // 250}.{i % 250 + 1}"
-    return (f"2026-11-27T11:{i % 60:02d}:00+00:00 mx postfix/smtpd[42]: NOQUEUE: reject: RCPT from "
-            f"unknown[{ip}]: 450 4.7.1 Client host rejected: cannot find your hostname, [{ip}]; "
-            f"from=<a@b.example> to=<c@d.example> proto=ESMTP helo=<x{i}>")
+    return no_rdns_reject(ip, f"2026-11-27T11:{i % 60:02d}:00+00:00", helo=f"x{i}")
 
 
 def append(path, *lines: str, newline: bool = True) -> None:

@@ -20,6 +20,7 @@ import pytest
 sys.path.insert(0, os.path.dirname(os.path.dirname(__file__)))
 
 from fakes import FakeBackend, daemon_config  # noqa: E402
+from loglines import no_rdns_message  # noqa: E402
 
 from netblock.run.daemon import Runner  # noqa: E402
 from netblock.sources import journal  # noqa: E402
@@ -33,8 +34,7 @@ UNIT = "postfix@-.service"
 
 
 def rejection(ip: str) -> str:
-    return (f"NOQUEUE: reject: RCPT from unknown[{ip}]: 450 4.7.1 Client host rejected: cannot find your "
-            f"hostname, [{ip}]; from=<a@b.example> to=<c@d.example> proto=ESMTP helo=<x>")
+    return no_rdns_message(ip)
 
 
 def entry(n: int, ip: str, **over) -> dict:

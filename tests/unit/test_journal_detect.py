@@ -21,6 +21,7 @@ import pytest
 sys.path.insert(0, os.path.dirname(os.path.dirname(__file__)))
 
 from fakes import FakeBackend, daemon_config  # noqa: E402
+from loglines import dnsbl_message  # noqa: E402
 
 from netblock.run.daemon import Runner  # noqa: E402
 from netblock.sources import journal  # noqa: E402
@@ -33,8 +34,7 @@ SPAMMER = "198.51.100.7"
 
 
 def rejection(ip: str) -> str:
-    return (f"NOQUEUE: reject: RCPT from unknown[{ip}]: 554 5.7.1 Service unavailable; Client host [{ip}] "
-            f"blocked using zen.example; from=<a@b.example> to=<c@d.example> proto=ESMTP helo=<x>")
+    return dnsbl_message(ip)
 
 
 def postfix(when: datetime, ip: str = SPAMMER, **over) -> dict:
