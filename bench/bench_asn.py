@@ -30,7 +30,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from netblock import asn  # noqa: E402
+from netblock.decide import asn  # noqa: E402
 
 DATA = REPO / "../shared/data/asn/pyasn"
 TABLE = str((DATA / "ipasn_20140513.dat.gz").resolve())

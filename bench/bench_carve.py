@@ -20,10 +20,11 @@ from pathlib import Path
 
 from netaddr import IPAddress
 
-from netblock import config as config_mod, policy
+from netblock import config as config_mod
+from netblock.decide import policy
 from netblock.model import Observation
-from netblock.store import Store
-from netblock.sync import plan
+from netblock.run.sync import plan
+from netblock.store.sqlite import Store
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=timezone.utc)
 

@@ -36,7 +36,6 @@ import os
 import shutil
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -47,9 +46,9 @@ from pathlib import Path
 from netaddr import IPNetwork
 
 from bench.bench_reaction import read_announcements
-from netblock.lab import build_scene, nsexec
+from netblock.demo.lab import build_scene, nsexec
 from netblock.model import Block
-from netblock.store import Store
+from netblock.store.sqlite import Store
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))

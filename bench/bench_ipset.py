@@ -31,10 +31,10 @@ from datetime import datetime, timedelta, timezone
 
 from netaddr import IPNetwork
 
+from netblock.demo.lab import run_in_netns, sh
 from netblock.firewall import Settings
 from netblock.firewall import ipset as backend
 from netblock.firewall.names import IPSET_SET
-from netblock.lab import run_in_netns, sh
 
 SET4 = IPSET_SET["ipv4"]
 BASE = int(IPNetwork("10.0.0.0/32").value)

@@ -33,10 +33,10 @@ import time
 
 from netaddr import IPNetwork
 
+from netblock.demo.lab import run_in_netns, sh
 from netblock.firewall import Settings
 from netblock.firewall import iptables as backend
 from netblock.firewall.names import IPT_CHAIN
-from netblock.lab import run_in_netns, sh
 
 BASE = int(IPNetwork("10.0.0.0/32").value)
 MAX_N = 10_000

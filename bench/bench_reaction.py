@@ -69,7 +69,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from netblock.lab import SERVER4, build_scene, nsexec, probe, run_in_netns
+from netblock.demo.lab import SERVER4, build_scene, nsexec, probe, run_in_netns
 
 NETBLOCK = shutil.which("netblock", path=os.path.dirname(sys.executable)) or "netblock"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -317,7 +317,7 @@ class Netblock:
         from netaddr import IPNetwork
 
         from netblock.model import Block
-        from netblock.store import Store
+        from netblock.store.sqlite import Store
 
         conf = netblock_conf(work, log, opts)
         now = datetime.now(timezone.utc)

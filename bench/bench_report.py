@@ -1,7 +1,7 @@
 """Reports over a year of samples, and `netblock sample` of 100k elements against `nft -j list set`.
 
 Part 1 -- what "a year of samples for 10k netblocks" means here. The daemon
-samples every minute, but sampling is change-only (netblock/sampling.py): a
+samples every minute, but sampling is change-only (netblock/run/sampling.py): a
 row is written for a netblock only in a minute its counters moved. Unthinned,
 "one row a minute" would be 10k x 525,600 = 5.3e9 rows; retention (400 days)
 does not thin a year at all, so change-only sampling is what keeps it small,
@@ -45,7 +45,7 @@ import numpy as np
 from bench.bench_nftables import netblocks
 from netblock import cli
 from netblock.model import Block
-from netblock.store import Store
+from netblock.store.sqlite import Store
 
 YEAR_MINUTES = 365 * 24 * 60
 END = datetime(2026, 11, 28, tzinfo=timezone.utc)
@@ -144,7 +144,7 @@ def report_rows(workdir: str) -> list[dict]:
 
 def sample_rows(workdir: str, n: int = 100_000) -> list[dict]:
     from bench.bench_nftables import _apply_in_ns, _fresh
-    from netblock.lab import run_in_netns
+    from netblock.demo.lab import run_in_netns
 
     ns = f"nbh9rep{os.getpid()}"
     subprocess.run(["ip", "netns", "add", ns], check=True)

@@ -3,7 +3,7 @@
 What a postmaster runs is a process: Python start-up, imports, the store,
 the kernel. Each row times whole processes (wall clock, from exec to exit,
 median of --runs with the spread min..max) in a network namespace this
-bench creates (netblock.lab) and deletes afterwards; the host's ruleset is
+bench creates (netblock.demo.lab) and deletes afterwards; the host's ruleset is
 never touched and no packet is sent.
 
 Rows per backend (nftables, ipset), after `netblock add -` of N netblocks:
@@ -39,7 +39,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from netblock.lab import run_in_netns, scene
+from netblock.demo.lab import run_in_netns, scene
 
 BASE = 0xF0000000  # 240.0.0.0
 NEW = "198.18.16.0/24"

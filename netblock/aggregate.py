@@ -14,22 +14,26 @@ Text output follows FireHOL iprange's default format: a single host is printed
 bare (``198.18.1.1``), any wider netblock with its length (``198.18.0.0/16``),
 IPv4 before IPv6, ascending. ``aggregate6`` prints hosts as ``/32``; the
 benchmark normalises that difference away.
+
+Why this module is long: the interval algebra (merge, subtract, widen, carve)
+and its text fast path are pure functions over one integer representation;
+split, one invariant would span several files.
 """
 
 from __future__ import annotations
 
 import re
 import socket
-from array import array
 import sys
+from array import array
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
-from netblock.lazynp import np
 from netaddr import IPAddress, IPNetwork
 
 from netblock.errors import BadInput
+from netblock.lazynp import np
 
 _MAPPED_FIRST = 0xFFFF_0000_0000
 _MAPPED_LAST = 0xFFFF_FFFF_FFFF
@@ -46,8 +50,8 @@ _V6_TOKEN = re.compile(r"([0-9A-Fa-f:.]+)(?:/([0-9]{1,3}))?")
 class _Intervals:
     """Half-open address intervals of both families, not yet merged."""
 
-    v4_start: list[int] | np.ndarray
-    v4_end: list[int] | np.ndarray
+    v4_start: Any  # array("q") while collecting, a numpy array after
+    v4_end: Any
     v6: list[tuple[int, int]]
 
     @classmethod
@@ -303,16 +307,16 @@ def aggregate(
     >>> [str(n) for n in aggregate(["198.18.0.0/29"], protected=["198.18.0.3"])]
     ['198.18.0.0/31', '198.18.0.2/32', '198.18.0.4/30']
     """
-    blocked, protected = _collect(blocked), _collect(protected)
-    if len(blocked.v4_start) + len(protected.v4_start) <= SMALL:
+    want, keep = _collect(blocked), _collect(protected)
+    if len(want.v4_start) + len(keep.v4_start) <= SMALL:
         # A few intervals (one change's zone, netblock/delta.py): exact Python ints, no numpy import.
-        v4 = _py_cidrs(_py_subtract(_py_merge(zip(blocked.v4_start, blocked.v4_end)),
-                                    _py_merge(zip(protected.v4_start, protected.v4_end))), 32)
+        v4 = _py_cidrs(_py_subtract(_py_merge(zip(want.v4_start, want.v4_end)),
+                                    _py_merge(zip(keep.v4_start, keep.v4_end))), 32)
         out = [IPNetwork((n, p), version=4) for n, p in v4]
         out.extend(IPNetwork((n, p), version=6)
-                   for n, p in _py_cidrs(_py_subtract(_py_merge(blocked.v6), _py_merge(protected.v6)), 128))
+                   for n, p in _py_cidrs(_py_subtract(_py_merge(want.v6), _py_merge(keep.v6)), 128))
         return out
-    result = _aggregate_intervals(blocked, protected)
+    result = _aggregate_intervals(want, keep)
     out = [IPNetwork((n, p), version=4) for n, p in zip(result.v4_net.tolist(), result.v4_len.tolist())]
     out.extend(IPNetwork((n, p), version=6) for n, p in result.v6)
     return out
@@ -333,6 +337,17 @@ def protected_builtin() -> list[IPNetwork]:
             "ff00::/8",
         )
     ]
+
+
+_V4_MAPPED_FIRST = 0xFFFF_0000_0000
+_V4_MAPPED_LAST = 0xFFFF_FFFF_FFFF
+
+
+def span(net: IPNetwork) -> tuple[int, int, int]:
+    """(family, first, last) with IPv4-mapped IPv6 folded into IPv4, as aggregation does."""
+    if net.version == 6 and _V4_MAPPED_FIRST <= net.first and net.last <= _V4_MAPPED_LAST:
+        return 4, net.first - _V4_MAPPED_FIRST, net.last - _V4_MAPPED_FIRST
+    return net.version, net.first, net.last
 
 
 # --------------------------------------------------------------------------
@@ -637,7 +652,7 @@ def _as_bytes(lines: Iterable[str] | str | bytes) -> bytes:
     return "".join(line if line.endswith("\n") else line + "\n" for line in lines).encode()
 
 
-_OCTET_TABLE = []  # the digits of 0..255 right-aligned in 3 cells, built on first use (numpy is imported lazily)
+_OCTET_TABLE: list = []  # the digits of 0..255 right-aligned in 3 cells, built on first use (numpy is imported lazily)
 
 
 def _octet_digits():

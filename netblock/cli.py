@@ -96,7 +96,7 @@ class Context:
 
     def store(self):
         if self._store is None:
-            from netblock.store import Store
+            from netblock.store.sqlite import Store
 
             path = self.db_path
             fleet = path.startswith(("postgresql://", "postgres://"))
@@ -128,7 +128,7 @@ class Context:
 
     def progress(self, total: int, label: str):
         """A progress bar on stderr when it is a terminal; silent in scripts."""
-        from netblock.progress import Progress
+        from netblock.system.progress import Progress
 
         return Progress(total, label, self.stderr)
 

@@ -9,6 +9,10 @@ The file is checked strictly: an unknown key, a wrong type or an
 out-of-range value is refused with one line naming ``[section] key``,
 because a typo in a firewall tool's config silently falling back to a
 default is how a site ends up blocking nothing (or everything).
+
+Why this module is long: the whole schema (every section, key, default and
+check) is one table that --help, the shipped file and the cross-section checks
+read.
 """
 
 from __future__ import annotations
@@ -22,11 +26,12 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, Callable
 
-
+from netblock import durations
+from netblock.aggregate import DEFAULT_WIDEN, WidenRule
+from netblock.decide.targets import parse_target
 from netblock.errors import BadInput, ConfigError
 from netblock.firewall import BACKENDS, VERDICTS, Settings
 from netblock.limits import DEFAULT_MAX_ELEMENTS_PER_BLOCK, MIN_PREFIXLEN
-from netblock.targets import parse_target
 
 DEFAULT_PATH = "/etc/netblock/netblock.toml"
 
@@ -65,35 +70,19 @@ class _Bad(Exception):
 
 # -- durations -------------------------------------------------------------------
 
-_UNIT = {
-    "w": timedelta(weeks=1),
-    "d": timedelta(days=1),
-    "h": timedelta(hours=1),
-    "m": timedelta(minutes=1),
-    "s": timedelta(seconds=1),
-    "ms": timedelta(milliseconds=1),
-}
-# The CLI's syntax (targets.parse_duration: largest unit first, each at most
-# once) plus milliseconds, which only the daemon's coalescing delay needs.
-_DURATION = re.compile("".join(f"(?:([0-9]+){unit})?" for unit in _UNIT))
-
-
 def _duration(text: Any) -> timedelta:
     """``50ms``, ``30s``, ``5m``, ``1h``, ``7d``, ``2w``, or combined largest first: ``1d12h``."""
-    m = _DURATION.fullmatch(text) if isinstance(text, str) else None
-    if m is None or not any(m.groups()):
-        raise _Bad('a duration like "7d"')
     try:
-        return sum((int(n) * size for n, size in zip(m.groups(), _UNIT.values()) if n), timedelta(0))
+        value = durations.parse(text, milliseconds=True)
     except OverflowError:
         raise _Bad("a duration shorter than 999999999 days") from None
+    if value is None:
+        raise _Bad('a duration like "7d"')
+    return value
 
 
 def _format_duration(value: timedelta) -> str:
-    for unit, size in _UNIT.items():
-        if unit != "w" and value % size == timedelta(0):
-            return f"{value // size}{unit}"
-    raise ValueError(f"{value!r} is not a whole number of milliseconds")
+    return durations.format(value, zero="0d")
 
 
 # -- value kinds: parse from TOML, dump back to TOML ---------------------------------
@@ -242,25 +231,6 @@ class BlocksConfig:
     allow: tuple[str, ...] = _k(_list(_Kind(_cidr)), ())
 
 
-@dataclass(frozen=True)
-class WidenRule:
-    """Block a whole /prefixlen once it holds min_count offending units
-    (addresses, or /unit_prefixlen sub-prefixes when that is set)."""
-
-    family: int
-    prefixlen: int
-    min_count: int
-    unit_prefixlen: int | None = None
-
-
-DEFAULT_WIDEN_RULES = (
-    WidenRule(4, 24, 4),
-    WidenRule(4, 16, 64, 24),
-    WidenRule(6, 64, 2),
-    WidenRule(6, 48, 8, 64),
-)
-
-
 _RULE_KEYS = "family, prefixlen, min_count and optionally unit_prefixlen"
 
 
@@ -317,14 +287,14 @@ def _dump_widen_rule(r: WidenRule) -> dict:
 class WidenConfig:
     enabled: bool = _k(_bool(), True)
     rules: tuple[WidenRule, ...] = _k(
-        _Kind(_widen_rules, lambda v: [_dump_widen_rule(r) for r in v]), DEFAULT_WIDEN_RULES
+        _Kind(_widen_rules, lambda v: [_dump_widen_rule(r) for r in v]), DEFAULT_WIDEN
     )
     window: timedelta = _k(_dur(timedelta(seconds=1)), timedelta(days=1))
     max_prefix_v4: int = _k(_int(MIN_PREFIXLEN[4], 32), 16)
     max_prefix_v6: int = _k(_int(MIN_PREFIXLEN[6], 128), 48)
 
 
-# -- [routed]: widening to announced prefixes (netblock/routed.py explains the defaults) --
+# -- [routed]: widening to announced prefixes (netblock/decide/routed.py explains the defaults) --
 
 # Webmail and mail-service providers' ASes (names as in pyasn's asnames.json):
 # a site exchanges real mail with them, so their networks are never widened to.
@@ -412,7 +382,7 @@ class SourcesConfig:
     files: tuple[str, ...] = _k(_list(_str(allow_empty=False)), ())
     format: str = _k(_enum("auto", "postfix", "exim", "sendmail"), "auto")
     # "auto": the journal where the MTA logs to it (entries of journal_units in the last
-    # day) and no files are configured; true/false force it (netblock/journal.py: choose()).
+    # day) and no files are configured; true/false force it (netblock/sources/journal.py: choose()).
     journal: bool | str = _k(_Kind(_journal_setting), "auto")
     journal_units: tuple[str, ...] = _k(
         _list(_str(allow_empty=False)),

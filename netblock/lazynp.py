@@ -8,6 +8,7 @@ numpy only on their bulk paths import ``np`` from here instead.
 from __future__ import annotations
 
 import importlib
+from typing import TYPE_CHECKING
 
 
 class _LazyNumpy:
@@ -17,4 +18,7 @@ class _LazyNumpy:
         return value
 
 
-np = _LazyNumpy()
+if TYPE_CHECKING:  # the type checker sees numpy itself
+    import numpy as np
+else:
+    np = _LazyNumpy()

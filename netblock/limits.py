@@ -159,7 +159,8 @@ class Carved:
         self._firsts: dict[int, list[int]] = {}
         self._lasts: dict[int, list[int]] = {}
         for family, items in spans.items():
-            firsts, lasts = [], []
+            firsts: list[int] = []
+            lasts: list[int] = []
             for first, last in sorted(items):
                 if lasts and first <= lasts[-1] + 1:
                     lasts[-1] = max(lasts[-1], last)

@@ -9,6 +9,12 @@ from netaddr import IPAddress, IPNetwork
 
 SOURCES = ("cli", "list", "policy")
 MANUAL_SOURCES = ("cli", "list")  # blocks a person made: `add`, or a list loaded with `add -`
+NOT_OFFENCES = ("connect", "delivered")  # observation classes that record normal traffic, not abuse
+
+
+def host_mask(net: IPNetwork) -> str:
+    """A single host bare (198.18.9.7), anything wider as CIDR: how every table and message shows a netblock."""
+    return str(net.ip) if net.size == 1 else str(net.cidr)
 
 
 @dataclass(frozen=True)

@@ -8,9 +8,9 @@ assert that a dry run or a refused command never reached the kernel.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from datetime import timedelta
+import json
 
+from netblock import config
 from netblock.errors import NetblockError
 from netblock.firewall import Change, Settings
 
@@ -53,6 +53,15 @@ class FakeBackend:
             raise NetblockError("fake: netblock's kernel objects are missing; run ensure() first")
         return dict(self.elements)
 
+    def add(self, additions) -> Change | None:
+        """No fast path, like the ipset and iptables backends: the caller syncs."""
+        self.calls.append("add")
+        return None
+
+    def verdict(self) -> str | None:
+        """The configured verdict while the objects exist: the fake's rule always matches its settings."""
+        return self.settings.verdict if self.present else None
+
     def remove(self) -> None:
         self.calls.append("remove")
         self.elements = {}
@@ -63,30 +72,26 @@ class FakeBackend:
         return [c for c in self.calls if c in ("ensure", "apply", "remove")]
 
 
-@dataclass
-class FakeBlocksConfig:
-    default_ttl: timedelta = timedelta(days=7)
-    max_ttl: timedelta = timedelta(days=90)
-    reblock_factor: float = 2.0
-    max_prefix_v4: int = 8
-    max_prefix_v6: int = 32
-    allow: list[str] = field(default_factory=list)
+def fake_config(lock_file: str, db: str = "", toml: str = "") -> config.Config:
+    """A real Config, built as the program builds it (config.loads): the defaults are config's own.
+
+    The journal is off unless ``toml`` says otherwise, so a test never reads the host's journal.
+    """
+    head = f'lock_file = "{lock_file}"\n' + (f'db = "{db}"\n' if db else "")
+    if "[sources]" not in toml:
+        toml += "\n[sources]\njournal = false\n"
+    return config.loads(head + toml)
 
 
-@dataclass
-class FakePolicyConfig:
-    delivered_window: timedelta = timedelta(days=30)
-
-
-@dataclass
-class FakeConfig:
-    """The fields of netblock.config.Config that sync and the block commands read."""
-
-    lock_file: str
-    db: str = ""
-    backend: str = "fake"
-    blocks: FakeBlocksConfig = field(default_factory=FakeBlocksConfig)
-    policy: FakePolicyConfig = field(default_factory=FakePolicyConfig)
-
-    def firewall_settings(self) -> Settings:
-        return Settings()
+def daemon_config(files=(), journal=False, units=(), window: str = "1d") -> config.Config:
+    """A real Config for the daemon's tick that decides nothing (no policy classes): only reading is tested."""
+    toml = "\n".join([
+        "[sources]",
+        f"files = {json.dumps([str(f) for f in files])}",
+        f"journal = {json.dumps(journal)}",
+        f"journal_units = {json.dumps(list(units))}",
+        "[policy]",
+        f'window = "{window}"',
+        "classes = {}",
+    ])
+    return config.loads(toml + "\n")

@@ -1,10 +1,10 @@
 """Network namespaces for kernel tests: the lab of `netblock demo`, reused.
 
-The implementation lives in netblock/lab.py so the demo and the tests build
+The implementation lives in netblock/demo/lab.py so the demo and the tests build
 their namespaces the same way; see its docstring for the safety rules.
 """
 
-from netblock.lab import (  # noqa: F401
+from netblock.demo.lab import (  # noqa: F401
     ALLOWED,
     CLIENT4,
     CLIENT6,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from netblock import units
+from netblock.system import units
 
 
 def register(sub) -> None:
@@ -49,14 +49,14 @@ def register_demo(sub) -> None:
 
 
 def cmd_demo(args, ctx) -> int:
-    from netblock import demo
+    from netblock.demo import storm as demo
 
     return demo.run(backend=args.demo_backend, keep=args.keep, out=ctx.stdout)
 
 
 def cmd_completion(args, ctx) -> int:
     from netblock.cli import build_parser
-    from netblock.completion import bash
+    from netblock.system.completion import bash
 
     ctx.stdout.write(bash(build_parser()))
     return 0

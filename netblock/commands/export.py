@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import time
 
-from netblock import export
 from netblock.errors import BadInput
+from netblock.reports import export
 
 
 def register(sub) -> None:
@@ -32,7 +32,7 @@ def _addr(text: str) -> tuple[str, int]:
 
 
 def cmd_export(args, ctx) -> int:
-    from netblock.fleet import own_view  # a fleet's store, seen as this host (as labelled)
+    from netblock.run.fleet import own_view  # a fleet's store, seen as this host (as labelled)
 
     host = ctx.config.host_id
 
@@ -40,7 +40,7 @@ def cmd_export(args, ctx) -> int:
         return export.snapshot(own_view(ctx.store(), host), ctx.backend(), host, ctx.now())
 
     if args.listen is not None:
-        from netblock.store import Store
+        from netblock.store.sqlite import Store
 
         addr, port = _addr(args.listen or ctx.config.export.listen)
         db, backend = ctx.db_path, ctx.backend()

@@ -48,7 +48,7 @@ def _common(p) -> None:
 
 
 def _pg(ctx):
-    from netblock.store_pg import PgStore
+    from netblock.store.postgres import PgStore
 
     store = ctx.store()
     if not isinstance(store, PgStore):
@@ -58,7 +58,7 @@ def _pg(ctx):
 
 def policy_limits(config) -> tuple[int, int, int, bool]:
     """(widest IPv4 prefix, widest IPv6 prefix, longest TTL in seconds, any permanent class) of the policy."""
-    from netblock.policy import class_rules
+    from netblock.decide.policy import class_rules
 
     v4, v6 = 32, 128
     if config.widen.enabled:
@@ -71,7 +71,7 @@ def policy_limits(config) -> tuple[int, int, int, bool]:
 
 
 def _hand_out(ctx, args, store, role: str, host: str | None) -> int:
-    from netblock.store_pg import create_fleet_role
+    from netblock.store.postgres import create_fleet_role
 
     password = secrets.token_urlsafe(24)
     create_fleet_role(store, role, host, password)
@@ -99,7 +99,7 @@ def _hand_out(ctx, args, store, role: str, host: str | None) -> int:
 
 
 def cmd_init_admin(args, ctx) -> int:
-    from netblock.store_pg import set_fleet_limits
+    from netblock.store.postgres import set_fleet_limits
 
     store = _pg(ctx)
     set_fleet_limits(store, *policy_limits(ctx.config))
@@ -107,8 +107,8 @@ def cmd_init_admin(args, ctx) -> int:
 
 
 def cmd_add_host(args, ctx) -> int:
-    from netblock.receipt import printable
-    from netblock.store_pg import role_for
+    from netblock.store.postgres import role_for
+    from netblock.store.receipt import printable
 
     name = args.name
     if not name or printable(name) != name or len(name) > 253:
@@ -118,7 +118,7 @@ def cmd_add_host(args, ctx) -> int:
 
 
 def cmd_show(args, ctx) -> int:
-    from netblock.store_pg import fleet_overview
+    from netblock.store.postgres import fleet_overview
 
     info = fleet_overview(_pg(ctx))
     if args.json:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import csv
 from datetime import datetime, timedelta, timezone
 
-from netblock import report as rep
 from netblock.errors import BadInput
 from netblock.printable import printable
+from netblock.reports import tables as rep
 
 
 def register(sub) -> None:
@@ -63,7 +63,7 @@ def register(sub) -> None:
 
 
 def cmd_sample(args, ctx) -> int:
-    from netblock import sampling
+    from netblock.run import sampling
 
     store, backend = ctx.store(), ctx.backend()
     counters = backend.counters()
@@ -85,7 +85,7 @@ def _time(text: str, what: str) -> datetime:
 
 
 def window(args, now: datetime) -> tuple[datetime, datetime]:
-    from netblock.targets import parse_duration
+    from netblock.decide.targets import parse_duration
 
     if args.since and args.from_:
         raise BadInput("--since and --from exclude each other")
@@ -145,7 +145,7 @@ def top_rows(store, config, since: datetime, until: datetime, n: int, by: str = 
              compare: bool = False) -> tuple[list[rep.Row], list[rep.Row] | None]:
     """The top-n decided blocks with their carve-outs, and (``compare``) the previous window's top-n
     rows that dropped out (None without a comparison)."""
-    from netblock.sync import protected
+    from netblock.decide.protect import for_sync as protected
 
     blocks = store.blocks()
     everything = drop_rows(store, config, since, until, blocks)
@@ -185,7 +185,7 @@ def classes_rows(store, config, since, until, compare: bool = False) -> list[rep
     With ``compare``, each class's count in the previous window of the same length too."""
     counts = store.observation_class_counts(since, until)
     known = set(store.observation_class_counts(until=since))
-    known |= set(getattr(getattr(config, "policy", None), "classes", {}) or {})
+    known |= set(config.policy.classes)
     previous = store.observation_class_counts(*previous_window(since, until)) if compare else None
     return rep.classes(counts, {c for c in known if c.startswith("dnsbl:")}, previous)
 
@@ -197,14 +197,14 @@ def summary_of(store, config, since, until) -> rep.Summary:
     if earlier:
         weeks = min(4.0, (since - min(o.time for o in earlier)).total_seconds() / (7 * 86400))
     totals = [rep.Row(rep.parse_net(net), p, b) for net, (p, b, _f, _l) in store.sample_drops(since, until).items()]
-    factor = getattr(getattr(config, "report", None), "storm_factor", 2.0)
+    factor = config.report.storm_factor
     return rep.summary(inside, len(earlier), weeks, store.blocks(), totals, since, until, factor)
 
 
 def asn_rows(store, config, since, until) -> list:
-    """Distinct rejected addresses per origin AS in the window, from the one routing table (netblock.asn)."""
-    from netblock import asn
-    from netblock.store import NOT_OFFENCES
+    """Distinct rejected addresses per origin AS in the window, from the one routing table (netblock.decide.asn)."""
+    from netblock.decide import asn
+    from netblock.model import NOT_OFFENCES
 
     ips = {o.ip for o in store.observations(since=since, until=until) if o.cls not in NOT_OFFENCES}
     return asn.count_by_origin(ips, asn.from_config(config))
@@ -212,7 +212,7 @@ def asn_rows(store, config, since, until) -> list:
 
 def asn_drop_rows(store, config, since, until) -> list[rep.OriginDrops]:
     """Packets and bytes dropped per origin AS in the window, by decided block (see drops_by_origin)."""
-    from netblock import asn
+    from netblock.decide import asn
 
     table = asn.from_config(config)
     return rep.drops_by_origin(drop_rows(store, config, since, until), table.origin, table.name)
@@ -222,16 +222,16 @@ def cmd_report(args, ctx) -> int:
     if args.top is not None and args.top < 1:
         raise BadInput(f"--top: {args.top} must be at least 1")
     if args.plot:
-        from netblock import plot
+        from netblock.reports import plot
 
         plot.check_target(args.plot)
     since, until = window(args, ctx.now())
     store, config = ctx.store(), ctx.config
     if args.host is not None:
-        from netblock.fleet import view_host
+        from netblock.run.fleet import view_host
 
         view_host(store, config, args.host)
-    n = args.top or getattr(getattr(config, "report", None), "top", 10)
+    n = args.top or config.report.top
     compare = not args.no_compare
     args.by_asn, args.by = args.by, args.by or "packets"
     if args.plot or args.html:
@@ -246,7 +246,7 @@ def cmd_report(args, ctx) -> int:
         return _emit(args, ctx, records, lambda: rep.origin_table(drops, exact=args.exact),
                      fields=["asn", "owner", "packets", "bytes", "blocks"])
     if args.kind == "asn":
-        from netblock.asn import render_counts
+        from netblock.decide.asn import render_counts
 
         rows = asn_rows(store, config, since, until)[:n]
         records = [{"ips": r.ips, "asn": r.asn, "owner": r.owner} for r in rows]
@@ -266,12 +266,12 @@ def cmd_report(args, ctx) -> int:
     rows, gone = top_rows(store, config, since, until, n, args.by, compare)
     records = [row_record(r, compare) for r in rows]
     if args.json and args.host is None and hasattr(store, "hosts"):  # a fleet: which MX dropped what
-        from netblock.fleet import per_host_packets
+        from netblock.run.fleet import per_host_packets
 
         per_host = per_host_packets(store, since, until)
-        for rec, r in zip(records, rows):
+        for rec, row in zip(records, rows):
             hosts: dict[str, int] = {}
-            for piece in {r.netblock, *r.rolled_up}:
+            for piece in {row.netblock, *row.rolled_up}:
                 for host, packets in per_host.get(str(piece.cidr), {}).items():
                     hosts[host] = hosts.get(host, 0) + packets
             rec["hosts"] = hosts
@@ -285,20 +285,20 @@ def cmd_report(args, ctx) -> int:
 
 def _files(args, store, config, since, until, n, compare) -> None:
     """--plot and --html: written before anything is printed, so a failure leaves stdout empty."""
-    from netblock.export import write_atomically
+    from netblock.reports.export import write_atomically
 
     rows, gone = top_rows(store, config, since, until, n, args.by, compare)
     daily = store.daily_drops(since, until)
     if args.plot:
-        from netblock import plot
+        from netblock.reports import plot
 
         plot.write(args.plot, rows, daily, since, until, by=args.by)
     if args.html:
-        from netblock import html
+        from netblock.reports import html
 
         extra = []
-        if getattr(getattr(config, "report", None), "asn_file", ""):
-            from netblock.asn import render_counts
+        if config.report.asn_file:
+            from netblock.decide.asn import render_counts
 
             extra.append(("Rejected addresses by origin AS",
                           html.preformatted(render_counts(asn_rows(store, config, since, until)[:n]))))
@@ -306,7 +306,7 @@ def _files(args, store, config, since, until, n, compare) -> None:
                           html.preformatted(rep.origin_table(asn_drop_rows(store, config, since, until)[:n]))))
         page = html.page(rows, classes_rows(store, config, since, until, compare),
                          summary_of(store, config, since, until), daily, since, until,
-                         host=getattr(config, "host_id", ""), extra_sections=extra, dropped_out=gone)
+                         host=config.host_id, extra_sections=extra, dropped_out=gone)
         write_atomically(args.html, page)
 
 
@@ -343,12 +343,12 @@ def wrapup_text(store, config, since: datetime, until: datetime, n: int, compare
 def cmd_wrapup(args, ctx) -> int:
     import os
 
-    from netblock.export import write_atomically
-    from netblock.targets import parse_duration
+    from netblock.decide.targets import parse_duration
+    from netblock.reports.export import write_atomically
 
     until = ctx.now()
     since = until - parse_duration(args.since)
-    n = args.top or getattr(getattr(ctx.config, "report", None), "top", 10)
+    n = args.top or ctx.config.report.top
     text = printable(wrapup_text(ctx.store(), ctx.config, since, until, n, not args.no_compare), keep_newlines=True)
     year, week, _ = until.isocalendar()
     os.makedirs(args.dir, mode=0o700, exist_ok=True)

@@ -1,6 +1,6 @@
 """Commands that read the mail logs: ingest, daemon, run-once, why.
 
-All of them go through the same steps as the daemon's tick (netblock.daemon):
+All of them go through the same steps as the daemon's tick (netblock.run.daemon):
 observations into the store, policy, sync. ``ingest`` reads finished files
 once (plain or gzip, or stdin) and keeps no position; ``run-once`` continues
 from the positions the daemon saves, for the systemd timer mode.
@@ -14,9 +14,9 @@ import os
 from collections import Counter
 from datetime import timezone
 
-from netblock import follow
 from netblock.errors import BadInput, NetblockError, NotARegularFile
 from netblock.printable import printable
+from netblock.sources import follow
 
 FORMATS = ("auto", "postfix", "exim", "sendmail")
 STORE_BATCH = 5000
@@ -70,13 +70,11 @@ def register(sub) -> None:
 def _format(args, ctx) -> str:
     if args.format:
         return args.format
-    sources = getattr(ctx.config, "sources", None)
-    return getattr(sources, "format", None) or "auto"
+    return ctx.config.sources.format
 
 
 def _max_line(ctx) -> int:
-    sources = getattr(ctx.config, "sources", None)
-    return int(getattr(sources, "max_line", None) or follow.DEFAULT_MAX_LINE)
+    return ctx.config.sources.max_line
 
 
 def _check_files(files: list[str]) -> None:
@@ -102,7 +100,7 @@ def cmd_ingest(args, ctx) -> int:
     store = None if args.dry_run else ctx.store()
     lines_read = observed = overlong = 0
     by_class: Counter = Counter()
-    pending = []
+    pending: list = []
     from netblock.sources.join import Join
 
     # One join over all the files, in the order given: a message whose client
@@ -185,7 +183,7 @@ def cmd_ingest(args, ctx) -> int:
                 ctx.print(f"  {join.ambiguous:>10}  ambiguous (not counted)")
         return 0
     with store.transaction():
-        from netblock import policy  # numpy: loaded only by the commands that decide
+        from netblock.decide import policy  # numpy: loaded only by the commands that decide
 
         decided = policy.record(store, policy.decide(store, ctx.config, now), now)
     # A storm decides 100k blocks, and sync loads them all again from the
@@ -194,7 +192,7 @@ def cmd_ingest(args, ctx) -> int:
     decided_nets = [str(b.netblock) for b in decided] if args.json else None
     del decided
     gc.collect()
-    from netblock.sync import sync
+    from netblock.run.sync import sync
 
     try:
         result = sync(store, ctx.backend(), ctx.config, now=now)
@@ -226,7 +224,7 @@ def _hits(path: str, fmt: str, now, max_line: int, on_bytes, start: int = 0, sto
 
     for item in follow.read_blocks(path, max_line=max_line, block_line=sources.MAX_LINE, on_bytes=on_bytes,
                                    start=start, stop=stop):
-        if type(item) is follow.Line:
+        if isinstance(item, follow.Line):
             obs = sources.parse_line(item.text, fmt=fmt, now=now, marks=True)
             hits = [] if obs is None else [(obs.time, obs.ip, obs.cls, obs.mta, 0)]
             yield 1, int(item.truncated), hits, item.text + "\n", item.position
@@ -320,12 +318,12 @@ def _show_observations(write, hits, text) -> None:
 # ---------------------------------------------------------------- daemon, run-once
 
 def _runner(ctx, *, follow_mode: bool, log_level: str | None = None):
-    from netblock.daemon import Runner
+    from netblock.run.daemon import Runner
 
     if ctx.config.routed.enabled:
         # A routing table that cannot be read would stop every decision of every
         # tick; refuse to start instead, with the one-line reason.
-        from netblock import asn
+        from netblock.decide import asn
 
         asn.from_config(ctx.config)
     return Runner(ctx.config, ctx.store(), ctx.backend, clock=ctx.now, follow_mode=follow_mode,
@@ -333,7 +331,7 @@ def _runner(ctx, *, follow_mode: bool, log_level: str | None = None):
 
 
 def cmd_daemon(args, ctx) -> int:
-    from netblock.daemon import Daemon
+    from netblock.run.daemon import Daemon
 
     runner = _runner(ctx, follow_mode=True)
     return Daemon(runner, reload_config=ctx.reload_config, verbose=args.verbose).run()
@@ -360,7 +358,7 @@ def cmd_run_once(args, ctx) -> int:
 # ---------------------------------------------------------------- why
 
 def cmd_why(args, ctx) -> int:
-    from netblock.targets import parse_target
+    from netblock.decide.targets import parse_target
 
     parsed = parse_target(args.target, any_width=True)
     if parsed.warning:
@@ -368,12 +366,12 @@ def cmd_why(args, ctx) -> int:
     target = parsed.netblock
     own = []
     try:
-        from netblock import hostaddrs
+        from netblock.system import hostaddrs
 
         own = hostaddrs.own_addresses()
     except (NetblockError, OSError, ImportError):
         own = []  # own addresses are extra detail here, not a reason to fail
-    from netblock import policy
+    from netblock.decide import policy
 
     ex = policy.explain(ctx.store(), ctx.config, target, ctx.now(), own=own)
     if args.json:

@@ -75,8 +75,6 @@ class Backend(Protocol):
     name: str
     settings: Settings
     description: str  # for `netblock status`, e.g. "nftables table inet netblock via libnftables"
-    # Optional: verdict() -> the verdict the installed rule has ("drop", "reject",
-    # "count"), None when netblock's rule is not there or matches no setting.
 
     def ensure(self) -> None: ...
     def apply(self, desired: Desired) -> Change: ...
@@ -84,11 +82,20 @@ class Backend(Protocol):
     def installed(self) -> dict[IPNetwork, datetime | None]: ...
     def remove(self) -> None: ...
 
+    def add(self, additions: Desired) -> Change | None:
+        """Install plain additions as one small transaction; None when they are not expressible
+        as such (or the backend has no cheap path): then the caller runs a full sync."""
+        ...
 
-def installed_verdict(backend) -> str | None:
-    """The verdict netblock's rule in the kernel has now, when the backend can tell."""
-    read = getattr(backend, "verdict", None)
-    return read() if read is not None else None
+    def verdict(self) -> str | None:
+        """The verdict the installed rule has ("drop", "reject", "count"); None when netblock's
+        rule is not there or matches no setting."""
+        ...
+
+
+def installed_verdict(backend: Backend) -> str | None:
+    """The verdict netblock's rule in the kernel has now."""
+    return backend.verdict()
 
 
 def get_backend(name: str, settings: Settings | None = None) -> Backend:

@@ -20,6 +20,7 @@ import socket
 import struct
 import time
 from dataclasses import dataclass, field
+from typing import Iterator
 
 NETLINK_NETFILTER = 12
 SOL_NETLINK = 270
@@ -303,9 +304,14 @@ class Nfnl:
         """
         seq, data = self._msg(msg, NLM_F_REQUEST | (NLM_F_DUMP if dump else NLM_F_ACK), body)
         self._send(data)
-        out: list[tuple[bytes, int, int]] = []
+        return [(buf, start + 4, end) for kind, buf, start, end, _seen in self._replies(seq) if kind != NLMSG_DONE]
+
+    def _replies(self, seq: int) -> Iterator[tuple[int, bytes, int, int, float]]:
+        """(kind, buffer, body start, body end, time received) of each reply to ``seq``, NLMSG_DONE
+        included; ends at the ACK or DONE, raises NetlinkError when the kernel answered with an error."""
         while True:
             chunk = self._recv()
+            seen = time.time()
             for kind, mseq, buf, start, end in self._messages(chunk):
                 if mseq != seq:
                     continue
@@ -313,10 +319,10 @@ class Nfnl:
                     err = self._error_of(buf, start)
                     if err:
                         raise NetlinkError(err, os.strerror(err))
-                    return out
+                    return
+                yield kind, buf, start, end, seen
                 if kind == NLMSG_DONE:
-                    return out
-                out.append((buf, start + 4, end))
+                    return
 
     # ------------------------------------------------------------ lookups
 
@@ -383,22 +389,12 @@ class Nfnl:
         self._send(data)
         out: list[Element] = []
         consistent = True
-        while True:
-            chunk = self._recv()
-            seen = time.time()
-            for kind, mseq, buf, start, end in self._messages(chunk):
-                if mseq != seq:
-                    continue
-                if kind == NLMSG_ERROR:
-                    err = self._error_of(buf, start)
-                    if err:
-                        raise NetlinkError(err, os.strerror(err))
-                    return out, consistent
-                if _HDR.unpack_from(buf, start - 16)[2] & NLM_F_DUMP_INTR:
-                    consistent = False
-                if kind == NLMSG_DONE:
-                    return out, consistent
+        for kind, buf, start, end, seen in self._replies(seq):
+            if _HDR.unpack_from(buf, start - 16)[2] & NLM_F_DUMP_INTR:
+                consistent = False
+            if kind != NLMSG_DONE:
                 _parse_elements(buf, start + 4, end, out, seen)
+        return out, consistent
 
     # ------------------------------------------------------------ batches
 
@@ -447,10 +443,10 @@ class Nfnl:
         errors = []
         while True:
             try:
-                chunk = self._recv(socket.MSG_DONTWAIT)
+                reply = self._recv(socket.MSG_DONTWAIT)
             except BlockingIOError:
                 break
-            for kind, _seq, buf, start, _end in self._messages(chunk):
+            for kind, _seq, buf, start, _end in self._messages(reply):
                 if kind == NLMSG_ERROR:
                     err = self._error_of(buf, start)
                     if err:
@@ -500,7 +496,7 @@ def _fast_layouts() -> dict:
     never wrong.
     """
     big = int.from_bytes
-    layouts = {}
+    layouts: dict[int, tuple] = {}
     for kl in (4, 16):
         key_part = f"2H2H{kl}s"
         key_hdr = (8 + kl, NFTA_SET_ELEM_KEY, 4 + kl, NFTA_DATA_VALUE)

@@ -22,14 +22,17 @@ kernel.
 Beyond the five calls every backend has, add() serves the daemon's event
 path: new single addresses go in as one small batch, checked against that
 snapshot, at a cost that follows the burst rather than the set.
+
+Why this module is long: one backend: ruleset text, set diff, counters and the
+netlink fast path share the set's representation.
 """
 
 from __future__ import annotations
 
 import errno
+import hashlib
 import marshal
 import os
-import hashlib
 import re
 import string
 from dataclasses import dataclass, field, replace
@@ -37,15 +40,14 @@ from datetime import datetime, timezone
 from importlib import resources
 from operator import attrgetter, countOf
 from pathlib import Path
+from typing import Any
 
-from netaddr import IPNetwork, iprange_to_cidrs, IPAddress
+from netaddr import IPAddress, IPNetwork, iprange_to_cidrs
 
-from netblock.errors import (KernelError, KernelFeatureMissing, NameClash, NetblockError, PermissionDenied,
-                             ToolMissing)
-from netblock.firewall import VERDICTS, Change, Desired, Settings
-from netblock.firewall.columns import np, timestamps
-from netblock.firewall import names
+from netblock.errors import KernelError, KernelFeatureMissing, NameClash, NetblockError, PermissionDenied, ToolMissing
+from netblock.firewall import VERDICTS, Change, Desired, Settings, names
 from netblock.firewall import nfnetlink as nl
+from netblock.firewall.columns import np, timestamps
 
 # Expiry differences below this are not worth a kernel update (no churn on repeated applies).
 EXPIRY_TOLERANCE = 2.0  # seconds
@@ -351,7 +353,8 @@ class NftablesBackend:
                     if self._genid(sock) != genid:
                         continue
                     current = {fam: _Column.of(entries, _FAMILY[fam][1]) for fam, entries in read.items()}
-                change, ops, new = Change(), [], {}
+                change, ops = Change(), []
+                new: dict = {}
                 for fam, wanted in adding.items():
                     bits = _FAMILY[fam][1]
                     have = current[fam]
@@ -529,7 +532,7 @@ class NftablesBackend:
         if view is None:
             return None
         now = datetime.now(timezone.utc).timestamp()
-        out = {}
+        out: dict = {}
         for version, (keys, expiry) in view.sets.items():
             for k, e in zip(keys, expiry):
                 if e != e:
@@ -819,7 +822,8 @@ def _plan_columns(nets: list, wanted: dict, current: dict, now: float):
     everything (an unchanged entry plans to nothing), and the new state is
     the wanted keys with the kernel's expiries where nothing was sent.
     """
-    want_small, have_small, state = {}, {}, {}
+    want_small, have_small = {}, {}
+    state: dict = {}
     for fam, (wkeys, wexp, widx) in wanted.items():
         bits = _FAMILY[fam][1]
         col = current[fam]
@@ -950,7 +954,7 @@ def _spliced(keys, expiry, version: int, removed, added, updated):
     from array import array
     from bisect import bisect_left
 
-    arr_k = array("Q", keys) if version == 4 else list(keys)
+    arr_k: Any = array("Q", keys) if version == 4 else list(keys)  # IPv4 keys packed, IPv6 keys (128 bits) as ints
     arr_e = array("d", expiry)
     nan = float("nan")
     for v, k in removed:

@@ -94,6 +94,7 @@ _POSTFIX_FORMATS = ("auto", "postfix")
 
 def _route(program: str, group: str | None) -> tuple[str, str | None, str | None, str | None] | str:
     found = _program(program)
+    route: tuple[str, str | None, str | None, str | None] | str
     if found is None:
         route = _NOTHING
     elif found[0] != "postfix":
@@ -132,7 +133,7 @@ def _program(program: str) -> tuple[str, str] | None:
     return found
 
 
-def _check_format(fmt: str) -> None:
+def check_format(fmt: str) -> None:
     if fmt not in FORMATS:
         raise BadInput(f"unknown log format {fmt!r} (expected one of: {', '.join(FORMATS)})")
 
@@ -143,7 +144,7 @@ def explain(program: str, message: str, *, fmt: str = "auto") -> tuple[str, IPAd
     The class may be a marker (fields.MARK...): an ambiguous line, or one half
     of a message's acceptance that sources.join pairs with the other.
     """
-    _check_format(fmt)
+    check_format(fmt)
     return _match(program, message, fmt)
 
 
@@ -196,7 +197,7 @@ def parse_line(
     `marks` as for parse_message.
     """
     if fmt not in FORMATS:
-        _check_format(fmt)
+        check_format(fmt)
     if len(line) > MAX_LINE:
         line = line[:MAX_LINE]
     elif line[-1:] == "\n":
@@ -208,7 +209,7 @@ def parse_line(
         if route is None:
             route = _route(program, m.lastgroup)
         if route is not _GENERAL:
-            if route is _NOTHING or fmt not in _POSTFIX_FORMATS:
+            if isinstance(route, str) or fmt not in _POSTFIX_FORMATS:  # _NOTHING (not _GENERAL, above)
                 return None
             name, ip_group, cls, qid_group = route
             if qid_group is not None:
@@ -239,13 +240,13 @@ def parse_line(
         if head is None:
             return None
         kind, stamp, program, message = head
-    hit = _match(program or "exim", message, fmt)
-    if hit is None or (not marks and hit[2][0] == MARK):
+    matched = _match(program or "exim", message, fmt)
+    if matched is None or (not marks and matched[2][0] == MARK):
         return None
     time = syslog.timestamp(kind, stamp, year, now)
     if time is None:
         return None
-    return _observation(time, hit[1], hit[2], _mta(hit), source, position)
+    return _observation(time, matched[1], matched[2], _mta(matched), source, position)
 
 
 def _mta(hit: tuple) -> str:

@@ -29,9 +29,11 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
+from typing import Any
 
-from . import _check_format, parse_line, postfix, syslog
-from .fields import _CACHE as _TEXT_IPS, MARK, parse_client_ip
+from . import check_format, parse_line, postfix, syslog
+from .fields import CACHE as _TEXT_IPS
+from .fields import MARK, parse_client_ip
 
 # Tag part of postfix.PROGRAM up to the daemon.  Lazy: the common "postfix/smtpd"
 # is found without backtracking; the tag is matched whole either way, because
@@ -142,7 +144,7 @@ _CACHE_MAX = 200_000
 _REASONS_MAX = 20_000
 
 
-def scan(text: str | bytes, *, fmt: str = "auto", year: int | None = None,
+def scan(text: Any, *, fmt: str = "auto", year: int | None = None,
          now: datetime | None = None, marks: bool = False) -> list[tuple]:
     """Observations in `text` (complete lines, each ending in "\\n") as cheap tuples.
 
@@ -152,9 +154,15 @@ def scan(text: str | bytes, *, fmt: str = "auto", year: int | None = None,
     `text` may be bytes when it is pure ASCII (then indexes are byte offsets
     and no decoding is needed); anything else must be decoded first.
     """
-    _check_format(fmt)
+    check_format(fmt)
     binary = isinstance(text, bytes)
     rx, routes = _compiled(fmt == "auto" or fmt == "postfix", binary)
+    nl: Any  # these six are bytes or str, as the text is
+    cr: Any
+    sasl_lost: Any
+    from_tail: Any
+    nul: Any
+    target_end: Any
     if binary:
         nl, cr, sasl_lost, from_tail, nul, target_end = b"\n", 13, _SASL_LOST.encode(), b"; from=<", b"\0", b">: "
     else:

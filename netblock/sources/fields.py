@@ -23,7 +23,7 @@ IP = r"[0-9A-Fa-f:.]{2,45}"
 # most 253 characters) so that a failed attempt costs a constant.
 NAME = r"[^\s\[\]]{1,255}"
 
-_CACHE: dict[str, IPAddress | None] = {}
+CACHE: dict[str, IPAddress | None] = {}
 _CACHE_MAX = 200_000
 
 
@@ -35,13 +35,13 @@ def client_ip(text: str) -> IPAddress | None:
     the same few thousand clients over and over.
     """
     try:
-        return _CACHE[text]
+        return CACHE[text]
     except KeyError:
         pass
     result = parse_client_ip(text)
-    if len(_CACHE) >= _CACHE_MAX:
-        _CACHE.clear()
-    _CACHE[text] = result
+    if len(CACHE) >= _CACHE_MAX:
+        CACHE.clear()
+    CACHE[text] = result
     return result
 
 

@@ -359,7 +359,7 @@ def client_name(msg: str, end: int) -> str:
 KINDS = {name: name.split("-", 1)[0] for name in PATTERNS}  # pattern -> "smtpd" | "postscreen" | "qmgr"
 
 
-def fused(header: str) -> tuple[re.Pattern[str], dict[str, tuple[str, str, str]]]:
+def fused(header: str) -> tuple[re.Pattern[str], dict[str, tuple[str, str, str | None, str | None]]]:
     """One regex: `header` (ending at the message) followed by any of PATTERNS, or nothing.
 
     A busy Postfix log is mostly lines of these patterns; matching header and

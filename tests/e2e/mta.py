@@ -1,6 +1,6 @@
 """The e2e scene: a real MTA, a real DNS server and the real netblock daemon in one namespace.
 
-The server namespace of a lab scene (netblock/lab.py) gets dnsmasq on
+The server namespace of a lab scene (netblock/demo/lab.py) gets dnsmasq on
 127.0.0.1 (reverse and forward records of the legitimate senders, NXDOMAIN for
 every other name, and the DNSBL zone), Postfix (plain smtpd, or postscreen in
 front of it) or Exim on 198.18.0.1:25, each with its own configuration
@@ -31,7 +31,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from netaddr import IPAddress, IPNetwork, iprange_to_cidrs
-
 from netns import SERVER4, build_scene, check_allowed, nsexec, run_in_netns, wait_for
 
 FILES = Path(__file__).resolve().parent / "files"

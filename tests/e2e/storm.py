@@ -33,10 +33,23 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mta import (
+    BELOW,
+    DENSE_A_NET,
+    DENSE_B,
+    DENSE_B_NET,
+    DOMAIN,
+    LEGIT,
+    LEGIT2,
+    SINGLES,
+    SPARSE_NET,
+    WAIT_S,
+    ZOMBIES,
+    MailScene,
+    Sender,
+    covering,
+)
 from netaddr import IPNetwork, IPSet
-
-from mta import (BELOW, DENSE_A_NET, DENSE_B, DENSE_B_NET, DOMAIN, LEGIT, LEGIT2, SINGLES, SPARSE_NET, WAIT_S,
-                 ZOMBIES, MailScene, Sender, covering)
 from netns import wait_for
 
 RCPT = f"alice@{DOMAIN}"

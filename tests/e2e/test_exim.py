@@ -1,7 +1,6 @@
 """Exim (Debian's exim4-daemon-light, unpacked privately) against a spam storm."""
 
 import pytest
-
 import storm
 
 pytestmark = pytest.mark.e2e

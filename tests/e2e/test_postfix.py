@@ -1,7 +1,6 @@
 """Postfix (plain smtpd with a real site's restrictions) against a spam storm, nftables and ipset."""
 
 import pytest
-
 import storm
 
 pytestmark = pytest.mark.e2e

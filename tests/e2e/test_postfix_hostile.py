@@ -19,10 +19,10 @@ import socket
 import time
 
 import pytest
-
 from mta import BELOW, DOMAIN, LEGIT, SINGLES, WAIT_S
-from netblock.lab import run_in_netns
 from netns import SERVER4, check_allowed, wait_for
+
+from netblock.demo.lab import run_in_netns
 
 pytestmark = pytest.mark.e2e
 

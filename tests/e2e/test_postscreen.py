@@ -1,7 +1,6 @@
 """Postfix with postscreen in front of smtpd (pregreet and DNSBL tests) against a spam storm."""
 
 import pytest
-
 import storm
 
 pytestmark = pytest.mark.e2e

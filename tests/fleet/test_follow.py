@@ -10,12 +10,13 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 
 import pytest
+from fakes import FakeBackend, FakeConfig
 from netaddr import IPNetwork
 
-from fakes import FakeBackend, FakeConfig
-from netblock import fleet, hostaddrs
 from netblock.firewall import Change
 from netblock.model import Block
+from netblock.run import fleet
+from netblock.system import hostaddrs
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=timezone.utc)
 LATER = NOW + timedelta(days=1)

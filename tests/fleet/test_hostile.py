@@ -22,9 +22,9 @@ import time
 import psycopg
 import pytest
 from netaddr import IPNetwork
-
-from netblock.store import Store, _net_cols
 from netns import build_scene, nsexec, wait_for
+
+from netblock.store.sqlite import Store, _net_cols
 
 pytestmark = pytest.mark.kernel
 
@@ -256,7 +256,7 @@ def _reconciles(owner: str) -> int:
 
 
 def test_a_notify_storm_costs_at_most_one_reconcile_per_interval(fleet):
-    from netblock.fleet import COALESCE_MIN_S
+    from netblock.run.fleet import COALESCE_MIN_S
 
     hosts = fleet["hosts"]
     before = _reconciles(fleet["owner"])

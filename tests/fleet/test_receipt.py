@@ -11,13 +11,14 @@ import sqlite3
 from datetime import datetime, timedelta, timezone
 
 import pytest
+from fakes import FakeBackend, FakeConfig
 from netaddr import IPNetwork
 
-from fakes import FakeBackend, FakeConfig
-from netblock import hostaddrs, receipt
 from netblock.model import Block
-from netblock.store import Store, _net_cols
-from netblock.sync import desired_for, sync
+from netblock.run.sync import desired_for, sync
+from netblock.store import receipt
+from netblock.store.sqlite import Store, _net_cols
+from netblock.system import hostaddrs
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=timezone.utc)
 T = int(NOW.timestamp())

@@ -19,10 +19,10 @@ import psycopg
 import pytest
 from netaddr import IPNetwork
 
-from netblock import store_pg
 from netblock.errors import StoreError
 from netblock.model import AllowEntry, Block, Observation
-from netblock.store import Store, _net_cols
+from netblock.store import postgres as store_pg
+from netblock.store.sqlite import Store, _net_cols
 
 NETBLOCK = shutil.which("netblock", path=os.path.dirname(sys.executable))
 NOW = datetime.now(timezone.utc).replace(microsecond=0)

@@ -16,9 +16,9 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 from netaddr import IPNetwork
+from netns import nsexec, wait_for
 
 from netblock.firewall import Settings, get_backend
-from netns import nsexec, wait_for
 
 pytestmark = pytest.mark.kernel
 

@@ -12,10 +12,9 @@ import sys
 from datetime import datetime, timedelta, timezone
 
 import pytest
-
 from netns import CLIENT4, SERVER4, SERVER6
 
-from netblock import hostaddrs
+from netblock.system import hostaddrs
 
 pytestmark = pytest.mark.kernel
 

@@ -16,7 +16,6 @@ import sys
 import threading
 
 import pytest
-
 from netns import wait_for
 
 from netblock.aggregate import aggregate_lines

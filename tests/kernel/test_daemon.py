@@ -19,8 +19,9 @@ import sys
 from datetime import datetime, timezone
 
 import pytest
-
-from netns import scene as make_scene, wait_for
+from loglines import dnsbl_reject
+from netns import scene as make_scene
+from netns import wait_for
 
 pytestmark = pytest.mark.kernel
 
@@ -36,9 +37,7 @@ def stamp() -> str:
 
 
 def reject(ip: str) -> str:
-    return (f"{stamp()} mx postfix/smtpd[42]: NOQUEUE: reject: RCPT from unknown[{ip}]: 554 5.7.1 "
-            f"Service unavailable; Client host [{ip}] blocked using zen.example; "
-            f"from=<a@b.example> to=<c@d.example> proto=ESMTP helo=<x>")
+    return dnsbl_reject(ip, stamp())
 
 
 def delivered(ip: str) -> str:

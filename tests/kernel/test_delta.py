@@ -22,7 +22,7 @@ import pytest
 from netaddr import IPNetwork
 
 from netblock.model import Block
-from netblock.store import Store
+from netblock.store.sqlite import Store
 
 pytestmark = pytest.mark.kernel
 

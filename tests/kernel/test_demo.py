@@ -7,7 +7,6 @@ import subprocess
 import sys
 
 import pytest
-
 from netns import sh
 
 pytestmark = pytest.mark.kernel

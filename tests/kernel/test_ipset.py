@@ -16,11 +16,10 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 from netaddr import IPNetwork
+from netns import wait_for
 
 from netblock.errors import KernelError, NameClash, NetblockError, PermissionDenied, ToolMissing
-from netblock.firewall import Settings
-from netblock.firewall import ipset
-from netns import wait_for
+from netblock.firewall import Settings, ipset
 
 pytestmark = pytest.mark.kernel
 

@@ -15,11 +15,11 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 from netaddr import IPNetwork
+from netns import wait_for
 
 from netblock.errors import KernelError, NameClash
 from netblock.firewall import Settings
 from netblock.firewall import iptables as ipt
-from netns import wait_for
 
 pytestmark = pytest.mark.kernel
 

@@ -17,12 +17,12 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 from netaddr import IPNetwork
+from netns import CLIENT4, nsexec, wait_for
 
 from netblock.errors import KernelError, NameClash, NetblockError
 from netblock.firewall import Settings
 from netblock.firewall import nfnetlink as nl
 from netblock.firewall import nftables as backend
-from netns import CLIENT4, nsexec, wait_for
 
 pytestmark = pytest.mark.kernel
 

@@ -19,8 +19,9 @@ import sys
 from datetime import datetime, timezone
 
 import pytest
-
-from netns import SERVER4, scene as make_scene, wait_for
+from loglines import dnsbl_reject
+from netns import SERVER4, wait_for
+from netns import scene as make_scene
 
 pytestmark = pytest.mark.kernel
 
@@ -41,9 +42,7 @@ def stamp() -> str:
 
 
 def reject(ip: str) -> str:
-    return (f"{stamp()} mx postfix/smtpd[42]: NOQUEUE: reject: RCPT from unknown[{ip}]: 554 5.7.1 "
-            f"Service unavailable; Client host [{ip}] blocked using zen.example; "
-            f"from=<a@b.example> to=<c@d.example> proto=ESMTP helo=<x>")
+    return dnsbl_reject(ip, stamp())
 
 
 def run(scene, tmp_path, *argv: str, input: str | None = None, check: bool = True):
@@ -57,9 +56,10 @@ def run(scene, tmp_path, *argv: str, input: str | None = None, check: bool = Tru
 
 
 def test_a_block_made_by_hand_wins_over_the_delivered_protection_but_not_over_the_allowlist(scene, tmp_path):
-    from netblock.model import Block, Observation
-    from netblock.store import Store
     from netaddr import IPAddress, IPNetwork
+
+    from netblock.model import Block, Observation
+    from netblock.store.sqlite import Store
 
     (tmp_path / "netblock.toml").write_text(f'lock_file = "{tmp_path}/run/netblock.lock"\n')
     scene.add_client(HAND4, POLICY4, ALLOW4)
@@ -136,7 +136,7 @@ def test_a_widened_block_over_its_element_budget_falls_back_to_its_offenders(sce
     from netaddr import IPAddress
 
     from netblock.model import Observation
-    from netblock.store import Store
+    from netblock.store.sqlite import Store
 
     (tmp_path / "netblock.toml").write_text(f"""
 lock_file = "{tmp_path}/run/netblock.lock"

@@ -19,13 +19,16 @@ import sys
 from datetime import datetime, timedelta, timezone
 
 import pytest
+from loglines import dnsbl_reject, now_stamp
 from netaddr import IPAddress, IPNetwork
+from netns import scene as make_scene
+from netns import wait_for
 
-from netblock import config as config_mod, policy
-from netblock.daemon import Tracker
+from netblock import config as config_mod
+from netblock.decide import policy
 from netblock.model import Observation
-from netblock.store import Store
-from netns import scene as make_scene, wait_for
+from netblock.run.daemon import Tracker
+from netblock.store.sqlite import Store
 
 pytestmark = pytest.mark.kernel
 
@@ -39,10 +42,7 @@ BURST = [f"198.{18 + i // 250}.{1 + i % 250}.5" for i in range(300)]  # one per 
 
 
 def reject(ip: str) -> str:
-    stamp = datetime.now(timezone.utc).replace(microsecond=0).isoformat()
-    return (f"{stamp} mx postfix/smtpd[42]: NOQUEUE: reject: RCPT from unknown[{ip}]: 554 5.7.1 "
-            f"Service unavailable; Client host [{ip}] blocked using zen.example; "
-            f"from=<a@b.example> to=<c@d.example> proto=ESMTP helo=<x>")
+    return dnsbl_reject(ip, now_stamp())
 
 
 def append(path, *lines: str) -> None:

@@ -13,9 +13,10 @@ import sys
 from datetime import datetime, timezone
 
 import pytest
+from loglines import dnsbl_reject
 from netaddr import IPAddress, IPNetwork
-
-from netns import CLIENT4, scene as make_scene
+from netns import CLIENT4
+from netns import scene as make_scene
 
 pytestmark = pytest.mark.kernel
 
@@ -36,9 +37,7 @@ def stamp() -> str:
 
 
 def reject(ip: str) -> str:
-    return (f"{stamp()} mx postfix/smtpd[42]: NOQUEUE: reject: RCPT from unknown[{ip}]: 554 5.7.1 "
-            f"Service unavailable; Client host [{ip}] blocked using zen.example; "
-            f"from=<a@b.example> to=<c@d.example> proto=ESMTP helo=<x>")
+    return dnsbl_reject(ip, stamp())
 
 
 def delivered(ip: str) -> str:

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from netaddr import IPAddress, IPNetwork
 
-from netblock import asn
+from netblock.decide import asn
 from netblock.errors import BadInput
 
 DATA = Path(__file__).resolve().parents[2] / "../shared/data/asn/pyasn"
@@ -208,7 +208,7 @@ def test_report_asn_command(tmp_path, monkeypatch, table):
 
     from netblock import cli
     from netblock.model import Observation
-    from netblock.store import Store
+    from netblock.store.sqlite import Store
 
     now = datetime(2026, 11, 27, 12, 0, tzinfo=timezone.utc)  # pinned: meets only the store and NETBLOCK_NOW
     conf = tmp_path / "netblock.toml"

@@ -7,11 +7,11 @@ validation-before-write, expiry bookkeeping, output formats.
 from __future__ import annotations
 
 import argparse
-
 import io
 import json
 import os
 import sys
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -20,11 +20,12 @@ from netaddr import IPNetwork
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(__file__)))
 
-from fakes import FakeBackend, FakeConfig  # noqa: E402
+from fakes import FakeBackend, fake_config  # noqa: E402
 
-from netblock import cli, hostaddrs  # noqa: E402
+from netblock import cli  # noqa: E402
 from netblock.errors import NetblockError  # noqa: E402
-from netblock.store import Store  # noqa: E402
+from netblock.store.sqlite import Store  # noqa: E402
+from netblock.system import hostaddrs
 
 DATA = Path(__file__).resolve().parents[2] / "../shared/data"
 # A pinned instant, not today: in this file it meets only fakes, the store and pure functions,
@@ -47,7 +48,7 @@ class Harness:
 
     def __init__(self, tmp_path, monkeypatch):
         self.db = tmp_path / "nb.db"
-        self.config = FakeConfig(lock_file=str(tmp_path / "lock"), db=str(self.db))
+        self.config = fake_config(str(tmp_path / "lock"), str(self.db))
         self.backend = FakeBackend()
         self.monkeypatch = monkeypatch
         self.at(NOW)
@@ -555,14 +556,12 @@ def test_rows_wider_than_the_floor_in_the_store_never_reach_the_kernel(nb):
 
 
 def test_status_says_once_that_file_sources_can_be_forged(nb):
-    from types import SimpleNamespace
-
-    nb.config.sources = SimpleNamespace(files=(), journal=False, journal_units=())
+    nb.config = replace(nb.config, sources=replace(nb.config.sources, files=(), journal=False, journal_units=()))
     rc, text, err = nb("status")
     assert rc == 0 and "forge" not in text + err and "sources:      0 file(s); journal off" in text
     assert json.loads(nb.ok("status", "--json"))["forgeable"] is False
-    nb.config.sources = SimpleNamespace(files=("/var/log/mail.log", "/var/log/exim4/mainlog"), journal=True,
-                                        journal_units=("postfix.service",))
+    nb.config = replace(nb.config, sources=replace(nb.config.sources, files=("/var/log/mail.log", "/var/log/exim4/mainlog"),
+                                                   journal=True, journal_units=("postfix.service",)))
     rc, text, err = nb("status")
     assert "sources:      2 file(s), /var/log/mail.log, /var/log/exim4/mainlog; journal on" in text
     notes = [line for line in (text + err).splitlines() if "forge" in line]

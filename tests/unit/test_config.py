@@ -244,7 +244,7 @@ def test_duration_syntax():
         d("99999999999999w")
 
 
-# -- [routed] (netblock/routed.py) ---------------------------------------------------------
+# -- [routed] (netblock/decide/routed.py) ---------------------------------------------------------
 
 
 def test_routed_section(tmp_path):

@@ -21,12 +21,14 @@ from netaddr import IPNetwork
 sys.path.insert(0, os.path.dirname(os.path.dirname(__file__)))
 
 from fakes import FakeBackend  # noqa: E402
+from loglines import dnsbl_reject  # noqa: E402
 
-from netblock import config as config_mod, hostaddrs  # noqa: E402
-from netblock.daemon import Daemon, Runner, newly_crossing  # noqa: E402
+from netblock import config as config_mod  # noqa: E402
 from netblock.errors import KernelError  # noqa: E402
-from netblock.sdnotify import Notifier  # noqa: E402
-from netblock.store import Store  # noqa: E402
+from netblock.run.daemon import Daemon, Runner, newly_crossing  # noqa: E402
+from netblock.store.sqlite import Store  # noqa: E402
+from netblock.system import hostaddrs
+from netblock.system.sdnotify import Notifier  # noqa: E402
 
 # A pinned instant, not today: in this file it meets only fakes, the store and pure functions,
 # never the kernel's or the real clock (scripts/test-clock.sh runs the suite 400 days ahead).
@@ -34,9 +36,7 @@ NOW = datetime(2026, 11, 27, 12, 0, tzinfo=timezone.utc)
 
 
 def reject(ip: str, minute: int = 0) -> str:
-    return (f"2026-11-27T11:{minute:02d}:00+00:00 mx postfix/smtpd[42]: NOQUEUE: reject: RCPT from "
-            f"unknown[{ip}]: 554 5.7.1 Service unavailable; Client host [{ip}] blocked using "
-            f"zen.example; from=<a@b.example> to=<c@d.example> proto=ESMTP helo=<x>")
+    return dnsbl_reject(ip, f"2026-11-27T11:{minute:02d}:00+00:00")
 
 
 def delivered(ip: str) -> str:
@@ -298,7 +298,8 @@ def test_daemon_reacts_at_once_coalesces_reloads_and_stops(tmp_path, store, monk
 
 
 def test_daemon_is_ready_before_reading_a_backlog_and_reads_it_in_steps(tmp_path, store, monkeypatch):
-    from netblock import daemon as daemon_mod, follow
+    from netblock.run import daemon as daemon_mod
+    from netblock.sources import follow
 
     monkeypatch.setattr(follow, "BATCH_LINES", 4)
     monkeypatch.setattr(daemon_mod, "MAX_BATCHES_PER_WAKE", 2)

@@ -22,12 +22,15 @@ from netaddr import IPNetwork
 sys.path.insert(0, os.path.dirname(os.path.dirname(__file__)))
 
 from fakes import FakeBackend  # noqa: E402
+from loglines import dnsbl_reject  # noqa: E402
 
-from netblock import config as config_mod, daemonlog, hostaddrs  # noqa: E402
-from netblock.daemon import Daemon, Runner  # noqa: E402
-from netblock.daemonlog import Log  # noqa: E402
+from netblock import config as config_mod  # noqa: E402
 from netblock.model import Block  # noqa: E402
-from netblock.store import Store  # noqa: E402
+from netblock.run import daemonlog
+from netblock.run.daemon import Daemon, Runner  # noqa: E402
+from netblock.run.daemonlog import Log  # noqa: E402
+from netblock.store.sqlite import Store  # noqa: E402
+from netblock.system import hostaddrs
 
 SUMMARY = re.compile(r"\.\.\. and (\d+) more (.+?) in the last \d+s \(")
 
@@ -140,9 +143,7 @@ rules = [{{family = 4, prefixlen = 24, min_count = 3}}]
 
 
 def reject(ip: str, when: datetime) -> str:
-    return (f"{when.isoformat()} mx postfix/smtpd[42]: NOQUEUE: reject: RCPT from unknown[{ip}]: 554 5.7.1 "
-            f"Service unavailable; Client host [{ip}] blocked using zen.example; from=<a@b.example> "
-            f"to=<c@d.example> proto=ESMTP helo=<x>")
+    return dnsbl_reject(ip, when.isoformat())
 
 
 def test_each_decision_expiry_and_source_is_said_with_its_reason(tmp_path):

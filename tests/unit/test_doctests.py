@@ -5,7 +5,7 @@ import importlib
 
 import pytest
 
-MODULES = ["netblock.report", "netblock.aggregate", "netblock.targets", "netblock.export", "netblock.limits",
+MODULES = ["netblock.reports.tables", "netblock.aggregate", "netblock.durations", "netblock.decide.targets", "netblock.reports.export", "netblock.limits",
            "netblock.printable"]
 
 

@@ -13,12 +13,12 @@ from datetime import timedelta
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-
 from test_report_cli import NOW, Harness, N  # noqa: F401  (same fake kernel and store)
 
-from netblock import export, hostaddrs
 from netblock.model import Observation
-from netblock.store import Store
+from netblock.reports import export
+from netblock.store.sqlite import Store
+from netblock.system import hostaddrs
 
 
 @pytest.fixture

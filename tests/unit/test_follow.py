@@ -10,19 +10,19 @@ import gzip
 import os
 import sys
 from datetime import datetime, timezone
-from types import SimpleNamespace as NS
 
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(__file__)))
 
-from fakes import FakeBackend  # noqa: E402
+from fakes import FakeBackend, daemon_config  # noqa: E402
+from loglines import no_rdns_reject  # noqa: E402
 
-from netblock import follow  # noqa: E402
-from netblock.daemon import Runner  # noqa: E402
 from netblock.errors import StoreError  # noqa: E402
-from netblock.follow import Follower, Inotify, Position  # noqa: E402
-from netblock.store import Store  # noqa: E402
+from netblock.run.daemon import Runner  # noqa: E402
+from netblock.sources import follow  # noqa: E402
+from netblock.sources.follow import Follower, Inotify, Position  # noqa: E402
+from netblock.store.sqlite import Store  # noqa: E402
 
 # A pinned instant, not today: in this file it meets only fakes, the store and pure functions,
 # never the kernel's or the real clock (scripts/test-clock.sh runs the suite 400 days ahead).
@@ -32,9 +32,7 @@ NOW = datetime(2026, 11, 27, 12, 0, tzinfo=timezone.utc)
 def reject(i: int) -> str:
     """A Postfix RCPT reject for 198.18.(i // 250).(i % 250 + 1), unique per i."""
     ip = f"198.18.{i // 250}.{i % 250 + 1}"
-    return (f"2026-11-27T11:{i % 60:02d}:00+00:00 mx postfix/smtpd[42]: NOQUEUE: reject: RCPT from "
-            f"unknown[{ip}]: 450 4.7.1 Client host rejected: cannot find your hostname, [{ip}]; "
-            f"from=<a@b.example> to=<c@d.example> proto=ESMTP helo=<x{i}>")
+    return no_rdns_reject(ip, f"2026-11-27T11:{i % 60:02d}:00+00:00", helo=f"x{i}")
 
 
 def append(path, *lines: str, newline: bool = True) -> None:
@@ -204,10 +202,8 @@ def test_inotify_wakes_on_append_and_on_creation(tmp_path):
 
 # ------------------------------------------------------------------ into the store
 
-def config_for(*files: str) -> NS:
-    return NS(sources=NS(files=list(files), format="auto", journal=False, journal_units=[], max_line=8192),
-              policy=NS(window=None, delivered_window=None, classes={}), widen=None,
-              daemon=NS(observation_retention=None))
+def config_for(*files: str):
+    return daemon_config(files, window="1h")
 
 
 @pytest.fixture

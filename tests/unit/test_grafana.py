@@ -16,12 +16,11 @@ from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-
 from test_report_cli import NOW, Harness, N  # noqa: F401  (same fake kernel and store)
 
-from netblock import hostaddrs
 from netblock.model import Observation
-from netblock.store import Store
+from netblock.store.sqlite import Store
+from netblock.system import hostaddrs
 
 DASHBOARD = Path(__file__).resolve().parents[2] / "contrib" / "grafana" / "netblock.json"
 

@@ -9,8 +9,7 @@ import pytest
 from netaddr import IPNetwork
 
 from netblock.errors import ToolMissing
-from netblock.firewall import Settings
-from netblock.firewall import ipset
+from netblock.firewall import Settings, ipset
 
 
 def test_default_skeleton_text():
@@ -266,8 +265,9 @@ def test_sorted_keys_match_an_argsort_across_the_whole_address_range():
 
 
 def test_numpy_diff_of_kernel_arrays_and_unsorted_wanted_keys():
-    import numpy as np
     import random
+
+    import numpy as np
 
     rng = random.Random(5)
     pool = list(dict.fromkeys((rng.randrange(1 << 32) & ~0xFF) << 8 | rng.choice((24, 32)) for _ in range(3000)))

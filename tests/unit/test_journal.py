@@ -14,18 +14,18 @@ import select
 import stat
 import sys
 from datetime import datetime, timedelta, timezone
-from types import SimpleNamespace as NS
 
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(__file__)))
 
-from fakes import FakeBackend  # noqa: E402
+from fakes import FakeBackend, daemon_config  # noqa: E402
+from loglines import no_rdns_message  # noqa: E402
 
-from netblock import journal  # noqa: E402
-from netblock.daemon import Runner  # noqa: E402
-from netblock.journal import Journal, command, trusted  # noqa: E402
-from netblock.store import Store  # noqa: E402
+from netblock.run.daemon import Runner  # noqa: E402
+from netblock.sources import journal  # noqa: E402
+from netblock.sources.journal import Journal, command, trusted  # noqa: E402
+from netblock.store.sqlite import Store  # noqa: E402
 
 # A pinned instant, not today: in this file it meets only fakes, the store and pure functions,
 # never the kernel's or the real clock (scripts/test-clock.sh runs the suite 400 days ahead).
@@ -34,8 +34,7 @@ UNIT = "postfix@-.service"
 
 
 def rejection(ip: str) -> str:
-    return (f"NOQUEUE: reject: RCPT from unknown[{ip}]: 450 4.7.1 Client host rejected: cannot find your "
-            f"hostname, [{ip}]; from=<a@b.example> to=<c@d.example> proto=ESMTP helo=<x>")
+    return no_rdns_message(ip)
 
 
 def entry(n: int, ip: str, **over) -> dict:
@@ -118,10 +117,8 @@ def store(tmp_path):
     s.close()
 
 
-def config() -> NS:
-    return NS(sources=NS(files=[], format="auto", journal=True, journal_units=[UNIT], max_line=8192),
-              policy=NS(window=timedelta(days=1), delivered_window=None, classes={}), widen=None,
-              daemon=NS(observation_retention=None))
+def config():
+    return daemon_config(journal=True, units=[UNIT])
 
 
 def run_once(store) -> int:
@@ -251,9 +248,10 @@ def test_the_daemon_loop_reacts_to_journal_entries(fake, store, tmp_path, monkey
 
     from netaddr import IPNetwork
 
-    from netblock import config as config_mod, hostaddrs
-    from netblock.daemon import Daemon
-    from netblock.sdnotify import Notifier
+    from netblock import config as config_mod
+    from netblock.run.daemon import Daemon
+    from netblock.system import hostaddrs
+    from netblock.system.sdnotify import Notifier
 
     monkeypatch.setattr(hostaddrs, "own_addresses", lambda: [])
     cfg = config_mod.loads(f"""

@@ -15,18 +15,18 @@ import stat
 import subprocess
 import sys
 from datetime import datetime, timedelta, timezone
-from types import SimpleNamespace as NS
 
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(__file__)))
 
-from fakes import FakeBackend  # noqa: E402
+from fakes import FakeBackend, daemon_config  # noqa: E402
+from loglines import dnsbl_message  # noqa: E402
 
-from netblock import journal  # noqa: E402
-from netblock.daemon import Runner  # noqa: E402
-from netblock.journal import Choice, Detection, choose, detect  # noqa: E402
-from netblock.store import Store  # noqa: E402
+from netblock.run.daemon import Runner  # noqa: E402
+from netblock.sources import journal  # noqa: E402
+from netblock.sources.journal import Choice, Detection, choose, detect  # noqa: E402
+from netblock.store.sqlite import Store  # noqa: E402
 
 JOURNAL_REMOTE = "/lib/systemd/systemd-journal-remote"
 UNITS = ("postfix.service", "postfix@-.service", "exim4.service", "sendmail.service")
@@ -34,8 +34,7 @@ SPAMMER = "198.51.100.7"
 
 
 def rejection(ip: str) -> str:
-    return (f"NOQUEUE: reject: RCPT from unknown[{ip}]: 554 5.7.1 Service unavailable; Client host [{ip}] "
-            f"blocked using zen.example; from=<a@b.example> to=<c@d.example> proto=ESMTP helo=<x>")
+    return dnsbl_message(ip)
 
 
 def postfix(when: datetime, ip: str = SPAMMER, **over) -> dict:
@@ -150,11 +149,8 @@ def test_only_file_mode_carries_the_forgery_warning():
 
 # ------------------------------------------------------------------ the daemon's tick reads what it detected
 
-def config(journal_setting, files=()) -> NS:
-    return NS(sources=NS(files=list(files), format="auto", journal=journal_setting, journal_units=list(UNITS),
-                         max_line=8192),
-              policy=NS(window=timedelta(days=1), delivered_window=None, classes={}), widen=None,
-              daemon=NS(observation_retention=None))
+def config(journal_setting, files=()):
+    return daemon_config(files, journal_setting, UNITS)
 
 
 def test_run_once_reads_the_auto_detected_journal_and_ignores_forgeries(real_journal, tmp_path):

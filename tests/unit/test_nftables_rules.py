@@ -15,9 +15,8 @@ import numpy as np
 import pytest
 from netaddr import IPNetwork
 
-from netblock.firewall import Settings, names
+from netblock.firewall import Settings, names, nftables
 from netblock.firewall import nfnetlink as nl
-from netblock.firewall import nftables
 
 
 def rule_lines(text: str) -> list[str]:

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from netblock import __version__, config, manpage
+from netblock import __version__, config
 from netblock.cli import build_parser
-from netblock.completion import _subparsers
+from netblock.commands import manpage
+from netblock.system.completion import subparsers
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -25,7 +26,7 @@ def page() -> str:
 
 def parsers(parser=None):
     parser = parser or build_parser()
-    for sub in _subparsers(parser).values():
+    for sub in subparsers(parser).values():
         yield sub
         yield from parsers(sub)
 

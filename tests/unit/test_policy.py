@@ -9,10 +9,12 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from netaddr import IPAddress, IPNetwork
 
-from netblock import cli, config as config_mod, policy
+from netblock import cli
+from netblock import config as config_mod
+from netblock.decide import policy
 from netblock.errors import BadInput
 from netblock.model import AllowEntry, Block, Observation
-from netblock.store import Store
+from netblock.store.sqlite import Store
 
 # A pinned instant, not today: in this file it meets only fakes, the store and pure functions,
 # never the kernel's or the real clock (scripts/test-clock.sh runs the suite 400 days ahead).
@@ -282,7 +284,7 @@ def test_why_command_prints_text_and_json(tmp_path, monkeypatch):
     with Store.open(db) as s:
         seen(s, "198.18.17.1", "no-rdns", 3, 2, 1)
     monkeypatch.setenv("NETBLOCK_NOW", NOW.isoformat())
-    monkeypatch.setattr("netblock.hostaddrs.own_addresses", lambda: [])
+    monkeypatch.setattr("netblock.system.hostaddrs.own_addresses", lambda: [])
 
     def run(*argv):
         out = io.StringIO()
@@ -328,9 +330,12 @@ def test_shield_covers_exactly_what_an_ipset_of_its_networks_holds():
 
     from netaddr import IPSet
 
-    sh = policy.Shield(list(policy.protected_builtin()),
-                       [IPNetwork("198.18.20.0/23"), IPNetwork("198.18.21.128/25"), IPNetwork("2001:db8:5::/48")],
-                       {IPAddress("198.18.30.1")}, [IPNetwork("203.0.113.7/32")])
+    from netblock.aggregate import protected_builtin
+    from netblock.decide import protect
+
+    sh = protect.Protection(list(protected_builtin()),
+                             [IPNetwork("198.18.20.0/23"), IPNetwork("198.18.21.128/25"), IPNetwork("2001:db8:5::/48")],
+                             {IPAddress("198.18.30.1")}, [IPNetwork("203.0.113.7/32")])
     nets = IPSet(sh.builtin + sh.allowlist + sh.own)
     rng = random.Random(4)
     probes = [IPAddress("198.18.30.1"), IPAddress("198.18.19.255"), IPAddress("198.18.20.0"),
@@ -374,7 +379,7 @@ def test_past_its_element_budget_a_widened_block_falls_back_to_its_offenders(sto
 
 
 def test_sync_leaves_out_a_stored_widened_block_that_grew_past_its_budget(store):
-    from netblock.sync import plan
+    from netblock.run.sync import plan
 
     cfg = config_mod.loads(TOML.replace('delivered_window = "30d"', 'delivered_window = "30d"\nmax_elements_per_block = 8'))
     store.put_blocks([Block(IPNetwork("198.18.5.0/24"), "widened: 3 offenders in 198.18.5.0/24", "policy", NOW,

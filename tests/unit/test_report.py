@@ -4,8 +4,8 @@ from datetime import datetime, timedelta, timezone
 
 from netaddr import IPNetwork
 
-from netblock import report as rep
 from netblock.model import Block, Sample
+from netblock.reports import tables as rep
 
 # A pinned instant, not today: in this file it meets only fakes, the store and pure functions,
 # never the kernel's or the real clock (scripts/test-clock.sh runs the suite 400 days ahead).
@@ -112,7 +112,7 @@ def test_store_drops_equal_the_pure_arithmetic():
     """store.sample_drops (what reports run on) against report.drops, on change-only samples with resets."""
     import random
 
-    from netblock.store import Store
+    from netblock.store.sqlite import Store
 
     rng = random.Random(7)
     nets = [IPNetwork(f"198.18.{i}.0/24") for i in range(6)] + [IPNetwork("2001:db8:1::/48")]

@@ -22,9 +22,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(__file__)))
 
 from fakes import FakeBackend  # noqa: E402
 
-from netblock import cli, config, hostaddrs, plot, sampling  # noqa: E402
+from netblock import cli, config  # noqa: E402
 from netblock.errors import NetblockError  # noqa: E402
-from netblock.store import Store  # noqa: E402
+from netblock.reports import plot
+from netblock.run import sampling
+from netblock.store.sqlite import Store  # noqa: E402
+from netblock.system import hostaddrs
 
 # A pinned instant, not today: in this file it meets only fakes, the store and pure functions,
 # never the kernel's or the real clock (scripts/test-clock.sh runs the suite 400 days ahead).

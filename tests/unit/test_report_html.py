@@ -16,10 +16,9 @@ import zlib
 from datetime import timedelta
 
 import pytest
-
 from test_report_cli import NOW, Harness, N  # noqa: F401  (same fake kernel and store)
 
-from netblock import hostaddrs
+from netblock.system import hostaddrs
 
 CHROMIUM = shutil.which("chromium")
 

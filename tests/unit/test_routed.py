@@ -13,10 +13,13 @@ from pathlib import Path
 import pytest
 from netaddr import IPAddress, IPNetwork, IPSet
 
-from netblock import asn, cli, config as config_mod, policy, routed, sync
+from netblock import cli
+from netblock import config as config_mod
 from netblock.aggregate import aggregate
+from netblock.decide import asn, policy, protect, routed
 from netblock.model import Observation
-from netblock.store import Store
+from netblock.run import sync
+from netblock.store.sqlite import Store
 
 DATA = Path(__file__).resolve().parents[2] / "../shared/data/asn/pyasn"
 TABLE = str(DATA / "ipasn_20140513.dat.gz")
@@ -209,7 +212,7 @@ def test_policy_widens_to_the_slash13_and_sync_carves_the_delivered_sender(store
     assert sorted(decided) == sorted(f"{ip}/32" for ip in STORM)
 
     blocks = policy.decide(store, cfg, NOW)
-    desired = sync.compute_desired(blocks, sync.protected(store, cfg, now=NOW, own=[]).all())
+    desired = sync.compute_desired(blocks, protect.for_sync(store, cfg, now=NOW, own=[]).all())
     assert IPSet(desired) == IPSet(["221.216.0.0/13"]) - IPSet([DELIVERED])
     assert IPAddress(NEVER) in IPSet(desired) and IPAddress(DELIVERED) not in IPSet(desired)
 
@@ -233,7 +236,7 @@ def test_why_names_the_as_the_prefix_and_the_offenders(store, tmp_path, monkeypa
     seen(store, [STORM[0]] * 3, "bad-helo")  # bad-helo's threshold is 3
     store.close()
     monkeypatch.setenv("NETBLOCK_NOW", NOW.isoformat())
-    monkeypatch.setattr("netblock.hostaddrs.own_addresses", lambda: [])
+    monkeypatch.setattr("netblock.system.hostaddrs.own_addresses", lambda: [])
 
     def run(*argv):
         out = io.StringIO()

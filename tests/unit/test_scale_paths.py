@@ -6,9 +6,9 @@ from datetime import datetime, timedelta, timezone
 
 from netaddr import IPNetwork
 
-from netblock import export
 from netblock.firewall.nftables import RegionView
-from netblock.store import Store
+from netblock.reports import export
+from netblock.store.sqlite import Store
 
 T0 = datetime(2026, 1, 5, 12, tzinfo=timezone.utc)
 

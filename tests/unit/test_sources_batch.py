@@ -24,10 +24,11 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(__file__)))
 from fakes import FakeBackend  # noqa: E402
-from netblock import cli, config, follow, sources  # noqa: E402
-from netblock.sources import batch, postfix  # noqa: E402
+
+from netblock import cli, config, sources  # noqa: E402
+from netblock.sources import batch, follow, postfix  # noqa: E402
 from netblock.sources.join import Join  # noqa: E402
-from netblock.store import Store  # noqa: E402
+from netblock.store.sqlite import Store  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLES = REPO / "tests" / "samples"
@@ -377,7 +378,7 @@ class Harness:
 @pytest.fixture
 def nb(tmp_path, monkeypatch):
     monkeypatch.setenv("NETBLOCK_NOW", NOW.isoformat())
-    from netblock import hostaddrs
+    from netblock.system import hostaddrs
 
     monkeypatch.setattr(hostaddrs, "own_addresses", lambda: [])
     return Harness(tmp_path)
@@ -458,9 +459,9 @@ def test_forgetting_the_caches_changes_no_result():
             b"failed: UGFzc3dvcmQ6\n")
     first = batch.scan(text, now=NOW) + batch.scan(text.decode(), now=NOW)
     fields.client_ip("198.18.40.3")
-    assert batch._IPS and fields._CACHE
+    assert batch._IPS and fields.CACHE
     batch.forget()
-    assert not batch._IPS and not fields._CACHE and not batch._REASONS
+    assert not batch._IPS and not fields.CACHE and not batch._REASONS
     assert batch.scan(text, now=NOW) + batch.scan(text.decode(), now=NOW) == first
     assert [(str(h[1]), h[2]) for h in first[:2]] == [("198.18.40.1", "dnsbl:zen.example"),
                                                       ("198.18.40.2", "auth-failed")]

@@ -22,11 +22,13 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(__file__)))
 
 from fakes import FakeBackend  # noqa: E402
 
-from netblock import cli, config as config_mod, hostaddrs, sources  # noqa: E402
-from netblock.daemon import Runner  # noqa: E402
+from netblock import cli, sources  # noqa: E402
+from netblock import config as config_mod
+from netblock.run.daemon import Runner  # noqa: E402
 from netblock.sources import join  # noqa: E402
 from netblock.sources.join import Join  # noqa: E402
-from netblock.store import Store  # noqa: E402
+from netblock.store.sqlite import Store  # noqa: E402
+from netblock.system import hostaddrs
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=timezone.utc)
 QID = "4XyZ1k2LmNz9abe"

@@ -9,18 +9,18 @@ from __future__ import annotations
 import json
 import os
 import sys
-from dataclasses import dataclass, field
+from dataclasses import replace
 
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(__file__)))
 
-from fakes import FakeBackend, FakeConfig  # noqa: E402
+from fakes import FakeBackend, fake_config  # noqa: E402
 from test_cli_blocks import Harness  # noqa: E402
 
-from netblock import hostaddrs  # noqa: E402
 from netblock.config import SourcesConfig  # noqa: E402
 from netblock.firewall import Settings  # noqa: E402
+from netblock.system import hostaddrs  # noqa: E402
 
 
 class VerdictBackend(FakeBackend):
@@ -34,16 +34,11 @@ class VerdictBackend(FakeBackend):
         return self.installed_verdict
 
 
-@dataclass
-class Config(FakeConfig):
-    sources: SourcesConfig = field(default_factory=lambda: SourcesConfig(journal=False))
-
-
 @pytest.fixture
 def nb(tmp_path, monkeypatch):
     monkeypatch.setattr(hostaddrs, "own_addresses", lambda: [])
     h = Harness(tmp_path, monkeypatch)
-    h.config = Config(lock_file=str(tmp_path / "lock"), db=str(h.db))
+    h.config = fake_config(str(tmp_path / "lock"), str(h.db))
     return h
 
 
@@ -70,20 +65,21 @@ def test_a_kernel_behind_the_configured_verdict_is_pointed_out(nb):
             "or reload the daemon)") in text
 
 
-def test_a_backend_that_cannot_tell_is_not_called_drifted(nb):
+def test_a_rule_that_matches_the_settings_is_not_called_drifted(nb):
+    """Every backend declares verdict() (the Backend protocol): the fake's rule has its settings' verdict."""
     nb.ok("add", "198.18.1.0/24")
     info, text, _ = status(nb)
-    assert info["verdict_installed"] is None
+    assert info["verdict_installed"] == "drop"
     assert "mode:         enforcing: drop\n" in text
 
 
 def test_file_mode_warns_once_and_the_journal_does_not(nb, tmp_path):
-    nb.config.sources = SourcesConfig(files=(str(tmp_path / "mail.log"), str(tmp_path / "other.log")))
+    nb.config = replace(nb.config, sources=SourcesConfig(files=(str(tmp_path / "mail.log"), str(tmp_path / "other.log"))))
     info, text, err = status(nb)
     assert info["sources"]["mode"] == "files" and len(info["warnings"]) == 1
     assert f"sources:      {tmp_path}/mail.log, {tmp_path}/other.log ([sources] files" in text
     assert err.count("any local user can forge") == 1
-    nb.config.sources = SourcesConfig(journal=True)
+    nb.config = replace(nb.config, sources=SourcesConfig(journal=True))
     info, text, err = status(nb)
     assert info["sources"] == {"mode": "journal", "files": [], "journal": True,
                                "reason": "the journal ([sources] journal = true)"}

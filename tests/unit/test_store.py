@@ -16,10 +16,10 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from netaddr import IPAddress, IPNetwork
 
-from netblock import store as store_mod
 from netblock.errors import StoreError
 from netblock.model import Block, Observation
-from netblock.store import SCHEMA_VERSION, Store
+from netblock.store import sqlite as store_mod
+from netblock.store.sqlite import SCHEMA_VERSION, Store
 
 # A pinned instant, not today: in this file it meets only fakes, the store and pure functions,
 # never the kernel's or the real clock (scripts/test-clock.sh runs the suite 400 days ahead).
@@ -268,7 +268,7 @@ def test_in_memory_store_for_tests_of_others():
 def test_upgrade_backfills_the_daily_rollup_from_the_samples(tmp_path):
     """A version 1 file (samples, no roll-up) opened by this netblock: whole-day windows read the
     roll-up the migration built, and it agrees with the samples, resets included."""
-    from netblock import report as rep
+    from netblock.reports import tables as rep
 
     path = tmp_path / "v1.db"
     conn = sqlite3.connect(path)

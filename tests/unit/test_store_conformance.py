@@ -9,8 +9,8 @@ and the password never being shown.
 from __future__ import annotations
 
 import inspect
-import os
 import multiprocessing
+import os
 import select
 import subprocess
 import sys
@@ -22,10 +22,11 @@ from types import SimpleNamespace
 import pytest
 from netaddr import IPAddress, IPNetwork
 
-from netblock import fleet, store_pg
 from netblock.errors import BadInput, StoreError
 from netblock.model import AllowEntry, Block, Observation, Sample
-from netblock.store import Store
+from netblock.run import fleet
+from netblock.store import postgres as store_pg
+from netblock.store.sqlite import Store
 
 # A pinned instant, not today: in this file it meets only fakes, the store and pure functions,
 # never the kernel's or the real clock (scripts/test-clock.sh runs the suite 400 days ahead).
@@ -503,7 +504,8 @@ def test_password_is_never_shown():
 
 
 def test_sqlite_only_installs_never_import_psycopg(tmp_path):
-    code = ("import sys; from netblock import cli, daemon, store, fleet; "
+    code = ("import sys; from netblock import cli; from netblock.run import daemon, fleet; "
+            "from netblock.store import sqlite as store; "
             f"s = store.Store.open({str(tmp_path / 'nb.db')!r}); s.close(); "
             "print(sorted(m for m in sys.modules if m.startswith('psycopg')))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
@@ -600,14 +602,14 @@ def _random_series(st, rng, nets, ticks: int, step: timedelta):
 
 
 def _raw(samples, since, until):
-    from netblock import report as rep
+    from netblock.reports import tables as rep
 
     return {str(k.cidr): (r.packets, r.bytes, r.first_seen, r.last_seen)
             for k, r in rep.drops(samples, since, until).items() if r.packets or r.bytes}
 
 
 def _raw_daily(samples, since, until):
-    from netblock import report as rep
+    from netblock.reports import tables as rep
 
     out = {}
     day = (since or samples[0].time).replace(hour=0, minute=0, second=0, microsecond=0)
@@ -705,7 +707,7 @@ def test_rollup_of_same_second_samples_is_recomputed(st):
 
 
 def test_spool_flush_is_idempotent_even_after_a_crash_before_the_spool_is_emptied(st, tmp_path, monkeypatch):
-    from netblock.store import Spool, flush_spool
+    from netblock.store.sqlite import Spool, flush_spool
 
     path = tmp_path / "run" / "spool.db"
     with Spool.open(path) as sp:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import fcntl
 import os
 import sys
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -12,14 +13,14 @@ from netaddr import IPAddress, IPNetwork
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(__file__)))
 
-from fakes import FakeBackend, FakeConfig  # noqa: E402
+from fakes import FakeBackend, fake_config  # noqa: E402
 
-from netblock import hostaddrs  # noqa: E402
 from netblock.errors import Busy  # noqa: E402
-from netblock.lock import kernel_lock  # noqa: E402
 from netblock.model import AllowEntry, Block, Observation  # noqa: E402
-from netblock.store import Store  # noqa: E402
-from netblock.sync import compute_desired, diff, sync  # noqa: E402
+from netblock.run.sync import compute_desired, diff, sync  # noqa: E402
+from netblock.store.sqlite import Store  # noqa: E402
+from netblock.system import hostaddrs  # noqa: E402
+from netblock.system.lock import kernel_lock  # noqa: E402
 
 # A pinned instant, not today: in this file it meets only fakes, the store and pure functions,
 # never the kernel's or the real clock (scripts/test-clock.sh runs the suite 400 days ahead).
@@ -39,7 +40,7 @@ def block(net, expires=NOW + timedelta(days=1), created=NOW - timedelta(hours=1)
 def env(tmp_path, monkeypatch):
     monkeypatch.setattr(hostaddrs, "own_addresses", lambda: list(OWN))
     store = Store.open(tmp_path / "nb.db")
-    yield store, FakeBackend(), FakeConfig(lock_file=str(tmp_path / "run" / "lock"))
+    yield store, FakeBackend(), fake_config(str(tmp_path / "run" / "lock"))
     store.close()
 
 
@@ -75,7 +76,7 @@ def test_ipv4_mapped_blocks_land_on_ipv4_with_their_expiry():
 
 def test_sync_installs_active_blocks_minus_every_kind_of_protected(env):
     store, backend, config = env
-    config.blocks.allow = ["198.51.100.128/25"]
+    config = replace(config, blocks=replace(config.blocks, allow=("198.51.100.128/25",)))
     store.put_blocks([
         block("203.0.113.0/24"),                    # contains this host's own address
         block("198.51.100.0/24"),                   # half allowlisted in the config
@@ -205,8 +206,8 @@ def test_compute_desired_takes_a_one_shot_iterable_of_blocks():
 def test_a_terminal_sees_a_progress_bar_of_the_sync_steps(env):
     import io
 
-    from netblock.progress import Progress
-    from netblock.sync import SYNC_STEPS
+    from netblock.run.sync import SYNC_STEPS
+    from netblock.system.progress import Progress
 
     class Terminal(io.StringIO):
         def isatty(self):

@@ -5,8 +5,7 @@ import subprocess
 
 import pytest
 
-from netblock import units
-
+from netblock.system import units
 
 
 @pytest.fixture(scope="module")

@@ -5,13 +5,14 @@ from datetime import timedelta
 import pytest
 from netaddr import IPNetwork
 
+from netblock.decide.targets import Target, parse_duration, parse_target
 from netblock.errors import BadInput, LimitExceeded
-from netblock.targets import Target, parse_duration, parse_target
+
 
 def test_docstring_examples_run():
     import doctest
 
-    import netblock.targets as targets
+    import netblock.decide.targets as targets
 
     result = doctest.testmod(targets)
     assert result.attempted >= 3 and result.failed == 0

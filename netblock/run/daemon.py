@@ -15,6 +15,10 @@ observations are stored, so a failing store loses nothing, and the kernel is
 only a cache of the store, so a failing sync is repaired by the next one.
 SIGTERM/SIGINT end the loop between steps (positions are already saved) and
 leave the kernel rules in place; SIGHUP reloads the configuration.
+
+Why this module is long: the Runner (one tick: read, store, decide, sync,
+sample) and the event loop that drives it; the tick is a candidate for
+run/tick.py.
 """
 
 from __future__ import annotations
@@ -27,19 +31,22 @@ import time
 from bisect import bisect_right
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 from netaddr import IPAddress, IPNetwork
 
-from netblock import fleet, follow, hostaddrs, journal, limits, policy
+from netblock import durations, limits
 from netblock.aggregate import widen_detail
-from netblock.daemonlog import Log
+from netblock.decide import policy, protect
 from netblock.errors import NetblockError
-from netblock.model import Block, Observation
+from netblock.model import NOT_OFFENCES, Block, Observation
 from netblock.printable import printable
-from netblock.sdnotify import Notifier
+from netblock.run import fleet
+from netblock.run.daemonlog import Log
+from netblock.sources import follow, journal
+from netblock.system import hostaddrs
+from netblock.system.sdnotify import Notifier
 
-NOT_OFFENCES = ("connect", "delivered")
 SMALL_JOIN, JOIN_SAVE_S = 1000, 5.0  # open transactions saved with every batch up to SMALL_JOIN
 MAX_BATCHES_PER_WAKE = 20  # then look at signals and the clock before reading on
 FULL_SYNC_KEY = "full_sync"  # state key: when run-once last synced in full
@@ -68,12 +75,6 @@ def _failure(exc: BaseException) -> str:
 # What one tick survives: a binding may raise its own types for a kernel or
 # store failure, and the daemon must outlive them all (the next tick retries).
 TRANSIENT = (Exception,)
-
-
-def _setting(config, section: str, name: str, default):
-    part = getattr(config, section, None)
-    value = getattr(part, name, None) if part is not None else None
-    return default if value is None else value
 
 
 @dataclass
@@ -117,9 +118,10 @@ class Runner:
         self.tracker: Tracker | None = None  # the daemon's in-memory view of recent offences
         self.own: list[IPNetwork] | None = None  # this host's addresses, read again every tick
         self.spool = None  # the daemon's on a fleet store: observations kept while that store is away
-        self.join = None  # sources.join.Join: messages whose acceptance is not proven yet
+        self.follower: Any = None  # fleet.Follower: the shared block list's change feed (fleet mode)
+        self.join: Any = None  # sources.join.Join: messages whose acceptance is not proven yet
         self._join_saved = float("-inf")
-        self.logger = Log(self.stderr, log_level or _setting(config, "daemon", "log_level", "info"))
+        self.logger = Log(self.stderr, log_level or config.daemon.log_level)
         self.choice: journal.Choice | None = None  # the sources open_sources() chose
         self._said_sources: str | None = None
         self.full_at: datetime | None = None  # the last full sync by this process
@@ -133,17 +135,17 @@ class Runner:
     # -- sources -----------------------------------------------------------
     @property
     def fmt(self) -> str:
-        return _setting(self.config, "sources", "format", "auto")
+        return self.config.sources.format
 
     @property
     def max_line(self) -> int:
-        return int(_setting(self.config, "sources", "max_line", follow.DEFAULT_MAX_LINE))
+        return int(self.config.sources.max_line)
 
     def choose_sources(self) -> journal.Choice:
         """Which sources to read: the configured files, and the journal if set or auto-detected."""
-        files = [os.path.abspath(p) for p in _setting(self.config, "sources", "files", ())]
-        units = tuple(_setting(self.config, "sources", "journal_units", journal.DEFAULT_UNITS))
-        setting = _setting(self.config, "sources", "journal", False)
+        files = [os.path.abspath(p) for p in self.config.sources.files]
+        units = tuple(self.config.sources.journal_units)
+        setting = self.config.sources.journal
         return journal.choose(files, setting, units, lambda: journal.detect(units, now=self.clock()))
 
     def open_sources(self) -> None:
@@ -174,13 +176,13 @@ class Runner:
             missing = "" if os.path.exists(path) else " (it does not exist yet: read once it appears)"
             self.logger.info(f"following {path} {where}{missing}")
         want_journal = choice.journal
-        units = tuple(_setting(self.config, "sources", "journal_units", journal.DEFAULT_UNITS))
+        units = tuple(self.config.sources.journal_units)
         if self.journal is not None and (not want_journal or self.journal.units != units):
             self.journal.stop()
             self.journal = None
         if want_journal and self.journal is None:
             cursor = fleet.saved_state(self, journal.STATE_KEY)
-            since = None if cursor else self.clock() - _setting(self.config, "policy", "window", timedelta(days=1))
+            since = None if cursor else self.clock() - self.config.policy.window
             self.journal = journal.Journal(units, cursor=cursor, follow=self.follow_mode, since=since)
             where = "from the saved cursor" if cursor else f"since {since:%Y-%m-%d %H:%M:%S}Z"
             self.logger.info(f"reading the journal of {', '.join(units)} {where}")
@@ -394,18 +396,16 @@ class Runner:
 
     def _push(self, blocks: list[Block], now: datetime, result: TickResult) -> None:
         """Add ``blocks`` to the kernel as one small transaction, or fall back to a full sync."""
-        from netblock.lock import kernel_lock
+        from netblock.system.lock import kernel_lock
 
         try:
-            add = getattr(self.backend(), "add", None)
             change = None
-            if add is not None:
-                own = self.own_addresses()
-                room = self.applied_v4 is not None and self.applied_v4 + len(blocks) <= limits.MAX_V4_ADDRESSES
-                if room and all(b.netblock.prefixlen == (32 if b.netblock.version == 4 else 128)
-                                and b.netblock not in own for b in blocks):
-                    with kernel_lock(self.config.lock_file):
-                        change = add({b.netblock: b.expires for b in blocks})
+            own = self.own_addresses()
+            room = self.applied_v4 is not None and self.applied_v4 + len(blocks) <= limits.MAX_V4_ADDRESSES
+            if room and all(b.netblock.prefixlen == (32 if b.netblock.version == 4 else 128)
+                            and b.netblock not in own for b in blocks):
+                with kernel_lock(self.config.lock_file):
+                    change = self.backend().add({b.netblock: b.expires for b in blocks})
         except TRANSIENT as exc:
             result.errors.append(f"adding to the kernel: {_failure(exc)}")
             return
@@ -457,7 +457,7 @@ class Runner:
         try:
             value = self.store.get_state(key)
             return None if value is None else datetime.fromtimestamp(float(value), timezone.utc)
-        except (TRANSIENT, ValueError):
+        except (*TRANSIENT, ValueError):
             return None
 
     def _quiet(self, now: datetime, result: TickResult) -> bool:
@@ -473,12 +473,12 @@ class Runner:
         """
         if result.observations or result.decided or result.errors:
             return False
-        from netblock.store import Store
+        from netblock.store.sqlite import Store
 
         if not isinstance(self.store, Store):
             return False
         last = self.full_at or self._stored_time(FULL_SYNC_KEY)
-        every = _setting(self.config, "daemon", "reconcile_every", timedelta(minutes=30))
+        every = self.config.daemon.reconcile_every
         if last is None or not timedelta(0) <= now - last < every:
             return False
         try:
@@ -490,8 +490,14 @@ class Runner:
         except TRANSIENT:
             return False
 
+    def sync_now(self) -> list[str]:
+        """Make the kernel equal to the store at once, outside a tick; the errors, if any."""
+        result = TickResult()
+        self._sync(self.clock(), result)
+        return result.errors
+
     def _sync(self, now: datetime, result: TickResult) -> None:
-        from netblock.sync import sync
+        from netblock.run.sync import sync
 
         fleet.before_sync(self)
         try:
@@ -565,11 +571,11 @@ class Runner:
     # so the report's time series has one point per tick.
     def _sample(self, now: datetime, result: TickResult) -> None:
         try:
-            from netblock import sampling
+            from netblock.run import sampling
         except ImportError:
             return
         last = self.sampled_at or self._stored_time(SAMPLED_KEY)
-        every = _setting(self.config, "daemon", "sample_every", timedelta(minutes=5))
+        every = self.config.daemon.sample_every
         if last is None or not timedelta(0) <= now - last < every:
             try:
                 if self.follow_mode and hasattr(self.backend(), "counter_columns"):
@@ -592,7 +598,7 @@ class Runner:
             self.store.set_state("last_tick", str(now.timestamp()))
         except TRANSIENT as exc:
             result.errors.append(f"recording the tick: {_failure(exc)}")
-        retention = _setting(self.config, "report", "retention", None)
+        retention = self.config.report.retention
         if retention:
             try:
                 sampling.thin_if_due(self.store, now, retention)
@@ -610,7 +616,7 @@ class Runner:
         """
         import numpy as np
 
-        from netblock import sampling
+        from netblock.run import sampling
 
         cols = self.backend().counter_columns()
         previous = self._counted or {}
@@ -629,7 +635,7 @@ class Runner:
         self._counted = cols
 
     def _prune(self, now: datetime, result: TickResult) -> None:
-        keep = _setting(self.config, "daemon", "observation_retention", None)
+        keep = self.config.daemon.observation_retention
         if not keep:
             return
         try:
@@ -641,7 +647,7 @@ class Runner:
         r = self.last_result
         when = "never" if self.last_tick is None else f"{self.last_tick:%Y-%m-%d %H:%M:%S}Z"
         state = "ok" if r.ok else "failed: " + r.errors[0]
-        counting = _setting(self.config, "firewall", "verdict", "") == "count"
+        counting = self.config.firewall.verdict == "count"
         counting = "counting only (nothing dropped), " if counting else ""
         return printable(f"{counting}{r.blocks} blocks, last tick {when} {state}")  # one line for sd_notify's STATUS=
 
@@ -664,29 +670,6 @@ def newly_crossing(store, config, ips: Iterable[IPAddress], now: datetime) -> bo
                 if counts[rule.name] >= rule.threshold:
                     return True
     return False
-
-
-class _FastShield:
-    """policy.Shield.covers() by bisection: an IPSet lookup costs ~0.1 ms, and a storm asks thousands of times."""
-
-    def __init__(self, shield: policy.Shield):
-        self.shield = shield
-        self.delivered = shield.delivered
-        merged: list[list[int]] = []  # [version, first, last], disjoint and sorted
-        for v, first, last in sorted((n.version, n.first, n.last)
-                                     for n in shield.builtin + shield.allowlist + shield.own):
-            if merged and merged[-1][0] == v and first <= merged[-1][2] + 1:
-                merged[-1][2] = max(merged[-1][2], last)
-            else:
-                merged.append([v, first, last])
-        self._starts = [(v, first) for v, first, _ in merged]
-        self._spans = merged
-
-    def covers(self, ip: IPAddress) -> bool:
-        if ip in self.delivered:
-            return True
-        k = bisect_right(self._starts, (ip.version, ip.value)) - 1
-        return k >= 0 and self._spans[k][0] == ip.version and ip.value <= self._spans[k][2]
 
 
 class Tracker:
@@ -725,7 +708,7 @@ class Tracker:
         if store is not None and now is not None and self.rules:
             self.feed(o for o in store.observations(since=now - self.keep) if o.cls not in NOT_OFFENCES)
             if self.widens:
-                self._note_widening(_FastShield(policy.shield(store, config, now)), now)
+                self._note_widening(protect.protection(store, config, now), now)
             self.settled(now)
 
     def feed(self, offences: Iterable[Observation]) -> None:
@@ -799,7 +782,7 @@ class Tracker:
         """Blocks for what is pending that the store does not already hold active (as policy.decide() words them)."""
         if not self.pending and not self.pending_widen:
             return []
-        shield = _FastShield(policy.shield(store, config, now))
+        shield = protect.protection(store, config, now)
         decided: dict[IPNetwork, Block] = {}
         for ip in self.pending:
             for name in self.recent.get(ip, ()):
@@ -816,7 +799,7 @@ class Tracker:
                     continue
                 if shield.covers(ip):
                     break
-                reason = (f"{off.count} {off.label} within {policy._fmt_window(rule.window)} "
+                reason = (f"{off.count} {off.label} within {durations.format(rule.window)} "
                           f"(threshold {rule.threshold})")
                 decided[net] = Block(net, reason, policy.SOURCE, now, off.expires)
         if self.widens:
@@ -845,7 +828,7 @@ class Tracker:
             found = True
         return found, expires
 
-    def _note_widening(self, shield: "_FastShield", now: datetime) -> dict[tuple[int, int], set[IPAddress]]:
+    def _note_widening(self, shield: protect.Protection, now: datetime) -> dict[tuple[int, int], set[IPAddress]]:
         """Put the pending addresses that are widening offenders into their neighbourhoods: {key: those new}."""
         touched: dict[tuple[int, int], set[IPAddress]] = {}
         for ip in self.pending_widen:
@@ -856,7 +839,7 @@ class Tracker:
             touched.setdefault(key, set()).add(ip)
         return touched
 
-    def _widened(self, store, shield: "_FastShield", now: datetime) -> list[Block]:
+    def _widened(self, store, shield: protect.Protection, now: datetime) -> list[Block]:
         """Widened prefixes around the addresses that just became widening offenders.
 
         Only their neighbourhood (the widest rule's prefix around each) is
@@ -868,7 +851,7 @@ class Tracker:
         for key, new in self._note_widening(shield, now).items():
             found = widen_detail(list(self._neighbourhoods[key]), self.widening.rules, self.widening.max_prefixlen)
             found.sort(key=lambda w: w.netblock.prefixlen)
-            kept = []
+            kept: list = []
             for w in found:
                 if not any(k.netblock.first <= w.netblock.first and w.netblock.last <= k.netblock.last for k in kept):
                     kept.append(w)
@@ -884,7 +867,7 @@ class Tracker:
                     continue
                 block = Block(w.netblock, f"widened: {len(w.offenders)} offenders in {w.netblock}",
                               policy.SOURCE, now, expires)
-                out += policy.within_budget(block, zip(w.offenders, ends), shield.shield, self.budget, now)
+                out += policy.within_budget(block, zip(w.offenders, ends), shield, self.budget, now)
         return out
 
 
@@ -903,7 +886,7 @@ class Daemon:
         self._reload = False
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.fleet = fleet.listener_for(runner)  # PostgreSQL store: other hosts' changes wake us
-        self.fleet_due = fleet.Coalescer(self._interval("coalesce", 0.05))
+        self.fleet_due = fleet.Coalescer(self._interval("coalesce"))
         runner.follower = fleet.Follower() if self.fleet is not None else None
         runner.spool = fleet.spool_for(runner)
         # The store refused the last read (e.g. the fleet's PostgreSQL is away): new lines wait for
@@ -914,16 +897,13 @@ class Daemon:
     def config(self):
         return self.runner.config
 
-    def _interval(self, name: str, default: float) -> float:
-        value = _setting(self.config, "daemon", name, None)
-        if value is None:
-            return default
-        return value.total_seconds() if isinstance(value, timedelta) else float(value)
+    def _interval(self, name: str) -> float:
+        return getattr(self.config.daemon, name).total_seconds()
 
     def _set_level(self) -> None:
-        from netblock.daemonlog import LEVELS, lower
+        from netblock.run.daemonlog import LEVELS, lower
 
-        level = lower(_setting(self.config, "daemon", "log_level", "info"), self.verbose)
+        level = lower(self.config.daemon.log_level, self.verbose)
         self.runner.logger.level = LEVELS[level]
 
     def _say_started(self) -> None:
@@ -940,7 +920,7 @@ class Daemon:
             what = f"backend unavailable: {_failure(exc)}"
         path = getattr(runner.store, "path", "?")
         runner.logger.info(f"netblock {__version__} daemon started (pid {os.getpid()}): {what}; store {path}; "
-                           f"tick {self._interval('tick', 30.0):g}s")
+                           f"tick {self._interval('tick'):g}s")
 
     def _on_signal(self, signum, _frame) -> None:
         if signum == signal.SIGHUP:
@@ -987,7 +967,7 @@ class Daemon:
         if self.fleet is not None:
             self.fleet.covered_by(started)
         self.notifier.ready(runner.status())
-        tick_every = self._interval("tick", 30.0)
+        tick_every = self._interval("tick")
         next_tick = time.monotonic() + tick_every
         react_at: float | None = None
         last_react = float("-inf")  # when the last event transaction started
@@ -998,7 +978,7 @@ class Daemon:
             if self._reload:
                 self._reload = False
                 self._do_reload()
-                tick_every = self._interval("tick", 30.0)
+                tick_every = self._interval("tick")
                 next_tick = min(next_tick, time.monotonic() + tick_every)
             now_m = time.monotonic()
             if next_watchdog is not None and now_m >= next_watchdog:
@@ -1070,7 +1050,7 @@ class Daemon:
             if react_at is None and tracker is not None and (tracker.pending or tracker.pending_widen):
                 # At once if the kernel was left alone for a coalesce interval; else what arrives
                 # until then joins one transaction at its end.
-                react_at = max(time.monotonic(), last_react + self._interval("coalesce", 0.05))
+                react_at = max(time.monotonic(), last_react + self._interval("coalesce"))
         self.notifier.stopping()
         runner.logger.flush(force=True)
         runner.logger.info("stopping: the rules stay in the kernel (`netblock remove-rules` takes them out)")
@@ -1135,8 +1115,6 @@ class Daemon:
 
         try:
             backend = runner.backend()
-            if not hasattr(backend, "verdict"):
-                return  # cannot tell: the next tick's sync installs whatever changed
             before = installed_verdict(backend)
         except TRANSIENT as exc:
             runner.log(f"reload: reading the kernel's verdict failed: {_failure(exc)}")

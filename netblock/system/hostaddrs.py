@@ -45,7 +45,7 @@ def _dump_addresses() -> list[bytes]:
         sock.bind((0, 0))
         body = _IFADDR.pack(socket.AF_UNSPEC, 0, 0, 0, 0)
         sock.sendall(_HDR.pack(_HDR.size + len(body), RTM_GETADDR, NLM_F_REQUEST | NLM_F_DUMP, 1, 0) + body)
-        out = []
+        out: list = []
         while True:
             data = sock.recv(1 << 16)
             pos = 0

@@ -27,9 +27,10 @@ from datetime import datetime
 
 from netaddr import IPNetwork
 
-from netblock import hostaddrs, limits
-from netblock.lock import DEFAULT_TIMEOUT, kernel_lock
+from netblock import limits
 from netblock.model import MANUAL_SOURCES
+from netblock.system import hostaddrs
+from netblock.system.lock import DEFAULT_TIMEOUT, kernel_lock
 
 ZONE_LIMIT = 4096  # blocks or elements in the zone past which the full sync is cheaper to reason about
 _BITS = {4: 32, 6: 128}
@@ -137,8 +138,9 @@ def _try(store, backend, config, nets, now: datetime, cap_checked: bool):
     if any(e <= now_ts for e in elements.values()):
         return None  # expired but maybe not collected yet: the full apply knows how to replace it
 
-    from netblock.sync import Protected, compute_desired, fleet_members, screen
     from netblock.aggregate import protected_builtin
+    from netblock.decide.protect import Protection, fleet_members
+    from netblock.run.sync import compute_desired, screen
 
     def touches(net: IPNetwork) -> bool:
         version, first, plen = _folded(net)
@@ -147,17 +149,18 @@ def _try(store, backend, config, nets, now: datetime, cap_checked: bool):
 
     allow = [e.netblock for e in store.allowlist()] + [IPNetwork(t) for t in config.blocks.allow]
     window = config.policy.delivered_window
-    delivered = [IPNetwork(ip) for ip in store.delivered_since(now - window)] if window else []
-    prot = Protected(
+    delivered = store.delivered_since(now - window) if window else set()
+    prot = Protection(
         builtin=[n for n in protected_builtin() if touches(n)],
         allowlist=[n for n in allow if touches(n)],
         own=[n for n in [*hostaddrs.own_addresses(), *fleet_members(store)] if touches(n)],  # and the fleet's
-        delivered=[n for n in delivered if touches(n)],
+        delivered={ip for ip in delivered if touches(IPNetwork(ip))},
         manual=[b.netblock for b in blocks.values() if b.source in MANUAL_SOURCES],
     )
     carve = prot.all()
     budget = int(getattr(config.policy, "max_elements_per_block", limits.DEFAULT_MAX_ELEMENTS_PER_BLOCK))
-    too_wide, over_budget = [], []
+    too_wide: list = []
+    over_budget: list = []
     desired = compute_desired(screen(blocks.values(), carve, budget, too_wide, over_budget), carve)
 
     # The zone's new elements, merged upwards as aggregation merges: with each other, and with an
@@ -214,8 +217,8 @@ def _try(store, backend, config, nets, now: datetime, cap_checked: bool):
         change.removed.append(IPNetwork((k >> 8, k & 255), version=version))
 
     if removed:  # their counters go with them: keep what they counted, for these elements only
-        from netblock import sampling
         from netblock.errors import NetblockError
+        from netblock.run import sampling
 
         try:
             counted = backend.counters_of(view, removed)

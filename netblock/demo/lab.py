@@ -107,10 +107,10 @@ def run_in_netns(ns: str, fn, *args, **kwargs):
     result = pickle.loads(b"".join(chunks))
     if result[0] == "ok":
         return result[1]
-    exc, tb = result[1], result[2]
-    if hasattr(exc, "add_note"):
-        exc.add_note("in namespace child:\n" + tb)
-    raise exc
+    err, tb = result[1], result[2]
+    if hasattr(err, "add_note"):
+        err.add_note("in namespace child:\n" + tb)
+    raise err
 
 
 # ---------------------------------------------------------------- raw SYNs

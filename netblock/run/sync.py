@@ -14,15 +14,14 @@ from typing import Iterable, Mapping
 
 from netaddr import IPNetwork
 
-from netblock import hostaddrs, limits
-from netblock.aggregate import aggregate, protected_builtin
+from netblock import limits
+from netblock.aggregate import aggregate, span
+from netblock.decide import protect
 from netblock.errors import NetblockError
 from netblock.firewall import Change
-from netblock.lock import DEFAULT_TIMEOUT, kernel_lock
-from netblock.model import MANUAL_SOURCES, Block
+from netblock.model import Block
+from netblock.system.lock import DEFAULT_TIMEOUT, kernel_lock
 
-_V4_MAPPED_FIRST = 0xFFFF_0000_0000
-_V4_MAPPED_LAST = 0xFFFF_FFFF_FFFF
 _PERMANENT = object()  # marks a desired netblock covered by a permanent block
 
 # Kernel timeouts count down in whole seconds (and were set a moment before the
@@ -39,99 +38,12 @@ class SyncResult:
     notes: list[str] = field(default_factory=list)  # store blocks left out (Plan.notes())
 
 
-@dataclass(frozen=True)
-class Protected:
-    """What must never be dropped, by kind, so a refusal can say why.
-
-    Precedence: the built-in ranges, the allowlist and this host's own
-    addresses are carved out of every block. A recent deliverer is carved out
-    of the policy's blocks only: a block a person made by hand (``manual``,
-    the active cli/list blocks) is not undone by it.
-    """
-
-    builtin: list[IPNetwork]
-    allowlist: list[IPNetwork]  # store allowlist + config blocks.allow
-    own: list[IPNetwork]
-    delivered: list[IPNetwork]
-    manual: list[IPNetwork] = field(default_factory=list)
-
-    def hard(self) -> list[IPNetwork]:
-        """What wins over every block, a manual one included."""
-        return self.builtin + self.allowlist + self.own
-
-    def split_delivered(self) -> tuple[list[IPNetwork], list[IPNetwork]]:
-        """(deliverers still protected, deliverers inside a manual block and so blocked anyway)."""
-        if not self.manual or not self.delivered:
-            return list(self.delivered), []
-        inside = _Cover(self.manual)
-        kept, overridden = [], []
-        for net in self.delivered:
-            (overridden if inside.covers(net) else kept).append(net)
-        return kept, overridden
-
-    def all(self) -> list[IPNetwork]:
-        """Everything aggregation carves out of the blocked set."""
-        return self.hard() + self.split_delivered()[0]
-
-
-class _Cover:
-    """Whether a netblock lies inside the union of some others (bisection over merged spans)."""
-
-    def __init__(self, nets: Iterable[IPNetwork]):
-        merged: dict[int, tuple[list[int], list[int]]] = {}
-        for fam, first, last in sorted(span(n) for n in nets):
-            firsts, lasts = merged.setdefault(fam, ([], []))
-            if lasts and first <= lasts[-1] + 1:
-                lasts[-1] = max(lasts[-1], last)
-            else:
-                firsts.append(first)
-                lasts.append(last)
-        self._merged = merged
-
-    def covers(self, net: IPNetwork) -> bool:
-        fam, first, last = span(net)
-        if fam not in self._merged:
-            return False
-        firsts, lasts = self._merged[fam]
-        k = bisect_right(firsts, first) - 1
-        return k >= 0 and last <= lasts[k]
-
-
-def protected(store, config, *, now: datetime, own: Iterable[IPNetwork] | None = None) -> Protected:
-    """Everything aggregation must carve out of the blocked set right now, by kind."""
-    allow = [entry.netblock for entry in store.allowlist()]
-    allow += [IPNetwork(text) for text in config.blocks.allow]
-    window = config.policy.delivered_window
-    delivered = [IPNetwork(ip) for ip in store.delivered_since(now - window)] if window else []
-    manual = [b.netblock for b in store.blocks(now=now, sources=MANUAL_SOURCES)] if delivered else []
-    return Protected(
-        builtin=list(protected_builtin()),
-        allowlist=allow,
-        own=list(hostaddrs.own_addresses() if own is None else own) + fleet_members(store),
-        delivered=delivered,
-        manual=manual,
-    )
-
-
-def fleet_members(store) -> list[IPNetwork]:
-    """The other MX hosts' own addresses (fleet mode): peers protect each other as each protects itself."""
-    peers = getattr(store, "peer_addresses", None)
-    return [] if peers is None else peers()
-
-
 def received(store, blocks: list[Block]) -> list[Block]:
-    """The store's blocks that pass validation on receipt (see netblock.receipt): a row breaking
+    """The store's blocks that pass validation on receipt (see netblock.store.receipt): a row breaking
     the width floors or the coverage cap is skipped and recorded, never installed, never fatal."""
-    from netblock.receipt import within_floors
+    from netblock.store.receipt import within_floors
 
     return within_floors(store, blocks)
-
-
-def span(net: IPNetwork) -> tuple[int, int, int]:
-    """(family, first, last) with IPv4-mapped IPv6 folded into IPv4, as aggregation does."""
-    if net.version == 6 and _V4_MAPPED_FIRST <= net.first and net.last <= _V4_MAPPED_LAST:
-        return 4, net.first - _V4_MAPPED_FIRST, net.last - _V4_MAPPED_FIRST
-    return net.version, net.first, net.last
 
 
 def compute_desired(blocks: Iterable[Block], protect: Iterable[IPNetwork]) -> dict[IPNetwork, datetime | None]:
@@ -162,7 +74,7 @@ def compute_desired(blocks: Iterable[Block], protect: Iterable[IPNetwork]) -> di
         order = sorted(range(len(firsts)), key=firsts.__getitem__)
         families[fam] = ([firsts[k] for k in order], [lasts[k] for k in order], [index[k] for k in order])
 
-    latest: list[object] = [None] * len(nets)  # None: not yet seen
+    latest: list = [None] * len(nets)  # None: not yet seen; _PERMANENT; else the latest expiry
     for netblock, expires in zip(blocked, ends):
         fam, first, last = span(netblock)
         if fam not in families:
@@ -199,7 +111,7 @@ class Plan:
 
 def max_elements(config) -> int:
     """``[policy] max_elements_per_block``: what one decided block may cost in kernel elements."""
-    from netblock.policy import budget
+    from netblock.decide.policy import budget
 
     return budget(config)
 
@@ -239,7 +151,7 @@ def plan(store, config, *, now: datetime, own: Iterable[IPNetwork] | None = None
     would deadlock against us. A write racing these reads is picked up by the
     next sync, which every writer runs after committing.
     """
-    carve = protected(store, config, now=now, own=own).all()
+    carve = protect.for_sync(store, config, now=now, own=own).all()
     budget = max_elements(config)
     too_wide: list[Block] = []
     over_budget: list[tuple[Block, int]] = []
@@ -332,7 +244,7 @@ def _apply(store, backend, config, *, now, own, stage) -> SyncResult:
     stage()
     change_plan = diff(installed, desired)
     if change_plan.removed or change_plan.updated:  # their counters go with them: keep what they counted
-        from netblock import sampling
+        from netblock.run import sampling
 
         sampling.sample(store, backend, now)
     stage()

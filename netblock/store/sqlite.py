@@ -16,6 +16,9 @@ Representation choices:
   IPv4-mapped IPv6 is folded to IPv4 so one sender has one key.
 * Times are integer epoch seconds (UTC); they round-trip to the second.
   Naive datetimes are refused: a silent local-time guess would shift expiries.
+
+Why this module is long: all SQL of the single-host store and the spool lives
+here by design, with its migrations.
 """
 
 from __future__ import annotations
@@ -24,15 +27,49 @@ import os
 import sqlite3
 import stat
 from contextlib import contextmanager
-from datetime import datetime, timedelta, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from netaddr import AddrFormatError, IPAddress, IPNetwork
+from netaddr import IPAddress, IPNetwork
 
-from netblock import receipt
-from netblock.errors import BadInput, StoreError
-from netblock.model import AllowEntry, Block, Observation, Sample
+from netblock.errors import StoreError
+from netblock.model import NOT_OFFENCES, AllowEntry, Block, Observation, Sample
+from netblock.store import receipt
+from netblock.store._sql import (
+    BLOCK_COLS as _BLOCK_COLS,
+)
+from netblock.store._sql import (
+    BLOCK_ORDER as _BLOCK_ORDER,
+)
+from netblock.store._sql import (
+    DAY,
+    StoreCommon,
+    canonical_ip,
+    canonical_net,
+    changed_daily_rows,
+    changed_sample_rows,
+    fold_days,
+    samples_from_rows,
+)
+from netblock.store._sql import (
+    day_range as _day_range,
+)
+from netblock.store._sql import (
+    dt as _dt,
+)
+from netblock.store._sql import (
+    net_cols as _net_cols,
+)
+from netblock.store._sql import (
+    opt_dt as _opt_dt,
+)
+from netblock.store._sql import (
+    to_observation as _observation,
+)
+from netblock.store._sql import (
+    ts as _ts,
+)
 
 DEFAULT_PATH = "/var/lib/netblock/netblock.db"
 
@@ -42,10 +79,6 @@ APPLICATION_ID = 0x6E626C6B  # "nblk"
 
 BUSY_TIMEOUT_S = 30.0
 
-# Classes that record normal traffic rather than abuse.
-NOT_OFFENCES = ("connect", "delivered")
-
-DAY = 86400
 
 # Part of migration step 2 and of Store.rebuild_daily: the roll-up of every
 # sample there is, by the report's delta rule (a counter lower than the one
@@ -130,190 +163,68 @@ MIGRATIONS: list[tuple[str, ...]] = [
 
 SCHEMA_VERSION = len(MIGRATIONS)
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
-_SECOND = timedelta(seconds=1)
+class SqliteFile:
+    """The file discipline of the store and the spool: BEGIN IMMEDIATE, re-entrant, one-line errors.
 
+    A subclass sets ``path``, ``_conn`` and ``_depth``.
+    """
 
-# -- conversions --------------------------------------------------------------
+    path: str
+    _conn: sqlite3.Connection
+    _depth: int
 
-def _ts(when: datetime) -> int:
-    if when.tzinfo is None:
-        raise ValueError(f"naive datetime {when.isoformat()} given to the store; use aware UTC")
-    return (when - _EPOCH) // _SECOND
-
-
-def _dt(seconds: int) -> datetime:
-    return _EPOCH + timedelta(seconds=seconds)
-
-
-def _opt_dt(seconds: int | None) -> datetime | None:
-    return None if seconds is None else _EPOCH + timedelta(seconds=seconds)
-
-
-def canonical_net(net: IPNetwork | IPAddress | str) -> IPNetwork:
-    """The store's key form: host bits cleared, IPv4-mapped IPv6 folded to IPv4."""
-    if not isinstance(net, IPNetwork):
+    @contextmanager
+    def _errors(self) -> Iterator[None]:
         try:
-            net = IPNetwork(net)
-        except (AddrFormatError, ValueError, TypeError):
-            raise BadInput(f"netblock: {net!r} is not an IP address or CIDR") from None
-    if net.version == 6 and net.prefixlen >= 96 and net.ip.is_ipv4_mapped():
-        return IPNetwork((int(net.ip) & 0xFFFFFFFF, net.prefixlen - 96), 4).cidr
-    return net.cidr
+            yield
+        except sqlite3.Error as e:
+            raise StoreError(f"{self.path}: {e}") from None
 
+    @contextmanager
+    def transaction(self) -> Iterator["SqliteFile"]:
+        """One write transaction; nested uses join the outermost one.
 
-def canonical_ip(ip: IPAddress | str) -> IPAddress:
-    if not isinstance(ip, IPAddress):
+        ``BEGIN IMMEDIATE`` takes the write lock up front, so a transaction
+        that reads and then writes never fails half-way because another
+        process wrote in between: it waits up to the busy timeout instead.
+        """
+        if self._depth:
+            self._depth += 1
+            try:
+                yield self
+            finally:
+                self._depth -= 1
+            return
+        with self._errors():
+            self._conn.execute("BEGIN IMMEDIATE")
+        self._depth = 1
         try:
-            ip = IPAddress(ip)
-        except (AddrFormatError, ValueError, TypeError):
-            raise BadInput(f"address: {ip!r} is not an IP address") from None
-    if ip.version == 6 and ip.is_ipv4_mapped():
-        return ip.ipv4()
-    return ip
+            yield self
+        except BaseException:
+            self._depth = 0
+            if self._conn.in_transaction:
+                with self._errors():
+                    self._conn.execute("ROLLBACK")
+            raise
+        self._depth = 0
+        with self._errors():
+            try:
+                self._conn.execute("COMMIT")
+            except sqlite3.Error:
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
+                raise
+
+    def _all(self, sql: str, params: Iterable = ()) -> list[tuple]:
+        with self._errors():
+            return self._conn.execute(sql, tuple(params)).fetchall()
+
+    def _one(self, sql: str, params: Iterable = ()) -> tuple | None:
+        with self._errors():
+            return self._conn.execute(sql, tuple(params)).fetchone()
 
 
-def _net_cols(net: IPNetwork | str) -> tuple[str, int, bytes, bytes, int]:
-    net = canonical_net(net)
-    return (
-        str(net),
-        net.version,
-        net.first.to_bytes(16, "big"),
-        net.last.to_bytes(16, "big"),
-        net.prefixlen,
-    )
-
-
-def _net(family: int, first: bytes, prefixlen: int) -> IPNetwork:
-    return IPNetwork((int.from_bytes(first, "big"), prefixlen), family)
-
-
-_BLOCK_COLS = "family, first, prefixlen, reason, source, created, expires, reblocks, netblock"
-_BLOCK_ORDER = "ORDER BY family, first, prefixlen"
-
-
-def _block(row: tuple) -> Block:
-    family, first, prefixlen, reason, source, created, expires, reblocks = row[:8]
-    return Block(
-        netblock=_net(family, first, prefixlen),
-        reason=reason,
-        source=source,
-        created=_dt(created),
-        expires=_opt_dt(expires),
-        reblocks=reblocks,
-    )
-
-
-def _observation(row: tuple) -> Observation:
-    time, ip, cls, mta, source, position = row
-    return Observation(_dt(time), IPAddress(ip), cls, mta, source, position)
-
-
-def samples_from_rows(rows) -> list[Sample]:
-    """(time, netblock text, packets, bytes) rows as Samples, one IPNetwork per distinct netblock."""
-    nets: dict[str, IPNetwork] = {}
-    out = []
-    for t, text, packets, nbytes in rows:
-        net = nets.get(text)
-        if net is None:
-            net = nets[text] = IPNetwork(text)
-        out.append(Sample(_dt(t), net, packets, nbytes))
-    return out
-
-
-def changed_sample_rows(t: int, counters, texts: dict, last: dict) -> list[tuple[int, str, int, int]]:
-    """The (time, netblock, packets, bytes) rows a change-only sample writes (see add_changed_samples).
-
-    ``texts`` maps each counted netblock to its key in the samples table,
-    ``last`` a key to its latest stored (time, packets, bytes). Sorted, so
-    both B-trees are appended to in key order rather than split all over.
-    """
-    rows = []
-    for net, (p, b) in counters.items():
-        text = texts[net]
-        prev = last.get(text)
-        if prev is None:
-            rows.append((t, text, int(p), int(b)))
-            continue
-        lt, lp, lb = prev
-        if (p, b) == (lp, lb):
-            continue
-        if lt < t or (p >= lp and b >= lb):
-            rows.append((max(lt, t), text, int(p), int(b)))
-        else:
-            rows.append((lt - 1, text, lp, lb))
-            rows.append((lt, text, int(p), int(b)))
-    rows.sort()
-    return rows
-
-
-def fold_days(base: tuple[int, int], series: Iterable[tuple[int, int, int]]) -> dict[int, list]:
-    """{day: [packets, bytes, first, last]} dropped by one counter series of (time, packets, bytes), in
-    time order, that follows a sample of ``base``: the roll-up's rows for the days it dropped anything.
-
-    ``first``/``last`` are the times of the day's first and last sample that showed drops (None
-    when none did), so first_seen/last_seen stay exact to the second over whole days.
-    """
-    out: dict[int, list] = {}
-    pp, pb = base
-    for t, p, b in series:
-        if p < pp or b < pb:  # reset: counted again from zero
-            dp, db = p, b
-        else:
-            dp, db = p - pp, b - pb
-        pp, pb = p, b
-        a = out.get(t // DAY)
-        if a is None:
-            a = out[t // DAY] = [0, 0, None, None]
-        a[0] += dp
-        a[1] += db
-        if dp or db:
-            if a[2] is None:
-                a[2] = t
-            a[3] = t
-    return {day: a for day, a in out.items() if a[2] is not None}
-
-
-def changed_daily_rows(rows: list[tuple[int, str, int, int]], last: dict
-                       ) -> tuple[list[tuple[int, str, int, int, int | None, int | None]], set[tuple[str, int]]]:
-    """What the rows of changed_sample_rows add to the roll-up: (day, netblock, packets, bytes, first,
-    last) to add for rows appended after their netblock's latest sample, and the (netblock, day)
-    pairs to recompute where a row replaced or went in before it (same-second samples)."""
-    add, redo = [], set()
-    for t, text, p, b in rows:
-        prev = last.get(text)
-        if prev is not None and t <= prev[0]:
-            redo.add((text, t // DAY))
-            continue
-        base = (0, 0) if prev is None else (prev[1], prev[2])
-        for day, (dp, db, first, end) in fold_days(base, [(t, p, b)]).items():
-            add.append((day, text, dp, db, first, end))
-    return add, redo
-
-
-def split_window(since: datetime | None, until: datetime | None
-                 ) -> tuple[list[tuple[datetime | None, datetime | None]], tuple[int | None, int | None] | None]:
-    """[since, until] as the pieces to read from raw samples (the partial first and last days) and the
-    whole UTC days [d0, d1) between them to read from the roll-up (None: unbounded; no days: None).
-
-    A sample's delta is taken against the sample before it wherever the window starts, so the
-    pieces' drops add up to the window's.
-    """
-    s = None if since is None else _ts(since)
-    u = None if until is None else _ts(until)
-    d0 = None if s is None else -(-s // DAY)
-    d1 = None if u is None else (u + 1) // DAY
-    if d0 is not None and d1 is not None and d0 >= d1:
-        return [(since, until)], None
-    pieces: list[tuple[datetime | None, datetime | None]] = []
-    if s is not None and s < d0 * DAY:
-        pieces.append((since, _dt(d0 * DAY - 1)))
-    if u is not None and u >= d1 * DAY:
-        pieces.append((_dt(d1 * DAY), until))
-    return pieces, (d0, d1)
-
-
-class Store:
+class Store(SqliteFile, StoreCommon):
     """One open connection to the store file; use as a context manager."""
 
     def __init__(self, path: str, conn: sqlite3.Connection):
@@ -328,12 +239,12 @@ class Store:
         """Open (creating and upgrading as needed) the store at ``path``.
 
         A ``postgresql://`` DSN opens the fleet's shared PostgreSQL store
-        instead (netblock.store_pg, which alone needs psycopg), as ``host_id``.
+        instead (netblock.store.postgres, which alone needs psycopg), as ``host_id``.
         """
         if isinstance(path, str) and path.startswith(("postgresql://", "postgres://")):
-            from netblock.store_pg import PgStore
+            from netblock.store.postgres import PgStore
 
-            return PgStore.open(path, host_id=host_id)
+            return PgStore.open(path, host_id=host_id)  # type: ignore[return-value]  # same interface; no Store protocol yet
         path = os.fspath(path)
         memory = path == ":memory:"
         old_umask = os.umask(0o077)
@@ -411,58 +322,6 @@ class Store:
         with self._errors():
             return self._conn.execute("PRAGMA user_version").fetchone()[0]
 
-    # -- transactions ----------------------------------------------------------
-
-    @contextmanager
-    def _errors(self) -> Iterator[None]:
-        try:
-            yield
-        except sqlite3.Error as e:
-            raise StoreError(f"{self.path}: {e}") from None
-
-    @contextmanager
-    def transaction(self) -> Iterator["Store"]:
-        """One write transaction; nested uses join the outermost one.
-
-        ``BEGIN IMMEDIATE`` takes the write lock up front, so a transaction
-        that reads and then writes never fails half-way because another
-        process wrote in between: it waits up to the busy timeout instead.
-        """
-        if self._depth:
-            self._depth += 1
-            try:
-                yield self
-            finally:
-                self._depth -= 1
-            return
-        with self._errors():
-            self._conn.execute("BEGIN IMMEDIATE")
-        self._depth = 1
-        try:
-            yield self
-        except BaseException:
-            self._depth = 0
-            if self._conn.in_transaction:
-                with self._errors():
-                    self._conn.execute("ROLLBACK")
-            raise
-        self._depth = 0
-        with self._errors():
-            try:
-                self._conn.execute("COMMIT")
-            except sqlite3.Error:
-                if self._conn.in_transaction:
-                    self._conn.execute("ROLLBACK")
-                raise
-
-    def _all(self, sql: str, params: Iterable = ()) -> list[tuple]:
-        with self._errors():
-            return self._conn.execute(sql, tuple(params)).fetchall()
-
-    def _one(self, sql: str, params: Iterable = ()) -> tuple | None:
-        with self._errors():
-            return self._conn.execute(sql, tuple(params)).fetchone()
-
     # -- blocks ----------------------------------------------------------------
 
     def get_block(self, net: IPNetwork | str) -> Block | None:
@@ -507,7 +366,8 @@ class Store:
 
         ``sources`` keeps only blocks of those sources (e.g. the hand-made ones).
         """
-        where, params = [], []
+        where: list[str] = []
+        params: list = []
         if now is not None:
             where.append("(expires IS NULL OR expires > ?)")
             params.append(_ts(now))
@@ -767,16 +627,6 @@ class Store:
         )
         return {net: (t, p, b) for net, t, p, b in rows}
 
-    @staticmethod
-    def _sample_key(net: IPNetwork) -> str:
-        """canonical_net(net) as text; an IPv4 CIDR with its host bits clear (what every backend
-        returns) is formatted straight from its integers, which 100k samples a tick notice."""
-        if isinstance(net, IPNetwork) and net._module.version == 4:
-            value, plen = net._value, net._prefixlen
-            if not value & ((1 << (32 - plen)) - 1):
-                return f"{value >> 24}.{value >> 16 & 255}.{value >> 8 & 255}.{value & 255}/{plen}"
-        return str(canonical_net(net))
-
     def add_changed_samples(self, time: datetime, counters: dict[IPNetwork, tuple[int, int]]) -> int:
         """Record only the counters that differ from the netblock's latest sample; returns rows written.
 
@@ -888,61 +738,6 @@ class Store:
         where, params = _day_range(d0, d1, "?")
         return self._all("SELECT day, sum(packets), sum(bytes) FROM drops_daily" + where + " GROUP BY day", params)
 
-    def sample_drops(self, since: datetime | None, until: datetime | None
-                     ) -> dict[str, tuple[int, int, datetime | None, datetime | None]]:
-        """{netblock text: (packets, bytes, first_seen, last_seen)} of the netblocks that dropped
-        anything within [since, until]; the store-side twin of report.drops().
-
-        Whole UTC days come from the roll-up (drops_daily: one row per netblock and day, kept as
-        samples are written), only the partial first and last days from the samples, so a year
-        costs 365 days of roll-up rather than every sample in it.
-        """
-        pieces, days = split_window(since, until)
-        acc: dict[str, list] = {}
-        get = acc.get
-        for lo, hi in pieces:
-            for net, t, dp, db in self._drop_deltas(lo, hi):
-                if dp or db:
-                    a = get(net)
-                    if a is None:
-                        acc[net] = [dp, db, t, t]
-                    else:
-                        a[0] += dp
-                        a[1] += db
-                        a[2] = min(a[2], t)
-                        a[3] = max(a[3], t)
-        if days is not None:
-            for net, p, b, first, last in self._daily_totals(*days):
-                if first is None:
-                    continue
-                a = get(net)
-                if a is None:
-                    acc[net] = [p, b, first, last]
-                else:
-                    a[0] += p
-                    a[1] += b
-                    a[2] = min(a[2], first)
-                    a[3] = max(a[3], last)
-        return {net: (p, b, _dt(first), _dt(last)) for net, (p, b, first, last) in acc.items()}
-
-    def daily_drops(self, since: datetime | None, until: datetime | None) -> dict[datetime, tuple[int, int]]:
-        """{UTC midnight: (packets, bytes)} dropped by all netblocks together, per day of the window
-        that had drops (whole days from the roll-up, as sample_drops)."""
-        pieces, days = split_window(since, until)
-        acc: dict[int, list[int]] = {}
-        for lo, hi in pieces:
-            for _net, t, dp, db in self._drop_deltas(lo, hi):
-                if dp or db:
-                    a = acc.setdefault(t // DAY, [0, 0])
-                    a[0] += dp
-                    a[1] += db
-        if days is not None:
-            for day, p, b in self._daily_per_day(*days):
-                a = acc.setdefault(day, [0, 0])
-                a[0] += p
-                a[1] += b
-        return {_dt(day * DAY): (p, b) for day, (p, b) in sorted(acc.items())}
-
     def block_reasons(self, at: datetime) -> dict[str, tuple[str, bool]]:
         """{netblock text: (reason, active at ``at``)} of every block, without building 10k Block objects."""
         t = _ts(at)
@@ -982,17 +777,6 @@ def _window(since: datetime | None, until: datetime | None) -> tuple[list[str], 
         where.append("time < ?")
         params.append(_ts(until))
     return where, params
-
-
-def _day_range(d0: int | None, d1: int | None, mark: str) -> tuple[str, list]:
-    where, params = [], []
-    if d0 is not None:
-        where.append(f"day >= {mark}")
-        params.append(d0)
-    if d1 is not None:
-        where.append(f"day < {mark}")
-        params.append(d1)
-    return (" WHERE " + " AND ".join(where) if where else ""), params
 
 
 def _make_parent(path: str) -> None:
@@ -1041,7 +825,7 @@ SPOOL_SCHEMA = (
 )
 
 
-class Spool:
+class Spool(SqliteFile):
     """Observations and state waiting for an unreachable fleet store, in a small private SQLite file."""
 
     def __init__(self, path: str, conn: sqlite3.Connection, epoch: str):
@@ -1085,10 +869,6 @@ class Spool:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-    # The same file discipline as the store: BEGIN IMMEDIATE, re-entrant, one-line errors.
-    _errors = Store._errors
-    transaction = Store.transaction
 
     def add_observations(self, obs: Iterable[Observation]) -> int:
         rows = [(_ts(o.time), str(canonical_ip(o.ip)), o.cls, o.mta, o.source, o.position) for o in obs]

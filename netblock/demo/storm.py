@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
-from netblock import lab
+from netblock.demo import lab
 from netblock.errors import NetblockError, PermissionDenied, ToolMissing
 
 MX = "mx1.example.org"
@@ -216,6 +216,6 @@ def _raise_interrupt(signum, frame):
 
 
 def lab_binary() -> str:
-    from netblock.units import netblock_path
+    from netblock.system.units import netblock_path
 
     return netblock_path()

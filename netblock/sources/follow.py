@@ -17,6 +17,9 @@ Rotation is handled the two ways logrotate does it:
 
 Wake-ups come from inotify (on each file and on its directory, so creation and
 renames are seen as well as appends); there is no sleep-polling loop.
+
+Why this module is long: following a file through rotation, truncation and
+copy-truncate, with saved positions, is one state machine.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ import stat
 import struct
 import sys
 from dataclasses import dataclass, field
-from typing import BinaryIO, Iterator
+from typing import BinaryIO, Iterator, cast
 
 from netblock.errors import NotARegularFile
 
@@ -398,7 +401,7 @@ def _open_input(path: str) -> tuple[BinaryIO, int]:
     size = os.fstat(f.fileno()).st_size
     if f.read(2) == b"\x1f\x8b":
         f.seek(0)
-        return gzip.GzipFile(fileobj=f, mode="rb"), size
+        return cast(BinaryIO, gzip.GzipFile(fileobj=f, mode="rb")), size
     f.seek(0)
     return f, size
 

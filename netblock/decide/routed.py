@@ -4,7 +4,7 @@ The seed's kernel table shows whole allocations blocked next to /24s and
 single hosts (221.216.0.0/13, 219.128.0.0/12, 61.128.0.0/10): during a storm a
 postmaster blocks the network a provider actually routes, because the
 zombies in a dynamic-address pool come from all over it and fixed /24 or /16
-density rules see only a few in each. The routing table (netblock/asn.py)
+density rules see only a few in each. The routing table (netblock/decide/asn.py)
 says where that network ends, so the block stops at the provider's own
 boundary instead of at an arbitrary bit.
 
@@ -76,8 +76,7 @@ import numpy as np
 from netaddr import IPAddress, IPNetwork, IPSet
 
 from netblock.aggregate import aggregate
-from netblock.asn import Table, address
-from netblock.config import RoutedConfig
+from netblock.decide.asn import Table, address
 from netblock.model import Block
 
 SOURCE = "policy"
@@ -99,7 +98,7 @@ class Settings:
 
 def settings(config) -> Settings:
     """``[routed]`` as Settings (the defaults when the config has no such section)."""
-    r = getattr(config, "routed", None) or RoutedConfig()
+    r = config.routed
     return Settings(bool(r.enabled), int(r.min_offenders), int(r.min_spread), r.window,
                     ((4, int(r.max_prefix_v4)), (6, int(r.max_prefix_v6))), frozenset(r.do_not_widen))
 

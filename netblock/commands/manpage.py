@@ -1,6 +1,6 @@
 """The manual page netblock(8), generated from the argument parser so it never drifts.
 
-The Debian package builds it with ``python3 -m netblock.manpage > netblock.8``;
+The Debian package builds it with ``python3 -m netblock.commands.manpage > netblock.8``;
 like completion.py it reads the parser's actions, so a new option is in the
 manual the moment it is in ``--help``. The date comes from SOURCE_DATE_EPOCH
 when set (dpkg-buildpackage sets it from debian/changelog), so two builds of
@@ -15,7 +15,7 @@ import re
 import sys
 from datetime import datetime, timezone
 
-from netblock.completion import _subparsers
+from netblock.system.completion import subparsers
 
 # Facts of the installation that the parser cannot know, shown in FILES.
 FILES = (
@@ -85,7 +85,7 @@ def _command(parser: argparse.ArgumentParser, summary: str) -> list[str]:
              _roff(parser.description or summary)]
     lines += _actions(parser)
     helps = _helps(parser)
-    for name, sub in _subparsers(parser).items():
+    for name, sub in subparsers(parser).items():
         lines += _command(sub, helps.get(name, ""))
     return lines
 
@@ -113,7 +113,7 @@ def render(parser: argparse.ArgumentParser, *, version: str, date: str) -> str:
         ".SH COMMANDS",
     ]
     helps = _helps(parser)
-    for name, sub in _subparsers(parser).items():
+    for name, sub in subparsers(parser).items():
         lines += _command(sub, helps.get(name, ""))
     if parser.epilog:
         lines += [".SH EXIT STATUS", _roff(parser.epilog)]

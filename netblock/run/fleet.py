@@ -15,10 +15,10 @@ own changes are already followed by its own sync or push.
 from __future__ import annotations
 
 import time
-from typing import Callable
+from typing import Any, Callable
 
 from netblock.limits import MAX_V4_ADDRESSES
-from netblock.store_pg import CHANNEL, connect, mask_dsn
+from netblock.store.postgres import CHANNEL, connect, mask_dsn
 
 RETRY_EVERY_S = 2.0
 
@@ -34,7 +34,7 @@ class Listener:
         self.own_pid = own_pid
         self.log = log
         self.retry_every = retry_every
-        self._conn = None
+        self._conn: Any = None  # a psycopg connection (psycopg loads only for a fleet)
         self._next_try = 0.0
         self._missed = False  # reconnected: what happened meanwhile is unknown, so the next wake syncs
         self.tables: set[str] = set()  # what the notifications since the last take_tables() named
@@ -192,7 +192,7 @@ def publish(runner) -> None:
 
 def log_rejected(runner) -> None:
     """One log line per store row skipped on receipt, the first time this daemon meets it."""
-    from netblock.receipt import log_new
+    from netblock.store.receipt import log_new
 
     seen = getattr(runner, "_rejections_logged", None)
     if seen is None:
@@ -212,8 +212,6 @@ def follow_change(runner, tables: set[str] | None = None, *, full_allowed: bool 
     ``full_allowed`` is False: then nothing is done. Returns what was done:
     "followed", "full" or "deferred".
     """
-    from netblock.daemon import TickResult
-
     follower = getattr(runner, "follower", None)
     if tables == {"blocks"} and follower is not None:
         try:
@@ -224,9 +222,7 @@ def follow_change(runner, tables: set[str] | None = None, *, full_allowed: bool 
             runner.log(f"fleet: following the change feed failed: {exc}; reconciling in full")
     if not full_allowed:
         return "deferred"
-    result = TickResult()
-    runner._sync(runner.clock(), result)
-    for err in result.errors:
+    for err in runner.sync_now():
         runner.log(f"fleet: sync after a change failed: {err} (retrying next tick)")
     return "full"
 
@@ -287,8 +283,8 @@ class Follower:
 
     def follow(self, runner) -> bool:
         """Apply what the feed says since the last mark if it is plain additions; False: reconcile in full."""
-        from netblock.lock import kernel_lock
-        from netblock.sync import protected
+        from netblock.decide.protect import for_sync as protected
+        from netblock.system.lock import kernel_lock
 
         store = runner.store
         if self.desired is None or self.mark is None or time.monotonic() - self._at > FEED_MAX_AGE_S:
@@ -344,7 +340,7 @@ class _Guard:
     """Protected prefixes, for "does one of them cover this address" by bisection."""
 
     def __init__(self, nets):
-        from netblock.sync import span
+        from netblock.aggregate import span
 
         spans: dict[int, list[tuple[int, int]]] = {}
         for n in nets:
@@ -364,7 +360,7 @@ class _Guard:
     def covers(self, net) -> bool:
         from bisect import bisect_right
 
-        from netblock.sync import span
+        from netblock.aggregate import span
 
         fam, first, last = span(net)
         firsts, lasts = self._spans.get(fam, ((), ()))
@@ -462,8 +458,8 @@ def status_unreachable(ctx, exc, *, as_json: bool) -> int:
     Only for a PostgreSQL store (anything else re-raises): its hosts keep
     their rules during an outage, which is what the operator wants confirmed.
     """
-    from netblock.store_pg import is_dsn, mask_dsn
-    from netblock.sync import read_installed
+    from netblock.run.sync import read_installed
+    from netblock.store.postgres import is_dsn, mask_dsn
 
     path = ctx.db_path
     if not is_dsn(path):
@@ -506,7 +502,7 @@ def spool_for(runner):
     """The spool of a daemon on the fleet's PostgreSQL; None for SQLite (the store is local already)."""
     if getattr(runner.store, "dsn", None) is None:
         return None
-    from netblock.store import Spool
+    from netblock.store.sqlite import Spool
 
     return Spool.open(spool_path(runner.config))
 
@@ -525,7 +521,7 @@ def flush(runner) -> bool:
     if spool is None or not spool.pending():
         return True
     from netblock.errors import StoreError
-    from netblock.store import flush_spool
+    from netblock.store.sqlite import flush_spool
 
     try:
         n = flush_spool(spool, runner.store)

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from datetime import datetime
 from html import escape
+from typing import Sequence
 
-from netblock import report as rep
 from netblock.printable import printable
+from netblock.reports import tables as rep
 
 STYLE = """
 body { font-family: sans-serif; max-width: 60em; margin: 2em auto; color: #222; }
@@ -102,7 +103,7 @@ def preformatted(text: str) -> str:
 
 def charts(rows, daily, since, until) -> str:
     """The charts as inline SVG, or "" when matplotlib is not installed."""
-    from netblock import plot
+    from netblock.reports import plot
 
     if not plot.available():
         return ""
@@ -111,7 +112,7 @@ def charts(rows, daily, since, until) -> str:
 
 
 def page(top_rows, class_rows, summary, daily, since: datetime, until: datetime, host: str = "",
-         extra_sections: list[tuple[str, str]] = (), dropped_out: list[rep.Row] | None = None) -> str:
+         extra_sections: Sequence[tuple[str, str]] = (), dropped_out: list[rep.Row] | None = None) -> str:
     """The whole page; ``extra_sections`` are (title, HTML) pairs, e.g. the ASN table; ``dropped_out``
     as for report.table (None: no comparison)."""
     span = f"{since:%Y-%m-%d %H:%M} .. {until:%Y-%m-%d %H:%M} UTC"

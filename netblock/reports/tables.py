@@ -12,6 +12,9 @@ turns them into drops inside a window.
   decided block holding it (see Decisions), its reason and its carve-outs.
 * Comparison: each row and class beside the previous window of the same
   length, so "SBL hits are way up" and "dropped out of the list" show.
+
+Why this module is long: the report's pure data layer (deltas, pieces folded
+into decided blocks, windows) and the table text it feeds.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from typing import Iterable
 
 from netaddr import IPNetwork
 
-from netblock.model import Sample
+from netblock.model import NOT_OFFENCES, Sample, host_mask
 from netblock.printable import printable
 
 
@@ -73,11 +76,6 @@ def human(n: int) -> str:
         if n <= 9999:
             return f"{n}{unit}"
     return f"{(n + 500) // 1000}T"
-
-
-def host_mask(net: IPNetwork) -> str:
-    """Single hosts without /32 or /128, as the seed's table shows them."""
-    return str(net.ip) if net.size == 1 else str(net.cidr)
 
 
 def parse_net(text: str) -> IPNetwork:
@@ -414,7 +412,6 @@ def origin_table(rows: list[OriginDrops], exact: bool = False) -> str:
 
 # -- rejection classes and the summary, from the observations ----------------
 
-NOT_REJECTIONS = ("connect", "delivered")
 CLASS_NAMES = {
     "dynamic": "dynamic IP",
     "no-rdns": "bad or no reverse DNS",
@@ -459,14 +456,14 @@ def classes(in_window: dict[str, int], known_zones: Iterable[str] = (),
     counts of the window before), each row carries its count there, and a
     class that had hits only there gets a row of 0.
     """
-    rows = [ClassRow(c, class_label(c), n) for c, n in in_window.items() if c not in NOT_REJECTIONS and n]
+    rows = [ClassRow(c, class_label(c), n) for c, n in in_window.items() if c not in NOT_OFFENCES and n]
     for zone in sorted(set(known_zones)):
         if zone.startswith("dnsbl:") and not in_window.get(zone):
             rows.append(ClassRow(zone, class_label(zone), 0, dead=True))
     if previous is not None:
         shown = {r.cls for r in rows}
         rows += [ClassRow(c, class_label(c), 0) for c, n in previous.items()
-                 if n and c not in NOT_REJECTIONS and c not in shown]
+                 if n and c not in NOT_OFFENCES and c not in shown]
         for r in rows:
             r.previous = previous.get(r.cls, 0)
     rows.sort(key=lambda r: (-r.count, -(r.previous or 0), r.label))
@@ -570,7 +567,7 @@ def summary(obs, earlier_connections: int | None, weeks_of_history: float, block
     ``earlier_connections`` counts sessions in the 4 weeks before it. A
     connection is an SMTP session, counted once (see sessions)."""
     connects = sessions(obs)
-    rejections = [o for o in obs if o.cls not in NOT_REJECTIONS]
+    rejections = [o for o in obs if o.cls not in NOT_OFFENCES]
     before_banner = {o.ip for o in rejections if o.cls in BEFORE_BANNER}
     window_weeks = (until - since).total_seconds() / (7 * 86400)
     avg = None

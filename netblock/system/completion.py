@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 
-def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+def subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
             return dict(action.choices)
@@ -34,12 +34,12 @@ def bash(parser: argparse.ArgumentParser) -> str:
     """A `complete -F` function: subcommands, then each subcommand's options and choices."""
     prog = parser.prog
     cases = []
-    for name, sub in sorted(_subparsers(parser).items()):
-        nested = _subparsers(sub)
+    for name, sub in sorted(subparsers(parser).items()):
+        nested = subparsers(sub)
         for inner, inner_parser in sorted(nested.items()):
             cases.append(f'        "{name} {inner}") words="{" ".join(_words(inner_parser))}" ;;')
         cases.append(f'        "{name}") words="{" ".join(_words(sub))}" ;;')
-    valued = sorted(set(_valued(parser)) | {o for s in _subparsers(parser).values() for o in _valued(s)})
+    valued = sorted(set(_valued(parser)) | {o for s in subparsers(parser).values() for o in _valued(s)})
     return f"""# bash completion for {prog}; install: {prog} completion bash > /etc/bash_completion.d/{prog}
 _{prog}() {{
     local cur=${{COMP_WORDS[COMP_CWORD]}} path="" words="" i w

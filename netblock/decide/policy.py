@@ -14,26 +14,29 @@ swallow one of them is still decided: aggregation carves the protected
 addresses out of it at sync time, so the rest of the botnet's /24 is blocked.
 
 With ``[routed] enabled`` the same offenders also widen to the prefix their
-provider announces (netblock/routed.py says when, and why those defaults).
+provider announces (netblock/decide/routed.py says when, and why those defaults).
 
 ``explain()`` answers ``netblock why``: the observations, the rule that did or
 did not fire, the widening that covers the address, or what protects it.
+
+Why this module is long: the policy's steps (count, threshold, widen, protect,
+extend) share the tick's indexes; protection and widening are candidates for
+decide/ modules of their own (issue 16).
 """
 
 from __future__ import annotations
 
-from bisect import bisect_right
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Iterable, Iterator
 
 import numpy as np
+from netaddr import IPAddress, IPNetwork
 
-from netaddr import IPAddress, IPNetwork, IPSet
-
-from netblock import limits
-from netblock.aggregate import WidenRule, address_int, protected_builtin, widen_detail, widen_spans
-from netblock.model import MANUAL_SOURCES, Block, Observation
+from netblock import durations, limits
+from netblock.aggregate import WidenRule, address_int, widen_detail, widen_spans
+from netblock.decide.protect import Protection, overlap, protection
+from netblock.model import MANUAL_SOURCES, NOT_OFFENCES, Block, Observation, host_mask
 
 SOURCE = "policy"
 
@@ -51,26 +54,15 @@ class ClassRule:
 
 # -- reading the configuration ------------------------------------------------
 
-def _get(obj, name: str, index: int, default=None):
-    if isinstance(obj, dict):
-        return obj.get(name, default)
-    if isinstance(obj, (tuple, list)):
-        return obj[index] if index < len(obj) else default
-    return getattr(obj, name, default)
-
-
 def class_rules(config) -> dict[str, ClassRule]:
     """``[policy.classes]`` as ClassRules; a class without a window uses ``policy.window``."""
     policy = config.policy
-    default_window = getattr(policy, "window", timedelta(days=1))
     out = {}
-    for name, spec in (getattr(policy, "classes", None) or {}).items():
-        threshold = int(_get(spec, "threshold", 0, 1))
-        window = _get(spec, "window", 1) or default_window
-        ttl = _get(spec, "ttl", 2)
+    for name, spec in policy.classes.items():
+        ttl = spec.ttl
         if isinstance(ttl, timedelta) and ttl <= timedelta(0):
             ttl = None
-        out[name] = ClassRule(name, threshold, window, ttl, bool(_get(spec, "widen", 3, False)))
+        out[name] = ClassRule(name, int(spec.threshold), spec.window or policy.window, ttl, bool(spec.widen))
     return out
 
 
@@ -91,78 +83,17 @@ class WidenSettings:
 
 
 def widen_settings(config) -> WidenSettings:
-    w = getattr(config, "widen", None)
-    if w is None:
-        return WidenSettings(False, (), timedelta(0), {4: 8, 6: 32})
-    rules = []
-    for r in getattr(w, "rules", ()) or ():
-        if isinstance(r, WidenRule):
-            rules.append(r)
-            continue
-        family = _get(r, "family", 0)
-        family = {"ipv4": 4, "ipv6": 6, "inet": 4, "inet6": 6}.get(family, family)
-        unit = _get(r, "unit_prefixlen", 3)
-        rules.append(WidenRule(int(family), int(_get(r, "prefixlen", 1)), int(_get(r, "min_count", 2)),
-                               None if unit is None else int(unit)))
-    limits = {4: int(getattr(w, "max_prefix_v4", 8)), 6: int(getattr(w, "max_prefix_v6", 32))}
-    window = getattr(w, "window", None) or getattr(config.policy, "window", timedelta(days=1))
-    return WidenSettings(bool(getattr(w, "enabled", False)), tuple(rules), window, limits)
+    w = config.widen
+    limits = {4: w.max_prefix_v4, 6: w.max_prefix_v6}
+    return WidenSettings(w.enabled, tuple(w.rules), w.window or config.policy.window, limits)
 
-
-# -- protection -------------------------------------------------------------------
-
-@dataclass
-class Shield:
-    """What policy must not decide on, kept apart by kind so ``why`` can name it."""
-
-    builtin: list[IPNetwork]
-    allowlist: list[IPNetwork]
-    delivered: set[IPAddress]
-    own: list[IPNetwork] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        # Sorted merged (first, last) spans per family, searched by bisection:
-        # a storm asks about 100k addresses, and IPSet's membership test builds
-        # every supernet of each one.
-        merged = IPSet(self.builtin + self.allowlist + self.own)
-        spans: dict[int, tuple[list[int], list[int]]] = {}
-        for net in merged.iter_cidrs():
-            firsts, lasts = spans.setdefault(net.version, ([], []))
-            firsts.append(net.first)
-            lasts.append(net.last)
-        self._spans = spans
-
-    def covers(self, ip: IPAddress) -> bool:
-        if self.delivered and ip in self.delivered:
-            return True
-        spans = self._spans.get(ip.version)
-        if spans is None:
-            return False
-        value = ip.value
-        k = bisect_right(spans[0], value) - 1
-        return k >= 0 and value <= spans[1][k]
-
-    def carved(self) -> "limits.Carved":
-        """Everything sync cuts out of a policy block, priced per block (the element budget)."""
-        if getattr(self, "_carved", None) is None:
-            self._carved = limits.Carved(self.builtin + self.allowlist + self.own
-                                         + [IPNetwork(ip) for ip in self.delivered])
-        return self._carved
-
-    def why(self, target: IPNetwork) -> list[tuple[str, str]]:
-        """(kind, netblock) of every protection overlapping ``target``."""
-        out = []
-        for kind, nets in (("builtin", self.builtin), ("allowlist", self.allowlist), ("own address", self.own)):
-            out += [(kind, str(n)) for n in nets if _overlap(n, target)]
-        out += [("delivered", str(ip)) for ip in sorted(self.delivered) if ip in target]
-        return out
 
 
 # -- the element budget: a widened block that would cost too much falls back to its offenders --
 
 def budget(config) -> int:
     """``[policy] max_elements_per_block``."""
-    return int(getattr(config.policy, "max_elements_per_block", limits.DEFAULT_MAX_ELEMENTS_PER_BLOCK))
+    return config.policy.max_elements_per_block
 
 
 def fallback_reason(net: IPNetwork, limit: int) -> str:
@@ -170,7 +101,7 @@ def fallback_reason(net: IPNetwork, limit: int) -> str:
             "with its protected addresses cut out")
 
 
-def within_budget(block: Block, offenders: Iterable[tuple[IPAddress, datetime | None]], sh: "Shield",
+def within_budget(block: Block, offenders: Iterable[tuple[IPAddress, datetime | None]], sh: Protection,
                   limit: int, now: datetime) -> list[Block]:
     """``[block]`` when cutting the protected space out of it costs at most ``limit`` kernel
     elements, else one block per offender (``(address, expiry)``) it was widened from.
@@ -188,19 +119,6 @@ def within_budget(block: Block, offenders: Iterable[tuple[IPAddress, datetime | 
             continue
         out.append(Block(IPNetwork(ip), text, SOURCE, now, expires))
     return out
-
-
-def _overlap(a: IPNetwork, b: IPNetwork) -> bool:
-    return a.version == b.version and a.first <= b.last and b.first <= a.last
-
-
-def shield(store, config, now: datetime, *, own: Iterable[IPNetwork] = ()) -> Shield:
-    allow = [e.netblock for e in store.allowlist()]
-    blocks_cfg = getattr(config, "blocks", None)
-    allow += [IPNetwork(str(t)) for t in (getattr(blocks_cfg, "allow", None) or ())]
-    window = getattr(config.policy, "delivered_window", None)
-    delivered = store.delivered_since(now - window) if window else set()
-    return Shield(list(protected_builtin()), allow, set(delivered), list(own))
 
 
 # -- deciding ----------------------------------------------------------------------
@@ -230,7 +148,7 @@ class Offence:
         return f"{self.rule.name} ({', '.join(self.classes)})"
 
 
-def _offences(store, rules: dict[str, ClassRule], now: datetime, shield_: Shield,
+def _offences(store, rules: dict[str, ClassRule], now: datetime, shield_: Protection,
               *, only: Iterable[str] | None = None, window: timedelta | None = None) -> list[Offence]:
     """Every (ip, rule) at or over the rule's threshold within its window (or ``window``).
 
@@ -240,7 +158,7 @@ def _offences(store, rules: dict[str, ClassRule], now: datetime, shield_: Shield
     return list(_iter_offences(store, rules, now, shield_, only=only, window=window))
 
 
-def _iter_offences(store, rules: dict[str, ClassRule], now: datetime, shield_: Shield,
+def _iter_offences(store, rules: dict[str, ClassRule], now: datetime, shield_: Protection,
                    *, only: Iterable[str] | None = None, window: timedelta | None = None) -> Iterator[Offence]:
     """_offences() one by one, for callers that fold them as they come (a storm has 100k)."""
     chosen = {n: r for n, r in rules.items()
@@ -278,20 +196,12 @@ def _later(a: datetime | None, b: datetime | None) -> datetime | None:
     return max(a, b)
 
 
-def _fmt_window(td: timedelta) -> str:
-    secs = int(td.total_seconds())
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if secs and secs % size == 0:
-            return f"{secs // size}{unit}"
-    return f"{secs}s"
-
-
 def decide(store, config, now: datetime) -> list[Block]:
     """The policy blocks the store's observations call for at ``now`` (no writes)."""
     rules = class_rules(config)
     if not rules:
         return []
-    sh = shield(store, config, now)
+    sh = protection(store, config, now)
     # Widening first, while nothing else is held: each pass loads every
     # offender from the store, and a storm's per-address blocks are many.
     # The per-address blocks still take precedence over a widened one.
@@ -306,7 +216,7 @@ def decide(store, config, now: datetime) -> list[Block]:
         if expires is not None:
             expires = same.setdefault((expires, expires.tzinfo), expires)
         net = IPNetwork(off.ip)
-        reason = (f"{off.count} {off.label} within {_fmt_window(off.rule.window)} "
+        reason = (f"{off.count} {off.label} within {durations.format(off.rule.window)} "
                   f"(threshold {off.rule.threshold})")
         reason = same.setdefault(reason, reason)
         block = Block(net, reason, SOURCE, now, expires)
@@ -318,7 +228,7 @@ def decide(store, config, now: datetime) -> list[Block]:
     return sorted(decided.values(), key=lambda b: (b.netblock.version, b.netblock.first, b.netblock.prefixlen))
 
 
-def _widened(store, rules, config, now, sh: Shield) -> list[Block]:
+def _widened(store, rules, config, now, sh: Protection) -> list[Block]:
     ws = widen_settings(config)
     names = [n for n, r in rules.items() if r.widen]
     if not ws.enabled or not ws.rules or not names:
@@ -330,9 +240,9 @@ def _widened(store, rules, config, now, sh: Shield) -> list[Block]:
         return []
     v4, v6 = ends.offenders()
     found = sorted(widen_spans(v4, v6, ws.rules, ws.max_prefixlen), key=lambda w: w[0].prefixlen)
-    kept = []
+    kept: list = []
     for w in found:
-        if any(_overlap(k[0], w[0]) for k in kept):
+        if any(overlap(k[0], w[0]) for k in kept):
             continue  # a wider prefix already covers it
         kept.append(w)
     out = []
@@ -405,11 +315,11 @@ class _OffenderEnds:
         return True, self._when[net.version][int(order[k])]
 
 
-# -- widening to announced prefixes (netblock/routed.py) -------------------------------
+# -- widening to announced prefixes (netblock/decide/routed.py) -------------------------------
 
-def _routed_input(store, rules, config, now, sh: Shield):
+def _routed_input(store, rules, config, now, sh: Protection):
     """(settings, table, offences) for the routed level, or None while it is off."""
-    from netblock import asn, routed
+    from netblock.decide import asn, routed
 
     rs = routed.settings(config)
     names = [n for n, r in rules.items() if r.widen]
@@ -418,8 +328,8 @@ def _routed_input(store, rules, config, now, sh: Shield):
     return rs, asn.from_config(config), _offences(store, rules, now, sh, only=names, window=rs.window)
 
 
-def _routed(store, rules, config, now, sh: Shield) -> list[Block]:
-    from netblock import routed
+def _routed(store, rules, config, now, sh: Protection) -> list[Block]:
+    from netblock.decide import routed
 
     found = _routed_input(store, rules, config, now, sh)
     if found is None:
@@ -436,9 +346,9 @@ def _routed(store, rules, config, now, sh: Shield) -> list[Block]:
     return out
 
 
-def _routed_for(store, rules, config, now, sh: Shield, net: IPNetwork) -> list[dict]:
+def _routed_for(store, rules, config, now, sh: Protection, net: IPNetwork) -> list[dict]:
     """The routed candidates ``why`` shows: blocked ones overlapping ``net``, refused ones holding it."""
-    from netblock import routed
+    from netblock.decide import routed
 
     given = _routed_input(store, rules, config, now, sh)
     if given is None:
@@ -452,7 +362,7 @@ def _routed_for(store, rules, config, now, sh: Shield, net: IPNetwork) -> list[d
     def holds(c) -> bool:
         return c.netblock.first <= net.first and net.last <= c.netblock.last
 
-    shown = [c for c in candidates if c.blocked and _overlap(c.netblock, net)]
+    shown = [c for c in candidates if c.blocked and overlap(c.netblock, net)]
     if not any(holds(c) for c in shown):
         shown += [c for c in candidates if not c.blocked and holds(c)]
     named = {ip: sorted(c) for ip, c in classes.items()}
@@ -525,7 +435,7 @@ class Explanation:
 
     def to_dict(self) -> dict:
         return {
-            "target": _show(self.target),
+            "target": host_mask(self.target),
             "verdict": self.verdict,
             "observations": [
                 {"time": o.time, "ip": str(o.ip), "class": o.cls, "mta": o.mta,
@@ -534,7 +444,7 @@ class Explanation:
             ],
             "rules": [
                 {"ip": c.ip, "class": c.cls, "count": c.count, "threshold": c.threshold,
-                 "window": _fmt_window(c.window), "ttl": None if c.ttl is None else _fmt_window(c.ttl),
+                 "window": durations.format(c.window), "ttl": None if c.ttl is None else durations.format(c.ttl),
                  "fired": c.fired, "expires": c.expires, "note": c.note}
                 for c in self.checks
             ],
@@ -553,7 +463,7 @@ class Explanation:
 
 def parse_target(text: str) -> IPNetwork:
     """The address or prefix ``why`` asks about, parsed as strictly as ``netblock add`` does."""
-    from netblock.targets import parse_target as strict
+    from netblock.decide.targets import parse_target as strict
 
     return strict(text, any_width=True).netblock
 
@@ -563,7 +473,7 @@ def explain(store, config, target: IPNetwork | str, now: datetime, *, own: Itera
     net = parse_target(target) if isinstance(target, str) else target
     rules = class_rules(config)
     ws = widen_settings(config)
-    sh = shield(store, config, now, own=own)
+    sh = protection(store, config, now, own=own)
     longest = max([r.window for r in rules.values()] + [ws.window if ws.enabled else timedelta(0)],
                   default=timedelta(days=1))
     since = now - longest
@@ -573,7 +483,7 @@ def explain(store, config, target: IPNetwork | str, now: datetime, *, own: Itera
         obs = [o for o in store.observations(since=since)
                if o.ip.version == net.version and o.ip in net]
     checks = _checks(obs, rules, now, sh)
-    blocks = [b for b in store.blocks(now=now) if _overlap(b.netblock, net)]
+    blocks = [b for b in store.blocks(now=now) if overlap(b.netblock, net)]
     limit = budget(config)
     left_out = [b for b in blocks if b.source == SOURCE and b.netblock.size > 1
                 and sh.carved().cost(b.netblock, limit) > limit]  # sync leaves these out (sync.screen)
@@ -593,7 +503,7 @@ def _by_hand_wins(protections: list[tuple[str, str]], blocks: list[Block]
                   ) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
     """(protections that hold, (deliverer, manual block) pairs where a block made by hand wins).
 
-    Sync carves recent deliverers out of the policy's blocks only (sync.Protected).
+    Sync carves recent deliverers out of the policy's blocks only (protect.for_sync).
     """
     manual = [b.netblock for b in blocks if b.source in MANUAL_SOURCES]
     held, overridden = [], []
@@ -608,11 +518,11 @@ def _by_hand_wins(protections: list[tuple[str, str]], blocks: list[Block]
     return held, overridden
 
 
-def _checks(obs: list[Observation], rules, now: datetime, sh: Shield) -> list[Check]:
+def _checks(obs: list[Observation], rules, now: datetime, sh: Protection) -> list[Check]:
     """Each address's offences grouped by the rule that counts them (or by class, if none does)."""
     groups: dict[tuple[IPAddress, str], list[Observation]] = {}
     for o in obs:
-        if o.cls in ("connect", "delivered"):
+        if o.cls in NOT_OFFENCES:
             continue
         rule = rule_for(rules, o.cls)
         groups.setdefault((o.ip, rule.name if rule else o.cls), []).append(o)
@@ -640,7 +550,7 @@ def _checks(obs: list[Observation], rules, now: datetime, sh: Shield) -> list[Ch
         elif fired and expires is not None and expires <= now:
             fired, note = False, "over the threshold, but the block has run out"
         elif not fired:
-            note = f"{len(inside)} of {rule.threshold} needed within {_fmt_window(rule.window)}"
+            note = f"{len(inside)} of {rule.threshold} needed within {durations.format(rule.window)}"
         out.append(Check(str(ip), label, len(inside), rule.threshold, rule.window, rule.ttl,
                          fired, expires if fired else None, note))
     return out
@@ -654,7 +564,7 @@ def _widening_for(store, rules, config, now, sh, net: IPNetwork, ws: WidenSettin
     limit = budget(config)
     out = []
     for w in widen_detail(list(offenders), ws.rules, ws.max_prefixlen):
-        if _overlap(w.netblock, net):
+        if overlap(w.netblock, net):
             rule = w.rule
             cost = sh.carved().cost(w.netblock, limit)
             out.append({
@@ -686,13 +596,9 @@ def _verdict(net, blocks, checks, widened, protected) -> str:
     return "not blocked: no offences observed"
 
 
-def _show(net: IPNetwork) -> str:
-    return str(net.ip) if net.size == 1 else str(net.cidr)
-
-
 def render(ex: Explanation) -> list[str]:
     """Human-readable lines for ``netblock why``."""
-    lines = [f"{_show(ex.target)}: {ex.verdict}"]
+    lines = [f"{host_mask(ex.target)}: {ex.verdict}"]
     if ex.observations:
         lines.append("observations:")
         for o in ex.observations:
@@ -705,12 +611,12 @@ def render(ex: Explanation) -> list[str]:
             if c.threshold == 0:
                 lines.append(f"  {c.ip} {c.cls}: {c.count} seen; {c.note}")
                 continue
-            ttl = "permanent" if c.ttl is None else _fmt_window(c.ttl)
+            ttl = "permanent" if c.ttl is None else durations.format(c.ttl)
             state = "BLOCK" if c.fired else "no block"
             extra = f" until {c.expires:%Y-%m-%d %H:%M:%S}Z" if c.fired and c.expires else ""
             note = f" ({c.note})" if c.note else ""
             lines.append(f"  {c.ip} {c.cls}: {c.count} seen, threshold {c.threshold} within "
-                         f"{_fmt_window(c.window)}, ttl {ttl} -> {state}{extra}{note}")
+                         f"{durations.format(c.window)}, ttl {ttl} -> {state}{extra}{note}")
     for w in ex.widened:
         r = w["rule"]
         unit = f" (counted per /{r['unit_prefixlen']})" if r["unit_prefixlen"] else ""
@@ -721,7 +627,7 @@ def render(ex: Explanation) -> list[str]:
                          f"would take more than {w['max_elements']} kernel elements "
                          "([policy] max_elements_per_block), so each offender is blocked on its own")
     if ex.routed:
-        from netblock.routed import render as render_routed
+        from netblock.decide.routed import render as render_routed
 
         for r in ex.routed:
             lines += render_routed(r)

@@ -14,7 +14,7 @@ import os
 from datetime import datetime, timedelta
 
 from netblock.errors import BadInput, ToolMissing
-from netblock.report import host_mask
+from netblock.model import host_mask
 
 FORMATS = (".png", ".svg")
 
@@ -81,7 +81,7 @@ def render(rows, daily, since, until, fmt: str, by: str = "packets") -> bytes:
 
 
 def write(path: str, rows, daily, since, until, by: str = "packets") -> None:
-    from netblock.export import write_atomically
+    from netblock.reports.export import write_atomically
 
     data = render(rows, daily, since, until, check_target(path), by)
     write_atomically(path, data)

@@ -15,6 +15,7 @@ from datetime import timedelta
 
 from netaddr import IPNetwork
 
+from netblock import durations
 from netblock.errors import BadInput, LimitExceeded
 from netblock.limits import width_refusal
 
@@ -115,10 +116,6 @@ def parse_target(text: str, *, force: bool = False, any_width: bool = False) -> 
     return Target(network, warning)
 
 
-_DURATION = re.compile(r"(?:([0-9]+)w)?(?:([0-9]+)d)?(?:([0-9]+)h)?(?:([0-9]+)m)?(?:([0-9]+)s)?")
-_UNITS = ("weeks", "days", "hours", "minutes", "seconds")
-
-
 def parse_duration(text: str) -> timedelta:
     """``90s``, ``45m``, ``12h``, ``7d``, ``2w`` or combinations largest first (``1d12h``).
 
@@ -127,13 +124,12 @@ def parse_duration(text: str) -> timedelta:
     >>> parse_duration("1d12h")
     datetime.timedelta(days=1, seconds=43200)
     """
-    m = _DURATION.fullmatch(text) if isinstance(text, str) and text else None
-    if m is None or not any(m.groups()):
-        raise BadInput(f"{text!r} is not a duration like 90s, 45m, 12h, 7d, 2w or 1d12h")
     try:
-        result = timedelta(**{unit: int(n) for unit, n in zip(_UNITS, m.groups()) if n is not None})
+        result = durations.parse(text)
     except OverflowError:
         raise BadInput(f"{text!r} is too long a duration") from None
+    if result is None:
+        raise BadInput(f"{text!r} is not a duration like 90s, 45m, 12h, 7d, 2w or 1d12h")
     if not result:
         raise BadInput(f"{text!r} is zero; a block needs a positive duration")
     return result

@@ -1,7 +1,7 @@
 """The routing table: which announced prefix and origin AS an address belongs to.
 
 One loader for everything that asks "whose network is this?": the routed
-widening level (netblock/routed.py), ``netblock why`` and ``netblock report
+widening level (netblock/decide/routed.py), ``netblock why`` and ``netblock report
 asn``. It reads offline files only, so a mail server never makes a network
 lookup per spammer (nor leaks its logs to a lookup service):
 
@@ -441,8 +441,7 @@ def load(path: str, names_path: str | None = None) -> Table:
 
 def from_config(config) -> Table:
     """The table ``[report] asn_file`` / ``as_names_file`` name."""
-    report = getattr(config, "report", None)
-    return load(getattr(report, "asn_file", "") or "", getattr(report, "as_names_file", "") or None)
+    return load(config.report.asn_file or "", config.report.as_names_file or None)
 
 
 # -- netblock report asn -----------------------------------------------------------------

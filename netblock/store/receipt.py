@@ -25,6 +25,7 @@ from netblock.limits import MAX_V4_ADDRESSES as _MAX_V4_ADDRESSES
 from netblock.limits import MIN_PREFIXLEN as _MIN_PREFIX
 from netblock.model import SOURCES, Block
 from netblock.printable import printable
+
 MAX_PEER_ADDRESSES = 64  # a host publishing more than this is not a mail server's interface list
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)

@@ -36,7 +36,7 @@ class Snapshot:
     host: str
     # "count": counting-only mode, the per-netblock counters are what drop would have dropped
     verdict: str = "drop"
-    rejected: dict | None = None  # {table: rows skipped on receipt} (netblock.receipt)
+    rejected: dict | None = None  # {table: rows skipped on receipt} (netblock.store.receipt)
 
 
 DNSBL_LABELS = 50
@@ -51,7 +51,7 @@ def by_block(counters: dict[IPNetwork, tuple[int, int]], blocks) -> dict[IPNetwo
     re-created from zero, so the block's sum goes down once: Prometheus reads
     that as a counter reset, as it does after a reboot.
     """
-    from netblock.report import Decisions, Row, group
+    from netblock.reports.tables import Decisions, Row, group
 
     grouped = group([Row(net, p, b) for net, (p, b) in counters.items()], Decisions(blocks))
     return {r.netblock: (r.packets, r.bytes) for r in grouped}
@@ -95,10 +95,10 @@ class Sampled:
 
 
 def snapshot(store, backend, host: str, now: datetime) -> Snapshot:
-    from netblock.receipt import rejected_by_table
-    from netblock.sync import fleet_members, received
+    from netblock.decide.protect import fleet_members
+    from netblock.store.receipt import rejected_by_table, within_floors
 
-    active = [b for b in received(store, store.blocks(now=now)) if b.created <= now]
+    active = [b for b in within_floors(store, store.blocks(now=now)) if b.created <= now]
     counters = by_block(backend.counters(), active)
     by_source: dict[str, int] = {}
     for b in active:

@@ -1,6 +1,6 @@
 """The store on PostgreSQL: fleet mode, several MX hosts sharing one database.
 
-Same interface and semantics as netblock.store.Store (SQLite), so every
+Same interface and semantics as netblock.store.sqlite.Store (SQLite), so every
 caller stays unaware of which one it holds. What differs is only what a
 fleet needs:
 
@@ -12,7 +12,7 @@ fleet needs:
   and then summed, so a fleet report adds deltas, never raw counters.
 * A write to blocks or allowlist (by a CLI command, a policy decision or
   pruning, on any host) fires a statement-level trigger that NOTIFYs
-  ``netblock_changes``: netblock.fleet listens and syncs within a second.
+  ``netblock_changes``: netblock.run.fleet listens and syncs within a second.
 * ``transaction()`` takes one transaction-level advisory lock first, which
   gives every write transaction the serialisation SQLite's ``BEGIN
   IMMEDIATE`` gives: read-modify-write sequences never interleave.
@@ -22,6 +22,9 @@ fleet needs:
 psycopg is imported only here, and this module only when a DSN is given, so
 an SQLite-only install never needs it. The password (from the DSN,
 PGPASSWORD or PGPASSFILE, all handled by libpq) never appears in a message.
+
+Why this module is long: all SQL of the fleet's store lives here by design,
+with its migrations.
 """
 
 from __future__ import annotations
@@ -36,13 +39,42 @@ from typing import Iterable, Iterator
 
 from netaddr import IPAddress, IPNetwork
 
-from netblock import receipt
 from netblock.errors import StoreError
-from netblock.model import AllowEntry, Block, Observation, Sample
-from netblock.store import (
-    _BLOCK_COLS, _BLOCK_ORDER, DAY, NOT_OFFENCES, Store, _day_range, _dt, _net_cols,
-    _observation, _opt_dt, _ts, canonical_ip, canonical_net, changed_daily_rows, changed_sample_rows, fold_days,
+from netblock.model import NOT_OFFENCES, AllowEntry, Block, Observation, Sample
+from netblock.store import receipt
+from netblock.store._sql import (
+    BLOCK_COLS as _BLOCK_COLS,
+)
+from netblock.store._sql import (
+    BLOCK_ORDER as _BLOCK_ORDER,
+)
+from netblock.store._sql import (
+    DAY,
+    StoreCommon,
+    canonical_ip,
+    canonical_net,
+    changed_daily_rows,
+    changed_sample_rows,
+    fold_days,
     samples_from_rows,
+)
+from netblock.store._sql import (
+    day_range as _day_range,
+)
+from netblock.store._sql import (
+    dt as _dt,
+)
+from netblock.store._sql import (
+    net_cols as _net_cols,
+)
+from netblock.store._sql import (
+    opt_dt as _opt_dt,
+)
+from netblock.store._sql import (
+    to_observation as _observation,
+)
+from netblock.store._sql import (
+    ts as _ts,
 )
 
 DSN_PREFIXES = ("postgresql://", "postgres://")
@@ -239,7 +271,7 @@ FLEET_GUARDS: tuple[str, ...] = (
     """CREATE TRIGGER blocks_guard BEFORE UPDATE ON blocks FOR EACH ROW EXECUTE FUNCTION netblock_blocks_guard()""",
     """CREATE TRIGGER host_addresses_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON host_addresses
         FOR EACH STATEMENT EXECUTE FUNCTION netblock_notify()""",
-    # The change feed a host follows between ticks (netblock.fleet.Follower): every written block row
+    # The change feed a host follows between ticks (netblock.run.fleet.Follower): every written block row
     # gets the next number of one sequence, every deleted one leaves its key under such a number,
     # so "what changed since N" is two index range scans instead of reading 100k blocks. Writers
     # hold the advisory lock, so numbers are committed in order. SECURITY DEFINER: no role but
@@ -405,7 +437,7 @@ def connect(dsn: str):
         raise StoreError(f"{mask_dsn(dsn)}: cannot connect: {_first_line(e)}") from None
 
 
-class PgStore:
+class PgStore(StoreCommon):
     """One connection to the fleet's PostgreSQL database; use as a context manager."""
 
     def __init__(self, dsn: str, conn, host_id: str):
@@ -420,7 +452,7 @@ class PgStore:
         self._registered = False  # this host is in the hosts table (reports list it)
         self.role_host: str | None = None  # the fleet host this connection's role is (None: admin or owner)
         self.admin = False
-        self.rejected: dict[tuple[str, str], str] = {}  # rows skipped on receipt (netblock.receipt)
+        self.rejected: dict[tuple[str, str], str] = {}  # rows skipped on receipt (netblock.store.receipt)
         self._published: tuple[str, ...] | None = None
 
     # -- opening ---------------------------------------------------------------
@@ -695,7 +727,8 @@ class PgStore:
 
         ``sources`` keeps only blocks of those sources (e.g. the hand-made ones).
         """
-        where, params = [], []
+        where: list[str] = []
+        params: list = []
         if now is not None:
             where.append("(expires IS NULL OR expires > %s)")
             params.append(_ts(now))
@@ -917,7 +950,6 @@ class PgStore:
         )
         return {net: (t, p, b) for net, t, p, b in rows}
 
-    _sample_key = staticmethod(Store._sample_key)
 
     def add_changed_samples(self, time: datetime, counters: dict[IPNetwork, tuple[int, int]]) -> int:
         """Record only the counters that differ from this host's latest sample (see Store)."""
@@ -1021,10 +1053,6 @@ class PgStore:
                 yield net, t, p, b
             else:
                 yield net, t, p - pp, b - pb
-
-    # Pure folds over _drop_deltas: the same code serves both backends.
-    sample_drops = Store.sample_drops
-    daily_drops = Store.daily_drops
 
     def block_reasons(self, at: datetime) -> dict[str, tuple[str, bool]]:
         """{netblock text: (reason, active at ``at``)} of every block."""

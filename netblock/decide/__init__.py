@@ -1,0 +1,1 @@
+"""Deciding what to block: the policy, its protections, widening, routed prefixes, AS data, targets."""

@@ -1,0 +1,1 @@
+"""Reading the store and the kernel's counters back: report tables, HTML, plots, exports."""

@@ -1,0 +1,1 @@
+"""Where blocks, observations and samples live: SQLite on one host, PostgreSQL for a fleet."""
