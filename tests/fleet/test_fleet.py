@@ -74,6 +74,7 @@ backend = "nftables"
 files = ["{self.log}"]
 [daemon]
 tick = "{TICK_S}s"
+sample_every = "{TICK_S}s"  # counters read at every tick: the report test sums them
 spool = "{directory}/state/spool.db"
 [policy.classes.dnsbl]
 threshold = 2

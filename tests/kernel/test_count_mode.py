@@ -50,6 +50,7 @@ verdict = "{verdict}"
 files = ["{tmp_path}/mail.log"]
 [daemon]
 tick = "1s"
+sample_every = "1s"  # counters read at every tick: the test reads the report soon after
 """)
 
 
