@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 
 import pytest
-from fakes import FakeBackend, FakeConfig
+from fakes import FakeBackend, fake_config
 from netaddr import IPNetwork
 
 from netblock.firewall import Change
@@ -56,7 +56,7 @@ class AddingBackend(FakeBackend):
 class Runner:
     def __init__(self, tmp_path):
         self.store = FeedStore()
-        self.config = FakeConfig(lock_file=str(tmp_path / "lock"))
+        self.config = fake_config(lock_file=str(tmp_path / "lock"))
         self._backend = AddingBackend()
         self._backend.ensure()
         self.applied = set()
@@ -77,6 +77,10 @@ class Runner:
         self.synced += 1
         fleet.before_sync(self)
         fleet.after_sync(self, type("R", (), {"desired": {IPNetwork("198.18.4.0/24"): LATER}})())
+
+    def sync_now(self) -> list[str]:  # what fleet.follow_change calls: the full reconcile, no errors
+        self._sync(NOW, None)
+        return []
 
 
 def block(net: str, expires=LATER) -> Block:

@@ -11,7 +11,7 @@ import sqlite3
 from datetime import datetime, timedelta, timezone
 
 import pytest
-from fakes import FakeBackend, FakeConfig
+from fakes import FakeBackend, fake_config
 from netaddr import IPNetwork
 
 from netblock.model import Block
@@ -32,7 +32,7 @@ def env(tmp_path, monkeypatch):
     path = tmp_path / "nb.db"
     store = Store.open(path)
     store.put_blocks([Block(IPNetwork("192.0.2.0/24"), "good", "cli", NOW, NOW + timedelta(days=1))])
-    yield store, sqlite3.connect(path), FakeBackend(), FakeConfig(lock_file=str(tmp_path / "lock"))
+    yield store, sqlite3.connect(path), FakeBackend(), fake_config(lock_file=str(tmp_path / "lock"))
     store.close()
 
 
