@@ -121,14 +121,19 @@ def test_hostile_clients_choose_neither_class_nor_protection(mail_scene):
     # the daemon reads the same
     sc.start_daemon()
 
-    def caught_up():
-        rows = json.loads(sc.netblock("report", "classes", "--json"))
-        summary = json.loads(sc.netblock("report", "summary", "--json"))
-        got = {r["class"]: r["count"] for r in rows if r["count"]}
-        return (got, summary) if summary["connections"] == 4 else None
-    done = wait_for(caught_up, timeout=WAIT_S, interval=0.3)
-    assert done, sc.daemon_errors()
-    got, summary = done
+    def read():
+        summary = json.loads(sc.netblock("report", "summary", "--json"))  # first: the classes read after it
+        rows = json.loads(sc.netblock("report", "classes", "--json"))  # hold at least what it counted
+        return {r["class"]: r["count"] for r in rows if r["count"]}, summary
+
+    # The daemon stores as it reads: wait for what a correct reading ends at, then show what it holds.
+    def settled() -> bool:
+        got, summary = read()
+        return got == {"unknown-user": 2} and summary["connections"] == 4
+
+    wait_for(settled, timeout=WAIT_S, interval=0.3)
+    got, summary = read()
+    assert summary["connections"] == 4, (summary, sc.daemon_errors())
     assert got == {"unknown-user": 2}, got
     assert summary["delivered_ips"] == 1, summary
     why = sc.netblock("why", DROPPER.ip)
