@@ -309,7 +309,7 @@ def aggregate(
     """
     want, keep = _collect(blocked), _collect(protected)
     if len(want.v4_start) + len(keep.v4_start) <= SMALL:
-        # A few intervals (one change's zone, netblock/delta.py): exact Python ints, no numpy import.
+        # A few intervals (one change's zone, netblock/run/delta.py): exact Python ints, no numpy import.
         v4 = _py_cidrs(_py_subtract(_py_merge(zip(want.v4_start, want.v4_end)),
                                     _py_merge(zip(keep.v4_start, keep.v4_end))), 32)
         out = [IPNetwork((n, p), version=4) for n, p in v4]

@@ -257,7 +257,7 @@ def sync_after_write(ctx):
 
 
 def change_after_write(ctx, nets, *, cap_checked: bool = False):
-    """sync_after_write() at the cost of the change of ``nets`` when the kernel proves it may (netblock/delta.py)."""
+    """sync_after_write() at the cost of the change of ``nets``, when the kernel proves it may (run/delta.py)."""
     from netblock.run.delta import sync_change
 
     try:

@@ -489,7 +489,7 @@ class NftablesBackend:
 
         Read from the snapshot file without numpy and without a Python
         object per element: sorted keys and expiries as memoryviews that
-        bisect can search (netblock/delta.py). None when anyone else
+        bisect can search (netblock/run/delta.py). None when anyone else
         committed since (a hand edit, another tool), or the state has
         hand-made ranges: then the caller runs the full sync.
         """

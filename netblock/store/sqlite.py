@@ -383,7 +383,7 @@ class Store(SqliteFile, StoreCommon):
         """Active blocks overlapping one CIDR of ``family``: those inside it and those holding it.
 
         Two index lookups whatever the store holds: what a one-block change
-        reads (netblock/delta.py) instead of every block.
+        reads (netblock/run/delta.py) instead of every block.
         """
         bits = 32 if family == 4 else 128
         last = first + (1 << (bits - prefixlen)) - 1

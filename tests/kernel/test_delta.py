@@ -1,4 +1,4 @@
-"""One change at the cost of the change (netblock/delta.py), against the real kernel.
+"""One change at the cost of the change (netblock/run/delta.py), against the real kernel.
 
 The shortcut must leave exactly what the full sync leaves (checked by asking
 sync what it would still change), must not read a set back while the

@@ -547,7 +547,7 @@ def test_rows_wider_than_the_floor_in_the_store_never_reach_the_kernel(nb):
                           Block(N("198.18.1.0/24"), "fine", "cli", NOW, None)])
     rc, out, err = nb("sync")
     assert rc == 0 and set(nb.backend.elements) == {N("198.18.1.0/24")}
-    assert "0.0.0.0/1" in err and "wider than /4" in err  # skipped on receipt (netblock/receipt.py)
+    assert "0.0.0.0/1" in err and "wider than /4" in err  # skipped on receipt (netblock/store/receipt.py)
     dry = json.loads(nb.ok("sync", "--dry-run", "--json"))
     assert "0.0.0.0/1" not in json.dumps(dry["added"] if "added" in dry else dry)
     rows = json.loads(nb.ok("status", "--json"))["rejected_rows"]

@@ -348,7 +348,7 @@ def test_daemon_is_ready_before_reading_a_backlog_and_reads_it_in_steps(tmp_path
 
 def test_store_rows_over_the_ipv4_cap_are_skipped_on_receipt_and_the_rest_installed(tmp_path, store):
     """Rows each under the floor but together over the cap: the widest are skipped on receipt
-    (netblock/receipt.py, narrowest kept first), logged once; the tick goes on and installs the rest."""
+    (netblock/store/receipt.py, narrowest kept first), logged once; the tick goes on and installs the rest."""
     from netblock.model import Block
 
     cfg, log = make_config(tmp_path)
