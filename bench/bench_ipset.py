@@ -32,8 +32,7 @@ from datetime import datetime, timedelta, timezone
 from netaddr import IPNetwork
 
 from netblock.demo.lab import run_in_netns, sh
-from netblock.firewall import Settings
-from netblock.firewall import ipset as backend
+from netblock.firewall import Settings, ipset as backend
 from netblock.firewall.names import IPSET_SET
 
 SET4 = IPSET_SET["ipv4"]

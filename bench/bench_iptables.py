@@ -34,8 +34,7 @@ import time
 from netaddr import IPNetwork
 
 from netblock.demo.lab import run_in_netns, sh
-from netblock.firewall import Settings
-from netblock.firewall import iptables as backend
+from netblock.firewall import Settings, iptables as backend
 from netblock.firewall.names import IPT_CHAIN
 
 BASE = int(IPNetwork("10.0.0.0/32").value)

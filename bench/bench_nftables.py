@@ -32,8 +32,7 @@ from datetime import datetime, timedelta, timezone
 from netaddr import IPNetwork
 
 from netblock.demo.lab import nsexec, run_in_netns
-from netblock.firewall import Settings, nftables
-from netblock.firewall import nfnetlink as nl
+from netblock.firewall import Settings, nfnetlink as nl, nftables
 
 BASE = 0xF0000000  # 240.0.0.0
 REPEATS = 3  # apply from empty: best of three, for ours and for nft alike

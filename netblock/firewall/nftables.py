@@ -45,8 +45,7 @@ from typing import Any
 from netaddr import IPAddress, IPNetwork, iprange_to_cidrs
 
 from netblock.errors import KernelError, KernelFeatureMissing, NameClash, NetblockError, PermissionDenied, ToolMissing
-from netblock.firewall import VERDICTS, Change, Desired, Settings, names
-from netblock.firewall import nfnetlink as nl
+from netblock.firewall import VERDICTS, Change, Desired, Settings, names, nfnetlink as nl
 from netblock.firewall.columns import np, timestamps
 
 # Expiry differences below this are not worth a kernel update (no churn on repeated applies).

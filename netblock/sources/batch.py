@@ -32,8 +32,7 @@ from datetime import datetime
 from typing import Any
 
 from . import check_format, parse_line, postfix, syslog
-from .fields import CACHE as _TEXT_IPS
-from .fields import MARK, parse_client_ip
+from .fields import CACHE as _TEXT_IPS, MARK, parse_client_ip
 
 # Tag part of postfix.PROGRAM up to the daemon.  Lazy: the common "postfix/smtpd"
 # is found without backtracking; the tag is matched whole either way, because

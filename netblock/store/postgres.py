@@ -44,36 +44,20 @@ from netblock.model import NOT_OFFENCES, AllowEntry, Block, Observation, Sample
 from netblock.store import receipt
 from netblock.store._sql import (
     BLOCK_COLS as _BLOCK_COLS,
-)
-from netblock.store._sql import (
     BLOCK_ORDER as _BLOCK_ORDER,
-)
-from netblock.store._sql import (
     DAY,
     StoreCommon,
     canonical_ip,
     canonical_net,
     changed_daily_rows,
     changed_sample_rows,
-    fold_days,
-    samples_from_rows,
-)
-from netblock.store._sql import (
     day_range as _day_range,
-)
-from netblock.store._sql import (
     dt as _dt,
-)
-from netblock.store._sql import (
+    fold_days,
     net_cols as _net_cols,
-)
-from netblock.store._sql import (
     opt_dt as _opt_dt,
-)
-from netblock.store._sql import (
+    samples_from_rows,
     to_observation as _observation,
-)
-from netblock.store._sql import (
     ts as _ts,
 )
 

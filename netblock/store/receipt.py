@@ -21,8 +21,7 @@ from typing import Iterable
 
 from netaddr import IPAddress, IPNetwork
 
-from netblock.limits import MAX_V4_ADDRESSES as _MAX_V4_ADDRESSES
-from netblock.limits import MIN_PREFIXLEN as _MIN_PREFIX
+from netblock.limits import MAX_V4_ADDRESSES as _MAX_V4_ADDRESSES, MIN_PREFIXLEN as _MIN_PREFIX
 from netblock.model import SOURCES, Block
 from netblock.printable import printable
 

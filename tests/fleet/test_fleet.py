@@ -27,8 +27,7 @@ import pytest
 from netaddr import IPNetwork
 from netns import build_scene, nsexec, wait_for
 
-from netblock.run.fleet import RETRY_EVERY_S as RETRY_S
-from netblock.run.fleet import Listener
+from netblock.run.fleet import RETRY_EVERY_S as RETRY_S, Listener
 from netblock.store.sqlite import Spool, Store
 
 pytestmark = pytest.mark.kernel

@@ -13,8 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from netns import SERVER4, SERVER6
-from netns import scene as make_scene
+from netns import SERVER4, SERVER6, scene as make_scene
 
 pytestmark = pytest.mark.kernel
 

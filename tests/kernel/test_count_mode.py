@@ -20,8 +20,7 @@ import sys
 
 import pytest
 from netaddr import IPNetwork
-from netns import scene as make_scene
-from netns import wait_for
+from netns import scene as make_scene, wait_for
 
 from netblock.firewall import Settings, get_backend
 

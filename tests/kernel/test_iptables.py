@@ -18,8 +18,7 @@ from netaddr import IPNetwork
 from netns import wait_for
 
 from netblock.errors import KernelError, NameClash
-from netblock.firewall import Settings
-from netblock.firewall import iptables as ipt
+from netblock.firewall import Settings, iptables as ipt
 
 pytestmark = pytest.mark.kernel
 

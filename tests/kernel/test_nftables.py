@@ -20,9 +20,7 @@ from netaddr import IPNetwork
 from netns import CLIENT4, nsexec, wait_for
 
 from netblock.errors import KernelError, NameClash, NetblockError
-from netblock.firewall import Settings
-from netblock.firewall import nfnetlink as nl
-from netblock.firewall import nftables as backend
+from netblock.firewall import Settings, nfnetlink as nl, nftables as backend
 
 pytestmark = pytest.mark.kernel
 

@@ -20,8 +20,7 @@ from datetime import datetime, timezone
 
 import pytest
 from loglines import dnsbl_reject
-from netns import SERVER4, wait_for
-from netns import scene as make_scene
+from netns import SERVER4, scene as make_scene, wait_for
 
 pytestmark = pytest.mark.kernel
 

@@ -21,8 +21,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from loglines import dnsbl_reject, now_stamp
 from netaddr import IPAddress, IPNetwork
-from netns import scene as make_scene
-from netns import wait_for
+from netns import scene as make_scene, wait_for
 
 from netblock import config as config_mod
 from netblock.decide import policy

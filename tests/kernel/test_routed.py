@@ -15,8 +15,7 @@ from datetime import datetime, timezone
 import pytest
 from loglines import dnsbl_reject
 from netaddr import IPAddress, IPNetwork
-from netns import CLIENT4
-from netns import scene as make_scene
+from netns import CLIENT4, scene as make_scene
 
 pytestmark = pytest.mark.kernel
 

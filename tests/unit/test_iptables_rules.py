@@ -10,8 +10,7 @@ import pytest
 from netaddr import IPNetwork
 
 from netblock.errors import BadInput, KernelError, KernelFeatureMissing, PermissionDenied, ToolMissing
-from netblock.firewall import Settings
-from netblock.firewall import iptables as ipt
+from netblock.firewall import Settings, iptables as ipt
 
 
 def skeleton(settings: Settings) -> list[str]:

@@ -15,8 +15,7 @@ import numpy as np
 import pytest
 from netaddr import IPNetwork
 
-from netblock.firewall import Settings, names, nftables
-from netblock.firewall import nfnetlink as nl
+from netblock.firewall import Settings, names, nfnetlink as nl, nftables
 
 
 def rule_lines(text: str) -> list[str]:

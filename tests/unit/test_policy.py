@@ -9,8 +9,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from netaddr import IPAddress, IPNetwork
 
-from netblock import cli
-from netblock import config as config_mod
+from netblock import cli, config as config_mod
 from netblock.decide import policy
 from netblock.errors import BadInput
 from netblock.model import AllowEntry, Block, Observation

@@ -13,8 +13,7 @@ from pathlib import Path
 import pytest
 from netaddr import IPAddress, IPNetwork, IPSet
 
-from netblock import cli
-from netblock import config as config_mod
+from netblock import cli, config as config_mod
 from netblock.aggregate import aggregate
 from netblock.decide import asn, policy, protect, routed
 from netblock.model import Observation

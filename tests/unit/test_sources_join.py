@@ -22,8 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(__file__)))
 
 from fakes import FakeBackend  # noqa: E402
 
-from netblock import cli, sources  # noqa: E402
-from netblock import config as config_mod
+from netblock import cli, config as config_mod, sources  # noqa: E402
 from netblock.run.daemon import Runner  # noqa: E402
 from netblock.sources import join  # noqa: E402
 from netblock.sources.join import Join  # noqa: E402
