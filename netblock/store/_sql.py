@@ -14,6 +14,7 @@ from netaddr import AddrFormatError, IPAddress, IPNetwork
 
 from netblock.errors import BadInput
 from netblock.model import Block, Observation, Sample
+from netblock.store import receipt
 
 DAY = 86400
 
@@ -213,7 +214,56 @@ def day_range(d0: int | None, d1: int | None, mark: str) -> tuple[str, list]:
 
 class StoreCommon:
     """The methods both stores share: pure folds over their ``_drop_deltas``, ``_daily_totals`` and
-    ``_daily_per_day``, and the samples' key."""
+    ``_daily_per_day``, the samples' key, and the block reads whose SQL differs only in the
+    driver's placeholder (``P``: "?" for sqlite3, "%s" for psycopg)."""
+
+    P = "?"
+
+    def _all(self, sql: str, params: Iterable = ()) -> list[tuple]:
+        raise NotImplementedError
+
+    def blocks(self, *, now: datetime | None = None, sources: Iterable[str] | None = None) -> list[Block]:
+        """Blocks still active at ``now`` (all of them when ``now`` is None), sorted by address.
+
+        ``sources`` keeps only blocks of those sources (e.g. the hand-made ones).
+        """
+        p = self.P
+        where: list[str] = []
+        params: list = []
+        if now is not None:
+            where.append(f"(expires IS NULL OR expires > {p})")
+            params.append(ts(now))
+        if sources is not None:
+            sources = list(sources)
+            where.append(f"source IN ({', '.join([p] * len(sources))})")
+            params += sources
+        clause = f"WHERE {' AND '.join(where)} " if where else ""
+        rows = self._all(f"SELECT {BLOCK_COLS} FROM blocks {clause}{BLOCK_ORDER}", params)
+        return receipt.blocks(self, rows)
+
+    def blocks_touching(self, family: int, first: int, prefixlen: int, now: datetime) -> list[Block]:
+        """Active blocks overlapping one CIDR of ``family``: those inside it and those holding it.
+
+        Two index lookups whatever the store holds: what a one-block change
+        reads (netblock/run/delta.py) instead of every block.
+        """
+        p = self.P
+        bits = 32 if family == 4 else 128
+        last = first + (1 << (bits - prefixlen)) - 1
+        active = f"(expires IS NULL OR expires > {p})"
+        rows = self._all(f"SELECT {BLOCK_COLS} FROM blocks WHERE family = {p} AND first BETWEEN {p} AND {p} "
+                         f"AND prefixlen >= {p} AND {active}",
+                         (family, first.to_bytes(16, "big"), last.to_bytes(16, "big"), prefixlen, ts(now)))
+        if prefixlen:
+            holders = {(first >> (bits - n) << (bits - n)).to_bytes(16, "big") for n in range(prefixlen)}
+            rows += self._all(f"SELECT {BLOCK_COLS} FROM blocks WHERE family = {p} AND first IN "
+                              f"({', '.join([p] * len(holders))}) AND prefixlen < {p} AND last >= {p} AND {active}",
+                              (family, *holders, prefixlen, last.to_bytes(16, "big"), ts(now)))
+        return receipt.blocks(self, rows, full=False)
+
+    def expired_blocks(self, now: datetime) -> list[Block]:
+        rows = self._all(f"SELECT {BLOCK_COLS} FROM blocks WHERE expires <= {self.P} {BLOCK_ORDER}", (ts(now),))
+        return receipt.blocks(self, rows, full=False)
 
     def _drop_deltas(self, since: datetime | None, until: datetime | None) -> Iterable[tuple[str, int, int, int]]:
         raise NotImplementedError

@@ -44,7 +44,6 @@ from netblock.model import NOT_OFFENCES, AllowEntry, Block, Observation, Sample
 from netblock.store import receipt
 from netblock.store._sql import (
     BLOCK_COLS as _BLOCK_COLS,
-    BLOCK_ORDER as _BLOCK_ORDER,
     DAY,
     StoreCommon,
     canonical_ip,
@@ -424,6 +423,8 @@ def connect(dsn: str):
 class PgStore(StoreCommon):
     """One connection to the fleet's PostgreSQL database; use as a context manager."""
 
+    P = "%s"
+
     def __init__(self, dsn: str, conn, host_id: str):
         self.dsn = dsn
         self.path = mask_dsn(dsn)  # what messages name, as Store.path does
@@ -705,42 +706,6 @@ class PgStore(StoreCommon):
                 gone.discard(str(net))
                 out.append(net)
         return out
-
-    def blocks(self, *, now: datetime | None = None, sources: Iterable[str] | None = None) -> list[Block]:
-        """Blocks still active at ``now`` (all of them when ``now`` is None), sorted by address.
-
-        ``sources`` keeps only blocks of those sources (e.g. the hand-made ones).
-        """
-        where: list[str] = []
-        params: list = []
-        if now is not None:
-            where.append("(expires IS NULL OR expires > %s)")
-            params.append(_ts(now))
-        if sources is not None:
-            sources = list(sources)
-            where.append(f"source IN ({', '.join(['%s'] * len(sources))})")
-            params += sources
-        clause = f"WHERE {' AND '.join(where)} " if where else ""
-        rows = self._all(f"SELECT {_BLOCK_COLS} FROM blocks {clause}{_BLOCK_ORDER}", params)
-        return receipt.blocks(self, rows)
-
-    def blocks_touching(self, family: int, first: int, prefixlen: int, now: datetime) -> list[Block]:
-        """Active blocks overlapping one CIDR of ``family``: those inside it and those holding it (see Store)."""
-        bits = 32 if family == 4 else 128
-        last = first + (1 << (bits - prefixlen)) - 1
-        active = "(expires IS NULL OR expires > %s)"
-        rows = self._all(f"SELECT {_BLOCK_COLS} FROM blocks WHERE family = %s AND first BETWEEN %s AND %s AND prefixlen >= %s "
-                         f"AND {active}", (family, first.to_bytes(16, "big"), last.to_bytes(16, "big"), prefixlen, _ts(now)))
-        if prefixlen:
-            holders = [(first >> (bits - p) << (bits - p)).to_bytes(16, "big") for p in range(prefixlen)]
-            rows += self._all(f"SELECT {_BLOCK_COLS} FROM blocks WHERE family = %s AND first = ANY(%s) "
-                              f"AND prefixlen < %s AND last >= %s AND {active}",
-                              (family, holders, prefixlen, last.to_bytes(16, "big"), _ts(now)))
-        return receipt.blocks(self, rows, full=False)
-
-    def expired_blocks(self, now: datetime) -> list[Block]:
-        rows = self._all(f"SELECT {_BLOCK_COLS} FROM blocks WHERE expires <= %s {_BLOCK_ORDER}", (_ts(now),))
-        return receipt.blocks(self, rows, full=False)
 
     def count_blocks(self, now: datetime | None = None) -> int:
         if now is None:

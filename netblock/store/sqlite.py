@@ -38,7 +38,6 @@ from netblock.model import NOT_OFFENCES, AllowEntry, Block, Observation, Sample
 from netblock.store import receipt
 from netblock.store._sql import (
     BLOCK_COLS as _BLOCK_COLS,
-    BLOCK_ORDER as _BLOCK_ORDER,
     DAY,
     StoreCommon,
     canonical_ip,
@@ -344,49 +343,6 @@ class Store(SqliteFile, StoreCommon):
                 if self._conn.execute(f"DELETE FROM {table} WHERE netblock = ?", (str(net),)).rowcount:
                     gone.append(net)
         return gone
-
-    def blocks(self, *, now: datetime | None = None, sources: Iterable[str] | None = None) -> list[Block]:
-        """Blocks still active at ``now`` (all of them when ``now`` is None), sorted by address.
-
-        ``sources`` keeps only blocks of those sources (e.g. the hand-made ones).
-        """
-        where: list[str] = []
-        params: list = []
-        if now is not None:
-            where.append("(expires IS NULL OR expires > ?)")
-            params.append(_ts(now))
-        if sources is not None:
-            sources = list(sources)
-            where.append(f"source IN ({', '.join(['?'] * len(sources))})")
-            params += sources
-        clause = f"WHERE {' AND '.join(where)} " if where else ""
-        rows = self._all(f"SELECT {_BLOCK_COLS} FROM blocks {clause}{_BLOCK_ORDER}", params)
-        return receipt.blocks(self, rows)
-
-    def blocks_touching(self, family: int, first: int, prefixlen: int, now: datetime) -> list[Block]:
-        """Active blocks overlapping one CIDR of ``family``: those inside it and those holding it.
-
-        Two index lookups whatever the store holds: what a one-block change
-        reads (netblock/run/delta.py) instead of every block.
-        """
-        bits = 32 if family == 4 else 128
-        last = first + (1 << (bits - prefixlen)) - 1
-        active = "(expires IS NULL OR expires > ?)"
-        rows = self._all(f"SELECT {_BLOCK_COLS} FROM blocks WHERE family = ? AND first BETWEEN ? AND ? "
-                         f"AND prefixlen >= ? AND {active}",
-                         (family, first.to_bytes(16, "big"), last.to_bytes(16, "big"), prefixlen, _ts(now)))
-        if prefixlen:
-            holders = {(first >> (bits - p) << (bits - p)).to_bytes(16, "big") for p in range(prefixlen)}
-            rows += self._all(f"SELECT {_BLOCK_COLS} FROM blocks WHERE family = ? AND first IN "
-                              f"({', '.join(['?'] * len(holders))}) AND prefixlen < ? AND last >= ? AND {active}",
-                              (family, *holders, prefixlen, last.to_bytes(16, "big"), _ts(now)))
-        return receipt.blocks(self, rows, full=False)
-
-    def expired_blocks(self, now: datetime) -> list[Block]:
-        rows = self._all(
-            f"SELECT {_BLOCK_COLS} FROM blocks WHERE expires <= ? {_BLOCK_ORDER}", (_ts(now),)
-        )
-        return receipt.blocks(self, rows, full=False)
 
     def count_blocks(self, now: datetime | None = None) -> int:
         if now is None:
