@@ -144,6 +144,26 @@ CLIENT = "~client:"  # + queue id: this client opened a message transaction (not
 ACCEPTED = "~accepted:"  # + queue id: the MTA accepted that message
 
 
+def _unquoted(text: str, i: int, end: int, stops: str) -> tuple[int, bool]:
+    """(index of the first character of ``stops`` in text[i:end] outside a quoted string, or an
+    index >= end when there is none; whether the scan ended inside quotes). A backslash escapes
+    the next character inside quotes, as in an RFC 5321 quoted local part."""
+    quoted = False
+    while i < end:
+        c = text[i]
+        if quoted:
+            if c == "\\":
+                i += 1
+            elif c == '"':
+                quoted = False
+        elif c == '"':
+            quoted = True
+        elif c in stops:
+            return i, False
+        i += 1
+    return i, quoted
+
+
 def address_end(text: str, start: int, limit: int = 2048) -> int:
     """Index just after the envelope address "<...>" that starts at text[start], or -1.
 
@@ -153,23 +173,9 @@ def address_end(text: str, start: int, limit: int = 2048) -> int:
     """
     if text[start:start + 1] != "<":
         return -1
-    i, end = start + 1, min(len(text), start + limit)
-    quoted = False
-    while i < end:
-        c = text[i]
-        if quoted:
-            if c == "\\":
-                i += 1
-            elif c == '"':
-                quoted = False
-        elif c == '"':
-            quoted = True
-        elif c == ">":
-            return i + 1
-        elif c == "<":
-            return -1
-        i += 1
-    return -1
+    end = min(len(text), start + limit)
+    i, _ = _unquoted(text, start + 1, end, "<>")
+    return i + 1 if i < end and text[i] == ">" else -1
 
 
 def word_end(text: str, start: int, limit: int = 2048) -> int:
@@ -178,20 +184,10 @@ def word_end(text: str, start: int, limit: int = 2048) -> int:
     Exim writes a sender or recipient bare when it has no angle brackets
     ("<= a@b" and "<= \\"x y\\"@b"): a quoted local part may hold blanks.
     """
-    i, end = start, min(len(text), start + limit)
-    quoted = False
-    while i < end:
-        c = text[i]
-        if quoted:
-            if c == "\\":
-                i += 1
-            elif c == '"':
-                quoted = False
-        elif c == '"':
-            quoted = True
-        elif c == " ":
-            return i
-        i += 1
+    end = min(len(text), start + limit)
+    i, quoted = _unquoted(text, start, end, " ")
+    if i < end:
+        return i
     if quoted or i < len(text):
         return -1
     return i
