@@ -46,9 +46,9 @@ from pathlib import Path
 from netaddr import IPNetwork
 
 from bench.bench_reaction import read_announcements
+from netblock import store as stores
 from netblock.demo.lab import build_scene, nsexec
 from netblock.model import Block
-from netblock.store.sqlite import Store
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
@@ -197,13 +197,13 @@ def main(argv=None) -> int:
         owner = server.new_database("fleetbench")
         db = owner.split("/")[3].split("?")[0]
         server.psql("CREATE EXTENSION pg_stat_statements", db=db)
-        Store.open(owner, host_id="owner").close()
+        stores.open(owner, host_id="owner").close()
         env = {k: v for k, v in os.environ.items() if not k.startswith("NETBLOCK_")} | {
             "NETBLOCK_DB": owner, "NETBLOCK_CONFIG": os.devnull}
         for args in [("init-admin",)] + [("add-host", f"mx-{i}") for i in range(opts.hosts)]:
             subprocess.run([NETBLOCK, "fleet", *args], check=True, env=env, stdout=subprocess.DEVNULL, timeout=60)
         now = datetime.now(timezone.utc).replace(microsecond=0)
-        admin = Store.open(role_dsn(owner, "netblock_admin"), host_id="bench-admin")
+        admin = stores.open(role_dsn(owner, "netblock_admin"), host_id="bench-admin")
         t0 = time.monotonic()
         admin.put_blocks(the_blocks(opts.blocks, now))
         print(f"{opts.blocks} blocks written by the admin role in {time.monotonic() - t0:.1f} s "

@@ -96,11 +96,10 @@ class Context:
 
     def store(self):
         if self._store is None:
-            from netblock.store.sqlite import Store
+            from netblock import store
 
             path = self.db_path
-            fleet = path.startswith(("postgresql://", "postgres://"))
-            self._store = Store.open(path, host_id=self.config.host_id if fleet else None)
+            self._store = store.open(path, host_id=self.config.host_id if store.is_dsn(path) else None)
         return self._store
 
     def backend(self):

@@ -12,10 +12,10 @@ import json
 
 from netblock import config
 from netblock.errors import NetblockError
-from netblock.firewall import Change, Settings
+from netblock.firewall import BackendBase, Change, Settings
 
 
-class FakeBackend:
+class FakeBackend(BackendBase):
     name = "fake"
     description = "in-memory fake backend (tests only)"
 

@@ -40,13 +40,13 @@ def cmd_export(args, ctx) -> int:
         return export.snapshot(own_view(ctx.store(), host), ctx.backend(), host, ctx.now())
 
     if args.listen is not None:
-        from netblock.store.sqlite import Store
+        from netblock import store as stores
 
         addr, port = _addr(args.listen or ctx.config.export.listen)
         db, backend = ctx.db_path, ctx.backend()
 
         def fresh():  # the HTTP thread opens its own store connection per scrape; counters as last sampled
-            with Store.open(db, host_id=host) as store:
+            with stores.open(db, host_id=host) as store:
                 return export.snapshot(own_view(store, host), export.Sampled(backend, store), host, ctx.now())
 
         export.serve(addr, port, fresh)

@@ -265,7 +265,7 @@ def cmd_report(args, ctx) -> int:
         return _emit(args, ctx, [record], lambda: rep.summary_table(s, since, until), single=True)
     rows, gone = top_rows(store, config, since, until, n, args.by, compare)
     records = [row_record(r, compare) for r in rows]
-    if args.json and args.host is None and hasattr(store, "hosts"):  # a fleet: which MX dropped what
+    if args.json and args.host is None and store.fleet:  # which MX dropped what
         from netblock.run.fleet import per_host_packets
 
         per_host = per_host_packets(store, since, until)

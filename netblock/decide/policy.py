@@ -391,7 +391,7 @@ def record(store, decided: Iterable[Block], now: datetime) -> list[Block]:
             elif block.expires is None or block.expires > old.expires:
                 if old.source == SOURCE:
                     new = replace(block, created=old.created, reblocks=old.reblocks)
-                elif not getattr(store, "may_write", lambda source: True)(old.source):
+                elif not store.may_write(old.source):
                     continue  # the admin's block: a fleet host's role leaves it as it is
                 else:
                     new = replace(old, expires=block.expires)

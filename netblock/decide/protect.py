@@ -112,8 +112,7 @@ def for_sync(store, config, *, now: datetime, own: Iterable[IPNetwork] | None = 
 
 def fleet_members(store) -> list[IPNetwork]:
     """The other MX hosts' own addresses (fleet mode): peers protect each other as each protects itself."""
-    peers = getattr(store, "peer_addresses", None)
-    return [] if peers is None else peers()
+    return store.peer_addresses()
 
 
 class _Cover:

@@ -1,7 +1,8 @@
-"""The kernel side: one module per backend behind one five-call interface.
+"""The kernel side: one module per backend behind one interface, the ``Backend`` protocol.
 
 Nothing else in netblock touches netfilter. A backend is created with
-``get_backend(name, settings)`` and offers:
+``get_backend(name, settings)`` and offers five calls every backend makes
+in full:
 
 * ``ensure()``   create the skeleton (table/sets/chain/jump rule) idempotently;
                  a second call changes nothing and resets no counter.
@@ -11,6 +12,12 @@ Nothing else in netblock touches netfilter. A backend is created with
 * ``counters()`` {netblock: (packets, bytes)} for every installed netblock.
 * ``installed()`` {netblock: kernel expiry or None} as the kernel has it now.
 * ``remove()``   tear down everything the backend created, nothing else.
+
+and the cheap paths, which a backend that lacks them answers "not here" through
+``BackendBase`` (None or False: the caller takes the full path), so no caller
+asks a backend what it can do: ``add()``, ``region_view()``,
+``installed_proven()``, ``counters_of()``, ``apply_region()`` and
+``counter_columns()``.
 
 Netblocks are ``netaddr.IPNetwork`` in canonical form (host bits clear,
 IPv4-mapped IPv6 already turned into IPv4) and must not overlap: the
@@ -71,6 +78,21 @@ class Change:
         return bool(self.added or self.removed or self.updated)
 
 
+@dataclass
+class RegionView:
+    """What netblock last wrote, proven current by the backend: {version: (sorted keys, expiries)}.
+
+    Keys are first << 8 | prefixlen, expiries epoch seconds (NaN: permanent).
+    ``genid`` and ``cookie`` are the proof (nftables: the ruleset generation and
+    the network namespace), handed back to ``apply_region()``, which refuses
+    once the kernel moved on.
+    """
+
+    genid: int
+    cookie: int
+    sets: dict
+
+
 class Backend(Protocol):
     name: str
     settings: Settings
@@ -91,6 +113,60 @@ class Backend(Protocol):
         """The verdict the installed rule has ("drop", "reject", "count"); None when netblock's
         rule is not there or matches no setting."""
         ...
+
+    def region_view(self) -> RegionView | None:
+        """What netblock last wrote, if the backend can prove the kernel still holds it; else None
+        (then `add`/`del` take the full sync, and the tick never skips one)."""
+        ...
+
+    def installed_proven(self) -> dict[IPNetwork, datetime | None] | None:
+        """installed() without reading the kernel, when region_view() proves it; else None."""
+        ...
+
+    def counters_of(self, view: RegionView, keys: list[tuple[int, int]]) -> dict[IPNetwork, tuple[int, int]]:
+        """{netblock: (packets, bytes)} of the installed elements ``keys`` ((version, first << 8 | prefixlen))."""
+        ...
+
+    def apply_region(self, view: RegionView, removed: list[tuple[int, int]],
+                     added: list[tuple[int, int, float | None]],
+                     updated: list[tuple[int, int, float | None]]) -> bool:
+        """Remove, add and re-time elements in one transaction guarded by ``view``; False when the
+        kernel moved on since (the caller runs the full sync)."""
+        ...
+
+    def counter_columns(self) -> dict[int, tuple] | None:
+        """counters() as arrays, {version: (sorted keys first << 8 | prefixlen, packets, bytes)}, for the
+        daemon's periodic sample; None when the backend reads no columns (then counters() it is)."""
+        ...
+
+
+class BackendBase:
+    """The cheap paths of the Backend protocol, for a backend that has none of them.
+
+    Every answer sends the caller down the full path (a full sync, a kernel
+    dump, counters() read whole), which is what those backends always did.
+    """
+
+    def add(self, additions: Desired) -> Change | None:
+        return None
+
+    def region_view(self) -> RegionView | None:
+        return None
+
+    def installed_proven(self) -> dict[IPNetwork, datetime | None] | None:
+        return None
+
+    def counters_of(self: Backend, view: RegionView, keys: list[tuple[int, int]]) -> dict[IPNetwork, tuple[int, int]]:
+        wanted = set(keys)
+        return {n: c for n, c in self.counters().items() if (n.version, n.first << 8 | n.prefixlen) in wanted}
+
+    def apply_region(self, view: RegionView, removed: list[tuple[int, int]],
+                     added: list[tuple[int, int, float | None]],
+                     updated: list[tuple[int, int, float | None]]) -> bool:
+        return False
+
+    def counter_columns(self) -> dict[int, tuple] | None:
+        return None
 
 
 def installed_verdict(backend: Backend) -> str | None:

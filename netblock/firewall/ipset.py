@@ -84,7 +84,7 @@ from netblock.errors import (
     PermissionDenied,
     ToolMissing,
 )
-from netblock.firewall import VERDICTS, Change, Desired, Settings
+from netblock.firewall import VERDICTS, BackendBase, Change, Desired, Settings
 from netblock.firewall.names import IPSET_SCRATCH, IPSET_SET, IPT_CHAIN, IPT_COMMENT, IPT_PARENT
 from netblock.firewall.xtables import ports_match
 
@@ -886,7 +886,7 @@ def _kernel_error(exc: NetlinkError | Exception, what: str) -> NetblockError:
 
 
 @dataclass
-class IpsetBackend:
+class IpsetBackend(BackendBase):
     settings: Settings
     name: str = "ipset"
     _tables: dict = field(default_factory=dict, repr=False)

@@ -48,7 +48,7 @@ from netblock.errors import (
     PermissionDenied,
     ToolMissing,
 )
-from netblock.firewall import VERDICTS, Change, Desired, Settings
+from netblock.firewall import VERDICTS, BackendBase, Change, Desired, Settings
 from netblock.firewall.names import IPT_CHAIN, IPT_COMMENT, IPT_PARENT
 from netblock.firewall.xtables import SYN_FLAGS, ports_match
 
@@ -483,7 +483,7 @@ def _check_ours(ft: _FamilyTable) -> list[tuple[int, object]]:
 # ---------------------------------------------------------------- the backend
 
 @dataclass
-class IptablesBackend:
+class IptablesBackend(BackendBase):
     settings: Settings
     name: str = NAME
     description: str = field(init=False)
@@ -576,10 +576,6 @@ class IptablesBackend:
                 change.updated += [_net(k) for k in added if k in seen]
                 change.removed += [_net(k) for k in sorted(seen - want)]
         return change
-
-    def add(self, additions: Desired) -> Change | None:
-        """No cheap path for plain additions here: None, so the caller runs a full sync."""
-        return None
 
     def verdict(self) -> str | None:
         """The verdict of the installed rules: the one whose jump and per-netblock rules they all are."""

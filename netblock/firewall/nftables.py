@@ -45,7 +45,7 @@ from typing import Any
 from netaddr import IPAddress, IPNetwork, iprange_to_cidrs
 
 from netblock.errors import KernelError, KernelFeatureMissing, NameClash, NetblockError, PermissionDenied, ToolMissing
-from netblock.firewall import VERDICTS, Change, Desired, Settings, names, nfnetlink as nl
+from netblock.firewall import VERDICTS, Change, Desired, RegionView, Settings, names, nfnetlink as nl
 from netblock.firewall.columns import np, timestamps
 
 # Expiry differences below this are not worth a kernel update (no churn on repeated applies).
@@ -934,18 +934,6 @@ def _forget_snapshot(sock: nl.Nfnl) -> None:
         _snapshot_path(sock).unlink(missing_ok=True)
     except OSError:
         pass
-
-
-@dataclass
-class RegionView:
-    """apply()'s last state, proven current by the ruleset generation: {version: (sorted keys, expiries)}.
-
-    Keys are first << 8 | prefixlen, expiries epoch seconds (NaN: permanent).
-    """
-
-    genid: int
-    cookie: int
-    sets: dict
 
 
 def _spliced(keys, expiry, version: int, removed, added, updated):

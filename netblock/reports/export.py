@@ -84,9 +84,12 @@ class Sampled:
     def __init__(self, backend, store):
         self.backend, self.store = backend, store
 
+    @property
+    def settings(self):
+        return self.backend.settings
+
     def counters(self) -> dict[IPNetwork, tuple[int, int]]:
-        view = getattr(self.backend, "region_view", None)
-        view = view() if view is not None else None
+        view = self.backend.region_view()
         if view is None:
             return self.backend.counters()
         nets = [IPNetwork((k >> 8, k & 255), version=v) for v, (keys, _exp) in view.sets.items() for k in keys]
@@ -108,7 +111,7 @@ def snapshot(store, backend, host: str, now: datetime) -> Snapshot:
     last = store.get_state("last_tick")
     return Snapshot(counters, by_source, bounded_classes(store.observation_class_counts()),
                     float(last) if last else None, host,
-                    verdict=getattr(getattr(backend, "settings", None), "verdict", "drop"),
+                    verdict=backend.settings.verdict,
                     rejected=rejected_by_table(store))
 
 

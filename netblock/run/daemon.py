@@ -119,6 +119,7 @@ class Runner:
         self.own: list[IPNetwork] | None = None  # this host's addresses, read again every tick
         self.spool = None  # the daemon's on a fleet store: observations kept while that store is away
         self.follower: Any = None  # fleet.Follower: the shared block list's change feed (fleet mode)
+        self.rejections_logged: set = set()  # store rows skipped on receipt, logged once each (fleet.log_rejected)
         self.join: Any = None  # sources.join.Join: messages whose acceptance is not proven yet
         self._join_saved = float("-inf")
         self.logger = Log(self.stderr, log_level or config.daemon.log_level)
@@ -473,9 +474,7 @@ class Runner:
         """
         if result.observations or result.decided or result.errors:
             return False
-        from netblock.store.sqlite import Store
-
-        if not isinstance(self.store, Store):
+        if self.store.fleet:
             return False
         last = self.full_at or self._stored_time(FULL_SYNC_KEY)
         every = self.config.daemon.reconcile_every
@@ -485,8 +484,7 @@ class Runner:
             expired = self.store.next_expiry(last)
             if expired is not None and expired <= now:
                 return False
-            view = getattr(self.backend(), "region_view", None)
-            return view is not None and view() is not None
+            return self.backend().region_view() is not None
         except TRANSIENT:
             return False
 
@@ -578,9 +576,7 @@ class Runner:
         every = self.config.daemon.sample_every
         if last is None or not timedelta(0) <= now - last < every:
             try:
-                if self.follow_mode and hasattr(self.backend(), "counter_columns"):
-                    self._sample_changed(now)
-                else:
+                if not (self.follow_mode and self._sample_changed(now)):
                     sampling.sample(self.store, self.backend(), now)
             except TRANSIENT as exc:
                 self._counted = None
@@ -606,19 +602,21 @@ class Runner:
                 result.errors.append(f"thinning samples: {_failure(exc)}")
     # ---- end of sampling hook ---------------------------------------------
 
-    def _sample_changed(self, now: datetime) -> None:
+    def _sample_changed(self, now: datetime) -> bool:
         """sampling.sample() for the daemon: only counters that moved since its own last read reach the store.
 
         The store writes only changed counters anyway, but comparing 100k
         of them with their latest rows costs seconds every sample_every;
         the daemon keeps its last read as arrays and hands on what differs
-        (everything, on its first read).
+        (everything, on its first read). False when the backend reads no columns: sample() it is.
         """
         import numpy as np
 
         from netblock.run import sampling
 
         cols = self.backend().counter_columns()
+        if cols is None:
+            return False
         previous = self._counted or {}
         changed = {}
         for version, (keys, packets, nbytes) in cols.items():
@@ -633,6 +631,7 @@ class Runner:
                 changed[IPNetwork((k >> 8, k & 255), version=version)] = (int(packets[i]), int(nbytes[i]))
         sampling.record(self.store, changed, now)
         self._counted = cols
+        return True
 
     def _prune(self, now: datetime, result: TickResult) -> None:
         keep = self.config.daemon.observation_retention
@@ -918,9 +917,8 @@ class Daemon:
                 what += " (COUNTING ONLY: nothing is dropped)"
         except TRANSIENT as exc:
             what = f"backend unavailable: {_failure(exc)}"
-        path = getattr(runner.store, "path", "?")
-        runner.logger.info(f"netblock {__version__} daemon started (pid {os.getpid()}): {what}; store {path}; "
-                           f"tick {self._interval('tick'):g}s")
+        runner.logger.info(f"netblock {__version__} daemon started (pid {os.getpid()}): {what}; "
+                           f"store {runner.store.path}; tick {self._interval('tick'):g}s")
 
     def _on_signal(self, signum, _frame) -> None:
         if signum == signal.SIGHUP:

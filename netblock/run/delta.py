@@ -53,7 +53,7 @@ def sync_change(store, backend, config, nets, *, now: datetime, lock_timeout: fl
     cannot prove itself (see the module docstring). ``cap_checked``: the
     caller refused a write past the IPv4 cap already (`add`'s check_cap).
     """
-    if hasattr(backend, "region_view") and hasattr(store, "blocks_touching") and 0 < len(nets) <= ZONE_LIMIT:
+    if 0 < len(nets) <= ZONE_LIMIT:
         with kernel_lock(config.lock_file, timeout=lock_timeout):
             result = _try(store, backend, config, list(nets), now, cap_checked)
         if result is not None:
@@ -158,7 +158,7 @@ def _try(store, backend, config, nets, now: datetime, cap_checked: bool):
         manual=[b.netblock for b in blocks.values() if b.source in MANUAL_SOURCES],
     )
     carve = prot.all()
-    budget = int(getattr(config.policy, "max_elements_per_block", limits.DEFAULT_MAX_ELEMENTS_PER_BLOCK))
+    budget = config.policy.max_elements_per_block
     too_wide: list = []
     over_budget: list = []
     desired = compute_desired(screen(blocks.values(), carve, budget, too_wide, over_budget), carve)

@@ -135,10 +135,9 @@ class Listener:
 def listener_for(runner) -> Listener | None:
     """A listener when the runner's store is the fleet's PostgreSQL; None for SQLite (one host)."""
     store = runner.store
-    dsn = getattr(store, "dsn", None)
-    if dsn is None:
+    if not store.fleet:
         return None
-    return Listener(dsn, own_pid=store.backend_pid, log=runner.log, marker=marker_path(runner.config))
+    return Listener(store.dsn, own_pid=store.backend_pid, log=runner.log, marker=marker_path(runner.config))
 
 
 COALESCE_MIN_S = 0.2  # a fleet reconcile reads every block: storms get at least this gap
@@ -184,20 +183,15 @@ class Coalescer:
 
 
 def publish(runner) -> None:
-    """Put this host's own addresses in the fleet's list (PostgreSQL store only), for the peers to carve out."""
-    store = runner.store
-    if hasattr(store, "publish_addresses"):
-        store.publish_addresses(runner.own_addresses())
+    """Put this host's own addresses in the fleet's list, for the peers to carve out (SQLite: nobody to tell)."""
+    runner.store.publish_addresses(runner.own_addresses())
 
 
 def log_rejected(runner) -> None:
     """One log line per store row skipped on receipt, the first time this daemon meets it."""
     from netblock.store.receipt import log_new
 
-    seen = getattr(runner, "_rejections_logged", None)
-    if seen is None:
-        seen = runner._rejections_logged = set()
-    log_new(runner.store, seen, runner.log)
+    log_new(runner.store, runner.rejections_logged, runner.log)
 
 
 def follow_change(runner, tables: set[str] | None = None, *, full_allowed: bool = True) -> str:
@@ -212,7 +206,7 @@ def follow_change(runner, tables: set[str] | None = None, *, full_allowed: bool 
     ``full_allowed`` is False: then nothing is done. Returns what was done:
     "followed", "full" or "deferred".
     """
-    follower = getattr(runner, "follower", None)
+    follower = runner.follower
     if tables == {"blocks"} and follower is not None:
         try:
             if follower.follow(runner):
@@ -290,9 +284,6 @@ class Follower:
         if self.desired is None or self.mark is None or time.monotonic() - self._at > FEED_MAX_AGE_S:
             return False
         backend = runner.backend()
-        add = getattr(backend, "add", None)
-        if add is None:
-            return False
         written, gone, mark, skipped = store.changes_since(self.mark)
         if gone or skipped:
             return False  # a removal (its counters are sampled first) or a bad row (logged there): the full path
@@ -322,7 +313,7 @@ class Follower:
             return False  # the full path applies the coverage cap
         if additions:
             with kernel_lock(runner.config.lock_file):
-                change = add(additions)
+                change = backend.add(additions)
             if change is None:
                 return False
             self.desired.update(additions)
@@ -372,10 +363,10 @@ def view_host(store, config, host_id: str) -> None:
     """Make the store's reports show one host (``report --host``); refuse an id the fleet does not know."""
     from netblock.errors import BadInput
 
-    if not hasattr(store, "view_host"):  # SQLite: one host, which is this one
-        if host_id != getattr(config, "host_id", None):
+    if not store.fleet:  # SQLite: one host, which is this one
+        if host_id != config.host_id:
             raise BadInput(f"--host {host_id}: this store (SQLite) holds only this host's data "
-                           f"({getattr(config, 'host_id', '?')}); a fleet needs a postgresql:// store")
+                           f"({config.host_id}); a fleet needs a postgresql:// store")
         return
     known = store.hosts()
     if host_id not in known:
@@ -386,7 +377,7 @@ def view_host(store, config, host_id: str) -> None:
 def own_view(store, host_id: str):
     """The store seen as this host only (a fleet's store; SQLite is that already): metrics labelled
     host=ID must count this host's rejections, as Prometheus sums the hosts itself."""
-    if hasattr(store, "view_host"):
+    if store.fleet:
         store.view_host = host_id
     return store
 
@@ -459,7 +450,8 @@ def status_unreachable(ctx, exc, *, as_json: bool) -> int:
     their rules during an outage, which is what the operator wants confirmed.
     """
     from netblock.run.sync import read_installed
-    from netblock.store.postgres import is_dsn, mask_dsn
+    from netblock.store import is_dsn
+    from netblock.store.postgres import mask_dsn
 
     path = ctx.db_path
     if not is_dsn(path):
@@ -500,7 +492,7 @@ def spool_path(config) -> str:
 
 def spool_for(runner):
     """The spool of a daemon on the fleet's PostgreSQL; None for SQLite (the store is local already)."""
-    if getattr(runner.store, "dsn", None) is None:
+    if not runner.store.fleet:
         return None
     from netblock.store.sqlite import Spool
 
@@ -508,7 +500,7 @@ def spool_for(runner):
 
 
 def _unreachable(store) -> bool:
-    return getattr(store, "unreachable_since", None) is not None
+    return store.unreachable_since is not None
 
 
 def flush(runner) -> bool:
@@ -568,12 +560,12 @@ def saved_state(runner, key: str) -> str | None:
 
 
 def before_sync(runner) -> None:
-    follower = getattr(runner, "follower", None)
+    follower = runner.follower
     if follower is not None:
         follower.before_sync(runner.store)
 
 
 def after_sync(runner, result) -> None:
-    follower = getattr(runner, "follower", None)
+    follower = runner.follower
     if follower is not None:
         follower.after_sync(result.desired)

@@ -196,7 +196,7 @@ def read_installed(backend) -> tuple[dict[IPNetwork, datetime | None], str | Non
     tool or kernel feature, a stranger's object) still propagates.
     """
     try:
-        proven = backend.installed_proven() if hasattr(backend, "installed_proven") else None
+        proven = backend.installed_proven()
         return (dict(backend.installed()) if proven is None else proven), None
     except NetblockError as exc:
         if type(exc) is not NetblockError:
@@ -239,7 +239,7 @@ def _apply(store, backend, config, *, now, own, stage) -> SyncResult:
     limits.check_coverage(desired, disjoint=True)  # refused whole: the kernel keeps what it has
     stage()
     backend.ensure()
-    proven = backend.installed_proven() if hasattr(backend, "installed_proven") else None
+    proven = backend.installed_proven()
     installed = dict(backend.installed()) if proven is None else proven  # no dump while the generation proves it
     stage()
     change_plan = diff(installed, desired)

@@ -60,7 +60,6 @@ from netblock.store._sql import (
     ts as _ts,
 )
 
-DSN_PREFIXES = ("postgresql://", "postgres://")
 CHANNEL = "netblock_changes"
 APPLICATION = "netblock"
 LOCK_KEY = 0x6E626C6B  # "nblk": the one advisory lock every write transaction takes
@@ -384,10 +383,6 @@ SCHEMA_VERSION = len(MIGRATIONS)
 FLEET_ROLES_SINCE = 3  # the schema version that has fleet_roles
 
 
-def is_dsn(path) -> bool:
-    return isinstance(path, str) and path.startswith(DSN_PREFIXES)
-
-
 _URI_PASSWORD = re.compile(r"^(postgres(?:ql)?://[^:@/?#]*):[^@/?#]*@")
 _PARAM_PASSWORD = re.compile(r"(?i)(password=)[^&\s]*")
 
@@ -424,6 +419,7 @@ class PgStore(StoreCommon):
     """One connection to the fleet's PostgreSQL database; use as a context manager."""
 
     P = "%s"
+    fleet = True
 
     def __init__(self, dsn: str, conn, host_id: str):
         self.dsn = dsn

@@ -38,15 +38,8 @@ class BadRow(ValueError):
 
 
 def rejected(store) -> dict[tuple[str, str], str]:
-    """The store's record of skipped rows, created on first use (stores and fakes alike)."""
-    found = getattr(store, "rejected", None)
-    if found is None:
-        found = {}
-        try:
-            store.rejected = found
-        except AttributeError:
-            pass
-    return found
+    """The store's record of skipped rows (every store keeps one: the Store protocol's ``rejected``)."""
+    return store.rejected
 
 
 def forget(store, table: str) -> None:

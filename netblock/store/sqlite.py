@@ -29,13 +29,13 @@ import stat
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Self
 
 from netaddr import IPAddress, IPNetwork
 
 from netblock.errors import StoreError
 from netblock.model import NOT_OFFENCES, AllowEntry, Block, Observation, Sample
-from netblock.store import receipt
+from netblock.store import DEFAULT_PATH, receipt
 from netblock.store._sql import (
     BLOCK_COLS as _BLOCK_COLS,
     DAY,
@@ -53,8 +53,6 @@ from netblock.store._sql import (
     to_observation as _observation,
     ts as _ts,
 )
-
-DEFAULT_PATH = "/var/lib/netblock/netblock.db"
 
 # Marks the file as netblock's, so pointing --db at some other SQLite file
 # is refused instead of being "migrated".
@@ -164,7 +162,7 @@ class SqliteFile:
             raise StoreError(f"{self.path}: {e}") from None
 
     @contextmanager
-    def transaction(self) -> Iterator["SqliteFile"]:
+    def transaction(self) -> Iterator[Self]:
         """One write transaction; nested uses join the outermost one.
 
         ``BEGIN IMMEDIATE`` takes the write lock up front, so a transaction
@@ -207,27 +205,30 @@ class SqliteFile:
             return self._conn.execute(sql, tuple(params)).fetchone()
 
 
-class Store(SqliteFile, StoreCommon):
-    """One open connection to the store file; use as a context manager."""
+class SqliteStore(SqliteFile, StoreCommon):
+    """One open connection to the store file; use as a context manager.
+
+    One host's store: the fleet calls of the Store protocol (netblock/store/__init__.py) have their
+    single-host meaning here.
+    """
+
+    dsn = None
+    fleet = False
+    unreachable_since = None  # a local file is never away
+    view_host: str | None = None  # one host's samples whatever is asked: there are no others
 
     def __init__(self, path: str, conn: sqlite3.Connection):
         self.path = path
         self._conn = conn
         self._depth = 0
+        self.rejected: dict[tuple[str, str], str] = {}  # rows skipped on receipt (netblock.store.receipt)
 
     # -- opening ---------------------------------------------------------------
 
     @classmethod
-    def open(cls, path: str | os.PathLike = DEFAULT_PATH, *, host_id: str | None = None) -> "Store":
-        """Open (creating and upgrading as needed) the store at ``path``.
-
-        A ``postgresql://`` DSN opens the fleet's shared PostgreSQL store
-        instead (netblock.store.postgres, which alone needs psycopg), as ``host_id``.
-        """
-        if isinstance(path, str) and path.startswith(("postgresql://", "postgres://")):
-            from netblock.store.postgres import PgStore
-
-            return PgStore.open(path, host_id=host_id)  # type: ignore[return-value]  # same interface; no Store protocol yet
+    def open(cls, path: str | os.PathLike = DEFAULT_PATH) -> "SqliteStore":
+        """Open (creating and upgrading as needed) the SQLite store at ``path`` (netblock.store.open
+        chooses between it and the fleet's PostgreSQL)."""
         path = os.fspath(path)
         memory = path == ":memory:"
         old_umask = os.umask(0o077)
@@ -295,7 +296,7 @@ class Store(SqliteFile, StoreCommon):
     def close(self) -> None:
         self._conn.close()
 
-    def __enter__(self) -> "Store":
+    def __enter__(self) -> "SqliteStore":
         return self
 
     def __exit__(self, *exc) -> None:
@@ -705,6 +706,37 @@ class Store(SqliteFile, StoreCommon):
                 {"b": _ts(before), "a": 0 if after is None else _ts(after) // 86400 * 86400},
             ).rowcount
 
+    # -- the fleet's calls, as one host answers them -------------------------------
+
+    def hosts(self) -> list[str]:
+        """No host ids: the file is one host's, and its rows carry none."""
+        return []
+
+    def peer_addresses(self) -> list[IPNetwork]:
+        """No peers to protect."""
+        return []
+
+    def publish_addresses(self, own: Iterable[IPNetwork]) -> bool:
+        """Nobody to tell: this host carves its own addresses out by itself."""
+        return False
+
+    def may_write(self, source: str) -> bool:
+        """No roles: whoever can open the file writes every block."""
+        return True
+
+    def backend_pid(self) -> int | None:
+        return None
+
+    def change_mark(self) -> int | None:
+        """No change feed: only this host writes the file, and it follows its own writes."""
+        return None
+
+    def changes_since(self, mark: int) -> tuple[list[Block], list[str], int, int]:
+        raise StoreError(f"{self.path}: an SQLite store keeps no change feed (a fleet's PostgreSQL does)")
+
+
+# The name the tests and older callers know the SQLite store by.
+Store = SqliteStore
 
 
 def _window(since: datetime | None, until: datetime | None) -> tuple[list[str], list]:

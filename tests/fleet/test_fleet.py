@@ -27,8 +27,9 @@ import pytest
 from netaddr import IPNetwork
 from netns import build_scene, nsexec, wait_for
 
+from netblock import store as stores
 from netblock.run.fleet import RETRY_EVERY_S as RETRY_S, Listener
-from netblock.store.sqlite import Spool, Store
+from netblock.store.sqlite import Spool
 
 pytestmark = pytest.mark.kernel
 
@@ -135,7 +136,7 @@ rules = [{{family = 4, prefixlen = 24, min_count = 4}}]
 @pytest.fixture(scope="module")
 def fleet(pg_server, tmp_path_factory):  # noqa: F811
     dsn = pg_server.new_database("fleet")
-    Store.open(dsn).close()  # migrate once, before three daemons race to
+    stores.open(dsn).close()  # migrate once, before three daemons race to
     hosts: list[Host] = []
     try:
         for host_id in HOSTS:
@@ -221,7 +222,7 @@ def test_evidence_split_across_hosts_widens_the_prefix_everywhere(fleet):
     assert wait_for(lambda: all(covered(wide, h.kernel()) for h in fleet), timeout=WAIT_S + 2 * TICK_S), \
         {h.id: sorted(map(str, h.kernel())) for h in fleet}
     # neither host alone had the four offenders the rule asks for
-    with Store.open(_dsn(a)) as st:
+    with stores.open(_dsn(a)) as st:
         for h in (a, b):
             st.view_host = h.id
             assert st.observation_class_counts() == {"dnsbl:zen.example": 4}, h.id
@@ -314,7 +315,7 @@ def test_outage_keeps_rules_loses_no_observation_and_converges(fleet, pg_server)
     everyone = [IPNetwork(f"{ip}/32") for ips in zombies.values() for ip in ips]
     assert wait_for(lambda: all(covered(z, h.kernel()) for h in fleet for z in everyone),
                     timeout=WAIT_S + 2 * TICK_S), {h.id: sorted(map(str, h.kernel())) for h in fleet}
-    with Store.open(_dsn(fleet[0])) as st:
+    with stores.open(_dsn(fleet[0])) as st:
         # every line is read once the store is back (each host at its next tick), and read once
         def stored() -> dict[str, int]:
             return {ip: len(st.observations(ip=ip)) for ips in zombies.values() for ip in ips}

@@ -24,7 +24,8 @@ import pytest
 from netaddr import IPNetwork
 from netns import build_scene, nsexec, wait_for
 
-from netblock.store.sqlite import Store, _net_cols
+from netblock import store as stores
+from netblock.store.sqlite import _net_cols
 
 pytestmark = pytest.mark.kernel
 
@@ -118,7 +119,7 @@ def covered(ip: str, kernel) -> bool:
 @pytest.fixture(scope="module")
 def fleet(pg_server, tmp_path_factory):  # noqa: F811
     owner = pg_server.new_database("hostile")
-    Store.open(owner, host_id="owner").close()
+    stores.open(owner, host_id="owner").close()
     env = {k: v for k, v in os.environ.items() if not k.startswith("NETBLOCK_")} | {
         "NETBLOCK_DB": owner, "NETBLOCK_CONFIG": os.devnull}
     for args in (("init-admin",), ("add-host", "mx-a"), ("add-host", "mx-b"), ("add-host", "mx-evil")):
@@ -185,7 +186,7 @@ def test_the_evil_host_is_refused_at_the_database(fleet):
 
 def test_peers_protect_each_other(fleet):
     a, b = fleet["hosts"]
-    with Store.open(a.dsn, host_id="mx-a") as st:  # each daemon published its own addresses
+    with stores.open(a.dsn, host_id="mx-a") as st:  # each daemon published its own addresses
         assert wait_for(lambda: {str(n.ip) for n in st.peer_addresses()} >= set(HONEST.values()), timeout=WAIT_S)
     # the evil host gets mx-b's address "blocked": no kernel drops it, mx-a's included
     fleet["evil"].execute(INSERT, policy_row(f"{HONEST['mx-b']}/32"))

@@ -19,10 +19,11 @@ import psycopg
 import pytest
 from netaddr import IPNetwork
 
+from netblock import store as stores
 from netblock.errors import StoreError
 from netblock.model import AllowEntry, Block, Observation
 from netblock.store import postgres as store_pg
-from netblock.store.sqlite import Store, _net_cols
+from netblock.store.sqlite import _net_cols
 
 NETBLOCK = shutil.which("netblock", path=os.path.dirname(sys.executable))
 NOW = datetime.now(timezone.utc).replace(microsecond=0)
@@ -43,7 +44,7 @@ def as_role(dsn: str, role: str) -> str:
 @pytest.fixture(scope="module")
 def fleet_db(pg_server):  # noqa: F811
     owner = pg_server.new_database("roles")
-    Store.open(owner, host_id="owner").close()
+    stores.open(owner, host_id="owner").close()
     for args in (("init-admin",), ("add-host", "mx-a"), ("add-host", "mx-evil")):
         r = nb(owner, "fleet", *args, "--json")
         assert r.returncode == 0, r.stderr
@@ -87,7 +88,7 @@ def test_the_roles_are_what_fleet_show_lists(fleet_db, tmp_path):
 
 
 def test_a_host_role_cannot_write_the_admins_blocks_or_the_allowlist(fleet_db):
-    admin = Store.open(as_role(fleet_db, "netblock_admin"), host_id="admin-desk")
+    admin = stores.open(as_role(fleet_db, "netblock_admin"), host_id="admin-desk")
     admin.put_blocks([Block(IPNetwork("192.0.2.0/24"), "by hand", "cli", NOW, NOW + timedelta(days=1))])
     admin.allow_add([AllowEntry(IPNetwork("198.51.100.0/24"), "partner", NOW)])
     with raw(as_role(fleet_db, "netblock_mx_evil")) as evil:
@@ -106,7 +107,7 @@ def test_a_host_role_cannot_write_the_admins_blocks_or_the_allowlist(fleet_db):
         assert refused(evil, "UPDATE fleet_limits SET max_prefix_v4 = 4") == "42501"
         assert refused(evil, "INSERT INTO fleet_roles VALUES ('netblock_mx_evil', NULL)") == "42501"
         assert refused(evil, "ALTER TABLE blocks DISABLE ROW LEVEL SECURITY") == "42501"
-    with Store.open(fleet_db, host_id="owner") as owner:
+    with stores.open(fleet_db, host_id="owner") as owner:
         b = owner.get_block("192.0.2.0/24")
         assert b.source == "cli" and b.expires == NOW + timedelta(days=1)
         assert [str(e.netblock) for e in owner.allowlist()] == ["198.51.100.0/24"]
@@ -146,7 +147,7 @@ def test_the_schema_refuses_rows_no_reader_could_use(fleet_db):
 
 
 def test_a_host_role_writes_only_its_own_rows(fleet_db):
-    with Store.open(as_role(fleet_db, "netblock_mx_a"), host_id="mx-a") as a:
+    with stores.open(as_role(fleet_db, "netblock_mx_a"), host_id="mx-a") as a:
         a.add_observations([Observation(NOW, IPNetwork("203.0.113.5/32").ip, "dnsbl:x", "postfix")])
         a.set_state("file:/var/log/mail.log", "1234")
         a.publish_addresses([IPNetwork("203.0.113.201/32")])
@@ -168,13 +169,13 @@ def test_a_host_role_writes_only_its_own_rows(fleet_db):
                     "DELETE FROM state WHERE host = 'mx-a'",
                     "DELETE FROM observations", "DELETE FROM host_addresses WHERE host = 'mx-a'"):
             assert evil.execute(sql).rowcount == 0, sql
-    with Store.open(as_role(fleet_db, "netblock_mx_a"), host_id="mx-a") as a:
+    with stores.open(as_role(fleet_db, "netblock_mx_a"), host_id="mx-a") as a:
         assert a.get_state("file:/var/log/mail.log") == "1234"
         assert [str(o.ip) for o in a.observations()] == ["203.0.113.5"]
         assert [str(n) for n in a.peer_addresses()] == ["203.0.113.201/32"]
     # a host role cannot pose as another host
     with pytest.raises(StoreError, match="is fleet host mx-evil"):
-        Store.open(as_role(fleet_db, "netblock_mx_evil"), host_id="mx-a")
+        stores.open(as_role(fleet_db, "netblock_mx_evil"), host_id="mx-a")
 
 
 def test_the_root_cli_with_a_host_dsn_is_refused_in_one_line(fleet_db, tmp_path):
@@ -191,7 +192,7 @@ def test_bad_rows_of_an_existing_database_go_to_quarantine_and_the_rest_stays(pg
     dsn = pg_server.new_database("old")
     monkeypatch.setattr(store_pg, "SCHEMA_VERSION", 2)
     monkeypatch.setattr(store_pg, "MIGRATIONS", store_pg.MIGRATIONS[:2])
-    Store.open(dsn, host_id="mx-a").close()
+    stores.open(dsn, host_id="mx-a").close()
     with raw(dsn) as c:
         c.execute(INSERT, block_row("192.0.2.0/24", source="cli", reason="tab\there"))
         c.execute(INSERT, ("198.51.100.0/40", 4, b"\0" * 16, b"\0" * 16, 40, "r", "policy", T, None, 0))
@@ -200,7 +201,7 @@ def test_bad_rows_of_an_existing_database_go_to_quarantine_and_the_rest_stays(pg
                   "VALUES ('mx-a', %s, 'not-an-ip', 'dnsbl', 'postfix', '', 0), "
                   "('mx-a', %s, '203.0.113.9', 'dnsbl', 'postfix', '', 0)", (T, T))
     monkeypatch.undo()
-    with Store.open(dsn, host_id="mx-a") as st:
+    with stores.open(dsn, host_id="mx-a") as st:
         assert st.schema_version() == store_pg.SCHEMA_VERSION
         assert [(str(b.netblock), b.reason) for b in st.blocks()] == [("192.0.2.0/24", "tab?here")]
         assert [str(o.ip) for o in st.observations()] == ["203.0.113.9"]

@@ -22,6 +22,7 @@ from types import SimpleNamespace
 import pytest
 from netaddr import IPAddress, IPNetwork
 
+from netblock import store as stores
 from netblock.errors import BadInput, StoreError
 from netblock.model import AllowEntry, Block, Observation, Sample
 from netblock.run import fleet
@@ -42,7 +43,7 @@ def pg_dsn(pg_server):  # noqa: F811
 
 
 def _clean(dsn: str) -> None:
-    with Store.open(dsn, host_id="mx1") as s:
+    with stores.open(dsn, host_id="mx1") as s:
         s._conn.execute(f"TRUNCATE {TABLES} RESTART IDENTITY")
 
 
@@ -63,7 +64,7 @@ def pytest_generate_tests(metafunc):
 
 @pytest.fixture
 def st(db):
-    with Store.open(db, host_id="mx1") as s:
+    with stores.open(db, host_id="mx1") as s:
         yield s
 
 
@@ -89,7 +90,7 @@ def test_postgresql_store_has_every_public_method_of_the_sqlite_store():
 
 
 def test_open_dispatches_on_the_dsn(db):
-    with Store.open(db, host_id="mx1") as s:
+    with stores.open(db, host_id="mx1") as s:
         assert type(s) is (store_pg.PgStore if db.startswith("postgresql://") else Store)
         assert s.schema_version() >= 1
 
@@ -239,7 +240,7 @@ def test_failed_transaction_rolls_everything_back(st):
 
 
 def _hammer(db: str, worker: int, rounds: int, barrier) -> None:
-    with Store.open(db, host_id=f"mx{worker}") as s:
+    with stores.open(db, host_id=f"mx{worker}") as s:
         barrier.wait()
         for i in range(rounds):
             with s.transaction():
@@ -250,7 +251,7 @@ def _hammer(db: str, worker: int, rounds: int, barrier) -> None:
 
 
 def test_two_processes_lose_no_update(db):
-    with Store.open(db, host_id="mx1") as s:
+    with stores.open(db, host_id="mx1") as s:
         s.put_blocks([block("192.0.2.0/24")])
     rounds = 100
     ctx = multiprocessing.get_context("fork")
@@ -261,7 +262,7 @@ def test_two_processes_lose_no_update(db):
     for p in procs:
         p.join(120)
     assert [p.exitcode for p in procs] == [0, 0]
-    with Store.open(db, host_id="mx1") as s:
+    with stores.open(db, host_id="mx1") as s:
         assert s.get_block("192.0.2.0/24").reblocks == 2 * rounds
         assert s.count_blocks() == 1 + 2 * rounds
         assert s.offender_counts(T0) == {(IPAddress("203.0.113.0"), "no-rdns"): rounds,
@@ -391,25 +392,25 @@ def test_state_round_trip(st):
 
 def test_fresh_database_is_migrated_once_and_foreign_or_future_ones_are_refused(pg_server):  # noqa: F811
     dsn = pg_server.new_database("mig")
-    with Store.open(dsn) as s:
+    with stores.open(dsn) as s:
         assert s.schema_version() == store_pg.SCHEMA_VERSION
-    with Store.open(dsn) as s:  # a second open finds it current and changes nothing
+    with stores.open(dsn) as s:  # a second open finds it current and changes nothing
         assert s.schema_version() == store_pg.SCHEMA_VERSION
     future = pg_server.new_database("future")
-    Store.open(future).close()
+    stores.open(future).close()
     pg_server.psql(f"UPDATE schema_version SET version = {store_pg.SCHEMA_VERSION + 1}", db=future.split("/")[3].split("?")[0])
     with pytest.raises(StoreError, match="newer than this netblock"):
-        Store.open(future)
+        stores.open(future)
     foreign = pg_server.new_database("foreign")
     pg_server.psql("CREATE TABLE customers (id int)", db=foreign.split("/")[3].split("?")[0])
     with pytest.raises(StoreError, match="not netblock's"):
-        Store.open(foreign)
+        stores.open(foreign)
 
 
 def test_blocks_are_shared_state_and_samples_are_per_host(pg_dsn):
     _clean(pg_dsn)
     net = IPNetwork("192.0.2.0/24")
-    with Store.open(pg_dsn, host_id="mx1") as a, Store.open(pg_dsn, host_id="mx2") as b:
+    with stores.open(pg_dsn, host_id="mx1") as a, stores.open(pg_dsn, host_id="mx2") as b:
         a.put_blocks([block("192.0.2.0/24")])
         b.allow_add([AllowEntry(IPNetwork("198.51.100.0/24"), "", T0)])
         assert [x.netblock for x in b.blocks()] == [net] and len(a.allowlist()) == 1
@@ -442,7 +443,7 @@ def _wait_readable(listener: fleet.Listener, seconds: float) -> bool:
 
 def test_listener_hears_other_connections_changes_but_not_its_own(pg_dsn):
     _clean(pg_dsn)
-    with Store.open(pg_dsn, host_id="mx1") as mine, Store.open(pg_dsn, host_id="mx2") as other:
+    with stores.open(pg_dsn, host_id="mx1") as mine, stores.open(pg_dsn, host_id="mx2") as other:
         listener = fleet.Listener(pg_dsn, own_pid=mine.backend_pid)
         try:
             listener.fileno()
@@ -462,7 +463,7 @@ def test_listener_hears_other_connections_changes_but_not_its_own(pg_dsn):
 
 def test_store_and_listener_reconnect_after_a_server_restart(pg_server, pg_dsn):  # noqa: F811
     _clean(pg_dsn)
-    with Store.open(pg_dsn, host_id="mx1") as s:
+    with stores.open(pg_dsn, host_id="mx1") as s:
         listener = fleet.Listener(pg_dsn, retry_every=0.1)
         try:
             assert listener.fileno() is not None and listener.changed()
@@ -499,14 +500,14 @@ def test_password_is_never_shown():
     assert store_pg.mask_dsn("postgres:///nb?host=/run/pg&password=s3cret&user=nb") == \
         "postgres:///nb?host=/run/pg&password=***&user=nb"
     with pytest.raises(StoreError) as err:
-        Store.open("postgresql://nb:s3cret@/netblock?host=/nonexistent-nb-socket-dir")
+        stores.open("postgresql://nb:s3cret@/netblock?host=/nonexistent-nb-socket-dir")
     assert "s3cret" not in str(err.value) and "nb:***@" in str(err.value) and "cannot connect" in str(err.value)
 
 
 def test_sqlite_only_installs_never_import_psycopg(tmp_path):
     code = ("import sys; from netblock import cli; from netblock.run import daemon, fleet; "
-            "from netblock.store import sqlite as store; "
-            f"s = store.Store.open({str(tmp_path / 'nb.db')!r}); s.close(); "
+            "from netblock import store; "
+            f"s = store.open({str(tmp_path / 'nb.db')!r}); s.close(); "
             "print(sorted(m for m in sys.modules if m.startswith('psycopg')))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
@@ -515,7 +516,7 @@ def test_sqlite_only_installs_never_import_psycopg(tmp_path):
 
 def test_report_host_on_sqlite_is_only_this_host(tmp_path):
     config = SimpleNamespace(host_id="mx1")
-    with Store.open(tmp_path / "nb.db") as s:
+    with stores.open(tmp_path / "nb.db") as s:
         fleet.view_host(s, config, "mx1")  # the one host an SQLite store knows
         with pytest.raises(BadInput, match="--host mx2: .*postgresql://"):
             fleet.view_host(s, config, "mx2")
@@ -555,21 +556,21 @@ def test_password_comes_from_pgpassword_or_pgpassfile_and_is_never_shown(pg_serv
     monkeypatch.delenv("PGPASSWORD", raising=False)
     monkeypatch.setenv("PGPASSFILE", str(tmp_path / "none"))
     with pytest.raises(StoreError, match="password") as err:
-        Store.open(dsn)
+        stores.open(dsn)
     assert "s3cret" not in str(err.value)
     monkeypatch.setenv("PGPASSWORD", "s3cret-pw")
-    with Store.open(dsn, host_id="mx1") as s:
+    with stores.open(dsn, host_id="mx1") as s:
         assert s.schema_version() == store_pg.SCHEMA_VERSION
     monkeypatch.delenv("PGPASSWORD")
     passfile = tmp_path / "pgpass"
     passfile.write_text(f"*:*:{db}:nbpw:s3cret-pw\n")
     passfile.chmod(0o600)
     monkeypatch.setenv("PGPASSFILE", str(passfile))
-    with Store.open(dsn, host_id="mx1") as s:
+    with stores.open(dsn, host_id="mx1") as s:
         assert s.path == dsn  # nothing to mask: the password never was in the DSN
     wrong = f"postgresql://nbpw:wr0ng-pw@/{db}?host={pg_server.dir}"
     with pytest.raises(StoreError) as err:
-        Store.open(wrong)
+        stores.open(wrong)
     assert "wr0ng" not in str(err.value) and "nbpw:***@" in str(err.value)
 
 
@@ -746,6 +747,7 @@ def test_daemon_writes_go_to_the_spool_while_the_store_is_unreachable_and_catch_
         """A fleet store whose server is gone: every write fails as unreachable."""
 
         dsn = "postgresql:///nowhere"
+        fleet = True
         unreachable_since = T0
 
         def transaction(self):
@@ -753,7 +755,7 @@ def test_daemon_writes_go_to_the_spool_while_the_store_is_unreachable_and_catch_
 
         get_state = transaction
 
-    with Store.open(tmp_path / "nb.db") as real:
+    with stores.open(tmp_path / "nb.db") as real:
         config = SimpleNamespace(lock_file=str(tmp_path / "run" / "netblock.lock"),
                                  daemon=SimpleNamespace(spool=str(tmp_path / "state" / "spool.db")))
         logged: list[str] = []
