@@ -180,8 +180,10 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument("--db", metavar="PATH",
                         help="store (SQLite file, or a postgresql:// DSN for a fleet; default: $NETBLOCK_DB "
                         "or `db` from the config, /var/lib/netblock/netblock.db)")
-    parser.add_argument("--backend", choices=("nftables", "ipset", "iptables"),
-                        help="kernel backend (default: $NETBLOCK_BACKEND or `backend` from the config, nftables)")
+    # firewall.BACKENDS, spelled out so that parsing imports no backend code (tests/unit/test_protocols.py)
+    parser.add_argument("--backend", choices=("nftables", "ipset", "iptables", "dryrun"),
+                        help="kernel backend (default: $NETBLOCK_BACKEND or `backend` from the config, nftables; "
+                        "dryrun: change nothing in the kernel, to try a configuration)")
     parser.add_argument("--count-only", action="store_true",
                         help="counting-only mode for this run: install the same sets and elements, count "
                         "the connection attempts each netblock would have dropped, drop nothing (the same as "

@@ -1,9 +1,10 @@
-"""An in-memory backend and config for pure-logic tests (never for kernel tests).
+"""The tests' in-memory kernel and config for pure-logic tests (never for kernel tests).
 
-The fake keeps exactly the contract of netblock.firewall's Backend: apply()
-makes `installed` equal to `desired` and reports the difference, so sync's
-logic can be checked without netfilter. It also records calls, so a test can
-assert that a dry run or a refused command never reached the kernel.
+The kernel is the product's dry-run backend (netblock/firewall/dryrun.py): it
+keeps the contract of netblock.firewall's Backend (apply() makes `elements`
+equal to `desired` and reports the difference), so sync's logic can be
+checked without netfilter, and it records calls, so a test can assert that a
+dry run or a refused command never reached the kernel.
 """
 
 from __future__ import annotations
@@ -11,61 +12,11 @@ from __future__ import annotations
 import json
 
 from netblock import config
-from netblock.errors import NetblockError
-from netblock.firewall import BackendBase, Change, Settings
+from netblock.firewall.dryrun import DryrunBackend
 
 
-class FakeBackend(BackendBase):
-    name = "fake"
-    description = "in-memory fake backend (tests only)"
-
-    def __init__(self, settings: Settings | None = None):
-        self.settings = settings or Settings()
-        self.elements: dict = {}
-        self.calls: list[str] = []
-        self.present = False
-
-    def ensure(self) -> None:
-        self.calls.append("ensure")
-        self.present = True
-
-    def apply(self, desired) -> Change:
-        self.calls.append("apply")
-        if not self.present:
-            raise AssertionError("apply() before ensure()")
-        change = Change()
-        for net, expiry in desired.items():
-            if net not in self.elements:
-                change.added.append(net)
-            elif self.elements[net] != expiry:
-                change.updated.append(net)
-        change.removed = [net for net in self.elements if net not in desired]
-        self.elements = dict(desired)
-        return change
-
-    def counters(self) -> dict:
-        self.calls.append("counters")
-        return {net: (0, 0) for net in self.elements}
-
-    def installed(self) -> dict:
-        self.calls.append("installed")
-        if not self.present:
-            raise NetblockError("fake: netblock's kernel objects are missing; run ensure() first")
-        return dict(self.elements)
-
-    def add(self, additions) -> Change | None:
-        """No fast path, like the ipset and iptables backends: the caller syncs."""
-        self.calls.append("add")
-        return None
-
-    def verdict(self) -> str | None:
-        """The configured verdict while the objects exist: the fake's rule always matches its settings."""
-        return self.settings.verdict if self.present else None
-
-    def remove(self) -> None:
-        self.calls.append("remove")
-        self.elements = {}
-        self.present = False
+class FakeBackend(DryrunBackend):
+    """The dry-run backend, plus the one question only tests ask of it."""
 
     @property
     def mutations(self) -> list[str]:

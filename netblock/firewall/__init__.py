@@ -35,7 +35,7 @@ from netaddr import IPNetwork
 
 from netblock.errors import BadInput
 
-BACKENDS = ("nftables", "ipset", "iptables")
+BACKENDS = ("nftables", "ipset", "iptables", "dryrun")  # dryrun: records what it would do, touches no kernel
 # "count": the same sets and elements, a rule that counts connection attempts (SYN
 # without ACK) per netblock and lets them through: what "drop" would have dropped.
 VERDICTS = ("drop", "reject", "count")

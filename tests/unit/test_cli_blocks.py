@@ -320,7 +320,7 @@ def test_status_tells_in_sync_from_drifted(nb):
     nb.ok("add", "198.18.1.0/24", "--ttl", "1h")
     nb.ok("add", "198.18.2.0/24", "--permanent")
     status = json.loads(nb.ok("status", "--json"))
-    assert status["in_sync"] is True and status["backend"] == "fake"
+    assert status["in_sync"] is True and status["backend"] == "dryrun"
     assert (status["blocks_active"], status["desired"], status["installed"]) == (2, 2, 2)
     assert status["next_expiry"] == "2026-11-27T13:00:00Z"
     assert status["oldest_block"]["created"] == "2026-11-27T12:00:00Z"

@@ -184,7 +184,7 @@ def test_dump_writes_readable_durations():
     ("[sources]\nfiles = true", "[sources] files: expected a list, got true"),
     ("[sources]\nformat = \"qmail\"", '[sources] format: expected one of "auto", "postfix", "exim", "sendmail", got "qmail"'),
     ("[sources]\njournal = \"yes\"", '[sources] journal: expected true, false or "auto", got "yes"'),
-    ("backend = \"pf\"", 'backend: expected one of "nftables", "ipset", "iptables", got "pf"'),
+    ("backend = \"pf\"", 'backend: expected one of "nftables", "ipset", "iptables", "dryrun", got "pf"'),
     ("db = \"\"", 'db: expected a non-empty string, got ""'),
     ("[firewall]\nports = [25, 0]", "[firewall] ports[1]: expected an integer from 1 to 65535, got 0"),
     ("[firewall]\nports = []", "[firewall] ports: expected a non-empty list, got []"),
