@@ -18,6 +18,7 @@ from datetime import datetime, timedelta, timezone
 from netaddr import IPNetwork
 
 from netblock import durations
+from netblock.decide import manual
 from netblock.errors import BadInput, NetblockError
 from netblock.model import AllowEntry, Block, host_mask
 from netblock.printable import printable
@@ -176,44 +177,6 @@ def parse_ttl(text: str, config) -> timedelta:
     return ttl
 
 
-def escalated_ttl(base: timedelta, reblocks: int, factor: float, cap: timedelta | None) -> timedelta:
-    """base × factor^reblocks, capped: a repeat offender stays out longer each time (fail2ban's bantime.increment)."""
-    try:
-        seconds = base.total_seconds() * (factor ** reblocks)
-    except OverflowError:
-        seconds = float("inf")
-    if cap is not None and seconds > cap.total_seconds():
-        return cap
-    try:
-        return timedelta(seconds=seconds)
-    except OverflowError:
-        return timedelta.max if cap is None else cap
-
-
-def new_block(net: IPNetwork, old: Block | None, *, now: datetime, ttl: timedelta | None, permanent: bool,
-              reason: str | None, source: str, config) -> Block:
-    """The block to store for ``net``, escalating if the store still remembers it.
-
-    Re-adding never shortens a block that is still active: its later expiry
-    (or permanence) wins over the freshly computed one.
-    """
-    reblocks = old.reblocks + 1 if old is not None else 0
-    if permanent:
-        expires = None
-    else:
-        base = ttl if ttl is not None else config.blocks.default_ttl
-        try:
-            expires = now + escalated_ttl(base, reblocks, config.blocks.reblock_factor, config.blocks.max_ttl)
-        except OverflowError:  # beyond year 9999 without a max_ttl: that is permanent
-            expires = None
-        if old is not None and (old.expires is None or old.expires > now):
-            if old.expires is None or old.expires > expires:
-                expires = old.expires
-    if reason is None:
-        reason = old.reason if old is not None else ""
-    return Block(netblock=net, reason=reason, source=source, created=now, expires=expires, reblocks=reblocks)
-
-
 def remembered(store, nets) -> dict[IPNetwork, Block]:
     """The stored rows (active or history) of ``nets``: one lookup each, or one scan when that is cheaper.
 
@@ -316,8 +279,8 @@ def cmd_add(args, ctx) -> int:
         blocks = []
         for net, source in wanted.items():
             old = known.get(net)
-            blocks.append(new_block(net, old, now=now, ttl=ttl, permanent=args.permanent,
-                                    reason=args.reason, source=source, config=config))
+            blocks.append(manual.block(net, old, now=now, ttl=ttl, permanent=args.permanent,
+                                       reason=args.reason, source=source, rules=config.blocks))
             if old is None:
                 fresh += 1
             else:

@@ -35,6 +35,7 @@ from netaddr import IPAddress, IPNetwork
 
 from netblock import durations, limits
 from netblock.aggregate import WidenRule, address_int, widen_detail, widen_spans
+from netblock.decide.manual import later
 from netblock.decide.protect import Protection, overlap, protection
 from netblock.model import MANUAL_SOURCES, NOT_OFFENCES, Block, Observation, host_mask
 
@@ -190,12 +191,6 @@ def _iter_offences(store, rules: dict[str, ClassRule], now: datetime, shield_: P
             yield Offence(ip, classes if len(classes) == 1 else tuple(sorted(set(classes))), n, last, rule)
 
 
-def _later(a: datetime | None, b: datetime | None) -> datetime | None:
-    if a is None or b is None:
-        return None
-    return max(a, b)
-
-
 def decide(store, config, now: datetime) -> list[Block]:
     """The policy blocks the store's observations call for at ``now`` (no writes)."""
     rules = class_rules(config)
@@ -337,7 +332,7 @@ def _routed(store, rules, config, now, sh: Protection) -> list[Block]:
     rs, table, offences = found
     ends: dict[IPAddress, datetime | None] = {}
     for off in offences:
-        ends[off.ip] = off.expires if off.ip not in ends else _later(ends[off.ip], off.expires)
+        ends[off.ip] = off.expires if off.ip not in ends else later(ends[off.ip], off.expires)
     limit = budget(config)
     out = []
     for block in routed.blocks(offences, table, rs, sh.builtin + sh.allowlist + sh.own, now):
