@@ -371,12 +371,12 @@ def cmd_why(args, ctx) -> int:
         own = hostaddrs.own_addresses()
     except (NetblockError, OSError, ImportError):
         own = []  # own addresses are extra detail here, not a reason to fail
-    from netblock.decide import policy
+    from netblock.decide import explain
 
-    ex = policy.explain(ctx.store(), ctx.config, target, ctx.now(), own=own)
+    ex = explain.explain(ctx.store(), ctx.config, target, ctx.now(), own=own)
     if args.json:
         ctx.print_json(ex.to_dict())
     else:
-        for line in policy.render(ex):  # one line each: a newline inside a field is escaped with the rest
+        for line in explain.render(ex):  # one line each: a newline inside a field is escaped with the rest
             ctx.print(printable(line))
     return 0
