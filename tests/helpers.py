@@ -36,9 +36,11 @@ def append(path, *lines: str) -> None:
         f.write("".join(line + "\n" for line in lines))
 
 
-def dnsbl_policy(*, threshold: int = 2, widen: bool = True, min_count: int | None = 3) -> str:
+def dnsbl_policy(*, threshold: int = 2, widen: bool = True, min_count: int | None = 3,
+                 density: bool | None = None) -> str:
     """The tests' policy as TOML: ``threshold`` DNSBL rejects within an hour block for a day; with
     ``widen``, the /24 is blocked once ``min_count`` of its addresses are (None: [widen]'s default rules).
+    ``density`` False turns [widen] off while the class still feeds routed widening.
 
     >>> print(dnsbl_policy(threshold=1, widen=False, min_count=None), end="")
     [policy.classes.dnsbl]
@@ -50,8 +52,9 @@ def dnsbl_policy(*, threshold: int = 2, widen: bool = True, min_count: int | Non
     enabled = false
     """
     flag = "true" if widen else "false"
+    enabled = flag if density is None else ("true" if density else "false")
     text = (f'[policy.classes.dnsbl]\nthreshold = {threshold}\nwindow = "1h"\nttl = "1d"\nwiden = {flag}\n'
-            f"[widen]\nenabled = {flag}\n")
+            f"[widen]\nenabled = {enabled}\n")
     if min_count is not None:
         text += f"rules = [{{family = 4, prefixlen = 24, min_count = {min_count}}}]\n"
     return text
@@ -95,6 +98,18 @@ def runner(cfg, store, backend=None, *, factory=None, clock, follow_mode: bool =
                stderr=io.StringIO() if stderr is None else stderr)
     if open_sources:
         r.open_sources()
+    return r
+
+
+def netblock_in(ns: str, conf, *args: str, db=None, input: str | None = None, expect: int | None = 0,
+                timeout: float = 120, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """``netblock --config CONF [--db DB] ARGS`` in namespace ``ns`` with a clean environment (or
+    ``env``); asserts its exit status is ``expect`` (None: any). The timeout guards against a hang."""
+    argv = [NETBLOCK, "--config", str(conf), *(["--db", str(db)] if db else []), *args]
+    r = subprocess.run(["ip", "netns", "exec", ns, *argv], input=input, capture_output=True, text=True,
+                       timeout=timeout, env=clean_env() if env is None else env)
+    if expect is not None:
+        assert r.returncode == expect, (args, r.returncode, r.stdout, r.stderr)
     return r
 
 

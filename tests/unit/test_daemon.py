@@ -22,7 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(__file__)))
 
 from fakes import FakeBackend  # noqa: E402
 from helpers import append, daemon_toml, dnsbl_policy, runner  # noqa: E402
-from loglines import dnsbl_reject  # noqa: E402
+from loglines import delivery, dnsbl_reject  # noqa: E402
 
 from netblock import config as config_mod  # noqa: E402
 from netblock.errors import KernelError  # noqa: E402
@@ -41,10 +41,7 @@ def reject(ip: str, minute: int = 0) -> str:
 
 
 def delivered(ip: str) -> str:
-    """smtpd's client= and qmgr's proof that the message was accepted (sources.join pairs them)."""
-    return (f"2026-11-27T10:00:00+00:00 mx postfix/smtpd[42]: 4AB12C3D4E: client=mail.example[{ip}]\n"
-            f"2026-11-27T10:00:01+00:00 mx postfix/qmgr[43]: 4AB12C3D4E: from=<a@mail.example>, size=1234, "
-            f"nrcpt=1 (queue active)")
+    return delivery(ip, "2026-11-27T10:00:00+00:00", "2026-11-27T10:00:01+00:00", host="mail.example")
 
 
 def make_config(tmp_path, tick="1h", extra=""):
