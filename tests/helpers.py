@@ -37,10 +37,11 @@ def append(path, *lines: str) -> None:
 
 
 def dnsbl_policy(*, threshold: int = 2, widen: bool = True, min_count: int | None = 3,
-                 density: bool | None = None) -> str:
+                 density: bool | None = None, rules: str | None = None) -> str:
     """The tests' policy as TOML: ``threshold`` DNSBL rejects within an hour block for a day; with
-    ``widen``, the /24 is blocked once ``min_count`` of its addresses are (None: [widen]'s default rules).
-    ``density`` False turns [widen] off while the class still feeds routed widening.
+    ``widen``, the /24 is blocked once ``min_count`` of its addresses are (None: [widen]'s default rules),
+    or as ``rules`` (a TOML array of [widen] rules) says. ``density`` False turns [widen] off while the
+    class still feeds routed widening.
 
     >>> print(dnsbl_policy(threshold=1, widen=False, min_count=None), end="")
     [policy.classes.dnsbl]
@@ -55,7 +56,9 @@ def dnsbl_policy(*, threshold: int = 2, widen: bool = True, min_count: int | Non
     enabled = flag if density is None else ("true" if density else "false")
     text = (f'[policy.classes.dnsbl]\nthreshold = {threshold}\nwindow = "1h"\nttl = "1d"\nwiden = {flag}\n'
             f"[widen]\nenabled = {enabled}\n")
-    if min_count is not None:
+    if rules is not None:
+        text += f"rules = {rules}\n"
+    elif min_count is not None:
         text += f"rules = [{{family = 4, prefixlen = 24, min_count = {min_count}}}]\n"
     return text
 

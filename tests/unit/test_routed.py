@@ -11,6 +11,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
+from helpers import dnsbl_policy
 from netaddr import IPAddress, IPNetwork, IPSet
 
 from netblock import cli, config as config_mod
@@ -170,16 +171,7 @@ def test_block_lives_as_long_as_its_longest_lived_offender():
 
 # ------------------------------------------------------------------ through policy, sync and why
 
-TOML = f"""
-[policy]
-delivered_window = "30d"
-[policy.classes.dnsbl]
-threshold = 1
-window = "1h"
-ttl = "1d"
-widen = true
-[widen]
-enabled = false
+TOML = '[policy]\ndelivered_window = "30d"\n' + dnsbl_policy(threshold=1, min_count=None, density=False) + f"""
 [report]
 asn_file = "{TABLE}"
 as_names_file = "{NAMES}"
