@@ -116,6 +116,19 @@ def netblock_in(ns: str, conf, *args: str, db=None, input: str | None = None, ex
     return r
 
 
+def run_daemon(daemon, driver, join_s: float = 10) -> int:
+    """``daemon.run()`` in this thread, the main one, where signals are delivered, while ``driver``
+    (which ends by signalling the daemon to stop) runs in another; the daemon's exit status."""
+    import threading
+
+    t = threading.Thread(target=driver)
+    t.start()
+    try:
+        return daemon.run()
+    finally:
+        t.join(join_s)
+
+
 class Notify:
     """A bound sd_notify socket at ``path``: a path socket is reachable from a namespace (abstract ones are not)."""
 

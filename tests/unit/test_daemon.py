@@ -11,7 +11,6 @@ import os
 import signal
 import socket
 import sys
-import threading
 import time
 from datetime import datetime, timedelta, timezone
 
@@ -21,7 +20,7 @@ from netaddr import IPNetwork
 sys.path.insert(0, os.path.dirname(os.path.dirname(__file__)))
 
 from fakes import FakeBackend  # noqa: E402
-from helpers import append, daemon_toml, dnsbl_policy, runner  # noqa: E402
+from helpers import append, daemon_toml, dnsbl_policy, run_daemon, runner  # noqa: E402
 from loglines import delivery, dnsbl_reject  # noqa: E402
 
 from netblock import config as config_mod  # noqa: E402
@@ -244,12 +243,7 @@ def test_daemon_reacts_at_once_coalesces_reloads_and_stops(tmp_path, store, monk
         finally:
             os.kill(os.getpid(), signal.SIGTERM)
 
-    t = threading.Thread(target=driver)
-    t.start()
-    try:
-        status = daemon.run()
-    finally:
-        t.join(10)
+    status = run_daemon(daemon, driver)
     messages = []
     while True:
         try:
@@ -303,12 +297,7 @@ def test_daemon_is_ready_before_reading_a_backlog_and_reads_it_in_steps(tmp_path
             time.sleep(0.02)
         os.kill(os.getpid(), signal.SIGTERM)
 
-    t = threading.Thread(target=driver)
-    t.start()
-    try:
-        assert d.run() == 0
-    finally:
-        t.join(10)
+    assert run_daemon(d, driver) == 0
     assert stored_at_ready == [0]
     assert len(store.observations()) == 40
     assert max(reads) <= 8 and len([n for n in reads if n]) >= 5  # 2 batches of 4 lines per wake

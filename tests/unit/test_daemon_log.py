@@ -12,7 +12,6 @@ import os
 import re
 import signal
 import sys
-import threading
 import time
 from datetime import datetime, timedelta, timezone
 
@@ -22,7 +21,7 @@ from netaddr import IPNetwork
 sys.path.insert(0, os.path.dirname(os.path.dirname(__file__)))
 
 from fakes import FakeBackend  # noqa: E402
-from helpers import daemon_toml, dnsbl_policy, runner  # noqa: E402
+from helpers import daemon_toml, dnsbl_policy, run_daemon, runner  # noqa: E402
 from loglines import dnsbl_reject  # noqa: E402
 
 from netblock import config as config_mod  # noqa: E402
@@ -215,12 +214,7 @@ def test_a_storm_of_a_thousand_offenders_a_second_takes_a_few_lines(tmp_path, mo
             with Store.open(tmp_path / "nb.db") as s:
                 return s.count_blocks()
 
-        t = threading.Thread(target=storm)
-        t.start()
-        try:
-            status = daemon.run()
-        finally:
-            t.join(40)
+        status = run_daemon(daemon, storm, join_s=40)
         done["blocks"] = store.count_blocks()
     assert status == 0 and done["blocks"] == STORM
     lines = err.getvalue().splitlines()

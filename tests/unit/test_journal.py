@@ -20,7 +20,7 @@ import pytest
 sys.path.insert(0, os.path.dirname(os.path.dirname(__file__)))
 
 from fakes import FakeBackend, daemon_config  # noqa: E402
-from helpers import runner  # noqa: E402
+from helpers import run_daemon, runner  # noqa: E402
 from loglines import no_rdns_message  # noqa: E402
 
 from netblock.sources import journal  # noqa: E402
@@ -240,7 +240,6 @@ def test_a_failing_store_rewinds_journalctl_to_the_saved_cursor(fake, store, mon
 
 def test_the_daemon_loop_reacts_to_journal_entries(fake, store, tmp_path, monkeypatch):
     import signal
-    import threading
     import time
 
     from netaddr import IPNetwork
@@ -277,11 +276,6 @@ widen = false
         time.sleep(0.2)
         os.kill(os.getpid(), signal.SIGTERM)
 
-    t = threading.Thread(target=driver)
-    t.start()
-    try:
-        assert d.run() == 0
-    finally:
-        t.join(10)
+    assert run_daemon(d, driver) == 0
     assert set(backend.elements) == {IPNetwork("198.51.100.7/32")}  # the forged address never
     assert store.get_state(journal.STATE_KEY) == entry(4, "x")["__CURSOR"]
