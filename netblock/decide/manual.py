@@ -1,4 +1,5 @@
-"""What a block made by hand (`netblock add`) stores, beside what the store already holds.
+"""What a block made by hand (`netblock add`) stores, beside what the store already holds, and
+what `add` refuses outright.
 
 The policy's own merge is ``policy.record``: a decision only ever extends an
 active block. A postmaster's add is different on purpose: it counts as a
@@ -9,6 +10,7 @@ already in force. Kept apart from policy.py so `add` does not import numpy.
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from datetime import datetime, timedelta
 
 from netaddr import IPNetwork
@@ -77,3 +79,95 @@ def block(net: IPNetwork, old: Block | None, *, now: datetime, ttl: timedelta | 
     if reason is None:
         reason = old.reason if old is not None else ""
     return Block(netblock=net, reason=reason, source=source, created=now, expires=expires, reblocks=reblocks)
+
+
+def remembered(store, nets) -> dict[IPNetwork, Block]:
+    """The stored rows (active or history) of ``nets``: one lookup each, or one scan when that is cheaper.
+
+    A list of 100k targets against a store of similar size is read in one
+    pass instead of 100k queries.
+    """
+    if len(nets) > 1000 and store.count_blocks() <= 2 * len(nets):
+        return {b.netblock: b for b in store.blocks() if b.netblock in nets}
+    found = {}
+    for net in nets:
+        old = store.get_block(net)
+        if old is not None:
+            found[net] = old
+    return found
+
+
+class Refusals:
+    """Answers "is this target entirely inside protected space?" for many targets fast.
+
+    A target merely overlapping protected space is fine: aggregation carves
+    the protected part out. One entirely inside it could never be installed,
+    so it is refused with the reason.
+    """
+
+    delivered: "Refusals | None" = None  # recent deliverers: not refused, and not carved out of a manual block
+
+    def __init__(self, labelled: list[tuple[IPNetwork, str]]):
+        from netblock.aggregate import span
+
+        self.labelled = labelled
+        self.merged: dict[int, tuple[list[int], list[int]]] = {}
+        spans = sorted(span(net) for net, _ in labelled)
+        for fam, first, last in spans:
+            firsts, lasts = self.merged.setdefault(fam, ([], []))
+            if lasts and first <= lasts[-1] + 1:
+                lasts[-1] = max(lasts[-1], last)
+            else:
+                firsts.append(first)
+                lasts.append(last)
+
+    def why(self, net: IPNetwork) -> str | None:
+        from netblock.aggregate import span
+
+        fam, first, last = span(net)
+        if fam not in self.merged:
+            return None
+        firsts, lasts = self.merged[fam]
+        k = bisect_right(firsts, first) - 1
+        if k < 0 or lasts[k] < last:
+            return None
+        for prot, label in self.labelled:
+            pf, pfirst, plast = span(prot)
+            if pf == fam and pfirst <= first and last <= plast:
+                return f"{label} {prot}" if prot.prefixlen < (32 if prot.version == 4 else 128) else label
+        return "protected space"
+
+    def carved(self, net: IPNetwork) -> list[tuple[IPNetwork, str]]:
+        """(protected netblock, label) of each protection inside ``net``: what sync cuts out of it."""
+        from netblock.aggregate import span
+
+        fam, first, last = span(net)
+        if fam not in self.merged:
+            return []
+        firsts, lasts = self.merged[fam]
+        k = bisect_right(firsts, last) - 1
+        if k < 0 or lasts[k] < first:
+            return []
+        out = []
+        for prot, label in self.labelled:
+            pf, pfirst, plast = span(prot)
+            if pf == fam and pfirst <= last and first <= plast:
+                out.append((prot, label))
+        return out
+
+
+def refusals(store, config, now: datetime) -> Refusals:
+    """What `add` refuses outright: sync's protected space, minus recent deliverers.
+
+    A sender that delivered mail is carved out by sync but may still be
+    blocked by hand: the next sync after the delivery window honours it.
+    """
+    from netblock.decide.protect import for_sync as protected
+
+    prot = protected(store, config, now=now)
+    labelled = [(net, "protected: built-in never-block range") for net in prot.builtin]
+    labelled += [(net, "protected: allowlisted") for net in prot.allowlist]
+    labelled += [(net, "protected: this host's own address") for net in prot.own]
+    guard = Refusals(labelled)
+    guard.delivered = Refusals([(IPNetwork(ip), "delivered") for ip in prot.delivered])
+    return guard
