@@ -18,6 +18,7 @@ import tempfile
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+from common import dnsbl_policy
 from netaddr import IPAddress
 
 from netblock import config as config_mod
@@ -36,23 +37,12 @@ SCENES = {
                  lambda i: f"198.18.{70 + i // 6}.{(i % 6) * 40 + 3}"),
 }
 
-CONFIG = """
-[policy]
-max_elements_per_block = {budget}
-[policy.classes.dnsbl]
-threshold = 1
-window = "1h"
-ttl = "1d"
-widen = true
-[widen]
-enabled = true
-rules = [{{family = 4, prefixlen = 16, min_count = 64, unit_prefixlen = 24}},
-         {{family = 6, prefixlen = 48, min_count = 8, unit_prefixlen = 64}}]
-"""
+RULES = ("[{family = 4, prefixlen = 16, min_count = 64, unit_prefixlen = 24}, "
+         "{family = 6, prefixlen = 48, min_count = 8, unit_prefixlen = 64}]")
 
 
 def elements(tmp: Path, offenders: list[str], deliverers: list[str], budget: int) -> tuple[int, list[str]]:
-    cfg = config_mod.loads(CONFIG.format(budget=budget))
+    cfg = config_mod.loads(f"[policy]\nmax_elements_per_block = {budget}\n" + dnsbl_policy(threshold=1, rules=RULES))
     with Store.open(tmp / f"nb-{budget}.db") as store:
         t = NOW - timedelta(minutes=5)
         store.add_observations([Observation(t, IPAddress(ip), "dnsbl:zen.example", "postfix") for ip in offenders])

@@ -35,7 +35,6 @@ import ipaddress
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -46,15 +45,11 @@ from pathlib import Path
 from netaddr import IPNetwork
 
 from bench.bench_reaction import read_announcements
+from bench.common import NETBLOCK, ROOT, Notify, PgServer, clean_env, daemon_toml, start_daemon, stop_daemon
 from netblock import store as stores
 from netblock.demo.lab import build_scene, nsexec
 from netblock.model import Block
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
-from pg import PgServer  # noqa: E402
-
-NETBLOCK = shutil.which("netblock", path=os.path.dirname(sys.executable)) or "netblock"
 V4_FIRST = int(ipaddress.IPv4Address("198.18.2.0"))
 V4_END = int(ipaddress.IPv4Address("198.19.255.255"))
 V6_BASE = int(ipaddress.IPv6Address("2001:db8:1::"))
@@ -83,30 +78,18 @@ class Host:
         log = work / "logs" / "mail.log"
         log.touch()
         self.conf = work / "netblock.toml"
-        self.conf.write_text(f"""
-host_id = "{self.id}"
-db = "{role_dsn(owner, self.role)}"
-lock_file = "{work}/run/netblock.lock"
-backend = "nftables"
-[sources]
-files = ["{log}"]
-[daemon]
-tick = "1h"
-spool = "{work}/spool.db"
-""")
+        self.conf.write_text(daemon_toml(f"{work}/run/netblock.lock", [log], tick="1h", backend="nftables",
+                                         host_id=self.id, db=role_dsn(owner, self.role),
+                                         daemon=f'spool = "{work}/spool.db"'))
         self.scene = build_scene("fb")
         self.err = open(work / "daemon.err", "w")
-        self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.notify.bind(str(work / "notify"))
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("NETBLOCK_", "NOTIFY_", "WATCHDOG_"))}
-        env["NOTIFY_SOCKET"] = str(work / "notify")
-        self.proc = subprocess.Popen(["ip", "netns", "exec", self.scene.server, NETBLOCK, "--config", str(self.conf),
-                                      "daemon"], env=env, stdout=subprocess.DEVNULL, stderr=self.err)
+        self.notify = Notify(work / "notify", 60)
+        self.proc = start_daemon(self.scene.server, self.conf, self.err, notify=self.notify)
         self.mon = None
 
     def wait_ready(self, timeout: float) -> None:
-        self.notify.settimeout(timeout)
-        while not self.notify.recv(4096).startswith(b"READY=1"):
+        self.notify.sock.settimeout(timeout)
+        while not self.notify.ready():
             pass
         self.notify.close()
 
@@ -122,21 +105,15 @@ spool = "{work}/spool.db"
         self.mon.wait(timeout=60)
 
     def run(self, *args: str) -> tuple[float, subprocess.CompletedProcess]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("NETBLOCK_")}
         t0 = time.monotonic()
-        r = nsexec(self.scene.server, NETBLOCK, "--config", str(self.conf), *args, check=False, env=env, timeout=600)
+        r = nsexec(self.scene.server, NETBLOCK, "--config", str(self.conf), *args, check=False, env=clean_env(),
+                   timeout=600)
         return time.monotonic() - t0, r
 
     def stop(self) -> None:
         if self.mon is not None and self.mon.poll() is None:
             self.stop_monitor()
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_daemon(self.proc, 60)
         self.err.close()
         self.scene.close()
 
@@ -198,8 +175,7 @@ def main(argv=None) -> int:
         db = owner.split("/")[3].split("?")[0]
         server.psql("CREATE EXTENSION pg_stat_statements", db=db)
         stores.open(owner, host_id="owner").close()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("NETBLOCK_")} | {
-            "NETBLOCK_DB": owner, "NETBLOCK_CONFIG": os.devnull}
+        env = clean_env(NETBLOCK_DB=owner, NETBLOCK_CONFIG=os.devnull)
         for args in [("init-admin",)] + [("add-host", f"mx-{i}") for i in range(opts.hosts)]:
             subprocess.run([NETBLOCK, "fleet", *args], check=True, env=env, stdout=subprocess.DEVNULL, timeout=60)
         now = datetime.now(timezone.utc).replace(microsecond=0)

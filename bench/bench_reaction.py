@@ -69,9 +69,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+from bench.common import NETBLOCK, Notify, daemon_toml, dnsbl_policy, dnsbl_reject, start_daemon, stop_daemon
 from netblock.demo.lab import SERVER4, build_scene, nsexec, probe, run_in_netns
 
-NETBLOCK = shutil.which("netblock", path=os.path.dirname(sys.executable)) or "netblock"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 POOL_FIRST = 0xC6120000 + 256  # 198.18.1.0: 198.18.0.0/24 holds the server and client addresses
 POOL_SIZE = (1 << 17) - 256  # the rest of 198.18.0.0/15
@@ -225,10 +225,7 @@ def read_announcements(path: Path, table: str) -> Announced:
 # ---------------------------------------------------------------- the log writer
 
 def reject_line(ip: str) -> str:
-    stamp = datetime.now(timezone.utc).replace(microsecond=0).isoformat()
-    return (f"{stamp} mx postfix/smtpd[4242]: NOQUEUE: reject: RCPT from unknown[{ip}]: 554 5.7.1 "
-            f"Service unavailable; Client host [{ip}] blocked using zen.example; "
-            f"from=<a@b.example> to=<c@d.example> proto=ESMTP helo=<x>\n")
+    return dnsbl_reject(ip) + "\n"
 
 
 def write_log(path: Path, offenders: list[str], rate: float, gap: float) -> dict[str, float]:
@@ -285,22 +282,15 @@ class Netblock:
     def __init__(self, ns: str, work: Path, log: Path, opts):
         self.ns, self.work, self.log = ns, work, log
         conf = netblock_conf(work, log, opts)
-        notify_path = str(work / "notify")
-        notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        notify.bind(notify_path)
-        notify.settimeout(600 if opts.installed else 60)  # the first tick syncs the installed set in full
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("NETBLOCK_", "NOTIFY_", "WATCHDOG_"))}
-        env["NOTIFY_SOCKET"] = notify_path
+        notify = Notify(work / "notify", 600 if opts.installed else 60)  # the first tick syncs in full
         self.err = open(work / "netblock.err", "w")
         command = [NETBLOCK]
         if os.environ.get("BENCH_PROFILE"):  # where the daemon's time goes: a cProfile file per phase
             command = [sys.executable, "-m", "cProfile", "-o", os.environ["BENCH_PROFILE"] + f".{log.parent.name}",
                        "-m", "netblock"]
-        self.proc = subprocess.Popen(
-            ["ip", "netns", "exec", ns, *command, "--config", str(conf), "--db", str(work / "nb.db"), "daemon"],
-            env=env, stdout=subprocess.DEVNULL, stderr=self.err)
+        self.proc = start_daemon(ns, conf, self.err, db=work / "nb.db", notify=notify, command=command)
         try:
-            if not notify.recv(4096).startswith(b"READY=1"):
+            if not notify.ready():
                 raise RuntimeError("netblock daemon did not say READY")
         finally:
             notify.close()
@@ -327,33 +317,14 @@ class Netblock:
         nsexec(ns, NETBLOCK, "--config", str(conf), "--db", str(work / "nb.db"), "sync", timeout=1800)
 
     def stop(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        stop_daemon(self.proc, 30)
         self.err.close()
 
 
 def netblock_conf(work: Path, log: Path, opts) -> Path:
-    widen = "true" if opts.widen else "false"  # --widen: the default rules of [widen]
     conf = work / "netblock.toml"
-    conf.write_text(f"""
-lock_file = "{work}/run/netblock.lock"
-backend = "nftables"
-[sources]
-files = ["{log}"]
-[daemon]
-tick = "{opts.tick}"
-[policy.classes.dnsbl]
-threshold = 2
-window = "1h"
-ttl = "1d"
-widen = {widen}
-[widen]
-enabled = {widen}
-""")
+    conf.write_text(daemon_toml(f"{work}/run/netblock.lock", [log], tick=opts.tick, backend="nftables",
+                                policy=dnsbl_policy(widen=opts.widen, min_count=None)))  # --widen: the default rules
     return conf
 
 
@@ -403,12 +374,7 @@ logpath = {log}
         self.conf = conf
 
     def stop(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        stop_daemon(self.proc, 60)
         self.err.close()
 
 

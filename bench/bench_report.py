@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import io
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -43,6 +42,7 @@ from datetime import datetime, timedelta, timezone
 import numpy as np
 
 from bench.bench_nftables import netblocks
+from bench.common import NETBLOCK, clean_env
 from netblock import cli
 from netblock.model import Block
 from netblock.store.sqlite import Store
@@ -50,7 +50,6 @@ from netblock.store.sqlite import Store
 YEAR_MINUTES = 365 * 24 * 60
 END = datetime(2026, 11, 28, tzinfo=timezone.utc)
 START = END - timedelta(minutes=YEAR_MINUTES)
-NETBLOCK = shutil.which("netblock", path=os.path.dirname(sys.executable))
 
 
 def build_year(path: str, n: int = 10_000, seed: int = 5) -> int:
@@ -102,7 +101,7 @@ def _in_process(db: str, conf: str, *argv: str) -> tuple[float, str]:
 
 
 def _command(db: str, conf: str, *argv: str, ns: str | None = None) -> float:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("NETBLOCK_")}
+    env = clean_env()
     env["NETBLOCK_NOW"] = END.isoformat()
     cmd = [NETBLOCK, "--config", conf, "--db", db, *argv]
     if ns:

@@ -39,11 +39,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench.common import NETBLOCK
 from netblock.demo.lab import run_in_netns, scene
 
 BASE = 0xF0000000  # 240.0.0.0
 NEW = "198.18.16.0/24"
-NETBLOCK = shutil.which("netblock", path=os.path.dirname(sys.executable)) or "netblock"
 PEER_TABLE = "nbpeer"
 
 

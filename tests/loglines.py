@@ -16,9 +16,9 @@ def now_stamp() -> str:
     return datetime.now(timezone.utc).replace(microsecond=0).isoformat()
 
 
-def dnsbl_message(ip: str) -> str:
+def dnsbl_message(ip: str, zone: str = "zen.example") -> str:
     return (f"NOQUEUE: reject: RCPT from unknown[{ip}]: 554 5.7.1 Service unavailable; Client host [{ip}] "
-            f"blocked using zen.example; from=<a@b.example> to=<c@d.example> proto=ESMTP helo=<x>")
+            f"blocked using {zone}; from=<a@b.example> to=<c@d.example> proto=ESMTP helo=<x>")
 
 
 def no_rdns_message(ip: str, helo: str = "x") -> str:
@@ -26,10 +26,18 @@ def no_rdns_message(ip: str, helo: str = "x") -> str:
             f"hostname, [{ip}]; from=<a@b.example> to=<c@d.example> proto=ESMTP helo=<{helo}>")
 
 
-def dnsbl_reject(ip: str, when: str) -> str:
-    """A whole syslog line: smtpd refused ``ip`` because a DNSBL lists it."""
-    return f"{when} mx postfix/smtpd[42]: {dnsbl_message(ip)}"
+def dnsbl_reject(ip: str, when: str | None = None, zone: str = "zen.example") -> str:
+    """A whole syslog line: smtpd refused ``ip`` because the DNSBL ``zone`` lists it (``when``: now)."""
+    return f"{when or now_stamp()} mx postfix/smtpd[42]: {dnsbl_message(ip, zone)}"
 
 
 def no_rdns_reject(ip: str, when: str, helo: str = "x") -> str:
     return f"{when} mx postfix/smtpd[42]: {no_rdns_message(ip, helo)}"
+
+
+def delivery(ip: str, when: str | None = None, accepted: str | None = None, host: str = "relay.example") -> str:
+    """Two lines: smtpd's client= and qmgr's proof that the message was accepted (sources/join.py
+    pairs them into a "delivered" observation); ``when`` and ``accepted`` default to now."""
+    return (f"{when or now_stamp()} mx postfix/smtpd[42]: 4AB12C3D4E: client={host}[{ip}]\n"
+            f"{accepted or when or now_stamp()} mx postfix/qmgr[43]: 4AB12C3D4E: from=<a@{host}>, size=1234, "
+            f"nrcpt=1 (queue active)")

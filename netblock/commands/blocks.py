@@ -5,19 +5,23 @@ Each mutating command validates all of its input before it writes anything,
 writes the store in one transaction, and ends with sync(), so the kernel
 always equals the store: a refused input changes neither.
 
+The rules they apply live below: what `add` stores and refuses in
+decide/manual.py, the kernel side in run/sync.py and run/delta.py.
+
 Why this module is long: the parsers and printers of the ten commands above
-live together; the domain work it still does is to move down (issue 16).
+live together. Two pieces of domain work are still here: check_cap (the
+IPv4 cap tried before a write) and expire's bookkeeping.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from bisect import bisect_right
 from datetime import datetime, timedelta, timezone
 
 from netaddr import IPNetwork
 
 from netblock import durations
+from netblock.decide import manual
 from netblock.errors import BadInput, NetblockError
 from netblock.model import AllowEntry, Block, host_mask
 from netblock.printable import printable
@@ -86,82 +90,6 @@ def parse_targets(items: list[tuple[str, str]], ctx, *, force: bool = False, any
     return nets
 
 
-class Refusals:
-    """Answers "is this target entirely inside protected space?" for many targets fast.
-
-    A target merely overlapping protected space is fine: aggregation carves
-    the protected part out. One entirely inside it could never be installed,
-    so it is refused with the reason.
-    """
-
-    delivered: "Refusals | None" = None  # recent deliverers: not refused, and not carved out of a manual block
-
-    def __init__(self, labelled: list[tuple[IPNetwork, str]]):
-        from netblock.aggregate import span
-
-        self.labelled = labelled
-        self.merged: dict[int, tuple[list[int], list[int]]] = {}
-        spans = sorted(span(net) for net, _ in labelled)
-        for fam, first, last in spans:
-            firsts, lasts = self.merged.setdefault(fam, ([], []))
-            if lasts and first <= lasts[-1] + 1:
-                lasts[-1] = max(lasts[-1], last)
-            else:
-                firsts.append(first)
-                lasts.append(last)
-
-    def why(self, net: IPNetwork) -> str | None:
-        from netblock.aggregate import span
-
-        fam, first, last = span(net)
-        if fam not in self.merged:
-            return None
-        firsts, lasts = self.merged[fam]
-        k = bisect_right(firsts, first) - 1
-        if k < 0 or lasts[k] < last:
-            return None
-        for prot, label in self.labelled:
-            pf, pfirst, plast = span(prot)
-            if pf == fam and pfirst <= first and last <= plast:
-                return f"{label} {prot}" if prot.prefixlen < (32 if prot.version == 4 else 128) else label
-        return "protected space"
-
-    def carved(self, net: IPNetwork) -> list[tuple[IPNetwork, str]]:
-        """(protected netblock, label) of each protection inside ``net``: what sync cuts out of it."""
-        from netblock.aggregate import span
-
-        fam, first, last = span(net)
-        if fam not in self.merged:
-            return []
-        firsts, lasts = self.merged[fam]
-        k = bisect_right(firsts, last) - 1
-        if k < 0 or lasts[k] < first:
-            return []
-        out = []
-        for prot, label in self.labelled:
-            pf, pfirst, plast = span(prot)
-            if pf == fam and pfirst <= last and first <= plast:
-                out.append((prot, label))
-        return out
-
-
-def refusals(store, config, now: datetime) -> Refusals:
-    """What `add` refuses outright: sync's protected space, minus recent deliverers.
-
-    A sender that delivered mail is carved out by sync but may still be
-    blocked by hand: the next sync after the delivery window honours it.
-    """
-    from netblock.decide.protect import for_sync as protected
-
-    prot = protected(store, config, now=now)
-    labelled = [(net, "protected: built-in never-block range") for net in prot.builtin]
-    labelled += [(net, "protected: allowlisted") for net in prot.allowlist]
-    labelled += [(net, "protected: this host's own address") for net in prot.own]
-    guard = Refusals(labelled)
-    guard.delivered = Refusals([(IPNetwork(ip), "delivered") for ip in prot.delivered])
-    return guard
-
-
 def parse_ttl(text: str, config) -> timedelta:
     from netblock.decide.targets import parse_duration
 
@@ -174,60 +102,6 @@ def parse_ttl(text: str, config) -> timedelta:
         raise BadInput(f"--ttl {text!r}: longer than blocks.max_ttl ({durations.format(max_ttl, weeks=True)}); "
                        "use --permanent for a block that never expires")
     return ttl
-
-
-def escalated_ttl(base: timedelta, reblocks: int, factor: float, cap: timedelta | None) -> timedelta:
-    """base × factor^reblocks, capped: a repeat offender stays out longer each time (fail2ban's bantime.increment)."""
-    try:
-        seconds = base.total_seconds() * (factor ** reblocks)
-    except OverflowError:
-        seconds = float("inf")
-    if cap is not None and seconds > cap.total_seconds():
-        return cap
-    try:
-        return timedelta(seconds=seconds)
-    except OverflowError:
-        return timedelta.max if cap is None else cap
-
-
-def new_block(net: IPNetwork, old: Block | None, *, now: datetime, ttl: timedelta | None, permanent: bool,
-              reason: str | None, source: str, config) -> Block:
-    """The block to store for ``net``, escalating if the store still remembers it.
-
-    Re-adding never shortens a block that is still active: its later expiry
-    (or permanence) wins over the freshly computed one.
-    """
-    reblocks = old.reblocks + 1 if old is not None else 0
-    if permanent:
-        expires = None
-    else:
-        base = ttl if ttl is not None else config.blocks.default_ttl
-        try:
-            expires = now + escalated_ttl(base, reblocks, config.blocks.reblock_factor, config.blocks.max_ttl)
-        except OverflowError:  # beyond year 9999 without a max_ttl: that is permanent
-            expires = None
-        if old is not None and (old.expires is None or old.expires > now):
-            if old.expires is None or old.expires > expires:
-                expires = old.expires
-    if reason is None:
-        reason = old.reason if old is not None else ""
-    return Block(netblock=net, reason=reason, source=source, created=now, expires=expires, reblocks=reblocks)
-
-
-def remembered(store, nets) -> dict[IPNetwork, Block]:
-    """The stored rows (active or history) of ``nets``: one lookup each, or one scan when that is cheaper.
-
-    A list of 100k targets against a store of similar size is read in one
-    pass instead of 100k queries.
-    """
-    if len(nets) > 1000 and store.count_blocks() <= 2 * len(nets):
-        return {b.netblock: b for b in store.blocks() if b.netblock in nets}
-    found = {}
-    for net in nets:
-        old = store.get_block(net)
-        if old is not None:
-            found[net] = old
-    return found
 
 
 def check_width(net: IPNetwork, config, force: bool, text: str) -> None:
@@ -300,7 +174,7 @@ def cmd_add(args, ctx) -> int:
                              progress=bar if len(items) > 1000 else None)
     store = ctx.store()
     now = ctx.now()
-    guard = refusals(store, config, now)
+    guard = manual.refusals(store, config, now)
     wanted: dict[IPNetwork, str] = {}
     for net, (text, where, source) in zip(nets, items):
         label = f"{where}: {text}" if where.startswith("stdin") else text
@@ -312,12 +186,12 @@ def cmd_add(args, ctx) -> int:
 
     fresh = again = 0
     with store.transaction():
-        known = remembered(store, wanted)
+        known = manual.remembered(store, wanted)
         blocks = []
         for net, source in wanted.items():
             old = known.get(net)
-            blocks.append(new_block(net, old, now=now, ttl=ttl, permanent=args.permanent,
-                                    reason=args.reason, source=source, config=config))
+            blocks.append(manual.block(net, old, now=now, ttl=ttl, permanent=args.permanent,
+                                       reason=args.reason, source=source, rules=config.blocks))
             if old is None:
                 fresh += 1
             else:

@@ -1,4 +1,8 @@
-"""`netblock sample` and `netblock report`: kernel counters into the weekly table."""
+"""`netblock sample`, `report` and `wrapup`: parse, call reports/drops.py (the data), print.
+
+The kernel's counters become the weekly table there; this module reads the
+arguments, picks the rows and writes them as a table, JSON, CSV, a chart or a page.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ from datetime import datetime, timedelta, timezone
 
 from netblock.errors import BadInput
 from netblock.printable import printable
-from netblock.reports import tables as rep
+from netblock.reports import drops, tables as rep
 
 
 def register(sub) -> None:
@@ -99,125 +103,6 @@ def window(args, now: datetime) -> tuple[datetime, datetime]:
     return since, until
 
 
-# A block that expired (or was replaced) this long before the window may still
-# have had its last drops sampled inside it (sync samples before removing).
-ENDED_SLACK = timedelta(days=1)
-
-
-def _active(b, at: datetime) -> bool:
-    return b.created <= at and (b.expires is None or b.expires > at)
-
-
-def decisions(blocks, since: datetime | None, until: datetime):
-    """The blocks as decided at ``until``, and those that ended within the window, from all of
-    the store's ``blocks``.
-
-    A sampled piece is reported under the decision holding it at the end of
-    the window (merged into a wider block, or cut by a new carve-out: still
-    that block); a piece whose block has since expired or been replaced by
-    a narrower one, under the decision it belonged to when it ended. Neither
-    needs the mapping at sampling time: pieces only ever lie inside the merge
-    of the blocks active when they were installed.
-    """
-    now, ended = [], []
-    for b in blocks:
-        if _active(b, until):
-            now.append(b)
-        elif (b.created <= until and b.expires is not None
-              and (since is None or b.expires >= since - ENDED_SLACK)):
-            ended.append(b)
-    return rep.Decisions(now), rep.Decisions(ended)
-
-
-def drop_rows(store, config, since: datetime | None, until: datetime, blocks=None) -> list[rep.Row]:
-    """Drops in the window per decided block (summed over its kernel pieces), with its reason.
-    ``blocks``: the store's blocks, when the caller has read them already."""
-    pieces = [rep.Row(rep.parse_net(text), p, b, first, last)
-              for text, (p, b, first, last) in store.sample_drops(since, until).items()]
-    return rep.group(pieces, *decisions(store.blocks() if blocks is None else blocks, since, until))
-
-
-def previous_window(since: datetime, until: datetime) -> tuple[datetime, datetime]:
-    return since - (until - since), since
-
-
-def top_rows(store, config, since: datetime, until: datetime, n: int, by: str = "packets",
-             compare: bool = False) -> tuple[list[rep.Row], list[rep.Row] | None]:
-    """The top-n decided blocks with their carve-outs, and (``compare``) the previous window's top-n
-    rows that dropped out (None without a comparison)."""
-    from netblock.decide.protect import for_sync as protected
-
-    blocks = store.blocks()
-    everything = drop_rows(store, config, since, until, blocks)
-    rows = rep.top(everything, n, by)
-    gone = None
-    if compare:
-        p_since, p_until = previous_window(since, until)
-        gone = rep.compare(rows, everything, drop_rows(store, config, p_since, p_until, blocks), n, by)
-    # This host's own addresses are left out (a netlink round and half a second of imports).
-    rep.carve_outs(rows + (gone or []), protected(store, config, now=until, own=()).all())
-    return rows, gone
-
-
-def row_record(r: rep.Row, compare: bool, dropped_out: bool = False) -> dict:
-    """A top row as JSON/CSV; with the comparison, the rows that dropped out of the top follow the
-    shown ones, marked ``dropped_out``."""
-    rec = {"netblock": str(r.netblock.cidr), "packets": r.packets, "bytes": r.bytes,
-           "first_seen": r.first_seen, "last_seen": r.last_seen, "reason": r.reason,
-           "except": [str(c.cidr) for c in r.carved]}
-    if compare:
-        rec.update(previous_rank=r.prev_rank, previous_packets=r.prev_packets, new=r.prev_rank is None,
-                   dropped_out=dropped_out)
-    return rec
-
-
-def history(store, since: datetime, until: datetime):
-    """Observations of the window, and of the 4 weeks before it (for storm detection)."""
-    start = since - timedelta(weeks=4)
-    everything = store.observations(since=start, until=until)
-    inside = [o for o in everything if o.time >= since]
-    before = [o for o in everything if o.time < since]
-    return inside, before
-
-
-def classes_rows(store, config, since, until, compare: bool = False) -> list[rep.ClassRow]:
-    """Rejections by class in the window; DNSBL zones configured or seen before it and silent in it are flagged.
-    With ``compare``, each class's count in the previous window of the same length too."""
-    counts = store.observation_class_counts(since, until)
-    known = set(store.observation_class_counts(until=since))
-    known |= set(config.policy.classes)
-    previous = store.observation_class_counts(*previous_window(since, until)) if compare else None
-    return rep.classes(counts, {c for c in known if c.startswith("dnsbl:")}, previous)
-
-
-def summary_of(store, config, since, until) -> rep.Summary:
-    inside, before = history(store, since, until)
-    earlier = rep.sessions(before)
-    weeks = 0.0
-    if earlier:
-        weeks = min(4.0, (since - min(o.time for o in earlier)).total_seconds() / (7 * 86400))
-    totals = [rep.Row(rep.parse_net(net), p, b) for net, (p, b, _f, _l) in store.sample_drops(since, until).items()]
-    factor = config.report.storm_factor
-    return rep.summary(inside, len(earlier), weeks, store.blocks(), totals, since, until, factor)
-
-
-def asn_rows(store, config, since, until) -> list:
-    """Distinct rejected addresses per origin AS in the window, from the one routing table (netblock.decide.asn)."""
-    from netblock.decide import asn
-    from netblock.model import NOT_OFFENCES
-
-    ips = {o.ip for o in store.observations(since=since, until=until) if o.cls not in NOT_OFFENCES}
-    return asn.count_by_origin(ips, asn.from_config(config))
-
-
-def asn_drop_rows(store, config, since, until) -> list[rep.OriginDrops]:
-    """Packets and bytes dropped per origin AS in the window, by decided block (see drops_by_origin)."""
-    from netblock.decide import asn
-
-    table = asn.from_config(config)
-    return rep.drops_by_origin(drop_rows(store, config, since, until), table.origin, table.name)
-
-
 def cmd_report(args, ctx) -> int:
     if args.top is not None and args.top < 1:
         raise BadInput(f"--top: {args.top} must be at least 1")
@@ -237,22 +122,19 @@ def cmd_report(args, ctx) -> int:
     if args.plot or args.html:
         _files(args, store, config, since, until, n, compare)
     if args.kind == "asn" and args.by_asn is not None:
-        drops = asn_drop_rows(store, config, since, until)
-        if args.by == "bytes":
-            drops.sort(key=lambda o: (-o.bytes, -o.packets, o.asn is None, o.asn or 0))
-        drops = drops[:n]
+        origins = drops.asn_drops_ranked(store, config, since, until, n, args.by)
         records = [{"asn": o.asn, "owner": o.owner, "packets": o.packets, "bytes": o.bytes,
-                    "blocks": [str(b.cidr) for b in o.blocks]} for o in drops]
-        return _emit(args, ctx, records, lambda: rep.origin_table(drops, exact=args.exact),
+                    "blocks": [str(b.cidr) for b in o.blocks]} for o in origins]
+        return _emit(args, ctx, records, lambda: rep.origin_table(origins, exact=args.exact),
                      fields=["asn", "owner", "packets", "bytes", "blocks"])
     if args.kind == "asn":
         from netblock.decide.asn import render_counts
 
-        rows = asn_rows(store, config, since, until)[:n]
+        rows = drops.asn_rows(store, config, since, until)[:n]
         records = [{"ips": r.ips, "asn": r.asn, "owner": r.owner} for r in rows]
         return _emit(args, ctx, records, lambda: render_counts(rows), fields=["ips", "asn", "owner"])
     if args.kind == "classes":
-        rows = classes_rows(store, config, since, until, compare)
+        rows = drops.classes_rows(store, config, since, until, compare)
         records = [{"class": r.cls, "label": r.label, "count": r.count, "dead": r.dead} for r in rows]
         if compare:
             for rec, r in zip(records, rows):
@@ -260,23 +142,18 @@ def cmd_report(args, ctx) -> int:
         return _emit(args, ctx, records, lambda: rep.classes_table(rows, since, until),
                      fields=list(records[0]) if records else ["class", "label", "count", "dead"])
     if args.kind == "summary":
-        s = summary_of(store, config, since, until)
+        s = drops.summary_of(store, config, since, until)
         record = dict(vars(s), since=since, until=until)
         return _emit(args, ctx, [record], lambda: rep.summary_table(s, since, until), single=True)
-    rows, gone = top_rows(store, config, since, until, n, args.by, compare)
-    records = [row_record(r, compare) for r in rows]
-    if args.json and args.host is None and store.fleet:  # which MX dropped what
+    rows, gone = drops.top_rows(store, config, since, until, n, args.by, compare)
+    records = [drops.row_record(r, compare) for r in rows]
+    if args.json and args.host is None and store.fleet:  # a fleet: which MX dropped what
         from netblock.run.fleet import per_host_packets
 
-        per_host = per_host_packets(store, since, until)
-        for rec, row in zip(records, rows):
-            hosts: dict[str, int] = {}
-            for piece in {row.netblock, *row.rolled_up}:
-                for host, packets in per_host.get(str(piece.cidr), {}).items():
-                    hosts[host] = hosts.get(host, 0) + packets
+        for rec, hosts in zip(records, drops.packets_by_host(rows, per_host_packets(store, since, until))):
             rec["hosts"] = hosts
     if compare:
-        records += [row_record(r, True, dropped_out=True) for r in gone]
+        records += [drops.row_record(r, True, dropped_out=True) for r in gone]
     fields = ["netblock", "packets", "bytes", "first_seen", "last_seen", "reason", "except"]
     if compare:
         fields += ["previous_rank", "previous_packets", "new", "dropped_out"]
@@ -287,27 +164,14 @@ def _files(args, store, config, since, until, n, compare) -> None:
     """--plot and --html: written before anything is printed, so a failure leaves stdout empty."""
     from netblock.reports.export import write_atomically
 
-    rows, gone = top_rows(store, config, since, until, n, args.by, compare)
+    rows, gone = drops.top_rows(store, config, since, until, n, args.by, compare)
     daily = store.daily_drops(since, until)
     if args.plot:
         from netblock.reports import plot
 
         plot.write(args.plot, rows, daily, since, until, by=args.by)
     if args.html:
-        from netblock.reports import html
-
-        extra = []
-        if config.report.asn_file:
-            from netblock.decide.asn import render_counts
-
-            extra.append(("Rejected addresses by origin AS",
-                          html.preformatted(render_counts(asn_rows(store, config, since, until)[:n]))))
-            extra.append(("Drops by origin AS",
-                          html.preformatted(rep.origin_table(asn_drop_rows(store, config, since, until)[:n]))))
-        page = html.page(rows, classes_rows(store, config, since, until, compare),
-                         summary_of(store, config, since, until), daily, since, until,
-                         host=config.host_id, extra_sections=extra, dropped_out=gone)
-        write_atomically(args.html, page)
+        write_atomically(args.html, drops.html_page(store, config, since, until, n, compare, rows, gone, daily))
 
 
 def _emit(args, ctx, records: list[dict], text, fields=None, single=False) -> int:
@@ -332,14 +196,6 @@ def _cell(v):
     return printable(v) if isinstance(v, str) else v
 
 
-def wrapup_text(store, config, since: datetime, until: datetime, n: int, compare: bool = True) -> str:
-    rows, gone = top_rows(store, config, since, until, n, compare=compare)
-    parts = [rep.table(rows, dropped_out=gone),
-             rep.classes_table(classes_rows(store, config, since, until, compare), since, until),
-             rep.summary_table(summary_of(store, config, since, until), since, until)]
-    return "\n\n".join(parts) + "\n"
-
-
 def cmd_wrapup(args, ctx) -> int:
     import os
 
@@ -349,7 +205,8 @@ def cmd_wrapup(args, ctx) -> int:
     until = ctx.now()
     since = until - parse_duration(args.since)
     n = args.top or ctx.config.report.top
-    text = printable(wrapup_text(ctx.store(), ctx.config, since, until, n, not args.no_compare), keep_newlines=True)
+    text = drops.wrapup_text(ctx.store(), ctx.config, since, until, n, not args.no_compare)
+    text = printable(text, keep_newlines=True)
     year, week, _ = until.isocalendar()
     os.makedirs(args.dir, mode=0o700, exist_ok=True)
     path = os.path.join(args.dir, f"{year}-W{week:02d}.txt")

@@ -1,25 +1,20 @@
 """Commands that read the mail logs: ingest, daemon, run-once, why.
 
-All of them go through the same steps as the daemon's tick (netblock.run.daemon):
-observations into the store, policy, sync. ``ingest`` reads finished files
-once (plain or gzip, or stdin) and keeps no position; ``run-once`` continues
-from the positions the daemon saves, for the systemd timer mode.
+Parse, call, print: ``ingest`` calls run/ingest.py (finished files read once,
+then the policy and sync), ``daemon`` and ``run-once`` the tick in
+run/daemon.py (``run-once`` continues from the positions the daemon saves,
+for the systemd timer mode), ``why`` decide/explain.py.
 """
 
 from __future__ import annotations
 
-import gc
-import json
 import os
-from collections import Counter
-from datetime import timezone
 
 from netblock.errors import BadInput, NetblockError, NotARegularFile
 from netblock.printable import printable
 from netblock.sources import follow
 
 FORMATS = ("auto", "postfix", "exim", "sendmail")
-STORE_BATCH = 5000
 
 
 def register(sub) -> None:
@@ -67,16 +62,6 @@ def register(sub) -> None:
 
 # ---------------------------------------------------------------- ingest
 
-def _format(args, ctx) -> str:
-    if args.format:
-        return args.format
-    return ctx.config.sources.format
-
-
-def _max_line(ctx) -> int:
-    return ctx.config.sources.max_line
-
-
 def _check_files(files: list[str]) -> None:
     if files.count("-") > 1:
         raise BadInput("- (stdin) given more than once")
@@ -93,105 +78,30 @@ def _check_files(files: list[str]) -> None:
 
 
 def cmd_ingest(args, ctx) -> int:
+    from netblock.run import ingest
+
     _check_files(args.files)
-    fmt = _format(args, ctx)
-    max_line = _max_line(ctx)
+    fmt = args.format or ctx.config.sources.format
+    max_line = ctx.config.sources.max_line
     now = ctx.now()
     store = None if args.dry_run else ctx.store()
-    lines_read = observed = overlong = 0
-    by_class: Counter = Counter()
-    pending: list = []
-    from netblock.sources.join import Join
-
-    # One join over all the files, in the order given: a message whose client
-    # line is in mail.log.1 and whose acceptance is in mail.log still pairs.
-    join = Join()
-
-    def flush() -> None:
-        if pending and store is not None:
-            store.add_observations(pending)
-        pending.clear()
-
-    total = sum(follow.input_size(p) for p in args.files)
-    # The loop makes no reference cycles, but it makes a great many objects
-    # that live for one block: each collection would walk the parsers' caches
-    # again (a quarter of the run time on a big log).
-    collecting = gc.isenabled()
-    gc.disable()
-    try:
-        with ctx.progress(total, "reading") as bar:
-            for path in args.files:
-                source = "stdin" if path == "-" else path
-                jobs = _parallel_jobs(path, fmt, now, max_line, args) if args.dry_run else None
-                if jobs:
-                    for (start, stop, *_), (n, cut, seen, counts, segments) in _run_parallel(jobs):
-                        lines_read += n
-                        overlong += cut
-                        observed += seen
-                        by_class.update(counts)
-                        for shown, mark in segments:
-                            ctx.stdout.write(shown)
-                            if mark is None:
-                                continue
-                            when, ip, cls, mta, line = mark
-                            delivered = join.mark(when, ip, cls, mta)
-                            if delivered is None:
-                                continue
-                            observed += 1
-                            if args.json:
-                                _show_observations(ctx.stdout.write, [(when, delivered, "delivered", mta, 0)], line)
-                            else:
-                                by_class["delivered"] += 1
-                        bar.advance(stop - start)
-                    continue
-                for n, cut, hits, text, base in _hits(path, fmt, now, max_line, bar.advance):
-                    lines_read += n
-                    overlong += cut
-                    if not hits:
-                        continue
-                    hits = join.tuples(hits)
-                    if not hits:
-                        continue
-                    observed += len(hits)
-                    if not args.dry_run:
-                        pending.extend(_observations(hits, text, base, source))
-                        if len(pending) >= STORE_BATCH:
-                            flush()
-                    elif args.json:
-                        _show_observations(ctx.stdout.write, hits, text)
-                    else:
-                        by_class.update([h[2] for h in hits])
-    finally:
-        if collecting:
-            gc.enable()
-    flush()
-    if store is not None:
-        from netblock.sources import batch
-
-        batch.forget()
-        gc.collect()
-    if overlong:
-        ctx.warn(f"{overlong} over-long line(s) cut to {max_line} bytes")
-    if args.dry_run:
+    show = ctx.stdout.write if args.dry_run and args.json else None
+    with ctx.progress(ingest.input_size(args.files), "reading") as bar:
+        got = ingest.read(args.files, fmt=fmt, now=now, max_line=max_line, store=store, show=show,
+                          on_bytes=bar.advance)
+    if got.overlong:
+        ctx.warn(f"{got.overlong} over-long line(s) cut to {max_line} bytes")
+    if store is None:
         if not args.json:
-            ctx.print(f"{lines_read} lines, {observed} observations (dry run: nothing stored)")
-            for cls, n in sorted(by_class.items(), key=lambda kv: (-kv[1], kv[0])):
+            ctx.print(f"{got.lines} lines, {got.observations} observations (dry run: nothing stored)")
+            for cls, n in sorted(got.by_class.items(), key=lambda kv: (-kv[1], kv[0])):
                 ctx.print(f"  {n:>10}  {printable(cls)}")
-            if join.ambiguous:
+            if got.ambiguous:
                 # Lines with more than one reading of the client field or the
                 # reply: read neither way, shown so an operator can look.
-                ctx.print(f"  {join.ambiguous:>10}  ambiguous (not counted)")
+                ctx.print(f"  {got.ambiguous:>10}  ambiguous (not counted)")
         return 0
-    with store.transaction():
-        from netblock.decide import policy  # numpy: loaded only by the commands that decide
-
-        decided = policy.record(store, policy.decide(store, ctx.config, now), now)
-    # A storm decides 100k blocks, and sync loads them all again from the
-    # store: keep only what the summary prints, so the two sets never coexist.
-    n_decided = len(decided)
-    decided_nets = [str(b.netblock) for b in decided] if args.json else None
-    del decided
-    gc.collect()
+    n_decided, decided_nets = ingest.decide(store, ctx.config, now, names=args.json)
     from netblock.run.sync import sync
 
     try:
@@ -202,117 +112,13 @@ def cmd_ingest(args, ctx) -> int:
         ctx.warn(note)
     c = result.change
     if args.json:
-        ctx.print_json({"lines": lines_read, "observations": observed, "overlong": overlong,
+        ctx.print_json({"lines": got.lines, "observations": got.observations, "overlong": got.overlong,
                         "decided": decided_nets, "kernel": len(result.desired),
                         "added": len(c.added), "removed": len(c.removed), "updated": len(c.updated)})
         return 0
-    ctx.print(f"{lines_read} lines, {observed} observations, {n_decided} blocks decided; "
+    ctx.print(f"{got.lines} lines, {got.observations} observations, {n_decided} blocks decided; "
               f"kernel: {len(result.desired)} netblocks (+{len(c.added)} -{len(c.removed)} ~{len(c.updated)})")
     return 0
-
-
-def _hits(path: str, fmt: str, now, max_line: int, on_bytes, start: int = 0, stop: int | None = None):
-    """(lines, over-long lines, observation tuples, their text, its byte offset) per piece of a file.
-
-    Whole blocks go through one regex search (sources.batch); the few
-    over-long lines come one by one, and parse_line caps them.  The tuples
-    are sources.batch's: (time, ip, cls, mta, index of the line in the text),
-    markers included (sources.join settles them).
-    """
-    from netblock import sources
-    from netblock.sources import batch
-
-    for item in follow.read_blocks(path, max_line=max_line, block_line=sources.MAX_LINE, on_bytes=on_bytes,
-                                   start=start, stop=stop):
-        if isinstance(item, follow.Line):
-            obs = sources.parse_line(item.text, fmt=fmt, now=now, marks=True)
-            hits = [] if obs is None else [(obs.time, obs.ip, obs.cls, obs.mta, 0)]
-            yield 1, int(item.truncated), hits, item.text + "\n", item.position
-        else:
-            yield item.lines, 0, batch.scan(item.text, fmt=fmt, now=now, marks=True), item.text, item.position
-
-
-# A dry run only counts or prints, so pieces of a big plain file can be parsed
-# on every CPU at once and their results joined in file order.  Below
-# PARALLEL_MIN, starting the workers costs more than it saves.
-PARALLEL_MIN = 32 << 20
-PIECE = 8 << 20
-
-
-def _parallel_jobs(path: str, fmt: str, now, max_line: int, args) -> list[tuple] | None:
-    try:
-        workers = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        workers = os.cpu_count() or 1
-    if workers < 2 or follow.input_size(path) < PARALLEL_MIN:
-        return None
-    ranges = follow.pieces(path, PIECE)
-    if not ranges or len(ranges) < 2:
-        return None
-    return [(start, stop, path, fmt, now, max_line, args.json, workers) for start, stop in ranges]
-
-
-def _run_parallel(jobs: list[tuple]):
-    """(job, result of _dry_piece) per job, in order, from one worker process per CPU."""
-    import multiprocessing
-
-    with multiprocessing.get_context("fork").Pool(jobs[0][-1]) as pool:
-        yield from zip(jobs, pool.imap(_dry_piece, jobs))
-
-
-def _dry_piece(job: tuple) -> tuple[int, int, int, Counter, list[tuple]]:
-    """A dry run over one piece of a file: lines, over-long lines, observations, per class, segments.
-
-    The segments are (JSON text, marker or None) in file order: the parent
-    writes each text, then pairs the marker (time, ip, cls, mta, line) with
-    its own sources.join, so pairs across pieces come out as in a serial run.
-    """
-    from netblock.sources import batch
-    from netblock.sources.fields import MARK
-
-    start, stop, path, fmt, now, max_line, as_json, _ = job
-    lines = cut = seen = 0
-    counts: Counter = Counter()
-    out: list[str] = []
-    segments: list[tuple] = []
-    for n, c, hits, text, _base in _hits(path, fmt, now, max_line, None, start, stop):
-        lines += n
-        cut += c
-        for h in hits:
-            if h[2][0] == MARK:
-                segments.append(("".join(out), (*h[:4], batch.line_at(text, h[4]) + "\n" if as_json else "")))
-                out.clear()
-                continue
-            seen += 1
-            if as_json:
-                _show_observations(out.append, [h], text)
-            else:
-                counts[h[2]] += 1
-    segments.append(("".join(out), None))
-    return lines, cut, seen, counts, segments
-
-
-def _observations(hits: list[tuple], text, base: int, source: str):
-    """Observations of batch tuples found in ``text``, which starts at byte ``base`` of ``source``."""
-    from netblock import sources
-    from netblock.sources import batch
-
-    starts = [h[4] for h in hits]
-    if isinstance(text, str) and not text.isascii():
-        starts = batch.byte_offsets(text, starts)
-    make = sources.make_observation
-    return [make(h[0], h[1], h[2], h[3], source, base + at) for h, at in zip(hits, starts)]
-
-
-def _show_observations(write, hits, text) -> None:
-    """One JSON object per observation: the time, address and class, and the line they came from."""
-    from netblock.sources import batch
-
-    dumps = json.dumps
-    for when, ip, cls, mta, start in hits:
-        stamp = when.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-        write(dumps({"time": stamp, "ip": str(ip), "class": cls, "mta": mta,
-                     "line": batch.line_at(text, start)}) + "\n")
 
 
 # ---------------------------------------------------------------- daemon, run-once
@@ -371,12 +177,12 @@ def cmd_why(args, ctx) -> int:
         own = hostaddrs.own_addresses()
     except (NetblockError, OSError, ImportError):
         own = []  # own addresses are extra detail here, not a reason to fail
-    from netblock.decide import policy
+    from netblock.decide import explain
 
-    ex = policy.explain(ctx.store(), ctx.config, target, ctx.now(), own=own)
+    ex = explain.explain(ctx.store(), ctx.config, target, ctx.now(), own=own)
     if args.json:
         ctx.print_json(ex.to_dict())
     else:
-        for line in policy.render(ex):  # one line each: a newline inside a field is escaped with the rest
+        for line in explain.render(ex):  # one line each: a newline inside a field is escaped with the rest
             ctx.print(printable(line))
     return 0

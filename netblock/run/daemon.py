@@ -38,6 +38,7 @@ from netaddr import IPAddress, IPNetwork
 from netblock import durations, limits
 from netblock.aggregate import widen_detail
 from netblock.decide import policy, protect
+from netblock.decide.manual import later
 from netblock.errors import NetblockError
 from netblock.model import NOT_OFFENCES, Block, Observation
 from netblock.printable import printable
@@ -823,7 +824,7 @@ class Tracker:
             off = self._offence(ip, rule, now, self.widening.window)
             if off is None:
                 continue
-            expires = off.expires if not found else policy._later(expires, off.expires)
+            expires = off.expires if not found else later(expires, off.expires)
             found = True
         return found, expires
 

@@ -30,11 +30,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from helpers import NETBLOCK, clean_env
 from netaddr import IPAddress, IPNetwork, iprange_to_cidrs
 from netns import SERVER4, build_scene, check_allowed, nsexec, run_in_netns, wait_for
 
 FILES = Path(__file__).resolve().parent / "files"
-NETBLOCK = shutil.which("netblock", path=os.path.dirname(sys.executable))
 EXIM = os.environ.get("NETBLOCK_E2E_EXIM", "/opt/netblock-e2e/exim/usr/sbin/exim4")
 POSTFIX = shutil.which("postfix", path="/usr/sbin:/sbin") or "/usr/sbin/postfix"
 ZONE = "bl.e2e.test"
@@ -310,7 +310,7 @@ rules = [{{family = 4, prefixlen = 24, min_count = 4}},
 
     # -- the daemon
     def start_daemon(self) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("NETBLOCK_", "NOTIFY_", "WATCHDOG_"))}
+        env = clean_env()
         self.daemon_starts += 1
         self.procs["daemon"] = _start(
             self.lab.server, [NETBLOCK, "--config", str(self.config), "--db", str(self.db), "daemon"],
@@ -329,7 +329,7 @@ rules = [{{family = 4, prefixlen = 24, min_count = 4}},
         return "".join(p.read_text() for p in sorted(self.root.glob("daemon*.err")))
 
     def netblock(self, *args: str, expect: int = 0) -> str:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("NETBLOCK_")}
+        env = clean_env()
         r = nsexec(self.lab.server, NETBLOCK, "--config", str(self.config), "--db", str(self.db), *args,
                    check=False, env=env)
         assert r.returncode == expect, (args, r.returncode, r.stdout, r.stderr)

@@ -15,15 +15,24 @@ from __future__ import annotations
 import json
 import os
 import select
-import shutil
 import statistics
 import subprocess
-import sys
 import threading
 import time
-from datetime import datetime, timezone
 
 import pytest
+from helpers import (
+    NETBLOCK,
+    append,
+    clean_env,
+    daemon_toml,
+    dnsbl_policy,
+    netblock_in,
+    nft_elements,
+    start_daemon,
+    stop_daemon,
+)
+from loglines import dnsbl_reject as reject
 from netaddr import IPNetwork
 from netns import build_scene, nsexec, wait_for
 
@@ -33,25 +42,9 @@ from netblock.store.sqlite import Spool
 
 pytestmark = pytest.mark.kernel
 
-NETBLOCK = shutil.which("netblock", path=os.path.dirname(sys.executable))
 HOSTS = ("mx-a", "mx-b", "mx-c")
 TICK_S = 5
 WAIT_S = 20.0  # bound on every wait for the daemons
-
-
-def stamp() -> str:
-    return datetime.now(timezone.utc).replace(microsecond=0).isoformat()
-
-
-def reject(ip: str) -> str:
-    return (f"{stamp()} mx postfix/smtpd[42]: NOQUEUE: reject: RCPT from unknown[{ip}]: 554 5.7.1 "
-            f"Service unavailable; Client host [{ip}] blocked using zen.example; "
-            f"from=<a@b.example> to=<c@d.example> proto=ESMTP helo=<x>")
-
-
-def append(path, *lines: str) -> None:
-    with open(path, "a") as f:
-        f.write("".join(line + "\n" for line in lines))
 
 
 class Host:
@@ -65,26 +58,11 @@ class Host:
         self.log = directory / "logs" / "mail.log"
         self.log.touch()
         self.conf = directory / "netblock.toml"
-        self.conf.write_text(f"""
-host_id = "{host_id}"
-db = "{dsn}"
-lock_file = "{directory}/run/netblock.lock"
-backend = "nftables"
-[sources]
-files = ["{self.log}"]
-[daemon]
-tick = "{TICK_S}s"
-sample_every = "{TICK_S}s"  # counters read at every tick: the report test sums them
-spool = "{directory}/state/spool.db"
-[policy.classes.dnsbl]
-threshold = 2
-window = "1h"
-ttl = "1d"
-widen = true
-[widen]
-enabled = true
-rules = [{{family = 4, prefixlen = 24, min_count = 4}}]
-""")
+        # counters read at every tick (sample_every): the report test sums them
+        daemon = f'sample_every = "{TICK_S}s"\nspool = "{directory}/state/spool.db"'
+        self.conf.write_text(daemon_toml(f"{directory}/run/netblock.lock", [self.log], tick=f"{TICK_S}s",
+                                         backend="nftables", host_id=host_id, db=dsn, daemon=daemon,
+                                         policy=dnsbl_policy(min_count=4)))
         self.err = open(directory / "daemon.err", "w+")
         self.proc: subprocess.Popen | None = None
 
@@ -92,41 +70,19 @@ rules = [{{family = 4, prefixlen = 24, min_count = 4}}]
     def ns(self) -> str:
         return self.scene.server
 
-    def env(self) -> dict:
-        return {k: v for k, v in os.environ.items() if not k.startswith(("NETBLOCK_", "NOTIFY_", "WATCHDOG_"))}
-
     def start(self) -> None:
-        self.proc = subprocess.Popen(["ip", "netns", "exec", self.ns, NETBLOCK, "--config", str(self.conf), "daemon"],
-                                     env=self.env(), stdout=subprocess.DEVNULL, stderr=self.err)
+        self.proc = start_daemon(self.ns, self.conf, self.err)
 
     def cli(self, *args: str, input: str | None = None) -> str:
-        r = nsexec(self.ns, NETBLOCK, "--config", str(self.conf), *args, check=False, input=input,
-                   env=self.env(), timeout=120)
-        assert r.returncode == 0, (self.id, args, r.stdout, r.stderr)
-        return r.stdout
+        return netblock_in(self.ns, self.conf, *args, input=input).stdout
 
     def kernel(self) -> dict[IPNetwork, int]:
         """{element: packets} of the IPv4 drop set, straight from nft."""
-        r = nsexec(self.ns, "nft", "-j", "list", "set", "inet", "netblock", "block4", check=False)
-        if r.returncode:
-            return {}
-        out = {}
-        for item in json.loads(r.stdout)["nftables"]:
-            for e in item.get("set", {}).get("elem", []):
-                e = e["elem"] if isinstance(e, dict) and "elem" in e else {"val": e}
-                val = e["val"]
-                net = IPNetwork(f"{val['prefix']['addr']}/{val['prefix']['len']}" if isinstance(val, dict) else val)
-                out[net] = (e.get("counter") or {}).get("packets", 0)
-        return out
+        return {IPNetwork(e): packets for e, packets in nft_elements(self.ns).items()}
 
     def stop(self) -> str:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=WAIT_S)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc is not None:
+            stop_daemon(self.proc, WAIT_S)
         self.err.seek(0)
         text = self.err.read()
         self.err.close()
@@ -189,7 +145,7 @@ def test_add_on_one_host_reaches_the_other_kernels_within_a_second(fleet):
             net = IPNetwork(f"203.0.113.{100 + 4 * i}/32")
             t0 = time.monotonic()
             proc = subprocess.Popen(["ip", "netns", "exec", a.ns, NETBLOCK, "--config", str(a.conf), "add", str(net),
-                                     "--reason", "propagation test"], env=a.env(), stdout=subprocess.DEVNULL)
+                                     "--reason", "propagation test"], env=clean_env(), stdout=subprocess.DEVNULL)
             assert select.select([commits.fileno()], [], [], WAIT_S)[0] and commits.changed()
             committed = time.monotonic()
             seen = _appears(others, net, committed, WAIT_S)
@@ -262,7 +218,7 @@ def test_fleet_report_sums_the_kernels_and_per_host_reports_equal_each_kernel(fl
         assert _report(a, "--host", h.id)[str(knocker)] == kernels[h.id]
     rows = json.loads(a.cli("report", "--json", "--since", "1h", "--top", "1000"))
     assert [r["hosts"] for r in rows if r["netblock"] == str(knocker)] == [KNOCKS]  # the per-host column
-    r = nsexec(a.ns, NETBLOCK, "--config", str(a.conf), "report", "--host", "mx-z", check=False, env=a.env())
+    r = netblock_in(a.ns, a.conf, "report", "--host", "mx-z", expect=None)
     assert r.returncode == 2 and "mx-z" in r.stderr and "mx-a" in r.stderr
 
 
@@ -301,7 +257,7 @@ def test_outage_keeps_rules_loses_no_observation_and_converges(fleet, pg_server)
         for h in fleet:
             h.log.with_name("mail.log.1").unlink()
         time.sleep(max(0.0, min(t_end - time.monotonic(), 2 * RETRY_S)))  # the daemons notice
-        r = nsexec(fleet[0].ns, NETBLOCK, "--config", str(fleet[0].conf), "status", check=False, env=fleet[0].env())
+        r = netblock_in(fleet[0].ns, fleet[0].conf, "status", expect=None)
         assert r.returncode == 1 and "store unreachable since 20" in r.stdout, (r.stdout, r.stderr)
         assert f"{len(before['mx-a'])} netblocks installed, kept" in r.stdout
         time.sleep(max(0.0, t_end - time.monotonic()))
@@ -354,7 +310,7 @@ def test_ten_thousand_blocks_added_on_one_host_reach_every_kernel(fleet):
         commits.changed()
         t0 = time.monotonic()
         proc = subprocess.Popen(["ip", "netns", "exec", a.ns, NETBLOCK, "--config", str(a.conf), "add", "-",
-                                 "--reason", "bulk"], env=a.env(), stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                 "--reason", "bulk"], env=clean_env(), stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
                                 text=True)
         proc.stdin.write("\n".join(nets) + "\n")
         proc.stdin.close()

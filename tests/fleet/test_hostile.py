@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
-import sys
 import time
 
 import psycopg
 import pytest
+from helpers import NETBLOCK, clean_env, daemon_toml, netblock_in, nft_elements, start_daemon, stop_daemon
 from netaddr import IPNetwork
 from netns import build_scene, nsexec, wait_for
 
@@ -29,7 +28,6 @@ from netblock.store.sqlite import _net_cols
 
 pytestmark = pytest.mark.kernel
 
-NETBLOCK = shutil.which("netblock", path=os.path.dirname(sys.executable))
 TICK_S = 3
 WAIT_S = 20.0
 HONEST = {"mx-a": "203.0.113.201", "mx-b": "203.0.113.202"}  # each host's own extra address
@@ -58,56 +56,25 @@ class Host:
         log = directory / "logs" / "mail.log"
         log.touch()
         self.conf = directory / "netblock.toml"
-        self.conf.write_text(f"""
-host_id = "{host_id}"
-db = "{dsn}"
-lock_file = "{directory}/run/netblock.lock"
-backend = "nftables"
-[sources]
-files = ["{log}"]
-[daemon]
-tick = "{TICK_S}s"
-spool = "{directory}/state/spool.db"
-""")
+        self.conf.write_text(daemon_toml(f"{directory}/run/netblock.lock", [log], tick=f"{TICK_S}s", backend="nftables",
+                                         host_id=host_id, db=dsn, daemon=f'spool = "{directory}/state/spool.db"'))
         self.err = open(directory / "daemon.err", "w+")
         nsexec(scene.server, "ip", "addr", "add", f"{HONEST[host_id]}/32", "dev", "lo")
-        self.proc = subprocess.Popen(["ip", "netns", "exec", scene.server, NETBLOCK, "--config", str(self.conf),
-                                      "daemon"], env=self.env(), stdout=subprocess.DEVNULL, stderr=self.err)
-
-    def env(self, db: str | None = None) -> dict:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("NETBLOCK_", "NOTIFY_", "WATCHDOG_"))}
-        if db:
-            env["NETBLOCK_DB"] = db
-        return env
+        self.proc = start_daemon(scene.server, self.conf, self.err)
 
     def run(self, *args: str, db: str | None = None) -> subprocess.CompletedProcess:
-        return nsexec(self.scene.server, NETBLOCK, "--config", str(self.conf), *args, check=False,
-                      env=self.env(db), timeout=120)
+        return netblock_in(self.scene.server, self.conf, *args, expect=None,
+                           env=clean_env(**({"NETBLOCK_DB": db} if db else {})))
 
     def kernel(self) -> set[IPNetwork]:
-        r = nsexec(self.scene.server, "nft", "-j", "list", "set", "inet", "netblock", "block4", check=False)
-        if r.returncode:
-            return set()
-        out = set()
-        for item in json.loads(r.stdout)["nftables"]:
-            for e in item.get("set", {}).get("elem", []):
-                val = e["elem"]["val"] if isinstance(e, dict) and "elem" in e else e
-                out.add(IPNetwork(f"{val['prefix']['addr']}/{val['prefix']['len']}" if isinstance(val, dict)
-                                  else val))
-        return out
+        return {IPNetwork(e) for e in nft_elements(self.scene.server)}
 
     def log(self) -> str:
         self.err.flush()
         return (self.dir / "daemon.err").read_text()
 
     def stop(self) -> str:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=WAIT_S)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_daemon(self.proc, WAIT_S)
         self.err.close()
         return (self.dir / "daemon.err").read_text()
 
@@ -120,8 +87,7 @@ def covered(ip: str, kernel) -> bool:
 def fleet(pg_server, tmp_path_factory):  # noqa: F811
     owner = pg_server.new_database("hostile")
     stores.open(owner, host_id="owner").close()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("NETBLOCK_")} | {
-        "NETBLOCK_DB": owner, "NETBLOCK_CONFIG": os.devnull}
+    env = clean_env(NETBLOCK_DB=owner, NETBLOCK_CONFIG=os.devnull)
     for args in (("init-admin",), ("add-host", "mx-a"), ("add-host", "mx-b"), ("add-host", "mx-evil")):
         r = subprocess.run([NETBLOCK, "fleet", *args], capture_output=True, text=True, env=env, timeout=60)
         assert r.returncode == 0, r.stderr

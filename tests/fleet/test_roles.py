@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
-import sys
 from datetime import datetime, timedelta, timezone
 
 import psycopg
 import pytest
+from helpers import NETBLOCK, clean_env
 from netaddr import IPNetwork
 
 from netblock import store as stores
@@ -25,13 +24,12 @@ from netblock.model import AllowEntry, Block, Observation
 from netblock.store import postgres as store_pg
 from netblock.store.sqlite import _net_cols
 
-NETBLOCK = shutil.which("netblock", path=os.path.dirname(sys.executable))
 NOW = datetime.now(timezone.utc).replace(microsecond=0)
 T = int(NOW.timestamp())
 
 
 def nb(dsn: str, *args: str, config: str | None = None) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("NETBLOCK_")}
+    env = clean_env()
     env["NETBLOCK_DB"] = dsn
     env["NETBLOCK_CONFIG"] = config or os.devnull
     return subprocess.run([NETBLOCK, *args], capture_output=True, text=True, env=env, timeout=120)

@@ -6,19 +6,16 @@ store says.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import sys
 from datetime import datetime, timedelta, timezone
 
 import pytest
+from helpers import NETBLOCK, clean_env
 from netns import CLIENT4, SERVER4, SERVER6
 
 from netblock.system import hostaddrs
 
 pytestmark = pytest.mark.kernel
 
-NETBLOCK = shutil.which("netblock", path=os.path.dirname(sys.executable))
 PROBE_S = 0.3  # a SYN-ACK over one veth comes back in microseconds; silence this long is a drop
 SPAM4, ALLOWED4, OTHER4, SPAM6 = "198.51.100.7", "198.51.100.9", "203.0.113.5", "2001:db8:5::7"
 
@@ -34,7 +31,7 @@ class Cli:
         self.backend = backend
 
     def __call__(self, *args: str, input: str | None = None, now: datetime | None = None, expect: int = 0):
-        env = {k: v for k, v in os.environ.items() if not k.startswith("NETBLOCK_")}
+        env = clean_env()
         if now is not None:
             env["NETBLOCK_NOW"] = now.isoformat()
         r = self.scene.server_exec(NETBLOCK, "--config", str(self.conf), "--db", str(self.db),

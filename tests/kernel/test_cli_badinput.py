@@ -7,17 +7,14 @@ point, and a case that did not would show up in the cases after it too.
 
 from __future__ import annotations
 
-import os
-import shutil
-import sys
 from pathlib import Path
 
 import pytest
+from helpers import NETBLOCK, clean_env
 from netns import SERVER4, SERVER6, scene as make_scene
 
 pytestmark = pytest.mark.kernel
 
-NETBLOCK = shutil.which("netblock", path=os.path.dirname(sys.executable))
 ALLOWLISTED = "198.18.60.7"
 
 # (argv after the global options, stdin, text the error line must contain)
@@ -74,7 +71,7 @@ class Env:
         self.conf.write_text(f'lock_file = "{tmp}/run/netblock.lock"\n')
 
     def run(self, argv, stdin=None):
-        env = {k: v for k, v in os.environ.items() if not k.startswith("NETBLOCK_")}
+        env = clean_env()
         return self.sc.server_exec(NETBLOCK, "--config", str(self.conf), "--db", str(self.db),
                                    "--backend", "nftables", *argv, check=False, input=stdin, env=env)
 

@@ -8,21 +8,19 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
-import shutil
 import signal
 import sqlite3
 import subprocess
-import sys
 import threading
 
 import pytest
+from helpers import NETBLOCK, clean_env
 from netns import wait_for
 
 from netblock.aggregate import aggregate_lines
 
 pytestmark = [pytest.mark.kernel, pytest.mark.slow]
 
-NETBLOCK = shutil.which("netblock", path=os.path.dirname(sys.executable))
 BASELINE = ["198.19.255.0/24", "2001:db8:ffff::/48"]
 
 
@@ -61,7 +59,7 @@ class Env:
         self.db = tmp_path / "nb.db"
         self.conf = tmp_path / "netblock.toml"
         self.conf.write_text(f'lock_file = "{tmp_path}/run/netblock.lock"\n')
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("NETBLOCK_")}
+        self.env = clean_env()
 
     def argv(self, *args: str) -> list[str]:
         return ["ip", "netns", "exec", self.scene.server, NETBLOCK, "--config", str(self.conf),

@@ -12,13 +12,10 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
-import socket
-import subprocess
-import sys
 
 import pytest
+from helpers import Notify, daemon_toml, netblock_in, start_daemon, stop_daemon
 from netaddr import IPNetwork
 from netns import scene as make_scene, wait_for
 
@@ -26,7 +23,6 @@ from netblock.firewall import Settings, get_backend
 
 pytestmark = pytest.mark.kernel
 
-NETBLOCK = shutil.which("netblock", path=os.path.dirname(sys.executable))
 PROBE_S = 0.3  # one SYN: the kernel's first retransmission comes after a second
 WAIT_S = 20.0
 SPAM4, SPAM6, OTHER4 = "198.51.100.7", "2001:db8:5::7", "203.0.113.5"
@@ -40,17 +36,9 @@ def scene():
 
 
 def write_config(path, tmp_path, backend: str, verdict: str) -> None:
-    path.write_text(f"""
-lock_file = "{tmp_path}/run/netblock.lock"
-backend = "{backend}"
-[firewall]
-verdict = "{verdict}"
-[sources]
-files = ["{tmp_path}/mail.log"]
-[daemon]
-tick = "1s"
-sample_every = "1s"  # counters read at every tick: the test reads the report soon after
-""")
+    # counters read at every tick (sample_every): the test reads the report soon after
+    path.write_text(daemon_toml(f"{tmp_path}/run/netblock.lock", [tmp_path / "mail.log"], tick="1s", backend=backend,
+                                daemon='sample_every = "1s"', extra=f'[firewall]\nverdict = "{verdict}"\n'))
 
 
 def kernel_counters(backend: str, verdict: str) -> dict[str, int]:
@@ -67,29 +55,20 @@ def test_count_mode_lets_senders_through_counts_them_and_a_reload_turns_it_into_
     (tmp_path / "mail.log").touch()
     conf, db = tmp_path / "netblock.toml", tmp_path / "nb.db"
     write_config(conf, tmp_path, backend, "count")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("NETBLOCK_", "NOTIFY_", "WATCHDOG_"))}
-
     def cli(*args: str) -> str:
-        r = scene.server_exec(NETBLOCK, "--config", str(conf), "--db", str(db), *args, check=False, env=env)
-        assert r.returncode == 0, (args, r.stdout, r.stderr)
-        return r.stdout
+        return netblock_in(scene.server, conf, *args, db=db).stdout
 
     def report() -> dict[str, int]:
         return {row["netblock"]: row["packets"] for row in json.loads(cli("report", "--json", "--exact"))}
 
     scene.add_client(SPAM4, SPAM6, OTHER4)
     scene.listen()
-    notify_path = str(tmp_path / "notify")
-    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    notify.bind(notify_path)
-    notify.settimeout(WAIT_S)
+    notify = Notify(tmp_path / "notify", WAIT_S)
     errlog = open(tmp_path / "daemon.err", "w+")
-    proc = subprocess.Popen(["ip", "netns", "exec", scene.server, NETBLOCK, "--config", str(conf), "--db", str(db),
-                             "daemon"], env={**env, "NOTIFY_SOCKET": notify_path},
-                            stdout=subprocess.DEVNULL, stderr=errlog)
+    proc = start_daemon(scene.server, conf, errlog, db=db, notify=notify)
     said = lambda: (tmp_path / "daemon.err").read_text()  # noqa: E731
     try:
-        assert notify.recv(4096).startswith(b"READY=1")
+        assert notify.ready()
         cli("add", NET4, NET6, "--reason", "trying count mode")
         status = json.loads(cli("status", "--json"))
         assert (status["verdict"], status["verdict_installed"], status["counting_only"]) == ("count", "count", True)
@@ -117,12 +96,9 @@ def test_count_mode_lets_senders_through_counts_them_and_a_reload_turns_it_into_
         status = json.loads(cli("status", "--json"))
         assert (status["verdict"], status["verdict_installed"], status["counting_only"]) == ("drop", "drop", False)
 
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=WAIT_S) == 0
+        assert stop_daemon(proc, WAIT_S) == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        stop_daemon(proc, WAIT_S, signal.SIGKILL)
         notify.close()
         errlog.close()
     log = said()
@@ -136,12 +112,9 @@ def test_count_only_flag_and_a_cli_without_it(scene, tmp_path, backend):
     """``--count-only`` is per command: the CLI that syncs without it puts the configured verdict back."""
     conf, db = tmp_path / "netblock.toml", tmp_path / "nb.db"
     conf.write_text(f'lock_file = "{tmp_path}/run/netblock.lock"\nbackend = "{backend}"\n')
-    env = {k: v for k, v in os.environ.items() if not k.startswith("NETBLOCK_")}
 
     def cli(*args: str) -> str:
-        r = scene.server_exec(NETBLOCK, "--config", str(conf), "--db", str(db), *args, check=False, env=env)
-        assert r.returncode == 0, (args, r.stdout, r.stderr)
-        return r.stdout
+        return netblock_in(scene.server, conf, *args, db=db).stdout
 
     scene.add_client(SPAM4)
     scene.listen()

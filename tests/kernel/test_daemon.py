@@ -10,44 +10,27 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
-import shutil
 import signal
-import socket
-import subprocess
-import sys
-from datetime import datetime, timezone
 
 import pytest
-from loglines import dnsbl_reject
+from helpers import (
+    Notify,
+    append,
+    daemon_toml,
+    dnsbl_policy,
+    netblock_in,
+    start_daemon,
+    stop_daemon,
+)
+from loglines import delivery as delivered, dnsbl_reject as reject
 from netns import scene as make_scene, wait_for
 
 pytestmark = pytest.mark.kernel
 
-NETBLOCK = shutil.which("netblock", path=os.path.dirname(sys.executable))
 PROBE_S = 0.3
 SPAM4, NEIGHBOUR4, GOOD4 = "198.51.100.7", "198.51.100.20", "198.51.100.9"
 OTHER_SPAMMERS = ("198.51.100.5", "198.51.100.6")  # only in the log: they make the /24 dense
 WAIT_S = 15.0  # bound on every wait for the daemon; ticks are 1 s
-
-
-def stamp() -> str:
-    return datetime.now(timezone.utc).replace(microsecond=0).isoformat()
-
-
-def reject(ip: str) -> str:
-    return dnsbl_reject(ip, stamp())
-
-
-def delivered(ip: str) -> str:
-    """smtpd's client= and qmgr's proof that the message was accepted (sources/join.py pairs them)."""
-    return (f"{stamp()} mx postfix/smtpd[42]: 4AB12C3D4E: client=relay.example[{ip}]\n"
-            f"{stamp()} mx postfix/qmgr[43]: 4AB12C3D4E: from=<a@relay.example>, size=1234, nrcpt=1 (queue active)")
-
-
-def append(path, *lines: str) -> None:
-    with open(path, "a") as f:
-        f.write("".join(line + "\n" for line in lines))
 
 
 @pytest.fixture
@@ -61,39 +44,18 @@ def test_daemon_blocks_from_the_log_repairs_drift_and_stops_cleanly(scene, tmp_p
     log = tmp_path / "mail.log"
     log.touch()
     conf = tmp_path / "netblock.toml"
-    conf.write_text(f"""
-lock_file = "{tmp_path}/run/netblock.lock"
-backend = "nftables"
-[sources]
-files = ["{log}"]
-[daemon]
-tick = "1s"
-[policy.classes.dnsbl]
-threshold = 2
-window = "1h"
-ttl = "1d"
-widen = true
-[widen]
-enabled = true
-rules = [{{family = 4, prefixlen = 24, min_count = 3}}]
-""")
-    notify_path = str(tmp_path / "notify")
-    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    notify.bind(notify_path)  # a path socket is reachable from the namespace (abstract ones are not)
-    notify.settimeout(WAIT_S)
+    conf.write_text(daemon_toml(f"{tmp_path}/run/netblock.lock", [log], tick="1s", backend="nftables",
+                                policy=dnsbl_policy()))
+    notify = Notify(tmp_path / "notify", WAIT_S)
     scene.add_client(SPAM4, NEIGHBOUR4, GOOD4)
     scene.listen()
     assert {src: scene.probe(src, timeout=PROBE_S) for src in (SPAM4, NEIGHBOUR4, GOOD4)} == \
         {SPAM4: "open", NEIGHBOUR4: "open", GOOD4: "open"}
 
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("NETBLOCK_", "NOTIFY_", "WATCHDOG_"))}
-    env["NOTIFY_SOCKET"] = notify_path
     errlog = open(tmp_path / "daemon.err", "w+")
-    proc = subprocess.Popen(
-        ["ip", "netns", "exec", scene.server, NETBLOCK, "--config", str(conf), "--db", str(tmp_path / "nb.db"),
-         "daemon"], env=env, stdout=subprocess.DEVNULL, stderr=errlog)
+    proc = start_daemon(scene.server, conf, errlog, db=tmp_path / "nb.db", notify=notify)
     try:
-        assert notify.recv(4096).startswith(b"READY=1")
+        assert notify.ready()
 
         append(log, delivered(GOOD4))
         for ip in (SPAM4, *OTHER_SPAMMERS):
@@ -108,16 +70,13 @@ rules = [{{family = 4, prefixlen = 24, min_count = 3}}]
         assert scene.probe(GOOD4, timeout=PROBE_S) == "open"
         assert wait_for(lambda: "drift repaired" in (tmp_path / "daemon.err").read_text(), timeout=WAIT_S)
 
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=WAIT_S) == 0
+        assert stop_daemon(proc, WAIT_S) == 0
         assert scene.probe(SPAM4, timeout=PROBE_S) == "timeout"  # the rules stay after exit
         assert scene.probe(GOOD4, timeout=PROBE_S) == "open"
         listed = scene.server_exec("nft", "list", "table", "inet", "netblock").stdout
         assert "198.51.100.7" in listed or "198.51.100.0/" in listed
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        stop_daemon(proc, WAIT_S, signal.SIGKILL)
         notify.close()
         errlog.seek(0)
         err = errlog.read()
@@ -126,26 +85,14 @@ rules = [{{family = 4, prefixlen = 24, min_count = 3}}]
 
 
 def run(scene, tmp_path, *args: str, expect: int = 0) -> str:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("NETBLOCK_")}
-    r = scene.server_exec(NETBLOCK, "--config", str(tmp_path / "netblock.toml"), "--db", str(tmp_path / "nb.db"),
-                          *args, check=False, env=env)
-    assert r.returncode == expect, (args, r.returncode, r.stdout, r.stderr)
-    return r.stdout
+    return netblock_in(scene.server, tmp_path / "netblock.toml", *args, db=tmp_path / "nb.db", expect=expect).stdout
 
 
 def test_ingest_and_run_once_take_the_same_path(scene, tmp_path):
     log = tmp_path / "mail.log"
     log.touch()
-    (tmp_path / "netblock.toml").write_text(f"""
-lock_file = "{tmp_path}/run/netblock.lock"
-[sources]
-files = ["{log}"]
-[policy.classes.dnsbl]
-threshold = 2
-window = "1h"
-ttl = "1d"
-widen = false
-""")
+    (tmp_path / "netblock.toml").write_text(daemon_toml(f"{tmp_path}/run/netblock.lock", [log],
+                                                        policy=dnsbl_policy(widen=False, min_count=None)))
     scene.add_client(SPAM4, GOOD4, NEIGHBOUR4)
     scene.listen()
     old = tmp_path / "old.log.gz"

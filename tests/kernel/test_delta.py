@@ -10,15 +10,13 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import random
-import shutil
 import subprocess
-import sys
 from contextlib import redirect_stderr, redirect_stdout
 from datetime import datetime, timedelta, timezone
 
 import pytest
+from helpers import NETBLOCK
 from netaddr import IPNetwork
 
 from netblock.model import Block
@@ -26,7 +24,6 @@ from netblock.store.sqlite import Store
 
 pytestmark = pytest.mark.kernel
 
-NETBLOCK = shutil.which("netblock", path=os.path.dirname(sys.executable))
 
 
 class Cli:

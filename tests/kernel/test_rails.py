@@ -12,19 +12,16 @@
 from __future__ import annotations
 
 import os
-import shutil
 import signal
-import subprocess
-import sys
 from datetime import datetime, timezone
 
 import pytest
-from loglines import dnsbl_reject
+from helpers import append, daemon_toml, dnsbl_policy, netblock_in, start_daemon, stop_daemon
+from loglines import dnsbl_reject as reject
 from netns import SERVER4, scene as make_scene, wait_for
 
 pytestmark = pytest.mark.kernel
 
-NETBLOCK = shutil.which("netblock", path=os.path.dirname(sys.executable))
 PROBE_S = 0.3
 GUARD_S = 120  # only so a hang fails the test instead of stalling the run
 HAND4, POLICY4, ALLOW4, SPAM4 = "198.51.100.7", "203.0.113.7", "198.51.100.9", "192.0.2.7"
@@ -36,22 +33,9 @@ def scene():
         yield sc
 
 
-def stamp() -> str:
-    return datetime.now(timezone.utc).replace(microsecond=0).isoformat()
-
-
-def reject(ip: str) -> str:
-    return dnsbl_reject(ip, stamp())
-
-
 def run(scene, tmp_path, *argv: str, input: str | None = None, check: bool = True):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("NETBLOCK_")}
-    r = subprocess.run(["ip", "netns", "exec", scene.server, NETBLOCK, "--config", str(tmp_path / "netblock.toml"),
-                        "--db", str(tmp_path / "nb.db"), *argv], env=env, input=input, capture_output=True,
-                       text=True, timeout=GUARD_S)
-    if check:
-        assert r.returncode == 0, (argv, r.stdout, r.stderr)
-    return r
+    return netblock_in(scene.server, tmp_path / "netblock.toml", *argv, db=tmp_path / "nb.db", input=input,
+                       expect=0 if check else None, timeout=GUARD_S)
 
 
 def test_a_block_made_by_hand_wins_over_the_delivered_protection_but_not_over_the_allowlist(scene, tmp_path):
@@ -87,18 +71,8 @@ def test_a_fifo_or_a_device_as_source_never_hangs_run_once_or_the_daemon(scene, 
     fifo, log = tmp_path / "fifo.log", tmp_path / "mail.log"
     os.mkfifo(fifo)
     log.write_text(reject(SPAM4) + "\n" + reject(SPAM4) + "\n")
-    (tmp_path / "netblock.toml").write_text(f"""
-lock_file = "{tmp_path}/run/netblock.lock"
-[sources]
-files = ["{fifo}", "/dev/zero", "{log}"]
-[daemon]
-tick = "1s"
-[policy.classes.dnsbl]
-threshold = 2
-window = "1h"
-ttl = "1d"
-widen = false
-""")
+    (tmp_path / "netblock.toml").write_text(daemon_toml(f"{tmp_path}/run/netblock.lock", [fifo, "/dev/zero", log],
+                                                        tick="1s", policy=dnsbl_policy(widen=False, min_count=None)))
     scene.add_client(SPAM4, "192.0.2.8")
     scene.listen()
     assert scene.probe(SPAM4, timeout=PROBE_S) == "open"
@@ -112,20 +86,13 @@ widen = false
     assert scene.probe(SPAM4, timeout=PROBE_S) == "timeout"
 
     errlog = open(tmp_path / "daemon.err", "w+")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("NETBLOCK_", "NOTIFY_", "WATCHDOG_"))}
-    proc = subprocess.Popen(["ip", "netns", "exec", scene.server, NETBLOCK, "--config", str(tmp_path / "netblock.toml"),
-                             "--db", str(tmp_path / "nb.db"), "daemon"], env=env, stdout=subprocess.DEVNULL,
-                            stderr=errlog)
+    proc = start_daemon(scene.server, tmp_path / "netblock.toml", errlog, db=tmp_path / "nb.db")
     try:
-        with open(log, "a") as f:
-            f.write(reject("192.0.2.8") + "\n" + reject("192.0.2.8") + "\n")
+        append(log, reject("192.0.2.8"), reject("192.0.2.8"))
         assert wait_for(lambda: scene.probe("192.0.2.8", timeout=PROBE_S) == "timeout", timeout=GUARD_S)
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=GUARD_S) == 0
+        assert stop_daemon(proc, GUARD_S) == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        stop_daemon(proc, GUARD_S, signal.SIGKILL)
     text = (tmp_path / "daemon.err").read_text()
     assert text.count(f"{fifo}: a FIFO, not a regular file") == 1, text
 
@@ -137,19 +104,8 @@ def test_a_widened_block_over_its_element_budget_falls_back_to_its_offenders(sce
     from netblock.model import Observation
     from netblock.store.sqlite import Store
 
-    (tmp_path / "netblock.toml").write_text(f"""
-lock_file = "{tmp_path}/run/netblock.lock"
-[policy]
-max_elements_per_block = {budget}
-[policy.classes.dnsbl]
-threshold = 1
-window = "1h"
-ttl = "1d"
-widen = true
-[widen]
-enabled = true
-rules = [{{family = 4, prefixlen = 24, min_count = 3}}]
-""")
+    policy = f"[policy]\nmax_elements_per_block = {budget}\n" + dnsbl_policy(threshold=1)
+    (tmp_path / "netblock.toml").write_text(daemon_toml(f"{tmp_path}/run/netblock.lock", policy=policy))
     offenders, deliverers, bystander = ["192.0.2.1", "192.0.2.2", "192.0.2.3"], ["192.0.2.16", "192.0.2.24",
                                                                                "192.0.2.32"], "192.0.2.77"
     scene.add_client(*offenders, deliverers[0], bystander)

@@ -10,16 +10,22 @@ the small transaction behind the event path, against its own apply().
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import socket
 import subprocess
-import sys
 from datetime import datetime, timedelta, timezone
 
 import pytest
-from loglines import dnsbl_reject, now_stamp
+from helpers import (
+    NETBLOCK,
+    Notify,
+    append,
+    clean_env,
+    daemon_toml,
+    dnsbl_policy,
+    nft_elements,
+    start_daemon,
+    stop_daemon,
+)
+from loglines import dnsbl_reject as reject
 from netaddr import IPAddress, IPNetwork
 from netns import scene as make_scene, wait_for
 
@@ -31,7 +37,6 @@ from netblock.store.sqlite import Store
 
 pytestmark = pytest.mark.kernel
 
-NETBLOCK = shutil.which("netblock", path=os.path.dirname(sys.executable))
 PROBE_S = 0.3
 WAIT_S = 10.0  # bound on every wait; the tick (1 h) never comes within it
 ONCE, TWICE = "203.0.113.10", "203.0.113.20"
@@ -40,31 +45,8 @@ NEIGHBOUR, LATE = "198.51.100.99", "198.51.100.8"
 BURST = [f"198.{18 + i // 250}.{1 + i % 250}.5" for i in range(300)]  # one per /24: none is widened
 
 
-def reject(ip: str) -> str:
-    return dnsbl_reject(ip, now_stamp())
-
-
-def append(path, *lines: str) -> None:
-    with open(path, "a") as f:
-        f.write("".join(line + "\n" for line in lines))
-
-
-CONFIG = """
-lock_file = "{tmp}/run/netblock.lock"
-backend = "nftables"
-[sources]
-files = ["{log}"]
-[daemon]
-tick = "1h"
-[policy.classes.dnsbl]
-threshold = 2
-window = "1h"
-ttl = "1d"
-widen = true
-[widen]
-enabled = true
-rules = [{{family = 4, prefixlen = 24, min_count = 3}}]
-"""
+def config_text(tmp, log) -> str:
+    return daemon_toml(f"{tmp}/run/netblock.lock", [log], tick="1h", backend="nftables", policy=dnsbl_policy())
 
 
 @pytest.fixture
@@ -75,37 +57,21 @@ def scene():
 
 def in_kernel(scene) -> set[str]:
     """The addresses and prefixes of netblock's IPv4 set."""
-    out = scene.server_exec("nft", "-j", "list", "set", "inet", "netblock", "block4", check=False).stdout
-    found = set()
-    for item in json.loads(out or '{"nftables": []}')["nftables"]:
-        for elem in item.get("set", {}).get("elem", []):
-            val = elem["elem"]["val"] if isinstance(elem, dict) and "elem" in elem else elem
-            if isinstance(val, dict) and "prefix" in val:
-                found.add(f"{val['prefix']['addr']}/{val['prefix']['len']}")
-            else:
-                found.add(str(val))
-    return found
+    return set(nft_elements(scene.server))
 
 
 def test_a_crossing_line_is_dropped_without_waiting_for_the_tick(scene, tmp_path):
     log = tmp_path / "mail.log"
     log.touch()
     conf = tmp_path / "netblock.toml"
-    conf.write_text(CONFIG.format(tmp=tmp_path, log=log))
-    notify_path = str(tmp_path / "notify")
-    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    notify.bind(notify_path)
-    notify.settimeout(WAIT_S)
+    conf.write_text(config_text(tmp_path, log))
+    notify = Notify(tmp_path / "notify", WAIT_S)
     scene.add_client(ONCE, TWICE, NEIGHBOUR, LATE, *DENSE)
     scene.listen()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("NETBLOCK_", "NOTIFY_", "WATCHDOG_"))}
-    env["NOTIFY_SOCKET"] = notify_path
     errlog = open(tmp_path / "daemon.err", "w+")
-    proc = subprocess.Popen(
-        ["ip", "netns", "exec", scene.server, NETBLOCK, "--config", str(conf), "--db", str(tmp_path / "nb.db"),
-         "daemon"], env=env, stdout=subprocess.DEVNULL, stderr=errlog)
+    proc = start_daemon(scene.server, conf, errlog, db=tmp_path / "nb.db", notify=notify)
     try:
-        assert notify.recv(4096).startswith(b"READY=1")  # the start-up tick is over: the next is 1 h away
+        assert notify.ready()  # the start-up tick is over: the next is 1 h away
         assert scene.probe(TWICE, timeout=PROBE_S) == "open"
 
         append(log, reject(ONCE), reject(TWICE))
@@ -126,14 +92,12 @@ def test_a_crossing_line_is_dropped_without_waiting_for_the_tick(scene, tmp_path
         # An offender inside the dropped /24 is covered already: nothing to add, nothing fails.
         append(log, reject(LATE), reject(LATE), reject(TWICE), reject(TWICE))
         assert wait_for(lambda: f"{LATE}/32" in scene.server_exec(
-            NETBLOCK, "--config", str(conf), "--db", str(tmp_path / "nb.db"), "why", "--json", LATE, env=env).stdout,
-            timeout=WAIT_S)
+            NETBLOCK, "--config", str(conf), "--db", str(tmp_path / "nb.db"), "why", "--json", LATE,
+            env=clean_env()).stdout, timeout=WAIT_S)
         assert scene.probe(LATE, timeout=PROBE_S) == "timeout"
         assert scene.probe("198.18.0.2", timeout=PROBE_S) == "open"  # the client's own address
     finally:
-        if proc.poll() is None:
-            proc.terminate()
-            proc.wait(timeout=WAIT_S)
+        stop_daemon(proc, WAIT_S)
         notify.close()
         errlog.seek(0)
         err = errlog.read()
@@ -144,7 +108,7 @@ def test_a_crossing_line_is_dropped_without_waiting_for_the_tick(scene, tmp_path
 
 def test_the_tracker_decides_what_the_policy_decides(tmp_path):
     """Same store, same clock: the tracker's blocks are policy.decide()'s blocks for the same addresses."""
-    cfg = config_mod.loads(CONFIG.format(tmp=tmp_path, log=tmp_path / "mail.log") + """
+    cfg = config_mod.loads(config_text(tmp_path, tmp_path / "mail.log") + """
 [policy.classes.helo]
 threshold = 3
 window = "10m"

@@ -11,17 +11,14 @@ twice. Then the ruleset is flushed behind netblock's back (a reboot): after
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
-import sys
 
 import pytest
+from helpers import NETBLOCK, clean_env
 from netaddr import IPNetwork
 
 pytestmark = pytest.mark.kernel
 
-NETBLOCK = shutil.which("netblock", path=os.path.dirname(sys.executable))
 A, B, C, D = "198.51.100.0/26", "198.51.100.128/26", "2001:db8:5::/48", "203.0.113.0/24"
 SRC = {A: "198.51.100.10", B: "198.51.100.130", C: "2001:db8:5::7"}
 MERGED = "198.51.100.0/24"
@@ -35,7 +32,7 @@ class Cli:
         self.conf.write_text(f'lock_file = "{tmp_path}/run/netblock.lock"\n')
 
     def __call__(self, *args: str) -> str:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("NETBLOCK_")}
+        env = clean_env()
         r = self.scene.server_exec(NETBLOCK, "--config", str(self.conf), "--db", str(self.db),
                                    "--backend", self.backend, *args, check=False, env=env)
         assert r.returncode == 0, (args, r.stdout, r.stderr)

@@ -7,19 +7,15 @@ addresses outside it still connect.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import sys
-from datetime import datetime, timezone
 
 import pytest
-from loglines import dnsbl_reject
+from helpers import daemon_toml, dnsbl_policy, netblock_in
+from loglines import delivery as delivered, dnsbl_reject as reject
 from netaddr import IPAddress, IPNetwork
 from netns import CLIENT4, scene as make_scene
 
 pytestmark = pytest.mark.kernel
 
-NETBLOCK = shutil.which("netblock", path=os.path.dirname(sys.executable))
 PROBE_S = 0.3
 ZOMBIES = [f"198.19.{net}.{host}" for net in range(1, 9) for host in (10, 11)]  # 16 in 8 /24s
 NEVER, GOOD, OUTSIDE = "198.19.200.7", "198.19.5.5", "198.51.100.9"
@@ -31,49 +27,23 @@ def scene():
         yield sc
 
 
-def stamp() -> str:
-    return datetime.now(timezone.utc).replace(microsecond=0).isoformat()
-
-
-def reject(ip: str) -> str:
-    return dnsbl_reject(ip, stamp())
-
-
-def delivered(ip: str) -> str:
-    """smtpd's client= and qmgr's proof that the message was accepted (sources/join.py pairs them)."""
-    return (f"{stamp()} mx postfix/smtpd[42]: 4AB12C3D4E: client=relay.example[{ip}]\n"
-            f"{stamp()} mx postfix/qmgr[43]: 4AB12C3D4E: from=<a@relay.example>, size=1234, nrcpt=1 (queue active)")
-
-
 def test_announced_prefix_drops_an_address_that_never_attacked(scene, tmp_path):
     (tmp_path / "ipasn.dat").write_text("; test table\n198.19.0.0/16\t64500\n203.0.113.0/24\t64501\n")
     (tmp_path / "asnames.json").write_text(json.dumps({"64500": "NBTEST-AS Netblock test network, ZZ"}))
     log = tmp_path / "mail.log"
     log.write_text("".join(line + "\n" for line in [delivered(GOOD), *map(reject, ZOMBIES)]))
     conf = tmp_path / "netblock.toml"
-    conf.write_text(f"""
-lock_file = "{tmp_path}/run/netblock.lock"
-backend = "nftables"
-[policy.classes.dnsbl]
-threshold = 1
-window = "1h"
-ttl = "1d"
-widen = true
-[widen]
-enabled = false
+    policy = dnsbl_policy(threshold=1, min_count=None, density=False)
+    conf.write_text(daemon_toml(f"{tmp_path}/run/netblock.lock", backend="nftables", policy=policy, extra=f"""
 [report]
 asn_file = "{tmp_path}/ipasn.dat"
 as_names_file = "{tmp_path}/asnames.json"
 [routed]
 enabled = true
-""")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("NETBLOCK_")}
+"""))
 
     def netblock(*args: str):
-        r = scene.server_exec(NETBLOCK, "--config", str(conf), "--db", str(tmp_path / "nb.db"), *args,
-                              check=False, env=env)
-        assert r.returncode == 0, (args, r.stdout, r.stderr)
-        return r.stdout
+        return netblock_in(scene.server, conf, *args, db=tmp_path / "nb.db").stdout
 
     scene.add_client(NEVER, GOOD, OUTSIDE)
     scene.listen()

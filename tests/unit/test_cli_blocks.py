@@ -409,7 +409,7 @@ def test_usage_errors_are_one_line_exit_2(capsys):
 
 
 def test_escalation_survives_absurd_reblock_counts():
-    from netblock.commands.blocks import escalated_ttl
+    from netblock.decide.manual import escalated_ttl
 
     day, cap = timedelta(days=1), timedelta(days=90)
     assert escalated_ttl(day, 0, 2.0, cap) == day

@@ -11,7 +11,6 @@ import os
 import signal
 import socket
 import sys
-import threading
 import time
 from datetime import datetime, timedelta, timezone
 
@@ -21,11 +20,12 @@ from netaddr import IPNetwork
 sys.path.insert(0, os.path.dirname(os.path.dirname(__file__)))
 
 from fakes import FakeBackend  # noqa: E402
-from loglines import dnsbl_reject  # noqa: E402
+from helpers import append, daemon_toml, dnsbl_policy, run_daemon, runner  # noqa: E402
+from loglines import delivery, dnsbl_reject  # noqa: E402
 
 from netblock import config as config_mod  # noqa: E402
 from netblock.errors import KernelError  # noqa: E402
-from netblock.run.daemon import Daemon, Runner, newly_crossing  # noqa: E402
+from netblock.run.daemon import Daemon, newly_crossing  # noqa: E402
 from netblock.store.sqlite import Store  # noqa: E402
 from netblock.system import hostaddrs
 from netblock.system.sdnotify import Notifier  # noqa: E402
@@ -40,37 +40,14 @@ def reject(ip: str, minute: int = 0) -> str:
 
 
 def delivered(ip: str) -> str:
-    """smtpd's client= and qmgr's proof that the message was accepted (sources.join pairs them)."""
-    return (f"2026-11-27T10:00:00+00:00 mx postfix/smtpd[42]: 4AB12C3D4E: client=mail.example[{ip}]\n"
-            f"2026-11-27T10:00:01+00:00 mx postfix/qmgr[43]: 4AB12C3D4E: from=<a@mail.example>, size=1234, "
-            f"nrcpt=1 (queue active)")
-
-
-def write(path, *lines: str) -> None:
-    with open(path, "a") as f:
-        f.write("".join(line + "\n" for line in lines))
+    return delivery(ip, "2026-11-27T10:00:00+00:00", "2026-11-27T10:00:01+00:00", host="mail.example")
 
 
 def make_config(tmp_path, tick="1h", extra=""):
     log = tmp_path / "mail.log"
     log.touch()
-    return config_mod.loads(f"""
-lock_file = "{tmp_path}/lock"
-[sources]
-files = ["{log}"]
-[daemon]
-tick = "{tick}"
-coalesce = "50ms"
-[policy.classes.dnsbl]
-threshold = 2
-window = "1h"
-ttl = "1d"
-widen = true
-[widen]
-enabled = true
-rules = [{{family = 4, prefixlen = 24, min_count = 3}}]
-{extra}
-"""), log
+    toml = daemon_toml(f"{tmp_path}/lock", [log], tick=tick, daemon='coalesce = "50ms"', policy=dnsbl_policy())
+    return config_mod.loads(toml + extra), log
 
 
 @pytest.fixture(autouse=True)
@@ -96,20 +73,14 @@ class FlakyBackend(FakeBackend):
         return super().apply(desired)
 
 
-def runner(cfg, store, backend, stderr=None, clock=lambda: NOW) -> Runner:
-    r = Runner(cfg, store, lambda: backend, clock=clock, follow_mode=False, stderr=stderr or io.StringIO())
-    r.open_sources()
-    return r
-
-
 # ------------------------------------------------------------------ the tick
 
 def test_tick_reads_decides_and_syncs(tmp_path, store):
     cfg, log = make_config(tmp_path)
-    write(log, reject("198.18.4.1", 1), reject("198.18.4.1", 2), reject("198.18.4.2", 3),
+    append(log, reject("198.18.4.1", 1), reject("198.18.4.1", 2), reject("198.18.4.2", 3),
           delivered("198.18.4.9"), reject("198.18.4.9", 4), reject("198.18.4.9", 5))
     backend = FakeBackend()
-    result = runner(cfg, store, backend).tick()
+    result = runner(cfg, store, backend, clock=lambda: NOW).tick()
     assert result.ok and result.observations == 6 and result.decided == 1
     # the delivered sender crossed the threshold too, but is never blocked
     assert backend.elements == {IPNetwork("198.18.4.1/32"): datetime(2026, 11, 28, 11, 2, tzinfo=timezone.utc)}
@@ -118,11 +89,11 @@ def test_tick_reads_decides_and_syncs(tmp_path, store):
 
 def test_widened_prefix_keeps_the_delivered_sender_out(tmp_path, store):
     cfg, log = make_config(tmp_path)
-    write(log, delivered("198.18.5.200"))
+    append(log, delivered("198.18.5.200"))
     for i in (1, 2, 3):
-        write(log, reject(f"198.18.5.{i}", i), reject(f"198.18.5.{i}", i + 10))
+        append(log, reject(f"198.18.5.{i}", i), reject(f"198.18.5.{i}", i + 10))
     backend = FakeBackend()
-    runner(cfg, store, backend).tick()
+    runner(cfg, store, backend, clock=lambda: NOW).tick()
     kernel = set(backend.elements)
     assert IPNetwork("198.18.5.200/32") not in kernel
     assert not any(IPNetwork("198.18.5.200/32") in n for n in kernel)
@@ -131,11 +102,11 @@ def test_widened_prefix_keeps_the_delivered_sender_out(tmp_path, store):
 
 def test_a_failing_kernel_is_retried_and_loses_nothing(tmp_path, store):
     cfg, log = make_config(tmp_path)
-    write(log, reject("198.18.6.1", 1), reject("198.18.6.1", 2))
+    append(log, reject("198.18.6.1", 1), reject("198.18.6.1", 2))
     backend = FlakyBackend()
     backend.broken = True
     err = io.StringIO()
-    r = runner(cfg, store, backend, stderr=err)
+    r = runner(cfg, store, backend, stderr=err, clock=lambda: NOW)
     first = r.tick()
     assert not first.ok and first.observations == 2
     lines = [line for line in err.getvalue().splitlines() if "tick failed" in line]
@@ -150,10 +121,10 @@ def test_a_failing_kernel_is_retried_and_loses_nothing(tmp_path, store):
 
 def test_drift_is_repaired_and_logged(tmp_path, store):
     cfg, log = make_config(tmp_path)
-    write(log, reject("198.18.7.1", 1), reject("198.18.7.1", 2))
+    append(log, reject("198.18.7.1", 1), reject("198.18.7.1", 2))
     backend = FakeBackend()
     err = io.StringIO()
-    r = runner(cfg, store, backend, stderr=err)
+    r = runner(cfg, store, backend, stderr=err, clock=lambda: NOW)
     r.tick()
     assert "drift repaired" not in err.getvalue()
     backend.elements.clear()  # `nft flush ruleset` behind netblock's back
@@ -164,7 +135,7 @@ def test_drift_is_repaired_and_logged(tmp_path, store):
 
 def test_expired_blocks_leave_the_kernel_on_a_later_tick(tmp_path, store):
     cfg, log = make_config(tmp_path)
-    write(log, reject("198.18.8.1", 1), reject("198.18.8.1", 2))
+    append(log, reject("198.18.8.1", 1), reject("198.18.8.1", 2))
     backend = FakeBackend()
     clock = [NOW]
     r = runner(cfg, store, backend, clock=lambda: clock[0])
@@ -177,12 +148,12 @@ def test_expired_blocks_leave_the_kernel_on_a_later_tick(tmp_path, store):
 
 def test_newly_crossing_needs_the_threshold_and_no_active_block(tmp_path, store):
     cfg, log = make_config(tmp_path)
-    write(log, reject("198.18.9.1", 1))
-    r = runner(cfg, store, FakeBackend())
+    append(log, reject("198.18.9.1", 1))
+    r = runner(cfg, store, FakeBackend(), clock=lambda: NOW)
     r.read_all()
     ip = store.observations()[0].ip
     assert not newly_crossing(store, cfg, [ip], NOW)
-    write(log, reject("198.18.9.1", 2))
+    append(log, reject("198.18.9.1", 2))
     r.read_all()
     assert newly_crossing(store, cfg, [ip], NOW)
     r.tick()
@@ -236,7 +207,7 @@ def test_daemon_reacts_at_once_coalesces_reloads_and_stops(tmp_path, store, monk
     sock.settimeout(0.1)
     backend = FakeBackend()
     err = io.StringIO()
-    r = Runner(cfg, store, lambda: backend, clock=lambda: NOW, follow_mode=True, stderr=err)
+    r = runner(cfg, store, backend, clock=lambda: NOW, follow_mode=True, stderr=err, open_sources=False)
     reloads = []
 
     def reload_config():
@@ -259,12 +230,12 @@ def test_daemon_reacts_at_once_coalesces_reloads_and_stops(tmp_path, store, monk
         try:
             seen["started"] = wait(lambda: backend.calls.count("apply") >= 1)
             applies = backend.calls.count("apply")
-            write(log, reject("198.18.10.1", 1), reject("198.18.10.2", 1), reject("198.18.10.3", 1))
-            write(log, reject("198.18.10.1", 2), reject("198.18.10.2", 2), reject("198.18.10.3", 2))
+            append(log, reject("198.18.10.1", 1), reject("198.18.10.2", 1), reject("198.18.10.3", 1))
+            append(log, reject("198.18.10.1", 2), reject("198.18.10.2", 2), reject("198.18.10.3", 2))
             seen["blocked"] = wait(lambda: IPNetwork("198.18.10.0/24") in backend.elements)
             time.sleep(0.3)
             seen["syncs"] = backend.calls.count("apply") - applies
-            write(log, reject("198.18.10.1", 3))  # already blocked: no sync for it
+            append(log, reject("198.18.10.1", 3))  # already blocked: no sync for it
             time.sleep(0.3)
             seen["syncs_after"] = backend.calls.count("apply") - applies
             os.kill(os.getpid(), signal.SIGHUP)
@@ -272,12 +243,7 @@ def test_daemon_reacts_at_once_coalesces_reloads_and_stops(tmp_path, store, monk
         finally:
             os.kill(os.getpid(), signal.SIGTERM)
 
-    t = threading.Thread(target=driver)
-    t.start()
-    try:
-        status = daemon.run()
-    finally:
-        t.join(10)
+    status = run_daemon(daemon, driver)
     messages = []
     while True:
         try:
@@ -291,8 +257,7 @@ def test_daemon_reacts_at_once_coalesces_reloads_and_stops(tmp_path, store, monk
     assert "WATCHDOG=1" in messages and messages[-1] == "STOPPING=1"
     assert "configuration reloaded" in err.getvalue()
     # positions were saved as lines came in: a restart reads nothing again
-    again = Runner(cfg, store, lambda: backend, clock=lambda: NOW, follow_mode=False, stderr=io.StringIO())
-    again.open_sources()
+    again = runner(cfg, store, backend, clock=lambda: NOW)
     assert again.read_all()[0] == 0
     assert len(store.observations()) == 7
 
@@ -305,9 +270,9 @@ def test_daemon_is_ready_before_reading_a_backlog_and_reads_it_in_steps(tmp_path
     monkeypatch.setattr(daemon_mod, "MAX_BATCHES_PER_WAKE", 2)
     cfg, log = make_config(tmp_path, tick="1h")
     for i in range(20):
-        write(log, reject(f"198.18.{20 + i}.1", 1), reject(f"198.18.{20 + i}.1", 2))
+        append(log, reject(f"198.18.{20 + i}.1", 1), reject(f"198.18.{20 + i}.1", 2))
     backend = FakeBackend()
-    r = Runner(cfg, store, lambda: backend, clock=lambda: NOW, follow_mode=True, stderr=io.StringIO())
+    r = runner(cfg, store, backend, clock=lambda: NOW, follow_mode=True, open_sources=False)
     stored_at_ready = []
 
     class Recorder(Notifier):
@@ -332,12 +297,7 @@ def test_daemon_is_ready_before_reading_a_backlog_and_reads_it_in_steps(tmp_path
             time.sleep(0.02)
         os.kill(os.getpid(), signal.SIGTERM)
 
-    t = threading.Thread(target=driver)
-    t.start()
-    try:
-        assert d.run() == 0
-    finally:
-        t.join(10)
+    assert run_daemon(d, driver) == 0
     assert stored_at_ready == [0]
     assert len(store.observations()) == 40
     assert max(reads) <= 8 and len([n for n in reads if n]) >= 5  # 2 batches of 4 lines per wake
@@ -352,17 +312,17 @@ def test_store_rows_over_the_ipv4_cap_are_skipped_on_receipt_and_the_rest_instal
     from netblock.model import Block
 
     cfg, log = make_config(tmp_path)
-    write(log, reject("198.18.6.1", 1), reject("198.18.6.1", 2))
+    append(log, reject("198.18.6.1", 1), reject("198.18.6.1", 2))
     backend = FakeBackend()
     err = io.StringIO()
-    r = runner(cfg, store, backend, stderr=err)
+    r = runner(cfg, store, backend, stderr=err, clock=lambda: NOW)
     assert r.tick().ok
     assert IPNetwork("198.18.6.1/32") in backend.elements
     # a peer's rows: two under the floor, together over the cap, and one wider than the floor
     store.put_blocks([Block(IPNetwork("16.0.0.0/5"), "peer", "cli", NOW, None),
                       Block(IPNetwork("32.0.0.0/4"), "peer", "cli", NOW, None),
                       Block(IPNetwork("0.0.0.0/2"), "peer", "policy", NOW, None)])
-    write(log, reject("198.18.6.2", 3), reject("198.18.6.2", 4))
+    append(log, reject("198.18.6.2", 3), reject("198.18.6.2", 4))
     result = r.tick()
     assert result.ok, result.errors
     assert {IPNetwork("16.0.0.0/5"), IPNetwork("198.18.6.1/32"), IPNetwork("198.18.6.2/32")} <= set(backend.elements)

@@ -12,7 +12,6 @@ import os
 import re
 import signal
 import sys
-import threading
 import time
 from datetime import datetime, timedelta, timezone
 
@@ -22,12 +21,13 @@ from netaddr import IPNetwork
 sys.path.insert(0, os.path.dirname(os.path.dirname(__file__)))
 
 from fakes import FakeBackend  # noqa: E402
+from helpers import daemon_toml, dnsbl_policy, run_daemon, runner  # noqa: E402
 from loglines import dnsbl_reject  # noqa: E402
 
 from netblock import config as config_mod  # noqa: E402
 from netblock.model import Block  # noqa: E402
 from netblock.run import daemonlog
-from netblock.run.daemon import Daemon, Runner  # noqa: E402
+from netblock.run.daemon import Daemon  # noqa: E402
 from netblock.run.daemonlog import Log  # noqa: E402
 from netblock.store.sqlite import Store  # noqa: E402
 from netblock.system import hostaddrs
@@ -123,23 +123,9 @@ NOW = datetime(2026, 11, 27, 12, 0, tzinfo=timezone.utc)
 def make_config(tmp_path, *, threshold=2, widen=True, level="info", tick="1h"):
     log = tmp_path / "mail.log"
     log.touch()
-    return config_mod.loads(f"""
-lock_file = "{tmp_path}/lock"
-[sources]
-files = ["{log}"]
-[daemon]
-tick = "{tick}"
-coalesce = "50ms"
-log_level = "{level}"
-[policy.classes.dnsbl]
-threshold = {threshold}
-window = "1h"
-ttl = "1d"
-widen = {"true" if widen else "false"}
-[widen]
-enabled = {"true" if widen else "false"}
-rules = [{{family = 4, prefixlen = 24, min_count = 3}}]
-"""), log
+    daemon = f'coalesce = "50ms"\nlog_level = "{level}"'
+    policy = dnsbl_policy(threshold=threshold, widen=widen)
+    return config_mod.loads(daemon_toml(f"{tmp_path}/lock", [log], tick=tick, daemon=daemon, policy=policy)), log
 
 
 def reject(ip: str, when: datetime) -> str:
@@ -155,8 +141,7 @@ def test_each_decision_expiry_and_source_is_said_with_its_reason(tmp_path):
     err = io.StringIO()
     backend = FakeBackend()
     with Store.open(tmp_path / "nb.db") as store:
-        r = Runner(cfg, store, lambda: backend, clock=lambda: now[0], follow_mode=False, stderr=err)
-        r.open_sources()
+        r = runner(cfg, store, backend, clock=lambda: now[0], stderr=err)
         r.tick()
         store.put_blocks([Block(IPNetwork("192.0.2.7/32"), "by hand", "cli", NOW, NOW + timedelta(minutes=5)),
                           Block(IPNetwork("192.0.2.8/32"), "by hand", "cli", NOW, None)])
@@ -184,8 +169,7 @@ def test_debug_adds_each_sync_and_tick(tmp_path):
     err = io.StringIO()
     with Store.open(tmp_path / "nb.db") as store:
         store.put_blocks([Block(IPNetwork("192.0.2.7/32"), "by hand", "cli", NOW, None)])
-        r = Runner(cfg, store, lambda: FakeBackend(), clock=lambda: NOW, follow_mode=False, stderr=err)
-        r.open_sources()
+        r = runner(cfg, store, factory=FakeBackend, clock=lambda: NOW, stderr=err)
         r.tick()
         r.close_sources()
     said = err.getvalue()
@@ -205,8 +189,8 @@ def test_a_storm_of_a_thousand_offenders_a_second_takes_a_few_lines(tmp_path, mo
     now = datetime.now(timezone.utc)
     done = {}
     with Store.open(tmp_path / "nb.db") as store:
-        r = Runner(cfg, store, lambda: backend, clock=lambda: datetime.now(timezone.utc), follow_mode=True,
-                   stderr=err)
+        r = runner(cfg, store, backend, clock=lambda: datetime.now(timezone.utc), follow_mode=True, stderr=err,
+                   open_sources=False)
         daemon = Daemon(r, reload_config=lambda: cfg)
 
         def storm():
@@ -230,12 +214,7 @@ def test_a_storm_of_a_thousand_offenders_a_second_takes_a_few_lines(tmp_path, mo
             with Store.open(tmp_path / "nb.db") as s:
                 return s.count_blocks()
 
-        t = threading.Thread(target=storm)
-        t.start()
-        try:
-            status = daemon.run()
-        finally:
-            t.join(40)
+        status = run_daemon(daemon, storm, join_s=40)
         done["blocks"] = store.count_blocks()
     assert status == 0 and done["blocks"] == STORM
     lines = err.getvalue().splitlines()
@@ -251,7 +230,7 @@ def test_a_storm_of_a_thousand_offenders_a_second_takes_a_few_lines(tmp_path, mo
 def test_dash_v_goes_one_level_below_the_config_and_survives_a_reload(tmp_path):
     cfg, _log = make_config(tmp_path, level="warning")
     with Store.open(tmp_path / "nb.db") as store:
-        r = Runner(cfg, store, FakeBackend, clock=lambda: NOW, follow_mode=False, stderr=io.StringIO())
+        r = runner(cfg, store, factory=FakeBackend, clock=lambda: NOW, open_sources=False)
         d = Daemon(r, reload_config=lambda: cfg, verbose=1)
         assert r.logger.level == daemonlog.LEVELS["info"]
         louder, _ = make_config(tmp_path, level="info")

@@ -5,7 +5,7 @@ import importlib
 
 import pytest
 
-MODULES = ["netblock.reports.tables", "netblock.aggregate", "netblock.durations", "netblock.decide.targets", "netblock.reports.export", "netblock.limits",
+MODULES = ["helpers", "netblock.reports.tables", "netblock.decide.manual", "netblock.aggregate", "netblock.durations", "netblock.decide.targets", "netblock.reports.export", "netblock.limits",
            "netblock.printable"]
 
 

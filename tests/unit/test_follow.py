@@ -15,11 +15,11 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(__file__)))
 
+import helpers  # noqa: E402
 from fakes import FakeBackend, daemon_config  # noqa: E402
 from loglines import no_rdns_reject  # noqa: E402
 
 from netblock.errors import StoreError  # noqa: E402
-from netblock.run.daemon import Runner  # noqa: E402
 from netblock.sources import follow  # noqa: E402
 from netblock.sources.follow import Follower, Inotify, Position  # noqa: E402
 from netblock.store.sqlite import Store  # noqa: E402
@@ -213,11 +213,8 @@ def store(tmp_path):
     s.close()
 
 
-def runner(store, *files) -> Runner:
-    r = Runner(config_for(*files), store, FakeBackend, clock=lambda: NOW, follow_mode=False,
-               stderr=open(os.devnull, "w"))
-    r.open_sources()
-    return r
+def runner(store, *files):
+    return helpers.runner(config_for(*files), store, factory=FakeBackend, clock=lambda: NOW)
 
 
 def stored(store) -> list[int]:
@@ -332,9 +329,7 @@ def test_the_other_sources_go_on_and_the_refusal_is_said_once(tmp_path, store, g
     os.mkfifo(fifo)
     append(log, reject(1), reject(2))
     err = io.StringIO()
-    r = Runner(config_for(str(fifo), str(log)), store, FakeBackend, clock=lambda: NOW, follow_mode=False,
-               stderr=err)
-    r.open_sources()
+    r = helpers.runner(config_for(str(fifo), str(log)), store, factory=FakeBackend, clock=lambda: NOW, stderr=err)
     assert r.read_all()[0] == 2
     append(log, reject(3))
     assert r.read_all()[0] == 1

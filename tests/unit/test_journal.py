@@ -20,9 +20,9 @@ import pytest
 sys.path.insert(0, os.path.dirname(os.path.dirname(__file__)))
 
 from fakes import FakeBackend, daemon_config  # noqa: E402
+from helpers import run_daemon, runner  # noqa: E402
 from loglines import no_rdns_message  # noqa: E402
 
-from netblock.run.daemon import Runner  # noqa: E402
 from netblock.sources import journal  # noqa: E402
 from netblock.sources.journal import Journal, command, trusted  # noqa: E402
 from netblock.store.sqlite import Store  # noqa: E402
@@ -122,9 +122,7 @@ def config():
 
 
 def run_once(store) -> int:
-    r = Runner(config(), store, FakeBackend, clock=lambda: NOW, follow_mode=False,
-               stderr=open(os.devnull, "w"))
-    r.open_sources()
+    r = runner(config(), store, factory=FakeBackend, clock=lambda: NOW)
     try:
         return r.read_all()[0]
     finally:
@@ -221,8 +219,7 @@ def test_a_failing_store_rewinds_journalctl_to_the_saved_cursor(fake, store, mon
     from netblock.errors import StoreError
 
     fake.set([entry(1, "198.51.100.7"), entry(2, "198.51.100.8")])
-    r = Runner(config(), store, FakeBackend, clock=lambda: NOW, follow_mode=False, stderr=open(os.devnull, "w"))
-    r.open_sources()
+    r = runner(config(), store, factory=FakeBackend, clock=lambda: NOW)
     real = store.add_observations
 
     def broken(obs):
@@ -243,7 +240,6 @@ def test_a_failing_store_rewinds_journalctl_to_the_saved_cursor(fake, store, mon
 
 def test_the_daemon_loop_reacts_to_journal_entries(fake, store, tmp_path, monkeypatch):
     import signal
-    import threading
     import time
 
     from netaddr import IPNetwork
@@ -270,7 +266,7 @@ widen = false
     fake.set([entry(1, "198.51.100.7"), forged(2, "198.51.100.8"), forged(3, "198.51.100.8"),
               entry(4, "198.51.100.7")])
     backend = FakeBackend()
-    r = Runner(cfg, store, lambda: backend, clock=lambda: NOW, follow_mode=True, stderr=open(os.devnull, "w"))
+    r = runner(cfg, store, backend, clock=lambda: NOW, follow_mode=True, open_sources=False)
     d = Daemon(r, reload_config=lambda: cfg, notifier=Notifier({}))
 
     def driver():
@@ -280,11 +276,6 @@ widen = false
         time.sleep(0.2)
         os.kill(os.getpid(), signal.SIGTERM)
 
-    t = threading.Thread(target=driver)
-    t.start()
-    try:
-        assert d.run() == 0
-    finally:
-        t.join(10)
+    assert run_daemon(d, driver) == 0
     assert set(backend.elements) == {IPNetwork("198.51.100.7/32")}  # the forged address never
     assert store.get_state(journal.STATE_KEY) == entry(4, "x")["__CURSOR"]

@@ -21,9 +21,9 @@ import pytest
 sys.path.insert(0, os.path.dirname(os.path.dirname(__file__)))
 
 from fakes import FakeBackend, daemon_config  # noqa: E402
+from helpers import runner  # noqa: E402
 from loglines import dnsbl_message  # noqa: E402
 
-from netblock.run.daemon import Runner  # noqa: E402
 from netblock.sources import journal  # noqa: E402
 from netblock.sources.journal import Choice, Detection, choose, detect  # noqa: E402
 from netblock.store.sqlite import Store  # noqa: E402
@@ -159,8 +159,7 @@ def test_run_once_reads_the_auto_detected_journal_and_ignores_forgeries(real_jou
                   postfix(t - timedelta(minutes=1))])
     err = io.StringIO()
     with Store.open(tmp_path / "nb.db") as store:
-        r = Runner(config("auto"), store, FakeBackend, clock=lambda: t, follow_mode=False, stderr=err)
-        r.open_sources()
+        r = runner(config("auto"), store, factory=FakeBackend, clock=lambda: t, stderr=err)
         try:
             n, _ = r.read_all()
         finally:
@@ -179,8 +178,7 @@ def test_configured_files_turn_the_automatic_journal_off(real_journal, tmp_path)
     log.write_text("")
     err = io.StringIO()
     with Store.open(tmp_path / "nb.db") as store:
-        r = Runner(config("auto", [log]), store, FakeBackend, clock=lambda: t, follow_mode=False, stderr=err)
-        r.open_sources()
+        r = runner(config("auto", [log]), store, factory=FakeBackend, clock=lambda: t, stderr=err)
         try:
             assert r.journal is None and list(r.followers) == [str(log)]
             assert r.read_all()[0] == 0
@@ -196,8 +194,7 @@ def test_a_journal_found_later_is_picked_up_by_the_next_tick(real_journal, tmp_p
     real_journal([forged(t - timedelta(minutes=1))])
     err = io.StringIO()
     with Store.open(tmp_path / "nb.db") as store:
-        r = Runner(config("auto"), store, lambda: FakeBackend(), clock=lambda: t, follow_mode=False, stderr=err)
-        r.open_sources()
+        r = runner(config("auto"), store, factory=FakeBackend, clock=lambda: t, stderr=err)
         try:
             assert r.journal is None and r.choice.mode == "none"
             real_journal([postfix(t - timedelta(seconds=30))])  # the MTA starts logging

@@ -10,7 +10,7 @@ import pytest
 from netaddr import IPAddress, IPNetwork
 
 from netblock import cli, config as config_mod
-from netblock.decide import policy
+from netblock.decide import explain, policy
 from netblock.errors import BadInput
 from netblock.model import AllowEntry, Block, Observation
 from netblock.store.sqlite import Store
@@ -222,9 +222,9 @@ def test_explain_a_blocked_address(store, cfg):
     seen(store, "198.18.5.2", "dnsbl:zen.example", 9, 8)
     seen(store, "198.18.5.3", "dnsbl:zen.example", 7, 6)
     policy.record(store, policy.decide(store, cfg, NOW), NOW)
-    ex = policy.explain(store, cfg, "198.18.5.2", NOW)
+    ex = explain.explain(store, cfg, "198.18.5.2", NOW)
     assert ex.verdict.startswith("blocked: ")
-    text = "\n".join(policy.render(ex))
+    text = "\n".join(explain.render(ex))
     assert "2026-11-27 11:51:00Z  198.18.5.2  dnsbl:zen.example  postfix  /var/log/mail.log byte 9000" in text
     assert "mail.log:9000" not in text  # a byte offset is never shown as if it were a line number
     assert ("198.18.5.2 dnsbl (dnsbl:zen.example): 2 seen, threshold 2 within 1h, ttl 1d -> BLOCK "
@@ -240,7 +240,7 @@ def test_explain_a_blocked_address(store, cfg):
 
 def test_explain_an_address_below_its_threshold(store, cfg):
     seen(store, "198.18.11.1", "no-rdns", 10)
-    ex = policy.explain(store, cfg, "198.18.11.1", NOW)
+    ex = explain.explain(store, cfg, "198.18.11.1", NOW)
     assert ex.verdict == "not blocked: no rule reached its threshold"
     assert ex.checks[0].note == "1 of 3 needed within 30m"
     assert not ex.checks[0].fired
@@ -250,13 +250,13 @@ def test_explain_a_protected_address(store, cfg):
     seen(store, "198.18.12.1", "dnsbl:zen.example", 5, 4)
     seen(store, "198.18.12.1", "delivered", 60)
     store.allow_add([AllowEntry(IPNetwork("198.18.13.0/24"), "partner", NOW)])
-    ex = policy.explain(store, cfg, "198.18.12.1", NOW)
+    ex = explain.explain(store, cfg, "198.18.12.1", NOW)
     assert ex.protected == [("delivered", "198.18.12.1")]
     assert ex.verdict.startswith("protected (delivered)")
     assert ex.checks[0].note == "over the threshold, but protected"
-    allowed = policy.explain(store, cfg, "198.18.13.7", NOW)
+    allowed = explain.explain(store, cfg, "198.18.13.7", NOW)
     assert allowed.protected == [("allowlist", "198.18.13.0/24")]
-    own = policy.explain(store, cfg, "198.18.14.1", NOW, own=[IPNetwork("198.18.14.1/32")])
+    own = explain.explain(store, cfg, "198.18.14.1", NOW, own=[IPNetwork("198.18.14.1/32")])
     assert own.protected == [("own address", "198.18.14.1/32")]
 
 
@@ -264,7 +264,7 @@ def test_explain_a_prefix_collects_its_addresses(store, cfg):
     seen(store, "198.18.15.1", "no-rdns", 3)
     seen(store, "198.18.15.200", "protocol", 2)
     seen(store, "198.18.16.1", "protocol", 1)
-    ex = policy.explain(store, cfg, "198.18.15.0/24", NOW)
+    ex = explain.explain(store, cfg, "198.18.15.0/24", NOW)
     assert sorted({str(o.ip) for o in ex.observations}) == ["198.18.15.1", "198.18.15.200"]
     assert [c.fired for c in ex.checks] == [False, True]
 
@@ -272,8 +272,8 @@ def test_explain_a_prefix_collects_its_addresses(store, cfg):
 def test_explain_refuses_bad_targets():
     for bad in ("198.18.0.300", "198.18.1.1/33", "mail.example"):
         with pytest.raises(BadInput):
-            policy.parse_target(bad)
-    assert str(policy.parse_target("::ffff:198.18.1.1")) == "198.18.1.1/32"
+            explain.parse_target(bad)
+    assert str(explain.parse_target("::ffff:198.18.1.1")) == "198.18.1.1/32"
 
 
 def test_why_command_prints_text_and_json(tmp_path, monkeypatch):
@@ -368,11 +368,11 @@ def test_past_its_element_budget_a_widened_block_falls_back_to_its_offenders(sto
     decided = {str(b.netblock): b for b in policy.decide(store, cfg, NOW)}
     assert set(decided) == {"198.18.5.1/32", "198.18.5.2/32", "198.18.5.3/32"}
     policy.record(store, decided.values(), NOW)
-    text = "\n".join(policy.render(policy.explain(store, cfg, "198.18.5.0/24", NOW)))
+    text = "\n".join(explain.render(explain.explain(store, cfg, "198.18.5.0/24", NOW)))
     assert "widened: 198.18.5.0/24 holds 3 offenders" in text
     assert "falls back to its offenders: with the protected addresses inside it cut out it would take more " \
            "than 8 kernel elements" in text
-    data = policy.explain(store, cfg, "198.18.5.7", NOW).to_dict()
+    data = explain.explain(store, cfg, "198.18.5.7", NOW).to_dict()
     assert data["widened"][0]["fallback"] is True and data["widened"][0]["max_elements"] == 8
     assert data["verdict"] == "not blocked: no offences observed"
 
@@ -392,10 +392,10 @@ def test_sync_leaves_out_a_stored_widened_block_that_grew_past_its_budget(store)
     assert [(str(b.netblock), cost > 8) for b, cost in planned.over_budget] == [("198.18.5.0/24", True)]
     assert set(map(str, planned.desired)) == {"198.18.5.1/32", "198.18.6.0/24"}  # a manual block is not budgeted
     assert "198.18.5.0/24 [policy] left out" in planned.notes()[0]
-    ex = policy.explain(store, cfg, "198.18.5.7", NOW)
+    ex = explain.explain(store, cfg, "198.18.5.7", NOW)
     assert ex.verdict == "not blocked: no offences observed" and ex.to_dict()["left_out"] == [
         {"netblock": "198.18.5.0/24", "max_elements": 8}]
-    assert "left out: 198.18.5.0/24 would take more than 8 kernel elements" in "\n".join(policy.render(ex))
+    assert "left out: 198.18.5.0/24 would take more than 8 kernel elements" in "\n".join(explain.render(ex))
 
 
 def test_the_1000_deliverers_of_issue_15_are_priced_without_building_the_pieces():

@@ -11,11 +11,12 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
+from helpers import dnsbl_policy
 from netaddr import IPAddress, IPNetwork, IPSet
 
 from netblock import cli, config as config_mod
 from netblock.aggregate import aggregate
-from netblock.decide import asn, policy, protect, routed
+from netblock.decide import asn, explain, policy, protect, routed
 from netblock.model import Observation
 from netblock.run import sync
 from netblock.store.sqlite import Store
@@ -170,16 +171,7 @@ def test_block_lives_as_long_as_its_longest_lived_offender():
 
 # ------------------------------------------------------------------ through policy, sync and why
 
-TOML = f"""
-[policy]
-delivered_window = "30d"
-[policy.classes.dnsbl]
-threshold = 1
-window = "1h"
-ttl = "1d"
-widen = true
-[widen]
-enabled = false
+TOML = '[policy]\ndelivered_window = "30d"\n' + dnsbl_policy(threshold=1, min_count=None, density=False) + f"""
 [report]
 asn_file = "{TABLE}"
 as_names_file = "{NAMES}"
@@ -270,9 +262,9 @@ def test_why_names_the_as_the_prefix_and_the_offenders(store, tmp_path, monkeypa
 def test_why_says_how_far_an_announced_prefix_is_from_its_threshold(store):
     cfg = config_mod.loads(TOML)
     seen(store, ["221.216.1.10", "221.217.2.10", "221.218.3.10"], "dnsbl:zen.example")
-    ex = policy.explain(store, cfg, "221.216.77.1", NOW)
+    ex = explain.explain(store, cfg, "221.216.77.1", NOW)
     assert ex.verdict == "not blocked: no offences observed"
-    lines = [x for x in policy.render(ex) if x.startswith("routed: ")]
+    lines = [x for x in explain.render(ex) if x.startswith("routed: ")]
     assert lines[0] == ("routed: 221.216.0.0/13 announced by AS4808 (CHINA169-BJ CNCGROUP IP network China169 "
                         "Beijing Province Network, CN): 3 offenders in 3 /24s -> no block "
                         "(3 offenders in 3 /24s, needs 16 in 8)")

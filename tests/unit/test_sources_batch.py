@@ -430,21 +430,21 @@ def test_ingest_stores_what_the_daemon_would(nb, tmp_path):
 
 def test_a_parallel_dry_run_equals_the_serial_one(nb, tmp_path, monkeypatch):
     """Big plain files are cut into pieces on line starts and parsed by one worker per CPU."""
-    from netblock.commands import watch
+    from netblock.run import ingest
 
     data = storm(4000, 12)
     log = tmp_path / "mail.log"
     log.write_bytes(data)
     serial = nb("ingest", "--dry-run", str(log)), nb("ingest", "--dry-run", "--json", str(log))
-    monkeypatch.setattr(watch, "PARALLEL_MIN", 1)
-    monkeypatch.setattr(watch, "PIECE", 50_000)
+    monkeypatch.setattr(ingest, "PARALLEL_MIN", 1)
+    monkeypatch.setattr(ingest, "PIECE", 50_000)
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
-    jobs = watch._parallel_jobs(str(log), "auto", NOW, follow.DEFAULT_MAX_LINE, type("A", (), {"json": False}))
+    jobs = ingest.parallel_jobs(str(log), "auto", NOW, follow.DEFAULT_MAX_LINE, False)
     assert jobs is not None and len(jobs) >= 5
     assert (nb("ingest", "--dry-run", str(log)), nb("ingest", "--dry-run", "--json", str(log))) == serial
     gz = tmp_path / "mail.log.gz"
     gz.write_bytes(gzip.compress(data))
-    assert watch._parallel_jobs(str(gz), "auto", NOW, follow.DEFAULT_MAX_LINE, None) is None
+    assert ingest.parallel_jobs(str(gz), "auto", NOW, follow.DEFAULT_MAX_LINE, False) is None
     assert nb("ingest", "--dry-run", str(gz)) == serial[0]
 
 

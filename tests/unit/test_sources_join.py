@@ -21,9 +21,9 @@ from netaddr import IPAddress
 sys.path.insert(0, os.path.dirname(os.path.dirname(__file__)))
 
 from fakes import FakeBackend  # noqa: E402
+from helpers import runner  # noqa: E402
 
 from netblock import cli, config as config_mod, sources  # noqa: E402
-from netblock.run.daemon import Runner  # noqa: E402
 from netblock.sources import join  # noqa: E402
 from netblock.sources.join import Join  # noqa: E402
 from netblock.store.sqlite import Store  # noqa: E402
@@ -175,9 +175,7 @@ def test_ingest_pairs_across_rotated_files(tmp_path, monkeypatch):
 
 def _runner(tmp_path, store, log):
     cfg = config_mod.loads(f'lock_file = "{tmp_path}/lock"\n[sources]\nfiles = ["{log}"]\n')
-    r = Runner(cfg, store, lambda: FakeBackend(), clock=lambda: NOW, follow_mode=False, stderr=io.StringIO())
-    r.open_sources()
-    return r
+    return runner(cfg, store, factory=FakeBackend, clock=lambda: NOW)
 
 
 def test_daemon_pairs_across_a_rotation_and_a_restart(tmp_path):

@@ -20,6 +20,7 @@ from datetime import datetime, timedelta, timezone
 from types import SimpleNamespace
 
 import pytest
+from helpers import clean_env
 from netaddr import IPAddress, IPNetwork
 
 from netblock import store as stores
@@ -537,7 +538,7 @@ def test_unreachable_marker_keeps_the_first_failure(tmp_path):
 
 def test_config_and_errors_never_print_the_password(tmp_path):
     dsn = f"postgresql://nb:s3cret@/netblock?host={tmp_path}/nowhere"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("NETBLOCK_")}
+    env = clean_env()
     shown = subprocess.run([sys.executable, "-m", "netblock", "--db", dsn, "config", "--json"],
                            capture_output=True, text=True, timeout=60, env=env)
     assert shown.returncode == 0 and "nb:***@" in shown.stdout and "s3cret" not in shown.stdout
