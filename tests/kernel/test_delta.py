@@ -47,7 +47,7 @@ class Cli:
         """In one process in the server namespace: (exit status, output, set dumps it took)."""
         def run(argv):
             from netblock import cli
-            from netblock.firewall import nfnetlink as nl
+            from netblock.firewall.netlink import nftables as nl
 
             out = io.StringIO()
             before = nl.DUMPS
