@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import math
 import time
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
@@ -51,7 +52,7 @@ from datetime import datetime, timedelta, timezone
 from netaddr import IPNetwork
 
 from netblock.errors import KernelError, KernelFeatureMissing, NameClash, NetblockError, PermissionDenied, ToolMissing
-from netblock.firewall import VERDICTS, Change, Desired, Settings
+from netblock.firewall import VERDICTS, Change, Desired, Settings, ipset_region as region
 from netblock.firewall.ipset_diff import (
     NUMPY_FROM,
     V4,
@@ -61,6 +62,7 @@ from netblock.firewall.ipset_diff import (
     decode,
     diff,
     diff_v4,
+    installed_state,
     network,
     networks,
     quick_gil_handover,
@@ -164,9 +166,16 @@ class IpsetBackend:
         """Create the sets, then the chain rule and jump; a second call changes nothing."""
         families = self._families()
         tables = {f: self._iptables(f) for f in families}  # ToolMissing before anything is created
-        _, PyrouteError = _pyroute2()
         created: list[str] = []
-        ipset = self._open_ipset()
+        # pyroute2 only creates and swaps sets: opened when one must be made, as importing it costs 0.25 s,
+        # more than the rest of a one-change `netblock add`.
+        opened: list = []
+
+        def pyroute():
+            if not opened:
+                opened.append(self._open_ipset())
+            return opened[0]
+
         try:
             for family in families:
                 name = IPSET_SET[family]
@@ -177,25 +186,29 @@ class IpsetBackend:
                                         f"(family {header.family}, counters={header.counters}, "
                                         f"timeout={header.timeout}) and is not netblock's")
                     if header.maxelem != self.settings.maxelem:
-                        self._resize(ipset, family)
+                        self._resize(pyroute(), family)
                     continue
+                _, PyrouteError = _pyroute2()
                 try:
-                    ipset.create(name, stype=SET_TYPE, family=FAMILIES[family][0], counters=True, timeout=0,
-                                 maxelem=self.settings.maxelem)
+                    pyroute().create(name, stype=SET_TYPE, family=FAMILIES[family][0], counters=True, timeout=0,
+                                     maxelem=self.settings.maxelem)
                 except PyrouteError as exc:
                     raise _kernel_error(exc, f"creating set {name}") from exc
                 created.append(name)
             for family in families:
                 self._ensure_rules(family, tables[family])
         except BaseException:
-            for name in created:  # nothing half-made is left behind
-                try:
-                    ipset.destroy(name)
-                except PyrouteError:
-                    pass
+            if created:
+                _, PyrouteError = _pyroute2()
+                for name in created:  # nothing half-made is left behind
+                    try:
+                        opened[0].destroy(name)
+                    except PyrouteError:
+                        pass
             raise
         finally:
-            ipset.close()
+            for ipset in opened:
+                ipset.close()
 
     def _resize(self, ipset, family: str) -> None:
         """Give an existing set the configured maxelem, which ipset cannot change in place.
@@ -289,10 +302,12 @@ class IpsetBackend:
                 try:
                     plan.run(nl)
                 except NetlinkError as exc:
+                    region.forget(nl.netns_cookie())
                     for undone in [plan, *reversed(done)]:
                         undone.undo(nl)
                     raise _kernel_error(exc, f"set {plan.name}: {plan.failed}") from None
                 done.append(plan)
+            self._remember(nl, columns, now)
         change = Change()
         for plan in plans:
             module = V6 if plan.v6 else V4
@@ -301,6 +316,57 @@ class IpsetBackend:
             change.removed += [network(k >> 8, k & 255, module) for k in gone]
             change.updated += [network(k >> 8, k & 255, module) for k, _, _ in plan.update]
         return change
+
+    def _remember(self, nl: Netlink, columns, now: float) -> None:
+        """Write the one-change path's snapshot of what apply() just left (see ipset_region.py)."""
+        cookie = nl.netns_cookie()
+        try:
+            heads = region.heads_of(nl, self._families())
+            if heads is None:
+                region.forget(cookie)
+                return
+            sets, earliest = {}, math.inf
+            nets, expiries = columns()
+            for family in self._families():
+                keys, expiry, first = installed_state(nets, expiries, 6 if family == "ipv6" else 4, now, self._converted)
+                sets[family] = (keys, expiry)
+                earliest = min(earliest, first)
+        except NetlinkError:
+            region.forget(cookie)
+            return
+        region.write(cookie, sets, heads, earliest)
+
+    # -------------------------------------------------------------- one change, priced by the change
+
+    def region_view(self) -> region.RegionView | None:
+        """netblock's last write, while the sets' headers still agree with it; else None (see ipset_region.py)."""
+        with self._netlink() as nl:
+            try:
+                return region.region_view(nl, self._families())
+            except NetlinkError:
+                return None
+
+    def installed_proven(self) -> dict[IPNetwork, datetime | None] | None:
+        """installed() from netblock's last write while the sets' headers agree with it, else None."""
+        view = self.region_view()
+        return None if view is None else region.installed_proven(view)
+
+    def counters_of(self, view: region.RegionView, keys: list[tuple[int, int]]) -> dict[IPNetwork, tuple[int, int]]:
+        """{netblock: (packets, bytes)} of the installed members ``keys`` ((version, first << 8 | prefixlen))."""
+        with self._netlink() as nl:
+            try:
+                return region.counters_of(nl, keys)
+            except NetlinkError as exc:
+                raise _kernel_error(exc, "reading counters") from None
+
+    def apply_region(self, view: region.RegionView, removed: list[tuple[int, int]],
+                     added: list[tuple[int, int, float | None]],
+                     updated: list[tuple[int, int, float | None]]) -> bool:
+        """Add, re-time and remove the given members without a listing; False: the caller runs the full sync."""
+        if not (removed or added or updated):
+            return True
+        with self._netlink() as nl:
+            return region.apply_region(nl, self._families(), view, removed, added, updated)
 
     def counters(self) -> dict[IPNetwork, tuple[int, int]]:
         """Per-member counters; a missing set (before ensure(), after a reboot) has none."""
@@ -332,6 +398,8 @@ class IpsetBackend:
             ours = [j for j in jumps if f"--comment {IPT_COMMENT}" in j]
             if mine or ours:
                 table.write(None, None, ours, drop_chain=mine)
+        with self._netlink() as nl:
+            region.forget(nl.netns_cookie())
         _, PyrouteError = _pyroute2()
         ipset = self._open_ipset()
         try:

@@ -9,6 +9,7 @@ while the kernel is still listing it (StreamDiff).
 
 from __future__ import annotations
 
+import math
 import sys
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -221,7 +222,10 @@ def _wanted_v4(nets: list, expiries: list, now: float, cache: dict | None):
     from netblock.firewall.columns import timestamps
 
     keys, mine = _v4_keys(nets, cache)
-    left = timestamps(expiries) - now
+    stamps = timestamps(expiries)
+    if cache is not None:
+        cache["stamps"] = (expiries, stamps)  # for installed_state(), right after
+    left = stamps - now
     permanent = np.isnan(left)
     keep = permanent | (left >= 1)
     if mine is not None:
@@ -245,6 +249,54 @@ def sorted_wanted(nets: list, expiries: list, now: float, cache: dict):
     if not keep.all():
         order = order[keep[order]]
     return keys[order], timeout[order], order
+
+
+def installed_state(nets: list, expiries: list, version: int, now: float,
+                    cache: dict | None = None) -> tuple[bytes | list[int], bytes, float]:
+    """What wanted() installs of one IP version, as the one-change path's snapshot keeps it.
+
+    (sorted keys: IPv4 as the bytes of an array('Q'), IPv6 as a list of
+    ints; their expiries as the bytes of an array('d'), epoch seconds, NaN
+    for permanent; the earliest expiry, inf when none). An expiry is the
+    wanted one, also beyond MAX_TIMEOUT where the kernel's member is
+    permanent. With the ``cache`` apply() just used, IPv4 at scale reuses
+    its keys, sort order and timestamps.
+    """
+    from array import array
+
+    if version == 4 and len(nets) >= NUMPY_FROM:
+        import numpy as np
+
+        from netblock.firewall.columns import timestamps
+
+        keys, mine = _v4_keys(nets, cache)
+        held = cache.get("stamps") if cache else None
+        stamps = held[1] if held is not None and held[0] is expiries else timestamps(expiries)
+        keep = np.isnan(stamps) | (stamps - now >= 1)
+        if mine is not None:
+            keep &= mine
+        order = cache["order"] if cache and cache.get("sorted") is keys else sort_keys(keys)[1]
+        order = order[keep[order]]
+        sorted_keys, sorted_expiry = keys[order], stamps[order]
+        timed = sorted_expiry[~np.isnan(sorted_expiry)]
+        earliest = float(timed.min()) if len(timed) else math.inf
+        return sorted_keys.astype(np.uint64).tobytes(), sorted_expiry.astype(np.float64).tobytes(), earliest
+    module = V6 if version == 6 else V4
+    rows = []
+    if countOf(map(_MODULE, nets), module):
+        for net, expiry in zip(nets, expiries):
+            if net._module is not module:
+                continue
+            e = math.nan if expiry is None else expiry.timestamp()
+            if e == e and e - now < 1:
+                continue  # already expired: not installed
+            host = module.width - net._prefixlen
+            rows.append((net._value >> host << host << 8 | net._prefixlen, e))
+    rows.sort()
+    keys_list = [k for k, _ in rows]
+    earliest = min((e for _, e in rows if e == e), default=math.inf)
+    return (array("Q", keys_list).tobytes() if version == 4 else keys_list), array("d", [e for _, e in rows]).tobytes(), \
+        earliest
 
 
 def _v4_keys(nets: list, cache: dict | None):

@@ -947,6 +947,7 @@ class RegionView:
     genid: int
     cookie: int
     sets: dict
+    exact: bool = True  # the generation proves every element (the daemon's tick may skip its full sync)
 
 
 def _spliced(keys, expiry, version: int, removed, added, updated):

@@ -486,7 +486,8 @@ class Runner:
             if expired is not None and expired <= now:
                 return False
             view = getattr(self.backend(), "region_view", None)
-            return view is not None and view() is not None
+            proven = view() if view is not None else None
+            return proven is not None and proven.exact  # ipset's view vouches for the zone of a change only
         except TRANSIENT:
             return False
 
