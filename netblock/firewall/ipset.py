@@ -24,6 +24,9 @@ by hand. At 100k members the kernel takes about 40 ms to list the set; for a
 large IPv4 set apply() therefore receives the listing in a helper thread and
 computes its wanted keys, then diffs each batch of members, while the rest is
 still being listed (see Listing in netlink/ipset.py and ipset_diff.StreamDiff).
+A one-change `add`/`del`/`allow` goes another way, without a listing: see
+ipset_region.py (the snapshot of netblock's last write, trusted while the
+sets' headers agree).
 
 Sets are created and destroyed through pyroute2.IPSet; members are added,
 deleted, tested and listed, and headers read, over ipset's netlink protocol

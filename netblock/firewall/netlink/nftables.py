@@ -7,7 +7,8 @@ is one small batch and a counter read is one dump of the set, nothing else.
 
 Only set elements (add/delete/dump), the ruleset generation and a few
 lookups (table, set, chain, rules of a chain) are spoken here; the skeleton itself is created from the
-readable ruleset in rules/netblock.nft through libnftables.
+readable ruleset in rules/netblock.nft through libnftables. The socket,
+framing and reply loop are the netlink core's (core.py).
 """
 
 from __future__ import annotations
