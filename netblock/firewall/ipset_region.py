@@ -319,8 +319,9 @@ def apply_region(nl: Netlink, families, view: RegionView, removed: list[tuple[in
 
 def _spliced(keys, expiry, version: int, removed, added, updated):
     """The snapshot form of one set after apply_region(): the arrays with the few changes spliced in."""
-    arr_k = array("Q", keys) if version == 4 else list(keys)
-    arr_e = array("d", expiry)
+    # From bytes, which array() copies in one go (from a memoryview it would read element by element).
+    arr_k = array("Q", bytes(keys)) if version == 4 else list(keys)
+    arr_e = array("d", bytes(expiry))
     for v, k in removed:
         if v == version:
             i = bisect_left(arr_k, k)
