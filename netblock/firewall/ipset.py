@@ -89,8 +89,6 @@ from netblock.firewall.netlink.ipset import (
     walk,
 )
 
-__all__ = ["IpsetBackend", "create", "render"]
-
 
 def _pyroute2():
     try:
