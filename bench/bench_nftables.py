@@ -32,7 +32,8 @@ from datetime import datetime, timedelta, timezone
 from netaddr import IPNetwork
 
 from netblock.demo.lab import nsexec, run_in_netns
-from netblock.firewall import Settings, nfnetlink as nl, nftables
+from netblock.firewall import Settings, nftables
+from netblock.firewall.netlink import nftables as nl
 
 BASE = 0xF0000000  # 240.0.0.0
 REPEATS = 3  # apply from empty: best of three, for ours and for nft alike

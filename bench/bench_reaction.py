@@ -93,7 +93,7 @@ def monitor(out_path: str) -> None:
     is large so a storm of announcements is not lost; a loss (ENOBUFS) is
     recorded as a "lost" line.
     """
-    from netblock.firewall import nfnetlink as nl
+    from netblock.firewall.netlink import nftables as nl
 
     stop = False
 
@@ -166,7 +166,7 @@ def _added_keys(elements: bytes):
     The kernel announces an interval as its start element, then its end
     element (flagged), each in a message of its own; a plain set, bare keys.
     """
-    from netblock.firewall import nfnetlink as nl
+    from netblock.firewall.netlink import nftables as nl
 
     pos = 0
     while pos + 4 <= len(elements):

@@ -85,12 +85,15 @@ class RegionView:
     Keys are first << 8 | prefixlen, expiries epoch seconds (NaN: permanent).
     ``genid`` and ``cookie`` are the proof (nftables: the ruleset generation and
     the network namespace), handed back to ``apply_region()``, which refuses
-    once the kernel moved on.
+    once the kernel moved on. ``exact``: the proof covers every element, so
+    the daemon's tick may skip its full sync (nftables' generation does;
+    ipset's set headers vouch only for the zone of a change).
     """
 
     genid: int
     cookie: int
     sets: dict
+    exact: bool = True
 
 
 class Backend(Protocol):

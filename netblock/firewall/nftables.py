@@ -4,7 +4,7 @@ The skeleton (table, sets, chain) is the readable ruleset in rules/netblock.nft,
 loaded through libnftables. Set elements are not: nft 1.0.6 reads every
 element of every set before each command, which makes a one-element change to
 a 100k set cost seconds. Elements are therefore added, updated, deleted and
-read over raw nf_tables netlink (netblock.firewall.nfnetlink), one batch per
+read over raw nf_tables netlink (netblock.firewall.netlink.nftables), one batch per
 apply() — one kernel transaction.
 
 Each netblock is an interval element carrying its remaining lifetime (the
@@ -45,8 +45,9 @@ from typing import Any
 from netaddr import IPAddress, IPNetwork, iprange_to_cidrs
 
 from netblock.errors import KernelError, KernelFeatureMissing, NameClash, NetblockError, PermissionDenied, ToolMissing
-from netblock.firewall import VERDICTS, Change, Desired, RegionView, Settings, names, nfnetlink as nl
+from netblock.firewall import VERDICTS, Change, Desired, RegionView, Settings, names
 from netblock.firewall.columns import np, timestamps
+from netblock.firewall.netlink import nftables as nl
 
 # Expiry differences below this are not worth a kernel update (no churn on repeated applies).
 EXPIRY_TOLERANCE = 2.0  # seconds

@@ -485,7 +485,8 @@ class Runner:
             expired = self.store.next_expiry(last)
             if expired is not None and expired <= now:
                 return False
-            return self.backend().region_view() is not None
+            view = self.backend().region_view()
+            return view is not None and view.exact  # ipset's view vouches for the zone of a change only
         except TRANSIENT:
             return False
 

@@ -11,9 +11,10 @@ kernel is left as it is, except that a new element merges upwards with an
 installed sibling as aggregation would have merged them.
 
 This is only a shortcut, taken when it is provably equal to sync: the
-backend must prove with its ruleset generation that the kernel still holds
-what netblock last wrote (nftables; the other backends always run the full
-sync), the store must answer range queries, and the zone must stay small.
+backend must show that the kernel still holds what netblock last wrote
+(nftables by its ruleset generation; ipset by its set headers, checking the
+zone's own members as it writes; iptables always runs the full sync), and
+the zone must stay small.
 Otherwise ``sync_change`` runs sync() itself. Whatever this path leaves,
 the next full sync (the daemon's tick, `run-once`, `sync`) would leave too.
 """

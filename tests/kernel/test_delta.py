@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import random
+import re
 import subprocess
 from contextlib import redirect_stderr, redirect_stdout
 from datetime import datetime, timedelta, timezone
@@ -27,12 +28,13 @@ pytestmark = pytest.mark.kernel
 
 
 class Cli:
-    def __init__(self, scene, tmp_path):
+    def __init__(self, scene, tmp_path, backend="nftables"):
         self.scene, self.db, self.conf = scene, tmp_path / "nb.db", tmp_path / "netblock.toml"
+        self.backend = backend
         self.conf.write_text(f'lock_file = "{tmp_path}/run/netblock.lock"\n')
 
     def argv(self, *args):
-        return ["--config", str(self.conf), "--db", str(self.db), "--backend", "nftables", *args]
+        return ["--config", str(self.conf), "--db", str(self.db), "--backend", self.backend, *args]
 
     def __call__(self, *args):
         """A whole process in the server namespace."""
@@ -44,13 +46,29 @@ class Cli:
         """In one process in the server namespace: (exit status, output, set dumps it took)."""
         def run(argv):
             from netblock import cli
-            from netblock.firewall import nfnetlink as nl
+            from netblock.firewall.netlink import nftables as nl
 
             out = io.StringIO()
             before = nl.DUMPS
             with redirect_stdout(out), redirect_stderr(out):
                 rc = cli.main(argv)
             return rc, out.getvalue(), nl.DUMPS - before
+
+        return self.scene.in_server(run, self.argv(*args))
+
+    def listed(self, *args):
+        """In one process in the server namespace: (exit status, output, ipset listings it took, of which
+        for the counters of removed members)."""
+        def run(argv):
+            from netblock import cli
+            from netblock.firewall import ipset_region
+            from netblock.firewall.netlink import ipset as nlipset
+
+            out = io.StringIO()
+            before, for_counters = nlipset.LISTINGS, ipset_region.COUNTER_LISTINGS
+            with redirect_stdout(out), redirect_stderr(out):
+                rc = cli.main(argv)
+            return rc, out.getvalue(), nlipset.LISTINGS - before, ipset_region.COUNTER_LISTINGS - for_counters
 
         return self.scene.in_server(run, self.argv(*args))
 
@@ -145,3 +163,111 @@ def test_run_once_with_no_news_reads_no_set_until_the_ruleset_changes(scene, tmp
     rc, out, dumps = nb.counted("run-once")
     assert rc == 0 and dumps > 0 and "+1" in out, out  # a hand edit: the full sync repairs it
     assert "198.18.16.0/24" in scene.server_exec("nft", "list", "set", "inet", "netblock", "block4").stdout
+
+
+# ---------------------------------------------------------------- the ipset backend's one-change path
+#
+# ipset has no generation: the path trusts netblock's snapshot while the set headers agree, tests the
+# members it touches, and lists a set only to read the counters of members it removes (ipset reads no
+# single member's counters). Equality with the full sync is checked against the kernel itself: a full
+# `sync` lists the sets and must find nothing to change.
+
+def _removed(out: str) -> int:
+    """How many elements the change took out, from its "kernel: N netblocks (+a -r ~u)" line."""
+    return int(re.search(r"\(\+\d+ -(\d+) ~\d+\)", out).group(1))
+
+
+def _ipset_in_sync(nb) -> bool:
+    return "(+0 -0 " in nb("sync")
+
+
+def test_ipset_changes_leave_what_the_full_sync_leaves_and_list_no_set(scene, tmp_path):
+    nb = Cli(scene, tmp_path, backend="ipset")
+    nb("add", "--ttl", "2h", "198.18.16.0/24", "198.18.18.0/24", "2001:db8:5::/48")
+    rng = random.Random(17)
+    pool = [f"198.18.{16 + i // 4}.{(i % 4) * 64}/26" for i in range(16)] + ["198.18.16.0/23", "198.18.20.0/22",
+                                                                              "198.18.17.77", "2001:db8:5:1::/64"]
+    blocked, allowed = set(), set()
+    taken = 0
+    for step in range(24):
+        op = rng.choice(["add", "add", "del", "allow", "unallow"])
+        if op == "add":
+            net = rng.choice(pool)
+            ttl = rng.choice(["1h", "3h", None])
+            args = ("add", *(["--ttl", ttl] if ttl else ["--permanent"]), net)
+            blocked.add(str(IPNetwork(net).cidr))
+        elif op == "del" and blocked:
+            net = rng.choice(sorted(blocked))
+            blocked.discard(net)
+            args = ("del", net)
+        elif op == "allow" and len(allowed) < 3:
+            net = f"198.18.{rng.randrange(16, 24)}.{rng.randrange(256)}"
+            allowed.add(net)
+            args = ("allow", "add", net)
+        elif op == "unallow" and allowed:
+            net = rng.choice(sorted(allowed))
+            allowed.discard(net)
+            args = ("allow", "del", net)
+        else:
+            continue
+        rc, out, listings, for_counters = nb.listed(*args)
+        assert rc == 0, out
+        assert listings == for_counters, (step, args, out)  # no listing but the removed members' counters
+        assert for_counters <= 2 and (for_counters == 0 or _removed(out) > 0), (step, args, out)
+        taken += 1
+        assert _ipset_in_sync(nb), (step, args, out)  # the kernel as the full sync leaves it
+    assert taken > 10
+
+
+def test_ipset_hand_edits_make_the_change_take_the_full_sync_and_the_tick_repairs(scene, tmp_path):
+    nb = Cli(scene, tmp_path, backend="ipset")
+    log = tmp_path / "mail.log"
+    log.touch()
+    nb.conf.write_text(nb.conf.read_text() + f'[sources]\nfiles = ["{log}"]\n')
+    nb("add", "198.18.16.0/24", "198.18.20.0/24")
+    rc, out, listings, _ = nb.listed("add", "198.18.40.0/24")
+    assert rc == 0 and listings == 0, out
+    # A member added by hand changes the set's header: the change syncs in full, which removes it.
+    scene.server_exec("ipset", "add", "netblock4", "203.0.113.0/24")
+    rc, out, listings, for_counters = nb.listed("add", "198.18.50.0/24")
+    assert rc == 0 and listings > for_counters, out
+    assert "203.0.113.0" not in scene.server_exec("ipset", "save", "netblock4").stdout
+    rc, out, listings, _ = nb.listed("del", "198.18.50.0/24")  # netblock's own write is trusted again
+    assert rc == 0 and listings <= 1, out
+    # One member swapped for another of the same size by hand can leave the header as it was; a change
+    # that touches the swapped member tests it and syncs in full.
+    scene.server_exec("ipset", "del", "netblock4", "198.18.16.0/24")
+    scene.server_exec("ipset", "add", "netblock4", "203.0.113.0/24")
+    rc, out, listings, for_counters = nb.listed("allow", "add", "198.18.16.5")
+    assert rc == 0 and listings > for_counters, out
+    assert _ipset_in_sync(nb)
+    # A swap the change does not touch is repaired by the next tick: ipset's tick always syncs in full.
+    scene.server_exec("ipset", "del", "netblock4", "198.18.20.0/24")
+    scene.server_exec("ipset", "add", "netblock4", "203.0.113.0/24")
+    nb("add", "198.18.60.0/24")
+    nb("run-once")
+    saved = scene.server_exec("ipset", "save", "netblock4").stdout
+    assert "203.0.113.0" not in saved and "198.18.20.0/24" in saved
+    assert _ipset_in_sync(nb)
+
+
+@pytest.mark.slow
+def test_ipset_at_100k_installed_add_del_allow_list_no_set(scene, tmp_path):
+    nb = Cli(scene, tmp_path, backend="ipset")
+    now = datetime.now(timezone.utc)
+    expires = now + timedelta(days=1)
+    v4 = [IPNetwork((0xC6120400 + 2 * i, 32), version=4) for i in range(50_000)]
+    v6 = [IPNetwork((0x20010DB8FFFF << 80 | 2 * i, 128), version=6) for i in range(50_000)]
+    with Store.open(str(nb.db)) as st:
+        st.put_blocks(Block(n, "scale", "list", now, expires) for n in v4 + v6)
+    nb("sync")  # the full sync: lists the sets, installs 100k, leaves its snapshot
+    for args in (("add", "203.0.113.0/24"), ("del", "203.0.113.0/24"),
+                 ("allow", "add", str(v4[10].ip)), ("add", "--permanent", str(v4[20])), ("del", str(v6[5]))):
+        rc, out, listings, for_counters = nb.listed(*args)
+        assert rc == 0 and listings == for_counters, (args, out)
+        assert for_counters == 0 or _removed(out) > 0, (args, out)
+    rc, out, listings, _ = nb.listed("add", "203.0.113.0/24")
+    assert rc == 0 and listings == 0, out  # a plain addition lists nothing at all
+    saved = scene.server_exec("ipset", "save", "netblock4").stdout
+    assert f" {v4[10].ip} " not in saved and f" {v4[11].ip} " in saved
+    assert _ipset_in_sync(nb)

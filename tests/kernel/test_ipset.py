@@ -19,7 +19,8 @@ from netaddr import IPNetwork
 from netns import wait_for
 
 from netblock.errors import KernelError, NameClash, NetblockError, PermissionDenied, ToolMissing
-from netblock.firewall import Settings, ipset
+from netblock.firewall import Settings, ipset, ipset_diff, ipset_rules
+from netblock.firewall.netlink import ipset as nlipset
 
 pytestmark = pytest.mark.kernel
 
@@ -84,7 +85,7 @@ def test_rules_as_listed_match_rules_file(scene):
     call(scene, "ensure", settings=s)
     for family, save in (("ipv4", "iptables-save"), ("ipv6", "ip6tables-save")):
         sets, rules = ipset.render(s, family)
-        chain_rule, jump = ipset._rule_lines(rules)
+        chain_rule, jump = ipset_rules.rule_lines(rules)
         listed_rules = scene.server_exec(save, "-t", "filter").stdout.splitlines()
         assert ":NETBLOCK - [0:0]" in listed_rules
         assert [r for r in listed_rules if r.startswith("-A NETBLOCK ")] == [chain_rule]
@@ -153,12 +154,12 @@ def test_longer_than_ipset_max_timeout_is_installed_permanent(scene):
     v4 = Settings(families=("ipv4",))
     call(scene, "ensure", settings=v4)
     far = now() + timedelta(days=30)
-    near = now() + timedelta(seconds=ipset.MAX_TIMEOUT - 1000)
+    near = now() + timedelta(seconds=ipset_diff.MAX_TIMEOUT - 1000)
     desired = {IPNetwork("198.51.100.0/24"): far, IPNetwork("203.0.113.0/24"): near}
     call(scene, "apply", desired, settings=v4)
     tool = listed(scene)
     assert tool[IPNetwork("198.51.100.0/24")][0] == 0
-    assert ipset.MAX_TIMEOUT - 1010 < tool[IPNetwork("203.0.113.0/24")][0] <= ipset.MAX_TIMEOUT - 1000
+    assert ipset_diff.MAX_TIMEOUT - 1010 < tool[IPNetwork("203.0.113.0/24")][0] <= ipset_diff.MAX_TIMEOUT - 1000
     assert call(scene, "installed", settings=v4)[IPNetwork("198.51.100.0/24")] is None
     assert not call(scene, "apply", desired, settings=v4)  # no churn on the next sync
     # Once the expiry comes within reach, the member gets a kernel timeout in place.
@@ -170,7 +171,7 @@ def test_longer_than_ipset_max_timeout_is_installed_permanent(scene):
 def _many(n: int) -> list[IPNetwork]:
     """n distinct /32 members from 198.18.16.0 up (inside 198.18.0.0/15, clear of the scene's own hosts)."""
     base = IPNetwork("198.18.16.0/32").value
-    return [ipset._network(base + i, 32, ipset._V4) for i in range(n)]
+    return [ipset_diff.network(base + i, 32, ipset_diff.V4) for i in range(n)]
 
 
 @pytest.mark.slow
@@ -339,7 +340,7 @@ def test_legacy_host_gets_rules_through_python_iptables(scene, tmp_path):
     call(scene, "apply", {IPNetwork("198.51.100.0/24"): None}, settings=s, path=path)
     assert scene.probe("198.51.100.7") == "timeout"
     for family, save in (("ipv4", "iptables-legacy-save"), ("ipv6", "ip6tables-legacy-save")):
-        chain_rule, jump = ipset._rule_lines(ipset.render(s, family)[1])
+        chain_rule, jump = ipset_rules.rule_lines(ipset.render(s, family)[1])
         lines = scene.server_exec(save, "-t", "filter").stdout.splitlines()
         assert [r for r in lines if "NETBLOCK" in r and r.startswith("-A")] == \
             [jump.replace("-I INPUT 1 ", "-A INPUT "), chain_rule]
@@ -356,7 +357,7 @@ def test_one_backend_applying_a_kept_mapping_as_it_grows_and_shrinks(scene):
     """apply() reuses the keys of networks it converted last time; the kernel must still end exact."""
     settings = Settings(families=("ipv4",))
     expiry = now() + timedelta(days=1)
-    desired = dict.fromkeys(_many(ipset.NUMPY_FROM + 100), expiry)
+    desired = dict.fromkeys(_many(ipset_diff.NUMPY_FROM + 100), expiry)
     extra, middle = IPNetwork("198.51.100.0/24"), list(desired)[len(desired) // 2]
 
     def run():
@@ -373,7 +374,7 @@ def test_one_backend_applying_a_kept_mapping_as_it_grows_and_shrinks(scene):
     assert grown.added == [extra] and not grown.removed and not grown.updated
     assert shrunk.removed == [middle] and not shrunk.added and not shrunk.updated
     final = listed(scene)  # run() changed a copy of desired: the namespace's side is a forked child
-    assert set(final) == (set(desired) | {extra}) - {middle} and len(final) == ipset.NUMPY_FROM + 100
+    assert set(final) == (set(desired) | {extra}) - {middle} and len(final) == ipset_diff.NUMPY_FROM + 100
 
 
 def test_large_set_reads_hand_edits_back_and_rolls_back(scene):
@@ -386,7 +387,7 @@ def test_large_set_reads_hand_edits_back_and_rolls_back(scene):
     settings = Settings(families=("ipv4",))
     call(scene, "ensure", settings=settings)
     later = now() + timedelta(hours=1)
-    desired = dict.fromkeys(_many(ipset.NUMPY_FROM + 500), later)
+    desired = dict.fromkeys(_many(ipset_diff.NUMPY_FROM + 500), later)
     call(scene, "apply", desired, settings=settings)
     counted, gone, retimed = IPNetwork("198.18.16.5/32"), IPNetwork("198.18.16.9/32"), IPNetwork("198.18.17.1/32")
     scene.syn("198.18.16.5", 3)
@@ -397,8 +398,8 @@ def test_large_set_reads_hand_edits_back_and_rolls_back(scene):
     def apply_streamed(mapping):
         """apply() in the namespace, failing unless the batch-by-batch diff made it."""
         fed = []
-        feed = ipset._StreamDiff.feed
-        ipset._StreamDiff.feed = lambda self, blob: fed.append(len(blob)) or feed(self, blob)
+        feed = ipset_diff.StreamDiff.feed
+        ipset_diff.StreamDiff.feed = lambda self, blob: fed.append(len(blob)) or feed(self, blob)
         try:
             return ipset.create(settings).apply(mapping)
         finally:
@@ -424,12 +425,12 @@ def test_large_set_reads_hand_edits_back_and_rolls_back(scene):
 
 def _listed_member(key: int, timeout: int, packets: int) -> bytes:
     """An IPv4 member nest in the layout the kernel lists (see _fast_members)."""
-    a = ipset._attr
-    ip = a(ipset.D_IP | ipset.NLA_F_NESTED, a(ipset.IPADDR_V4, (key >> 8).to_bytes(4, "big")))
-    return a(ipset.A_DATA | ipset.NLA_F_NESTED, ip + a(ipset.D_CIDR, bytes([key & 255]))
-             + a(ipset.D_TIMEOUT | ipset.NLA_F_NET_BYTEORDER, timeout.to_bytes(4, "big"))
-             + a(ipset.D_BYTES | ipset.NLA_F_NET_BYTEORDER, (60 * packets).to_bytes(8, "big"))
-             + a(ipset.D_PACKETS | ipset.NLA_F_NET_BYTEORDER, packets.to_bytes(8, "big")))
+    a = nlipset.attr
+    ip = a(nlipset.D_IP | nlipset.NLA_F_NESTED, a(nlipset.IPADDR_V4, (key >> 8).to_bytes(4, "big")))
+    return a(nlipset.A_DATA | nlipset.NLA_F_NESTED, ip + a(nlipset.D_CIDR, bytes([key & 255]))
+             + a(nlipset.D_TIMEOUT | nlipset.NLA_F_NET_BYTEORDER, timeout.to_bytes(4, "big"))
+             + a(nlipset.D_BYTES | nlipset.NLA_F_NET_BYTEORDER, (60 * packets).to_bytes(8, "big"))
+             + a(nlipset.D_PACKETS | nlipset.NLA_F_NET_BYTEORDER, packets.to_bytes(8, "big")))
 
 
 def test_streamed_diff_equals_diff_v4():
@@ -437,22 +438,22 @@ def test_streamed_diff_equals_diff_v4():
     rng = random.Random(7)
     start = time.time()
     later = datetime.fromtimestamp(start, timezone.utc) + timedelta(hours=1)
-    nets = rng.sample(_many(ipset.NUMPY_FROM * 2), ipset.NUMPY_FROM + 1000)  # the caller's order: not the keys'
+    nets = rng.sample(_many(ipset_diff.NUMPY_FROM * 2), ipset_diff.NUMPY_FROM + 1000)  # the caller's order: not the keys'
     expiries = [None if i % 7 == 0 else later - timedelta(hours=2) if i % 11 == 0 else later
                 for i in range(len(nets))]
     nets.append(IPNetwork("2001:db8::/32"))  # not of this family
     expiries.append(None)
-    keys, timeouts = ipset._wanted(nets, expiries, 4, start, {})
+    keys, timeouts = ipset_diff.wanted(nets, expiries, 4, start, {})
     kept = rng.sample(range(len(keys)), len(keys) - 300)  # 300 wanted members are missing from the kernel
     # The kernel's members: most wanted ones, some re-timed, some strangers; in no particular order.
     kernel = [(int(keys[i]), max(0, int(timeouts[i]) + rng.choice((0, 0, 1, 5, -3600))), i % 4) for i in kept]
-    kernel += [(net.value << 8 | 32, 0, 1) for net in _many(ipset.NUMPY_FROM * 3)[-200:]]
+    kernel += [(net.value << 8 | 32, 0, 1) for net in _many(ipset_diff.NUMPY_FROM * 3)[-200:]]
     rng.shuffle(kernel)
-    stream = ipset._StreamDiff(*ipset._sorted_wanted(nets, expiries, start, {}))
+    stream = ipset_diff.StreamDiff(*ipset_diff.sorted_wanted(nets, expiries, start, {}))
     blobs = [b"".join(_listed_member(*m) for m in kernel[i:i + 570]) for i in range(0, len(kernel), 570)]
     assert all(stream.feed(blob) for blob in blobs)
     members, (deleted, added, updated) = stream.result()
-    whole = ipset._decode(b"".join(blobs), False, lists=False)
+    whole = ipset_diff.decode(b"".join(blobs), False, lists=False)
     assert [m.tolist() for m in members.arrays] == [m.tolist() for m in whole.arrays]
-    assert (deleted, added, updated) == ipset.diff_v4(whole, keys, timeouts)
+    assert (deleted, added, updated) == ipset_diff.diff_v4(whole, keys, timeouts)
     assert len(deleted) == 200 and len(added) == 300 and 0 < len(updated) < len(kept)

@@ -20,7 +20,8 @@ from netaddr import IPNetwork
 from netns import CLIENT4, nsexec, wait_for
 
 from netblock.errors import KernelError, NameClash, NetblockError
-from netblock.firewall import Settings, nfnetlink as nl, nftables as backend
+from netblock.firewall import Settings, nftables as backend
+from netblock.firewall.netlink import nftables as nl
 
 pytestmark = pytest.mark.kernel
 

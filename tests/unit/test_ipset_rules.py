@@ -9,7 +9,8 @@ import pytest
 from netaddr import IPNetwork
 
 from netblock.errors import ToolMissing
-from netblock.firewall import Settings, ipset
+from netblock.firewall import Settings, ipset, ipset_diff, ipset_rules
+from netblock.firewall.netlink import ipset as nlipset
 
 
 def test_default_skeleton_text():
@@ -45,7 +46,7 @@ def test_rules_file_is_the_template():
 
 
 def test_chain_and_jump_lines():
-    chain_rule, jump = ipset._rule_lines(ipset.render(Settings(ports=(2525,)), "ipv4")[1])
+    chain_rule, jump = ipset_rules.rule_lines(ipset.render(Settings(ports=(2525,)), "ipv4")[1])
     assert chain_rule.startswith("-A NETBLOCK ") and chain_rule.endswith("-j DROP")
     assert jump == "-I INPUT 1 -p tcp -m tcp --dport 2525 -m comment --comment netblock -j NETBLOCK"
 
@@ -61,29 +62,29 @@ def _attrs(buf: bytes) -> list[tuple[int, bytes]]:
 
 def test_member_encoding_v4():
     net = IPNetwork("198.51.100.0/24")
-    data = ipset.encode_member(net.value, 24, False, 7, timeout=3600, counters=(5, 300))
+    data = nlipset.encode_member(net.value, 24, False, 7, timeout=3600, counters=(5, 300))
     ((dtype, body),) = _attrs(data)
-    assert dtype == ipset.A_DATA | ipset.NLA_F_NESTED
+    assert dtype == nlipset.A_DATA | nlipset.NLA_F_NESTED
     attrs = dict(_attrs(body))
-    ip_nest = dict(_attrs(attrs[ipset.D_IP | ipset.NLA_F_NESTED]))
-    assert ip_nest[ipset.IPADDR_V4 | ipset.NLA_F_NET_BYTEORDER] == bytes([198, 51, 100, 0])
-    assert attrs[ipset.D_CIDR][0] == 24
-    assert struct.unpack("=I", attrs[ipset.D_LINENO])[0] == 7
-    assert struct.unpack(">I", attrs[ipset.D_TIMEOUT | ipset.NLA_F_NET_BYTEORDER])[0] == 3600
-    assert struct.unpack(">Q", attrs[ipset.D_PACKETS | ipset.NLA_F_NET_BYTEORDER])[0] == 5
-    assert struct.unpack(">Q", attrs[ipset.D_BYTES | ipset.NLA_F_NET_BYTEORDER])[0] == 300
+    ip_nest = dict(_attrs(attrs[nlipset.D_IP | nlipset.NLA_F_NESTED]))
+    assert ip_nest[nlipset.IPADDR_V4 | nlipset.NLA_F_NET_BYTEORDER] == bytes([198, 51, 100, 0])
+    assert attrs[nlipset.D_CIDR][0] == 24
+    assert struct.unpack("=I", attrs[nlipset.D_LINENO])[0] == 7
+    assert struct.unpack(">I", attrs[nlipset.D_TIMEOUT | nlipset.NLA_F_NET_BYTEORDER])[0] == 3600
+    assert struct.unpack(">Q", attrs[nlipset.D_PACKETS | nlipset.NLA_F_NET_BYTEORDER])[0] == 5
+    assert struct.unpack(">Q", attrs[nlipset.D_BYTES | nlipset.NLA_F_NET_BYTEORDER])[0] == 300
 
 
 def _kernel_style(net: IPNetwork, timeout: int, packets: int, nbytes: int) -> bytes:
     """A member as the kernel lists it: address without the byte-order flag, then cidr, timeout, counters."""
     addr = net.value.to_bytes(16 if net.version == 6 else 4, "big")
-    a = ipset._attr
-    ip = a(ipset.D_IP | ipset.NLA_F_NESTED, a(ipset.IPADDR_V6 if net.version == 6 else ipset.IPADDR_V4, addr))
-    body = (ip + a(ipset.D_CIDR, bytes([net.prefixlen]))
-            + a(ipset.D_TIMEOUT | ipset.NLA_F_NET_BYTEORDER, timeout.to_bytes(4, "big"))
-            + a(ipset.D_BYTES | ipset.NLA_F_NET_BYTEORDER, nbytes.to_bytes(8, "big"))
-            + a(ipset.D_PACKETS | ipset.NLA_F_NET_BYTEORDER, packets.to_bytes(8, "big")))
-    return a(ipset.A_DATA | ipset.NLA_F_NESTED, body)
+    a = nlipset.attr
+    ip = a(nlipset.D_IP | nlipset.NLA_F_NESTED, a(nlipset.IPADDR_V6 if net.version == 6 else nlipset.IPADDR_V4, addr))
+    body = (ip + a(nlipset.D_CIDR, bytes([net.prefixlen]))
+            + a(nlipset.D_TIMEOUT | nlipset.NLA_F_NET_BYTEORDER, timeout.to_bytes(4, "big"))
+            + a(nlipset.D_BYTES | nlipset.NLA_F_NET_BYTEORDER, nbytes.to_bytes(8, "big"))
+            + a(nlipset.D_PACKETS | nlipset.NLA_F_NET_BYTEORDER, packets.to_bytes(8, "big")))
+    return a(nlipset.A_DATA | nlipset.NLA_F_NESTED, body)
 
 
 @pytest.mark.parametrize("texts", [("198.51.100.0/24", "203.0.113.7/32", "192.0.2.128/25"),
@@ -92,21 +93,21 @@ def test_fast_and_generic_decoders_agree(texts):
     nets = [IPNetwork(t) for t in texts]
     blob = b"".join(_kernel_style(n, 100 * i, i, 40 * i) for i, n in enumerate(nets))
     v6 = nets[0].version == 6
-    fast, slow = ipset._fast_members(blob, v6), ipset._slow_members(blob)
+    fast, slow = ipset_diff.fast_members(blob, v6), ipset_diff.slow_members(blob)
     assert fast is not None
     assert fast == slow
     assert fast.networks(v6) == nets
     assert fast.timeouts == [0, 100, 200][:len(nets)] and fast.packets == list(range(len(nets)))
     # An unknown layout (here: the timeout missing) is left to the generic decoder.
-    odd = ipset._attr(ipset.A_DATA | ipset.NLA_F_NESTED, _attrs(blob)[0][1][:-32])
-    assert ipset._fast_members(odd, v6) is None
+    odd = nlipset.attr(nlipset.A_DATA | nlipset.NLA_F_NESTED, _attrs(blob)[0][1][:-32])
+    assert ipset_diff.fast_members(odd, v6) is None
 
 
 def test_expiry_tolerance():
-    assert not ipset._differs(100, 102)
-    assert ipset._differs(100, 103)
-    assert ipset._differs(0, 100) and ipset._differs(100, 0)
-    assert not ipset._differs(0, 0)
+    assert not ipset_diff.differs(100, 102)
+    assert ipset_diff.differs(100, 103)
+    assert ipset_diff.differs(0, 100) and ipset_diff.differs(100, 0)
+    assert not ipset_diff.differs(0, 0)
 
 
 def test_missing_iptables_is_tool_missing(tmp_path, monkeypatch):
@@ -123,18 +124,18 @@ def test_numpy_diff_agrees_with_plain_diff():
     rng = random.Random(25)
     pool = [(rng.randrange(1 << 32) & ~0xFF) << 8 | rng.choice((24, 32)) for _ in range(3000)]
     pool = list(dict.fromkeys(pool))
-    kernel = ipset.Members(keys=pool[:2000], timeouts=[rng.choice((0, 100, 3600)) for _ in range(2000)],
+    kernel = ipset_diff.Members(keys=pool[:2000], timeouts=[rng.choice((0, 100, 3600)) for _ in range(2000)],
                            packets=[0] * 2000, bytes=[0] * 2000)
     wanted = pool[1000:3000]
     timeouts = [rng.choice((0, 99, 101, 103, 3600)) for _ in wanted]
-    plain, fast = ipset.diff(kernel, wanted, timeouts), ipset.diff_v4(kernel, wanted, timeouts)
+    plain, fast = ipset_diff.diff(kernel, wanted, timeouts), ipset_diff.diff_v4(kernel, wanted, timeouts)
     assert plain == fast
     delete, add, update = plain
     assert len(delete) == 1000 and len(add) == 1000 and update
-    assert all(ipset._differs(kernel.timeouts[i], t) for _, t, i in update)
+    assert all(ipset_diff.differs(kernel.timeouts[i], t) for _, t, i in update)
     # Empty kernel or nothing wanted: all added / all deleted, in both.
-    assert ipset.diff_v4(ipset.Members(), wanted, timeouts) == ipset.diff(ipset.Members(), wanted, timeouts)
-    assert ipset.diff_v4(kernel, [], []) == ipset.diff(kernel, [], [])
+    assert ipset_diff.diff_v4(ipset_diff.Members(), wanted, timeouts) == ipset_diff.diff(ipset_diff.Members(), wanted, timeouts)
+    assert ipset_diff.diff_v4(kernel, [], []) == ipset_diff.diff(kernel, [], [])
 
 
 def test_kernel_failures_map_to_one_error_type_each(monkeypatch):
@@ -170,7 +171,7 @@ def test_wanted_in_numpy_equals_the_plain_pass(monkeypatch):
     lives = [None, now - timedelta(seconds=5), now + timedelta(seconds=0.4), now + timedelta(hours=1),
              now + timedelta(days=40)]  # the last is beyond ipset's longest timeout: permanent
     desired = {}
-    for i in range(ipset.NUMPY_FROM + 500):
+    for i in range(ipset_diff.NUMPY_FROM + 500):
         if i % 10 == 0:
             net = IPNetwork(f"2001:db8:{i:x}::5/{rng.choice((48, 128))}")
         else:
@@ -178,9 +179,9 @@ def test_wanted_in_numpy_equals_the_plain_pass(monkeypatch):
                             f"{rng.choice((24, 32))}")
         desired[net] = rng.choice(lives) if i % 3 else lives[3]
     nets, expiries, t = list(desired), list(desired.values()), now.timestamp()
-    fast = [a.tolist() for a in ipset._wanted(nets, expiries, 4, t)]
+    fast = [a.tolist() for a in ipset_diff.wanted(nets, expiries, 4, t)]
     monkeypatch.setattr(ipset, "NUMPY_FROM", 10**9)
-    plain = ipset._wanted(nets, expiries, 4, t)
+    plain = ipset_diff.wanted(nets, expiries, 4, t)
     assert fast == [list(plain[0]), list(plain[1])]
     assert len(fast[0]) > 1000 and 0 in fast[1] and 3600 in fast[1]
     assert all(k >> 8 & 0xFF == 0 for k in fast[0] if k & 255 == 24)  # host bits cleared
@@ -208,12 +209,12 @@ def test_networks_hash_and_compare_like_ipnetwork_and_are_reused():
 def test_fast_decoder_declines_an_unknown_layout():
     nets = [IPNetwork("198.51.100.0/24"), IPNetwork("203.0.113.7/32")]
     blob = bytearray(b"".join(_kernel_style(n, 100, 1, 40) for n in nets))
-    assert ipset._fast_members(bytes(blob), False) is not None
+    assert ipset_diff.fast_members(bytes(blob), False) is not None
     size = len(blob) // 2
     for at in (size + 2, size + 4 + 8 + 4 + 2):  # the second member's nest type, then its cidr attribute type
         changed = bytearray(blob)
         changed[at] ^= 0x01
-        assert ipset._fast_members(bytes(changed), False) is None
+        assert ipset_diff.fast_members(bytes(changed), False) is None
 
 
 def _plain_keys(nets):
@@ -224,29 +225,29 @@ def test_wanted_reuses_the_last_conversion_only_for_the_same_networks():
     from datetime import datetime, timezone
 
     later = datetime.now(timezone.utc).timestamp() + 3600
-    nets = [IPNetwork(f"10.{i >> 8 & 255}.{i & 255}.7/{24 if i % 2 else 32}") for i in range(ipset.NUMPY_FROM + 10)]
+    nets = [IPNetwork(f"10.{i >> 8 & 255}.{i & 255}.7/{24 if i % 2 else 32}") for i in range(ipset_diff.NUMPY_FROM + 10)]
     nets[17] = IPNetwork("2001:db8::/48")  # a mixed mapping: the IPv6 one is no IPv4 key
     cache: dict = {}
-    keys, _ = ipset._wanted(nets, [None] * len(nets), 4, later, cache)
+    keys, _ = ipset_diff.wanted(nets, [None] * len(nets), 4, later, cache)
     assert keys.tolist() == _plain_keys(nets) and cache["nets"] is nets
     # Grown at the end (the same objects first): only the tail is read, the result is still exact.
     grown = nets + [IPNetwork("198.51.100.0/24"), IPNetwork("2001:db8:1::/64"), IPNetwork("192.0.2.9/32")]
-    keys, timeouts = ipset._wanted(grown, [None] * len(grown), 4, later, cache)
+    keys, timeouts = ipset_diff.wanted(grown, [None] * len(grown), 4, later, cache)
     assert keys.tolist() == _plain_keys(grown) and cache["nets"] is grown and not timeouts.any()
     # Equal networks as new objects, one replaced in the middle, the same length: converted afresh.
     swapped = [IPNetwork(str(n)) for n in grown]
     swapped[len(swapped) // 3] = IPNetwork("203.0.113.0/24")
-    keys, _ = ipset._wanted(swapped, [None] * len(swapped), 4, later, cache)
+    keys, _ = ipset_diff.wanted(swapped, [None] * len(swapped), 4, later, cache)
     assert keys.tolist() == _plain_keys(swapped)
     # Shorter than last time: no reuse either.
-    keys, _ = ipset._wanted(nets[:-3], [None] * (len(nets) - 3), 4, later, cache)
+    keys, _ = ipset_diff.wanted(nets[:-3], [None] * (len(nets) - 3), 4, later, cache)
     assert keys.tolist() == _plain_keys(nets[:-3])
 
 
 def test_members_as_arrays_give_the_same_rows_as_lists():
     nets = [IPNetwork("198.51.100.0/24"), IPNetwork("203.0.113.7/32"), IPNetwork("192.0.2.128/25")]
     blob = b"".join(_kernel_style(n, 100 * i, i, 40 * i) for i, n in enumerate(nets))
-    lists, arrays = ipset._fast_members(blob, False), ipset._fast_members(blob, False, lists=False)
+    lists, arrays = ipset_diff.fast_members(blob, False), ipset_diff.fast_members(blob, False, lists=False)
     assert arrays.keys == [] and len(arrays) == len(lists) == 3
     rows = [arrays.row(i) for i in range(3)]
     assert rows == [lists.row(i) for i in range(3)] and all(type(v) is int for r in rows for v in r)
@@ -259,7 +260,7 @@ def test_sorted_keys_match_an_argsort_across_the_whole_address_range():
     rng = np.random.default_rng(19)
     keys = rng.integers(0, 1 << 32, 5000, dtype=np.uint64) << np.uint64(8) | np.uint64(24)
     keys[:3] = [0xFFFFFFFF << 8 | 32, 0x80000000 << 8 | 1, 24]  # the top bit of the address set, and 0.0.0.0
-    got, order = ipset._sorted(keys)
+    got, order = ipset_diff.sort_keys(keys)
     want = np.argsort(keys, kind="stable")
     assert got.tolist() == keys[want].tolist() and order.tolist() == want.tolist()
 
@@ -272,11 +273,11 @@ def test_numpy_diff_of_kernel_arrays_and_unsorted_wanted_keys():
     rng = random.Random(5)
     pool = list(dict.fromkeys((rng.randrange(1 << 32) & ~0xFF) << 8 | rng.choice((24, 32)) for _ in range(3000)))
     timeouts = [rng.choice((0, 100, 3600)) for _ in range(2000)]
-    kernel = ipset.Members(keys=pool[:2000], timeouts=timeouts, packets=[0] * 2000, bytes=[0] * 2000)
-    lazy = ipset.Members(arrays=(np.array(pool[:2000], dtype=np.uint64), np.array(timeouts, dtype=np.int64),
+    kernel = ipset_diff.Members(keys=pool[:2000], timeouts=timeouts, packets=[0] * 2000, bytes=[0] * 2000)
+    lazy = ipset_diff.Members(arrays=(np.array(pool[:2000], dtype=np.uint64), np.array(timeouts, dtype=np.int64),
                                  np.zeros(2000, dtype=np.uint64), np.zeros(2000, dtype=np.uint64)))
     wanted = pool[1500:2500][::-1] + pool[:10]  # descending, then a few from the start
     want_t = [rng.choice((0, 99, 3600)) for _ in wanted]
-    plain = ipset.diff(kernel, wanted, want_t)
-    assert ipset.diff_v4(lazy, np.array(wanted, dtype=np.uint64), np.array(want_t)) == plain
+    plain = ipset_diff.diff(kernel, wanted, want_t)
+    assert ipset_diff.diff_v4(lazy, np.array(wanted, dtype=np.uint64), np.array(want_t)) == plain
     assert len(plain[0]) == 1490 and len(plain[1]) == 500 and plain[2]

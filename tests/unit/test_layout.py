@@ -150,3 +150,12 @@ def test_the_checker_sees_lazy_and_relative_imports(tmp_path):
     mod.write_text("def f():\n    from netblock.run import daemon\n\nfrom ..errors import BadInput\n")
     found = imports("netblock.sub.m", mod, {"netblock.run.daemon"})
     assert ("netblock.run.daemon", 2, []) in found and ("netblock.errors", 4, ["BadInput"]) in found
+
+
+def test_every_package_is_shipped():
+    """A new subpackage (firewall/netlink, say) must be listed in pyproject.toml, or the Debian package lacks it."""
+    import tomllib
+
+    listed = set(tomllib.loads((PACKAGE.parent / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {module_name(p.parent / "__init__.py") for p in PACKAGE.rglob("__init__.py")}
+    assert found - listed == set()

@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 from netaddr import IPNetwork
 
-from netblock.firewall import Settings, names, nfnetlink as nl, nftables
+from netblock.firewall import Settings, names, nftables
+from netblock.firewall.netlink import nftables as nl
 
 
 def rule_lines(text: str) -> list[str]:

@@ -7,7 +7,8 @@ is one small batch and a counter read is one dump of the set, nothing else.
 
 Only set elements (add/delete/dump), the ruleset generation and a few
 lookups (table, set, chain, rules of a chain) are spoken here; the skeleton itself is created from the
-readable ruleset in rules/netblock.nft through libnftables.
+readable ruleset in rules/netblock.nft through libnftables. The socket,
+framing and reply loop are the netlink core's (core.py).
 """
 
 from __future__ import annotations
@@ -20,26 +21,28 @@ import socket
 import struct
 import time
 from dataclasses import dataclass, field
-from typing import Iterator
 
-NETLINK_NETFILTER = 12
-SOL_NETLINK = 270
-NETLINK_EXT_ACK = 11
-NETLINK_CAP_ACK = 10
-SO_SNDBUFFORCE = 32
-SO_RCVBUFFORCE = 33
-SO_NETNS_COOKIE = 71
-
-NLM_F_REQUEST = 0x1
-NLM_F_ACK = 0x4
-NLM_F_REPLACE = 0x100
-NLM_F_EXCL = 0x200
-NLM_F_CREATE = 0x400
-NLM_F_DUMP = 0x300
-NLM_F_DUMP_INTR = 0x10
-NLMSG_ERROR = 2
-NLMSG_DONE = 3
-NLA_F_NESTED = 0x8000
+from netblock.firewall.netlink import core
+from netblock.firewall.netlink.core import (  # re-exported: the backend and the tests name them as nl.X
+    NETLINK_NETFILTER as NETLINK_NETFILTER,
+    NLA_F_NESTED as NLA_F_NESTED,
+    NLM_F_ACK as NLM_F_ACK,
+    NLM_F_CREATE as NLM_F_CREATE,
+    NLM_F_DUMP as NLM_F_DUMP,
+    NLM_F_DUMP_INTR as NLM_F_DUMP_INTR,
+    NLM_F_EXCL as NLM_F_EXCL,
+    NLM_F_REPLACE as NLM_F_REPLACE,
+    NLM_F_REQUEST as NLM_F_REQUEST,
+    NLMSG_DONE as NLMSG_DONE,
+    NLMSG_ERROR as NLMSG_ERROR,
+    SO_RCVBUFFORCE as SO_RCVBUFFORCE,
+    SO_SNDBUFFORCE as SO_SNDBUFFORCE,
+    NetlinkError as NetlinkError,
+    attr as attr,
+    nest as nest,
+    parse_attrs as parse_attrs,
+    strz as strz,
+)
 
 NFNL_SUBSYS_NFTABLES = 10
 NFNL_MSG_BATCH_BEGIN = 0x10
@@ -100,44 +103,7 @@ DUMPS = 0
 # An element list attribute has a 16-bit length: stay well below it per message.
 _MAX_ELEMENTS_BYTES = 60000
 
-_HDR = struct.Struct("=IHHII")
-_NFGEN = struct.Struct("=BBH")
-_ATTR = struct.Struct("=HH")
-
-
-class NetlinkError(OSError):
-    """The kernel answered a request with an error (errno in .errno)."""
-
-
-def _pad(n: int) -> int:
-    return (n + 3) & ~3
-
-
-def attr(kind: int, payload: bytes) -> bytes:
-    n = 4 + len(payload)
-    return _ATTR.pack(n, kind) + payload + b"\0" * (_pad(n) - n)
-
-
-def nest(kind: int, *parts: bytes) -> bytes:
-    return attr(kind | NLA_F_NESTED, b"".join(parts))
-
-
-def strz(kind: int, text: str) -> bytes:
-    return attr(kind, text.encode() + b"\0")
-
-
-def parse_attrs(buf: bytes | memoryview, start: int = 0, end: int | None = None) -> dict[int, bytes]:
-    """Top-level attributes of one message body: {type (flags stripped): payload}."""
-    out: dict[int, bytes] = {}
-    end = len(buf) if end is None else end
-    pos = start
-    while pos + 4 <= end:
-        length, kind = _ATTR.unpack_from(buf, pos)
-        if length < 4:
-            break
-        out[kind & 0x3FFF] = bytes(buf[pos + 4:pos + length])
-        pos += _pad(length)
-    return out
+_ATTR = core.ATTR
 
 
 def parse_udata_comment(udata: bytes) -> str | None:
@@ -226,75 +192,23 @@ class SetOp:
     exclusive: bool = True  # adds: refuse an element that already exists
 
 
-class Nfnl:
-    """One NETLINK_NETFILTER socket in the current network namespace."""
+class Nfnl(core.Socket):
+    """One NETLINK_NETFILTER socket in the current network namespace, speaking nf_tables."""
 
     def __init__(self, table: str, family: int = NFPROTO_INET) -> None:
+        super().__init__(copy=True)
         self.table = table
         self.family = family
-        self.seq = 0
-        try:
-            self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
-        except OSError as exc:
-            raise NetlinkError(exc.errno, f"netlink socket: {exc.strerror}") from None
-        self.sock.bind((0, 0))
-        for opt in (NETLINK_EXT_ACK, NETLINK_CAP_ACK):
-            try:
-                self.sock.setsockopt(SOL_NETLINK, opt, 1)
-            except OSError:
-                pass
-        self._bufsize(socket.SO_RCVBUF, SO_RCVBUFFORCE, 8 << 20)
-
-    def close(self) -> None:
-        self.sock.close()
-
-    def __enter__(self) -> "Nfnl":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
     def _bufsize(self, opt: int, force: int, size: int) -> None:
-        try:
-            self.sock.setsockopt(socket.SOL_SOCKET, force, size)
-        except OSError:
-            self.sock.setsockopt(socket.SOL_SOCKET, opt, size)
+        self.bufsize(opt, force, size)
+
+    def _send(self, data: bytes) -> None:
+        self.send(data)
 
     def _msg(self, msg: int, flags: int, body: bytes, family: int | None = None,
              subsys: int = NFNL_SUBSYS_NFTABLES, res_id: int = 0) -> tuple[int, bytes]:
-        self.seq += 1
-        payload = _NFGEN.pack(self.family if family is None else family, 0, socket.htons(res_id)) + body
-        kind = (subsys << 8) | msg if subsys is not None else msg
-        return self.seq, _HDR.pack(16 + len(payload), kind, flags, self.seq, 0) + payload
-
-    # ------------------------------------------------------------ receiving
-
-    def _messages(self, data: bytes):
-        pos = 0
-        while pos + 16 <= len(data):
-            length, kind, flags, seq, _pid = _HDR.unpack_from(data, pos)
-            if length < 16:
-                break
-            yield kind, seq, data, pos + 16, pos + length
-            pos += _pad(length)
-
-    @staticmethod
-    def _error_of(data: bytes, start: int) -> int:
-        return -struct.unpack_from("=i", data, start)[0]
-
-    def _recv(self, flags: int = 0) -> bytes:
-        try:
-            return self.sock.recv(1 << 20, flags)
-        except BlockingIOError:
-            raise
-        except OSError as exc:
-            raise NetlinkError(exc.errno, f"netlink receive: {exc.strerror}") from None
-
-    def _send(self, data: bytes) -> None:
-        try:
-            self.sock.sendall(data)
-        except OSError as exc:
-            raise NetlinkError(exc.errno, f"netlink send: {exc.strerror}") from None
+        return self.message(subsys, msg, flags, body, self.family if family is None else family, res_id)
 
     def request(self, msg: int, body: bytes, dump: bool = False) -> list[tuple[bytes, int, int]]:
         """One get request; returns each reply as (buffer, body start, body end).
@@ -302,27 +216,9 @@ class Nfnl:
         A missing object raises NetlinkError(ENOENT); the body starts after
         the nfgenmsg header.
         """
-        seq, data = self._msg(msg, NLM_F_REQUEST | (NLM_F_DUMP if dump else NLM_F_ACK), body)
-        self._send(data)
-        return [(buf, start + 4, end) for kind, buf, start, end, _seen in self._replies(seq) if kind != NLMSG_DONE]
-
-    def _replies(self, seq: int) -> Iterator[tuple[int, bytes, int, int, float]]:
-        """(kind, buffer, body start, body end, time received) of each reply to ``seq``, NLMSG_DONE
-        included; ends at the ACK or DONE, raises NetlinkError when the kernel answered with an error."""
-        while True:
-            chunk = self._recv()
-            seen = time.time()
-            for kind, mseq, buf, start, end in self._messages(chunk):
-                if mseq != seq:
-                    continue
-                if kind == NLMSG_ERROR:
-                    err = self._error_of(buf, start)
-                    if err:
-                        raise NetlinkError(err, os.strerror(err))
-                    return
-                yield kind, buf, start, end, seen
-                if kind == NLMSG_DONE:
-                    return
+        replies = self.ask(NFNL_SUBSYS_NFTABLES, msg, NLM_F_REQUEST | (NLM_F_DUMP if dump else NLM_F_ACK), body,
+                           self.family)
+        return [(buf, start + 4, end) for _kind, _flags, buf, start, end in replies]  # type: ignore[misc]
 
     # ------------------------------------------------------------ lookups
 
@@ -330,10 +226,6 @@ class Nfnl:
         """The ruleset generation: every committed transaction, by anyone, moves it on by one."""
         (buf, s, e), = self.request(NFT_MSG_GETGEN, b"")
         return struct.unpack("!I", parse_attrs(buf, s, e)[NFTA_GEN_ID][:4])[0]
-
-    def netns_cookie(self) -> int:
-        """A number naming this network namespace, never reused until reboot."""
-        return struct.unpack("=Q", self.sock.getsockopt(socket.SOL_SOCKET, SO_NETNS_COOKIE, 8))[0]
 
     def get_table(self) -> dict[int, bytes]:
         (buf, s, e), = self.request(NFT_MSG_GETTABLE, strz(NFTA_TABLE_NAME, self.table))
@@ -389,11 +281,11 @@ class Nfnl:
         self._send(data)
         out: list[Element] = []
         consistent = True
-        for kind, buf, start, end, seen in self._replies(seq):
-            if _HDR.unpack_from(buf, start - 16)[2] & NLM_F_DUMP_INTR:
+        for kind, flags, buf, start, end in self.replies(seq, ack=False):
+            if flags & NLM_F_DUMP_INTR:
                 consistent = False
             if kind != NLMSG_DONE:
-                _parse_elements(buf, start + 4, end, out, seen)
+                _parse_elements(buf, start + 4, end, out, self.seen)  # type: ignore[arg-type]
         return out, consistent
 
     # ------------------------------------------------------------ batches
@@ -440,17 +332,7 @@ class Nfnl:
         data = b"".join(parts)
         self._bufsize(socket.SO_SNDBUF, SO_SNDBUFFORCE, len(data) + (1 << 16))
         self._send(data)
-        errors = []
-        while True:
-            try:
-                reply = self._recv(socket.MSG_DONTWAIT)
-            except BlockingIOError:
-                break
-            for kind, _seq, buf, start, _end in self._messages(reply):
-                if kind == NLMSG_ERROR:
-                    err = self._error_of(buf, start)
-                    if err:
-                        errors.append(err)
+        errors = self.drain_errors()
         if errors:
             # EPERM first: it is the one a user can fix by themselves.
             err = errno.EPERM if errno.EPERM in errors else errors[0]
