@@ -7,6 +7,7 @@ hand-edited ruleset is repaired by whichever of them runs next.
 
 from __future__ import annotations
 
+import math
 from bisect import bisect_right
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -110,10 +111,10 @@ class Plan:
 
 
 def max_elements(config) -> int:
-    """``[policy] max_elements_per_block``: what one decided block may cost in kernel elements."""
-    from netblock.decide.policy import budget
+    """``[policy] max_elements_per_block``: what one decided block may cost in kernel elements.
 
-    return budget(config)
+    Read here, not through decide.policy.budget(): importing the policy imports numpy (0.15 s)."""
+    return config.policy.max_elements_per_block
 
 
 def screen(blocks: Iterable[Block], carve: list[IPNetwork], budget: int,
@@ -159,6 +160,80 @@ def plan(store, config, *, now: datetime, own: Iterable[IPNetwork] | None = None
     return Plan(desired, too_wide, over_budget, budget)
 
 
+@dataclass
+class KeyPlan:
+    """plan() as integers: {(version, first << 8 | prefixlen): expiry epoch seconds, NaN permanent}."""
+
+    desired: dict[tuple[int, int], float]
+    too_wide: list[Block] = field(default_factory=list)
+    over_budget: list[tuple[Block, int]] = field(default_factory=list)
+
+
+def plan_keys(store, config, *, now: datetime, own: Iterable[IPNetwork] | None = None) -> KeyPlan | None:
+    """plan() without a Python object per block, or None where it would not be the same.
+
+    A block whose span neither overlaps nor touches another block's, nor
+    overlaps protected space, is its own kernel element: aggregation merges
+    only overlapping or adjacent spans, carving only cuts protected space,
+    and screen() leaves out only what floors or carving price. Those blocks
+    stay integers; the others (a few, on a real store) go through the very
+    screen() and compute_desired() plan() runs. None when the store cannot
+    give keys or the IPv4 cap is at stake (plan() picks what fits).
+    """
+    from netblock.store import receipt
+
+    if not hasattr(store, "block_keys") or max_elements(config) < 1:
+        return None
+    keys = receipt.floor_keys(store, store.block_keys(now))
+    if keys is None:
+        return None
+    carve = protect.for_sync(store, config, now=now, own=own).all()
+    guarded: dict[int, tuple[list[int], list[int]]] = {}
+    for fam, first, last in sorted(span(n) for n in carve):
+        firsts, lasts = guarded.setdefault(fam, ([], []))
+        firsts.append(first)
+        lasts.append(last)
+    maxlast = {fam: _running_max(lasts) for fam, (_f, lasts) in guarded.items()}
+    desired: dict[tuple[int, int], float] = {}
+    tangled: list[tuple] = []
+    for fam in (4, 6):
+        mine = sorted(k for k in keys if k[0] == fam)
+        bits = 32 if fam == 4 else 128
+        firsts, lasts = guarded.get(fam, ([], []))
+        reach = maxlast.get(fam, [])
+        before = -2
+        for i, k in enumerate(mine):
+            first = k[1]
+            last = first + (1 << (bits - k[2])) - 1
+            alone = before + 1 < first and (i + 1 == len(mine) or last + 1 < mine[i + 1][1])
+            before = max(before, last)
+            if alone and firsts:
+                j = bisect_right(firsts, last) - 1  # protected spans starting at or before our last
+                alone = j < 0 or reach[j] < first
+            if alone:
+                desired[(fam, first << 8 | k[2])] = math.nan if k[3] is None else float(k[3])
+            else:
+                tangled.append(k[4])
+    too_wide: list[Block] = []
+    over_budget: list[tuple[Block, int]] = []
+    if tangled:
+        found = receipt.blocks(store, tangled, full=False)
+        for net, when in compute_desired(screen(found, carve, max_elements(config), too_wide, over_budget),
+                                         carve).items():
+            fam, first, _last = span(net)
+            plen = net.prefixlen - (96 if net.version == 6 and fam == 4 else 0)
+            desired[(fam, first << 8 | plen)] = math.nan if when is None else when.timestamp()
+    return KeyPlan(desired, too_wide, over_budget)
+
+
+def _running_max(values: list[int]) -> list[int]:
+    out, top = [], -1
+    for v in values:
+        top = max(top, v)
+        out.append(top)
+    return out
+
+
 def desired_for(store, config, *, now: datetime, own: Iterable[IPNetwork] | None = None):
     """The desired kernel state from the store as it is now (see plan())."""
     return plan(store, config, now=now, own=own).desired
@@ -185,6 +260,48 @@ def diff(installed: Mapping[IPNetwork, datetime | None],
     for part in (change.added, change.removed, change.updated):
         part.sort(key=span)
     return change
+
+
+@dataclass
+class Drift:
+    """What `status` says of the kernel: how many netblocks are desired and installed, and how they differ."""
+
+    desired: int
+    installed: int
+    missing: int  # desired, not installed
+    extra: int  # installed, not desired
+    expiry: int  # installed with another expiry
+    absent: str | None = None  # why nothing could be read (netblock's kernel objects are not there)
+
+
+def drift(store, backend, config, *, now: datetime) -> Drift:
+    """diff(read_installed(), desired_for()) counted, in integers where the kernel's generation proves
+    netblock's last state and plan_keys() answers; otherwise through those very functions."""
+    view = backend.region_view() if hasattr(backend, "region_view") else None
+    planned = plan_keys(store, config, now=now) if view is not None else None
+    if view is None or planned is None:
+        desired = desired_for(store, config, now=now)
+        read, absent = read_installed(backend)
+        change = diff(read, desired)
+        return Drift(len(desired), len(read), len(change.added), len(change.removed), len(change.updated),
+                     absent)
+    want = planned.desired
+    now_ts = now.timestamp()
+    tolerance = EXPIRY_TOLERANCE.total_seconds()
+    installed = extra = expiry = found = 0
+    for version, (keys, ends) in view.sets.items():
+        for k, have in zip(keys, ends):
+            if have == have and have <= now_ts:
+                continue  # past its timeout: the kernel has dropped it
+            installed += 1
+            wanted = want.get((version, k))
+            if wanted is None:
+                extra += 1
+                continue
+            found += 1
+            if have == have and (wanted != wanted or abs(have - wanted) > tolerance):
+                expiry += 1
+    return Drift(len(want), installed, len(want) - found, extra, expiry)
 
 
 def read_installed(backend) -> tuple[dict[IPNetwork, datetime | None], str | None]:
