@@ -308,6 +308,12 @@ def main(argv=None) -> int:
     if os.geteuid() != 0:
         print("bench_scale: needs root (network namespaces)", file=sys.stderr)
         return 2
+    # An installed netblock has its bytecode (dh_python3 and pip compile it at install); a source
+    # tree run with PYTHONDONTWRITEBYTECODE=1 would recompile every module in every process timed.
+    import compileall
+
+    import netblock
+    compileall.compile_dir(os.path.dirname(netblock.__file__), quiet=1)
     print(f"# bench_scale: n={opts.n} runs={opts.runs} bulk-runs={opts.bulk_runs} "
           f"python={sys.version.split()[0]} cores={os.cpu_count()} load {load_avg()}", flush=True)
     print(f"{'backend':9} {'netblock command (whole process)':34} {'wall median (min..max, n) cpu median':44} "

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from bisect import bisect_right
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Iterable, Mapping
 
 from netaddr import IPNetwork
@@ -23,6 +23,7 @@ from netblock.firewall import Change
 from netblock.model import Block
 from netblock.system.lock import DEFAULT_TIMEOUT, kernel_lock
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _PERMANENT = object()  # marks a desired netblock covered by a permanent block
 
 # Kernel timeouts count down in whole seconds (and were set a moment before the
@@ -152,6 +153,16 @@ def plan(store, config, *, now: datetime, own: Iterable[IPNetwork] | None = None
     would deadlock against us. A write racing these reads is picked up by the
     next sync, which every writer runs after committing.
     """
+    keyed = plan_keys(store, config, now=now, own=own)
+    if keyed is not None:
+        desired = {IPNetwork((k >> 8, k & 255), version=v): None if e != e else _EPOCH + timedelta(seconds=e)
+                   for (v, k), e in sorted(keyed.desired.items())}
+        return Plan(desired, keyed.too_wide, keyed.over_budget, max_elements(config))
+    return plan_objects(store, config, now=now, own=own)
+
+
+def plan_objects(store, config, *, now: datetime, own: Iterable[IPNetwork] | None = None) -> Plan:
+    """plan() with a Block per stored block: the reference plan_keys() is tested against, and its fallback."""
     carve = protect.for_sync(store, config, now=now, own=own).all()
     budget = max_elements(config)
     too_wide: list[Block] = []
@@ -247,14 +258,16 @@ def diff(installed: Mapping[IPNetwork, datetime | None],
     backend has no timeouts, and its rules are removed by sync instead.
     """
     change = Change()
+    wanted = {_identity(net): want for net, want in desired.items()}
+    held = {_identity(net) for net in installed}
     for net in desired:
-        if net not in installed:
+        if _identity(net) not in held:
             change.added.append(net)
     for net, have in installed.items():
-        if net not in desired:
+        want = wanted.get(_identity(net), _ABSENT)
+        if want is _ABSENT:
             change.removed.append(net)
             continue
-        want = desired[net]
         if have is not None and (want is None or abs(have - want) > EXPIRY_TOLERANCE):
             change.updated.append(net)
     for part in (change.added, change.removed, change.updated):
@@ -302,6 +315,17 @@ def drift(store, backend, config, *, now: datetime) -> Drift:
             if have == have and (wanted != wanted or abs(have - wanted) > tolerance):
                 expiry += 1
     return Drift(len(want), installed, len(want) - found, extra, expiry)
+
+
+_ABSENT = object()
+
+
+def _identity(net: IPNetwork) -> tuple[int, int, int]:
+    """What IPNetwork's == compares (version, first, last), as plain ints: hashing 100k IPNetworks
+    through netaddr's key() cost diff() seconds."""
+    width = 32 if net.version == 4 else 128
+    plen = net.prefixlen
+    return net.version, net.value >> (width - plen), plen
 
 
 def read_installed(backend) -> tuple[dict[IPNetwork, datetime | None], str | None]:

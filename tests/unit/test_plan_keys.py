@@ -18,7 +18,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(__file__)))
 from fakes import fake_config  # noqa: E402
 
 from netblock.model import AllowEntry, Block, Observation  # noqa: E402
-from netblock.run.sync import plan, plan_keys  # noqa: E402
+from netblock.run.sync import plan, plan_keys, plan_objects  # noqa: E402
 from netblock.store.sqlite import Store  # noqa: E402
 from netblock.system import hostaddrs  # noqa: E402
 
@@ -64,13 +64,14 @@ def test_plan_keys_is_plan(tmp_path, monkeypatch, seed):
         store.allow_add([AllowEntry(IPNetwork("198.18.9.0/27"), "partner", NOW)])
         store.add_observations([Observation(NOW - timedelta(minutes=5), IPAddress(f"198.18.{rng.randrange(32)}.{i}"),
                                             "delivered", "postfix") for i in range(0, 250, 37)])
-        slow = plan(store, config, now=NOW)
+        slow = plan_objects(store, config, now=NOW)
         fast = plan_keys(store, config, now=NOW)
         assert fast is not None
         assert same(fast.desired, keyed(slow.desired))
         assert sorted(str(b.netblock) for b in fast.too_wide) == sorted(str(b.netblock) for b in slow.too_wide)
         assert sorted((str(b.netblock), c) for b, c in fast.over_budget) == \
             sorted((str(b.netblock), c) for b, c in slow.over_budget)
+        assert plan(store, config, now=NOW) == slow  # plan() takes the keys and gives plan_objects()' answer
 
 
 def test_isolated_blocks_stay_integers_and_a_bad_row_is_recorded_as_plan_records_it(tmp_path, monkeypatch):
@@ -84,6 +85,6 @@ def test_isolated_blocks_stay_integers_and_a_bad_row_is_recorded_as_plan_records
     with Store.open(tmp_path / "nb.db") as store:
         fast = plan_keys(store, config, now=NOW)
         fast_rejected = dict(store.rejected)
-        slow = plan(store, config, now=NOW)
+        slow = plan_objects(store, config, now=NOW)
         assert fast is not None and same(fast.desired, keyed(slow.desired)) and len(fast.desired) == 19
         assert fast_rejected == store.rejected and len(fast_rejected) == 1
