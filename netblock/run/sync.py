@@ -264,10 +264,11 @@ def diff(installed: Mapping[IPNetwork, datetime | None],
         if _identity(net) not in held:
             change.added.append(net)
     for net, have in installed.items():
-        want = wanted.get(_identity(net), _ABSENT)
-        if want is _ABSENT:
+        key = _identity(net)
+        if key not in wanted:
             change.removed.append(net)
             continue
+        want = wanted[key]
         if have is not None and (want is None or abs(have - want) > EXPIRY_TOLERANCE):
             change.updated.append(net)
     for part in (change.added, change.removed, change.updated):
@@ -315,9 +316,6 @@ def drift(store, backend, config, *, now: datetime) -> Drift:
             if have == have and (wanted != wanted or abs(have - wanted) > tolerance):
                 expiry += 1
     return Drift(len(want), installed, len(want) - found, extra, expiry)
-
-
-_ABSENT = object()
 
 
 def _identity(net: IPNetwork) -> tuple[int, int, int]:
