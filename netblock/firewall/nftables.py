@@ -466,8 +466,9 @@ class NftablesBackend:
         previous read and hands only the changed ones on (Runner._sample).
         """
         proven = self._counter_columns_proven()
-        if proven is not None:
-            return proven
+        return self._counter_columns_dumped() if proven is None else proven
+
+    def _counter_columns_dumped(self) -> dict[int, tuple]:
         out = {}
         for fam, entries in self._read_all().items():
             keys = [f << 8 | p for f, p in entries]
