@@ -164,7 +164,7 @@ class Element:
     seen: float = 0.0  # time.time() when the kernel's reply carrying it arrived (expires_ms counts from it)
 
 
-@dataclass
+@dataclass(slots=True)
 class ElemSpec:
     """One element to send: its key, whether it closes an interval, when it expires.
 
@@ -180,14 +180,15 @@ class ElemSpec:
     udata: bytes = b""  # an encoded NFTA_SET_ELEM_USERDATA attribute, as nft writes it
 
     def encode(self, now: float) -> bytes:
-        timed = self.expires is not None
-        if not self.udata and len(self.key) % 4 == 0:
+        expires, key = self.expires, self.key
+        timed = expires is not None
+        if not self.udata and len(key) % 4 == 0:
             # Everything but the key and the timeout value is fixed: splice them into a prepared frame.
-            head, tail = _frame(len(self.key), self.end, timed)
+            head, tail = _FRAMES.get((len(key), self.end, timed)) or _frame(len(key), self.end, timed)
             if not timed:
-                return head + self.key + tail
-            ms = 0 if self.expires == 0 else max(1, math.ceil((self.expires - now) * 1000))
-            return head + self.key + tail + ms.to_bytes(8, "big")
+                return head + key + tail
+            ms = 0 if expires == 0 else max(1, math.ceil((expires - now) * 1000))
+            return head + key + tail + ms.to_bytes(8, "big")
         return self._encode_generic(now)
 
     def _encode_generic(self, now: float) -> bytes:

@@ -296,9 +296,12 @@ class NftablesBackend:
                     read = {fam: self._read(sock, fam) for fam in wanted}
                     if self._genid(sock) != genid:
                         continue  # someone committed while the sets were being read
-                    want = {fam: _want_dict(nets, cols, _FAMILY[fam][1]) for fam, cols in wanted.items()}
-                    change, ops, after = _plan(want, read, now_ts)
-                    state = {fam: _Column.of(entries, _FAMILY[fam][1]) for fam, entries in after.items()}
+                    if not any(read.values()):  # empty sets (a restore after a flush): everything is added
+                        change, ops, state = _plan_fresh(nets, wanted)
+                    else:
+                        want = {fam: _want_dict(nets, cols, _FAMILY[fam][1]) for fam, cols in wanted.items()}
+                        change, ops, after = _plan(want, read, now_ts)
+                        state = {fam: _Column.of(entries, _FAMILY[fam][1]) for fam, entries in after.items()}
                 else:
                     change, ops, state = _plan_columns(nets, wanted, current, now_ts)
                 try:
@@ -844,6 +847,24 @@ def _wanted(desired: Desired, families, now: float):
             keys, idx, exp = keys[order], idx[order], exp[order]
         out[fam] = (keys, exp, idx)
     return nets, out
+
+
+def _plan_fresh(nets: list, wanted: dict):
+    """_plan() into empty sets: every wanted entry added, the state the wanted arrays themselves."""
+    change = Change()
+    ops: list[nl.SetOp] = []
+    state = {}
+    for fam, (keys, expiry, idx) in wanted.items():
+        bits = _FAMILY[fam][1]
+        adds: list[nl.ElemSpec] = []
+        extend = adds.extend
+        for k, e in zip(keys.tolist(), expiry.tolist()):
+            extend(_network_elements(k >> 8, k & 255, bits, None if e != e else e))
+        change.added.extend(nets[i] for i in idx.tolist())
+        if adds:
+            ops.append(nl.SetOp(names.NFT_SET[fam], False, adds))
+        state[fam] = _Column(keys, expiry, {})
+    return change, ops, state
 
 
 def _want_dict(nets: list, cols, bits: int) -> dict:

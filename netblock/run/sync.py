@@ -381,7 +381,7 @@ def _apply(store, backend, config, *, now, own, stage) -> SyncResult:
     proven = backend.installed_proven() if hasattr(backend, "installed_proven") else None
     installed = dict(backend.installed()) if proven is None else proven  # no dump while the generation proves it
     stage()
-    change_plan = diff(installed, desired)
+    change_plan = diff(installed, desired) if installed else Change()  # empty (a restore): nothing goes
     if change_plan.removed or change_plan.updated:  # their counters go with them: keep what they counted
         from netblock.run import sampling
 
