@@ -101,6 +101,12 @@ class Plan:
     too_wide: list[Block] = field(default_factory=list)  # wider than netblock's floor (limits.py)
     over_budget: list[tuple[Block, int]] = field(default_factory=list)  # (policy prefix, cost counted past budget)
     budget: int = limits.DEFAULT_MAX_ELEMENTS_PER_BLOCK
+    v4: int | None = None  # IPv4 addresses desired covers, when plan_keys() counted them
+
+    def check_coverage(self) -> None:
+        """limits.check_coverage() of the desired set: refused whole, the kernel keeps what it has."""
+        if self.v4 is None or self.v4 > limits.MAX_V4_ADDRESSES:
+            limits.check_coverage(self.desired, disjoint=True)
 
     def notes(self) -> list[str]:
         """One line per block left out, for the CLI's warnings and the daemon's log."""
@@ -157,7 +163,8 @@ def plan(store, config, *, now: datetime, own: Iterable[IPNetwork] | None = None
     if keyed is not None:
         desired = {IPNetwork((k >> 8, k & 255), version=v): None if e != e else _EPOCH + timedelta(seconds=e)
                    for (v, k), e in sorted(keyed.desired.items())}
-        return Plan(desired, keyed.too_wide, keyed.over_budget, max_elements(config))
+        v4 = sum(1 << (32 - (k & 255)) for v, k in keyed.desired if v == 4)
+        return Plan(desired, keyed.too_wide, keyed.over_budget, max_elements(config), v4)
     return plan_objects(store, config, now=now, own=own)
 
 
@@ -360,7 +367,7 @@ def sync(store, backend, config, *, now: datetime, dry_run: bool = False, lock: 
     stage = stage or (lambda: None)
     if dry_run:
         planned = plan(store, config, now=now, own=own)
-        limits.check_coverage(planned.desired, disjoint=True)
+        planned.check_coverage()
         stage()
         installed, missing = read_installed(backend)
         stage()
@@ -375,7 +382,7 @@ def sync(store, backend, config, *, now: datetime, dry_run: bool = False, lock: 
 def _apply(store, backend, config, *, now, own, stage) -> SyncResult:
     planned = plan(store, config, now=now, own=own)
     desired = planned.desired
-    limits.check_coverage(desired, disjoint=True)  # refused whole: the kernel keeps what it has
+    planned.check_coverage()
     stage()
     backend.ensure()
     proven = backend.installed_proven() if hasattr(backend, "installed_proven") else None
