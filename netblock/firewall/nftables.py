@@ -459,6 +459,16 @@ class NftablesBackend:
             return {fam: self._read(sock, fam) for fam in self.settings.families}
 
     def counters(self) -> dict[IPNetwork, tuple[int, int]]:
+        """{netblock: (packets, bytes)}: asked key by key while the generation proves the keys (see
+        _counter_columns_proven), else from a dump; `netblock sample` and sync before it removes elements."""
+        proven = self._counter_columns_proven()
+        if proven is None:
+            return self._counters_dumped()
+        return {IPNetwork((k >> 8, k & 255), version=version): (p, b)
+                for version, (keys, packets, nbytes) in proven.items()
+                for k, p, b in zip(keys.tolist(), packets.tolist(), nbytes.tolist())}
+
+    def _counters_dumped(self) -> dict[IPNetwork, tuple[int, int]]:
         return {IPNetwork(key, version=_FAMILY[fam][0]): (p, b)
                 for fam, entries in self._read_all().items() for key, (_e, p, b, _r) in entries.items()}
 
