@@ -454,7 +454,7 @@ def file_source_warning(sources) -> str | None:
 
 def cmd_status(args, ctx) -> int:
     from netblock.errors import StoreError
-    from netblock.run.sync import desired_for, diff, read_installed
+    from netblock.run.sync import drift as kernel_drift
 
     try:
         store = ctx.store()
@@ -464,9 +464,8 @@ def cmd_status(args, ctx) -> int:
         return status_unreachable(ctx, exc, as_json=args.json)
     backend = ctx.backend()
     now = ctx.now()
-    desired = desired_for(store, ctx.config, now=now)
-    installed, missing = read_installed(backend)
-    drift = diff(installed, desired)
+    drift = kernel_drift(store, backend, ctx.config, now=now)
+    missing = drift.absent
     mode = verdict_status(backend, missing)
     sources = sources_status(ctx.config, now)
     oldest = store.oldest_block()
@@ -478,11 +477,11 @@ def cmd_status(args, ctx) -> int:
         "blocks_active": store.count_blocks(now),
         "blocks_stored": store.count_blocks(),
         "allowlist": len(store.allowlist()),
-        "desired": len(desired),
-        "installed": len(installed),
-        "in_sync": not drift and missing is None,
+        "desired": drift.desired,
+        "installed": drift.installed,
+        "in_sync": not (drift.missing or drift.extra or drift.expiry) and missing is None,
         "kernel_objects": "missing" if missing else "present",
-        "drift": {"missing": len(drift.added), "extra": len(drift.removed), "expiry": len(drift.updated)},
+        "drift": {"missing": drift.missing, "extra": drift.extra, "expiry": drift.expiry},
         "oldest_block": None if oldest is None else {"netblock": str(oldest.netblock), "created": iso(oldest.created)},
         "next_expiry": iso(store.next_expiry(now)),
         "verdict": mode["verdict"],
@@ -499,9 +498,9 @@ def cmd_status(args, ctx) -> int:
         return 0
     if missing:
         state = f"NOT INSTALLED ({missing})"
-    elif drift:
-        state = (f"DRIFTED: {len(drift.added)} missing, {len(drift.removed)} extra, "
-                 f"{len(drift.updated)} with another expiry (run `netblock sync`)")
+    elif not info["in_sync"]:
+        state = (f"DRIFTED: {drift.missing} missing, {drift.extra} extra, "
+                 f"{drift.expiry} with another expiry (run `netblock sync`)")
     else:
         state = "in sync"
     lines = [

@@ -139,6 +139,8 @@ class Refusals:
 
     def carved(self, net: IPNetwork) -> list[tuple[IPNetwork, str]]:
         """(protected netblock, label) of each protection inside ``net``: what sync cuts out of it."""
+        if not self.merged:
+            return []  # nothing protected (no recent deliverer): `add -` of 100k asks 100k times
         from netblock.aggregate import span
 
         fam, first, last = span(net)

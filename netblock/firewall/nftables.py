@@ -297,9 +297,12 @@ class NftablesBackend:
                     read = {fam: self._read(sock, fam) for fam in wanted}
                     if self._genid(sock) != genid:
                         continue  # someone committed while the sets were being read
-                    want = {fam: _want_dict(nets, cols, _FAMILY[fam][1]) for fam, cols in wanted.items()}
-                    change, ops, after = _plan(want, read, now_ts)
-                    state = {fam: _Column.of(entries, _FAMILY[fam][1]) for fam, entries in after.items()}
+                    if not any(read.values()):  # empty sets (a restore after a flush): everything is added
+                        change, ops, state = _plan_fresh(nets, wanted)
+                    else:
+                        want = {fam: _want_dict(nets, cols, _FAMILY[fam][1]) for fam, cols in wanted.items()}
+                        change, ops, after = _plan(want, read, now_ts)
+                        state = {fam: _Column.of(entries, _FAMILY[fam][1]) for fam, entries in after.items()}
                 else:
                     change, ops, state = _plan_columns(nets, wanted, current, now_ts)
                 try:
@@ -457,6 +460,16 @@ class NftablesBackend:
             return {fam: self._read(sock, fam) for fam in self.settings.families}
 
     def counters(self) -> dict[IPNetwork, tuple[int, int]]:
+        """{netblock: (packets, bytes)}: asked key by key while the generation proves the keys (see
+        _counter_columns_proven), else from a dump; `netblock sample` and sync before it removes elements."""
+        proven = self._counter_columns_proven()
+        if proven is None:
+            return self._counters_dumped()
+        return {IPNetwork((k >> 8, k & 255), version=version): (p, b)
+                for version, (keys, packets, nbytes) in proven.items()
+                for k, p, b in zip(keys.tolist(), packets.tolist(), nbytes.tolist())}
+
+    def _counters_dumped(self) -> dict[IPNetwork, tuple[int, int]]:
         return {IPNetwork(key, version=_FAMILY[fam][0]): (p, b)
                 for fam, entries in self._read_all().items() for key, (_e, p, b, _r) in entries.items()}
 
@@ -466,6 +479,10 @@ class NftablesBackend:
         For the daemon's periodic sample, which compares them with its
         previous read and hands only the changed ones on (Runner._sample).
         """
+        proven = self._counter_columns_proven()
+        return self._counter_columns_dumped() if proven is None else proven
+
+    def _counter_columns_dumped(self) -> dict[int, tuple]:
         out = {}
         for fam, entries in self._read_all().items():
             keys = [f << 8 | p for f, p in entries]
@@ -476,6 +493,42 @@ class NftablesBackend:
                 arr[order],
                 np.fromiter((v[1] for v in entries.values()), dtype=np.int64, count=n)[order],
                 np.fromiter((v[2] for v in entries.values()), dtype=np.int64, count=n)[order])
+        return out
+
+    def _counter_columns_proven(self) -> dict[int, tuple] | None:
+        """counter_columns() asked element by element for the keys the generation proves installed.
+
+        nf_tables walks an interval set from its first element again for
+        every reply of a dump, so a 100k dump costs the kernel seconds;
+        asking for the known keys costs it a lookup each. None (the caller
+        dumps) when the generation proves nothing or an element is gone
+        (a timeout ran out just now).
+        """
+        view = self.region_view()
+        if view is None:
+            return None
+        soon = datetime.now(timezone.utc).timestamp() + COUNTER_MARGIN
+        out = {}
+        with self._netlink() as sock:
+            for version, (keys, expiry) in view.sets.items():
+                fam = _VERSION_FAMILY[version]
+                bits = _FAMILY[fam][1]
+                live = [k for k, e in zip(keys, expiry) if e != e or e > soon]
+                found: dict[bytes, tuple[int, int]] = {}
+                try:
+                    for i in range(0, len(live), COUNTER_CHUNK):
+                        for el in sock.get_elements(names.NFT_SET[fam],
+                                                    [(k >> 8).to_bytes(bits // 8, "big") for k in live[i:i + COUNTER_CHUNK]]):
+                            if not el.end:
+                                found[el.key] = (el.packets, el.bytes)
+                except nl.NetlinkError:
+                    return None
+                if len(found) != len(live):
+                    return None
+                counts = [found[(k >> 8).to_bytes(bits // 8, "big")] for k in live]
+                out[version] = (np.array(live, dtype=np.uint64 if bits == 32 else object),
+                                np.fromiter((c[0] for c in counts), dtype=np.int64, count=len(live)),
+                                np.fromiter((c[1] for c in counts), dtype=np.int64, count=len(live)))
         return out
 
     def installed(self) -> dict[IPNetwork, datetime | None]:
@@ -807,6 +860,24 @@ def _wanted(desired: Desired, families, now: float):
     return nets, out
 
 
+def _plan_fresh(nets: list, wanted: dict):
+    """_plan() into empty sets: every wanted entry added, the state the wanted arrays themselves."""
+    change = Change()
+    ops: list[nl.SetOp] = []
+    state = {}
+    for fam, (keys, expiry, idx) in wanted.items():
+        bits = _FAMILY[fam][1]
+        adds: list[nl.ElemSpec] = []
+        extend = adds.extend
+        for k, e in zip(keys.tolist(), expiry.tolist()):
+            extend(_network_elements(k >> 8, k & 255, bits, None if e != e else e))
+        change.added.extend(nets[i] for i in idx.tolist())
+        if adds:
+            ops.append(nl.SetOp(names.NFT_SET[fam], False, adds))
+        state[fam] = _Column(keys, expiry, {})
+    return change, ops, state
+
+
 def _want_dict(nets: list, cols, bits: int) -> dict:
     """_plan()'s form of one family's wanted entries."""
     keys, expiry, idx = cols
@@ -935,6 +1006,10 @@ def _forget_snapshot(sock: nl.Nfnl) -> None:
         _snapshot_path(sock).unlink(missing_ok=True)
     except OSError:
         pass
+
+
+COUNTER_MARGIN = 2.0  # seconds: an element this close to its timeout may be gone before it is asked for
+COUNTER_CHUNK = 4096  # keys asked per round: their replies fit the socket's receive buffer
 
 
 def _spliced(keys, expiry, version: int, removed, added, updated):

@@ -7,9 +7,10 @@ hand-edited ruleset is repaired by whichever of them runs next.
 
 from __future__ import annotations
 
+import math
 from bisect import bisect_right
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Iterable, Mapping
 
 from netaddr import IPNetwork
@@ -22,6 +23,7 @@ from netblock.firewall import Change
 from netblock.model import Block
 from netblock.system.lock import DEFAULT_TIMEOUT, kernel_lock
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _PERMANENT = object()  # marks a desired netblock covered by a permanent block
 
 # Kernel timeouts count down in whole seconds (and were set a moment before the
@@ -99,6 +101,12 @@ class Plan:
     too_wide: list[Block] = field(default_factory=list)  # wider than netblock's floor (limits.py)
     over_budget: list[tuple[Block, int]] = field(default_factory=list)  # (policy prefix, cost counted past budget)
     budget: int = limits.DEFAULT_MAX_ELEMENTS_PER_BLOCK
+    v4: int | None = None  # IPv4 addresses desired covers, when plan_keys() counted them
+
+    def check_coverage(self) -> None:
+        """limits.check_coverage() of the desired set: refused whole, the kernel keeps what it has."""
+        if self.v4 is None or self.v4 > limits.MAX_V4_ADDRESSES:
+            limits.check_coverage(self.desired, disjoint=True)
 
     def notes(self) -> list[str]:
         """One line per block left out, for the CLI's warnings and the daemon's log."""
@@ -110,10 +118,10 @@ class Plan:
 
 
 def max_elements(config) -> int:
-    """``[policy] max_elements_per_block``: what one decided block may cost in kernel elements."""
-    from netblock.decide.policy import budget
+    """``[policy] max_elements_per_block``: what one decided block may cost in kernel elements.
 
-    return budget(config)
+    Read here, not through decide.policy.budget(): importing the policy imports numpy (0.15 s)."""
+    return config.policy.max_elements_per_block
 
 
 def screen(blocks: Iterable[Block], carve: list[IPNetwork], budget: int,
@@ -151,12 +159,97 @@ def plan(store, config, *, now: datetime, own: Iterable[IPNetwork] | None = None
     would deadlock against us. A write racing these reads is picked up by the
     next sync, which every writer runs after committing.
     """
+    keyed = plan_keys(store, config, now=now, own=own)
+    if keyed is not None:
+        desired = {IPNetwork((k >> 8, k & 255), version=v): None if e != e else _EPOCH + timedelta(seconds=e)
+                   for (v, k), e in sorted(keyed.desired.items())}
+        v4 = sum(1 << (32 - (k & 255)) for v, k in keyed.desired if v == 4)
+        return Plan(desired, keyed.too_wide, keyed.over_budget, max_elements(config), v4)
+    return plan_objects(store, config, now=now, own=own)
+
+
+def plan_objects(store, config, *, now: datetime, own: Iterable[IPNetwork] | None = None) -> Plan:
+    """plan() with a Block per stored block: the reference plan_keys() is tested against, and its fallback."""
     carve = protect.for_sync(store, config, now=now, own=own).all()
     budget = max_elements(config)
     too_wide: list[Block] = []
     over_budget: list[tuple[Block, int]] = []
     desired = compute_desired(screen(received(store, store.blocks(now=now)), carve, budget, too_wide, over_budget), carve)
     return Plan(desired, too_wide, over_budget, budget)
+
+
+@dataclass
+class KeyPlan:
+    """plan() as integers: {(version, first << 8 | prefixlen): expiry epoch seconds, NaN permanent}."""
+
+    desired: dict[tuple[int, int], float]
+    too_wide: list[Block] = field(default_factory=list)
+    over_budget: list[tuple[Block, int]] = field(default_factory=list)
+
+
+def plan_keys(store, config, *, now: datetime, own: Iterable[IPNetwork] | None = None) -> KeyPlan | None:
+    """plan() without a Python object per block, or None where it would not be the same.
+
+    A block whose span neither overlaps nor touches another block's, nor
+    overlaps protected space, is its own kernel element: aggregation merges
+    only overlapping or adjacent spans, carving only cuts protected space,
+    and screen() leaves out only what floors or carving price. Those blocks
+    stay integers; the others (a few, on a real store) go through the very
+    screen() and compute_desired() plan() runs. None when the store's rows
+    fail the floors or the IPv4 cap is at stake (plan() picks what fits).
+    """
+    from netblock.store import receipt
+
+    if max_elements(config) < 1:
+        return None
+    keys = receipt.floor_keys(store, store.block_keys(now))
+    if keys is None:
+        return None
+    carve = protect.for_sync(store, config, now=now, own=own).all()
+    guarded: dict[int, tuple[list[int], list[int]]] = {}
+    for fam, first, last in sorted(span(n) for n in carve):
+        firsts, lasts = guarded.setdefault(fam, ([], []))
+        firsts.append(first)
+        lasts.append(last)
+    maxlast = {fam: _running_max(lasts) for fam, (_f, lasts) in guarded.items()}
+    desired: dict[tuple[int, int], float] = {}
+    tangled: list[tuple] = []
+    for fam in (4, 6):
+        mine = sorted(k for k in keys if k[0] == fam)
+        bits = 32 if fam == 4 else 128
+        firsts, lasts = guarded.get(fam, ([], []))
+        reach = maxlast.get(fam, [])
+        before = -2
+        for i, k in enumerate(mine):
+            first = k[1]
+            last = first + (1 << (bits - k[2])) - 1
+            alone = before + 1 < first and (i + 1 == len(mine) or last + 1 < mine[i + 1][1])
+            before = max(before, last)
+            if alone and firsts:
+                j = bisect_right(firsts, last) - 1  # protected spans starting at or before our last
+                alone = j < 0 or reach[j] < first
+            if alone:
+                desired[(fam, first << 8 | k[2])] = math.nan if k[3] is None else float(k[3])
+            else:
+                tangled.append(k[4])
+    too_wide: list[Block] = []
+    over_budget: list[tuple[Block, int]] = []
+    if tangled:
+        found = receipt.blocks(store, tangled, full=False)
+        for net, when in compute_desired(screen(found, carve, max_elements(config), too_wide, over_budget),
+                                         carve).items():
+            fam, first, _last = span(net)
+            plen = net.prefixlen - (96 if net.version == 6 and fam == 4 else 0)
+            desired[(fam, first << 8 | plen)] = math.nan if when is None else when.timestamp()
+    return KeyPlan(desired, too_wide, over_budget)
+
+
+def _running_max(values: list[int]) -> list[int]:
+    out, top = [], -1
+    for v in values:
+        top = max(top, v)
+        out.append(top)
+    return out
 
 
 def desired_for(store, config, *, now: datetime, own: Iterable[IPNetwork] | None = None):
@@ -172,19 +265,72 @@ def diff(installed: Mapping[IPNetwork, datetime | None],
     backend has no timeouts, and its rules are removed by sync instead.
     """
     change = Change()
+    wanted = {_identity(net): want for net, want in desired.items()}
+    held = {_identity(net) for net in installed}
     for net in desired:
-        if net not in installed:
+        if _identity(net) not in held:
             change.added.append(net)
     for net, have in installed.items():
-        if net not in desired:
+        key = _identity(net)
+        if key not in wanted:
             change.removed.append(net)
             continue
-        want = desired[net]
+        want = wanted[key]
         if have is not None and (want is None or abs(have - want) > EXPIRY_TOLERANCE):
             change.updated.append(net)
     for part in (change.added, change.removed, change.updated):
         part.sort(key=span)
     return change
+
+
+@dataclass
+class Drift:
+    """What `status` says of the kernel: how many netblocks are desired and installed, and how they differ."""
+
+    desired: int
+    installed: int
+    missing: int  # desired, not installed
+    extra: int  # installed, not desired
+    expiry: int  # installed with another expiry
+    absent: str | None = None  # why nothing could be read (netblock's kernel objects are not there)
+
+
+def drift(store, backend, config, *, now: datetime) -> Drift:
+    """diff(read_installed(), desired_for()) counted, in integers where the kernel's generation proves
+    netblock's last state and plan_keys() answers; otherwise through those very functions."""
+    view = backend.region_view()
+    planned = plan_keys(store, config, now=now) if view is not None else None
+    if view is None or planned is None:
+        desired = desired_for(store, config, now=now)
+        read, absent = read_installed(backend)
+        change = diff(read, desired)
+        return Drift(len(desired), len(read), len(change.added), len(change.removed), len(change.updated),
+                     absent)
+    want = planned.desired
+    now_ts = now.timestamp()
+    tolerance = EXPIRY_TOLERANCE.total_seconds()
+    installed = extra = expiry = found = 0
+    for version, (keys, ends) in view.sets.items():
+        for k, have in zip(keys, ends):
+            if have == have and have <= now_ts:
+                continue  # past its timeout: the kernel has dropped it
+            installed += 1
+            wanted = want.get((version, k))
+            if wanted is None:
+                extra += 1
+                continue
+            found += 1
+            if have == have and (wanted != wanted or abs(have - wanted) > tolerance):
+                expiry += 1
+    return Drift(len(want), installed, len(want) - found, extra, expiry)
+
+
+def _identity(net: IPNetwork) -> tuple[int, int, int]:
+    """What IPNetwork's == compares (version, first, last), as plain ints: hashing 100k IPNetworks
+    through netaddr's key() cost diff() seconds."""
+    width = 32 if net.version == 4 else 128
+    plen = net.prefixlen
+    return net.version, net.value >> (width - plen), plen
 
 
 def read_installed(backend) -> tuple[dict[IPNetwork, datetime | None], str | None]:
@@ -221,7 +367,7 @@ def sync(store, backend, config, *, now: datetime, dry_run: bool = False, lock: 
     stage = stage or (lambda: None)
     if dry_run:
         planned = plan(store, config, now=now, own=own)
-        limits.check_coverage(planned.desired, disjoint=True)
+        planned.check_coverage()
         stage()
         installed, missing = read_installed(backend)
         stage()
@@ -236,13 +382,13 @@ def sync(store, backend, config, *, now: datetime, dry_run: bool = False, lock: 
 def _apply(store, backend, config, *, now, own, stage) -> SyncResult:
     planned = plan(store, config, now=now, own=own)
     desired = planned.desired
-    limits.check_coverage(desired, disjoint=True)  # refused whole: the kernel keeps what it has
+    planned.check_coverage()
     stage()
     backend.ensure()
     proven = backend.installed_proven()
     installed = dict(backend.installed()) if proven is None else proven  # no dump while the generation proves it
     stage()
-    change_plan = diff(installed, desired)
+    change_plan = diff(installed, desired) if installed else Change()  # empty (a restore): nothing goes
     if change_plan.removed or change_plan.updated:  # their counters go with them: keep what they counted
         from netblock.run import sampling
 

@@ -106,6 +106,55 @@ def blocks(store, rows: Iterable[tuple], *, full: bool = True) -> list[Block]:
     return out
 
 
+def block_keys(store, rows: Iterable[tuple]) -> list[tuple[int, int, int, int | None, tuple]]:
+    """The parseable rows as (family, first, prefixlen, expires seconds or None, row), no object per row.
+
+    The same checks as block() (a failing row goes through block() for its
+    message and is recorded in ``store.rejected``): what sync's plan reads
+    at 100k blocks without an IPNetwork and two datetimes per block.
+    """
+    forget(store, "blocks")
+    out = []
+    for row in rows:
+        family, first, prefixlen, reason, source, created, expires, reblocks = row[:8]
+        width = 32 if family == 4 else 128
+        value = int.from_bytes(first, "big") if type(first) is bytes and len(first) == 16 else -1
+        if (family in (4, 6) and type(prefixlen) is int and 0 <= prefixlen <= width and 0 <= value
+                and not value >> width and not value & ((1 << (width - prefixlen)) - 1)
+                and not (family == 6 and _MAPPED_FIRST <= value <= _MAPPED_LAST)
+                and source in SOURCES and type(reblocks) is int and reblocks >= 0 and type(reason) is str
+                and type(created) is int and 0 <= created <= _MAX_EPOCH
+                and (expires is None or (type(expires) is int and 0 <= expires <= _MAX_EPOCH))):
+            out.append((family, value, prefixlen, expires, row))
+            continue
+        try:
+            b = block(row)
+        except (BadRow, ValueError, TypeError, OverflowError) as exc:
+            rejected(store)[("blocks", _key(row))] = f"unparseable: {exc}"
+            continue
+        n = b.netblock
+        out.append((n.version, n.first, n.prefixlen, None if b.expires is None else int(b.expires.timestamp()), row))
+    return out
+
+
+def floor_keys(store, found: list[tuple]) -> list[tuple] | None:
+    """within_floors() over block_keys(): the rows wider than the floor recorded and left out; None
+    when the IPv4 cap is exceeded (the caller then takes within_floors' own path, which picks)."""
+    record = rejected(store)
+    kept = []
+    v4_total = 0
+    for k in found:
+        family, value, prefixlen = k[0], k[1], k[2]
+        if prefixlen < _MIN_PREFIX[family]:
+            record[("blocks", str(IPNetwork((value, prefixlen), family)))] = \
+                f"wider than /{_MIN_PREFIX[family]} (the floor for IPv{family})"
+            continue
+        kept.append(k)
+        if family == 4:
+            v4_total += 1 << (32 - prefixlen)
+    return kept if v4_total <= _MAX_V4_ADDRESSES else None
+
+
 def one_block(store, row: tuple | None) -> Block | None:
     if row is None:
         return None

@@ -143,6 +143,8 @@ def test_at_100k_installed_add_del_allow_read_no_set(scene, tmp_path):
                  ("allow", "add", str(v4[10].ip)), ("add", "--permanent", str(v4[20])), ("del", str(v6[5]))):
         rc, out, dumps = nb.counted(*args)
         assert rc == 0 and dumps == 0, (args, out)
+    rc, out, dumps = nb.counted("status")  # the desired set as integers against the proven snapshot
+    assert rc == 0 and dumps == 0 and "in sync" in out, out
     installed = subprocess.run(["ip", "netns", "exec", scene.server, "nft", "-j", "list", "set", "inet", "netblock",
                                 "block4"], capture_output=True, text=True, check=True).stdout
     assert f'"{v4[10].ip}"' not in installed and f'"{v4[11].ip}"' in installed
@@ -155,8 +157,8 @@ def test_run_once_with_no_news_reads_no_set_until_the_ruleset_changes(scene, tmp
     log.touch()
     nb.conf.write_text(nb.conf.read_text() + f'[sources]\nfiles = ["{log}"]\n')
     nb("add", "198.18.16.0/24")
-    rc, out, dumps = nb.counted("run-once")  # syncs in full and reads the counters: both read the sets
-    assert rc == 0 and dumps > 0, out
+    rc, out, dumps = nb.counted("run-once")  # syncs in full and reads the counters, key by key: `add` proved them
+    assert rc == 0 and dumps == 0, out
     rc, out, dumps = nb.counted("run-once")
     assert rc == 0 and dumps == 0, out  # nothing new, the generation proves the kernel, counters read recently
     scene.server_exec("nft", "flush", "set", "inet", "netblock", "block4")
@@ -271,3 +273,27 @@ def test_ipset_at_100k_installed_add_del_allow_list_no_set(scene, tmp_path):
     saved = scene.server_exec("ipset", "save", "netblock4").stdout
     assert f" {v4[10].ip} " not in saved and f" {v4[11].ip} " in saved
     assert _ipset_in_sync(nb)
+
+
+def test_the_daemons_counter_read_asks_the_proven_keys_and_equals_the_dump(scene, tmp_path):
+    nb = Cli(scene, tmp_path)
+    nb("add", "198.18.16.0/24", "198.18.20.7", "2001:db8:9::/48")
+
+    def read(hand_edit: bool):
+        from netblock import config
+        from netblock.firewall import get_backend, nfnetlink as nl
+
+        backend = get_backend("nftables", config.load(str(nb.conf)).firewall_settings())
+        if hand_edit:
+            subprocess.run(["nft", "add", "element", "inet", "netblock", "block4", "{ 198.18.30.0/24 }"], check=True)
+        before = nl.DUMPS
+        asked = backend.counter_columns()
+        asked_dumps = nl.DUMPS - before
+        dumped = {v: tuple(col.tolist() for col in cols) for v, cols in backend._counter_columns_dumped().items()}
+        assert backend.counters() == backend._counters_dumped()  # `netblock sample`'s form
+        return {v: tuple(col.tolist() for col in cols) for v, cols in asked.items()}, dumped, asked_dumps
+
+    asked, dumped, dumps = scene.in_server(read, False)
+    assert dumps == 0 and asked == dumped and len(asked[4][0]) == 2 and len(asked[6][0]) == 1
+    asked, dumped, dumps = scene.in_server(read, True)  # someone else committed: the keys prove nothing
+    assert dumps > 0 and asked == dumped and len(asked[4][0]) == 3

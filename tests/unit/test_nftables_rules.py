@@ -279,6 +279,31 @@ def test_planning_from_arrays_equals_planning_everything(seed):
     assert np.array_equal(got.expiry, expect.expiry, equal_nan=True)
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_planning_into_empty_sets_equals_planning_everything(seed):
+    """_plan_fresh() (a restore after a flush) sends what _plan() sends against empty sets, and keeps its state."""
+    import random
+
+    rng = random.Random(seed)
+    now = 1_800_000_000.0
+    texts = [f"198.{18 + i // 256 % 2}.{i % 256}.{rng.choice((0, 7))}/{rng.choice((24, 32))}" for i in range(0, 400, 2)]
+    texts += ["255.255.255.255/32", "2001:db8::/48", "2001:db8:1::7/128", "ffff::/16"]
+    desired = {IPNetwork(t): rng.choice((None, datetime.fromtimestamp(now + 3600, timezone.utc),
+                                         datetime.fromtimestamp(now - 5, timezone.utc))) for t in texts}
+    nets, wanted = nftables._wanted(desired, ("ipv4", "ipv6"), now)
+    full = {fam: nftables._want_dict(nets, wanted[fam], nftables._FAMILY[fam][1]) for fam in wanted}
+    c1, ops1, after1 = nftables._plan(full, {"ipv4": {}, "ipv6": {}}, now)
+    c2, ops2, state2 = nftables._plan_fresh(nets, wanted)
+    assert list(map(str, c1.added)) == list(map(str, c2.added)) and not c2.removed and not c2.updated
+    frames = lambda ops: [(op.set, op.delete, op.exclusive, e.key, e.end, e.expires, e.udata)  # noqa: E731
+                          for op in ops for e in op.elements]
+    assert frames(ops1) == frames(ops2)
+    for fam, bits in (("ipv4", 32), ("ipv6", 128)):
+        expect = nftables._Column.of(after1[fam], bits)
+        assert state2[fam].keys.tolist() == expect.keys.tolist() and state2[fam].ranges == expect.ranges
+        assert np.array_equal(state2[fam].expiry, expect.expiry, equal_nan=True)
+
+
 def test_state_survives_the_snapshot_format_and_expires_on_time():
     now = 1_800_000_000.0
     first, last = IPNetwork("192.0.2.200").first, IPNetwork("192.0.2.202").first
