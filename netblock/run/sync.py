@@ -195,8 +195,8 @@ def plan_keys(store, config, *, now: datetime, own: Iterable[IPNetwork] | None =
     only overlapping or adjacent spans, carving only cuts protected space,
     and screen() leaves out only what floors or carving price. Those blocks
     stay integers; the others (a few, on a real store) go through the very
-    screen() and compute_desired() plan() runs. None when the store's rows
-    fail the floors or the IPv4 cap is at stake (plan() picks what fits).
+    screen() and compute_desired() plan() runs. None when the IPv4
+    cap is at stake (plan() picks what fits).
     """
     from netblock.store import receipt
 
