@@ -281,7 +281,8 @@ def test_the_daemons_counter_read_asks_the_proven_keys_and_equals_the_dump(scene
 
     def read(hand_edit: bool):
         from netblock import config
-        from netblock.firewall import get_backend, nfnetlink as nl
+        from netblock.firewall import get_backend
+        from netblock.firewall.netlink import nftables as nl
 
         backend = get_backend("nftables", config.load(str(nb.conf)).firewall_settings())
         if hand_edit:
