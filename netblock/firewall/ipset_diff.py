@@ -465,8 +465,8 @@ class StreamDiff:
         self.hit = np.zeros(len(keys), dtype=bool)  # per wanted key: the kernel has it
         self.size = 0  # members fed so far
         room = len(keys) + LIST_BATCH * 1024  # as many members as wanted, and a batch more
-        self.columns: tuple[np.ndarray, ...] = (np.empty(room, np.uint64), np.empty(room, np.int64),
-                                                np.empty(room, np.uint64), np.empty(room, np.uint64))  # as Members.arrays
+        self.columns: tuple[np.ndarray, ...] = (  # as Members.arrays
+            np.empty(room, np.uint64), np.empty(room, np.int64), np.empty(room, np.uint64), np.empty(room, np.uint64))
         self.deleted: list = []  # per batch, indexes of the members not wanted
         self.changed: list = []  # per batch, (member indexes, their wanted keys' positions) to re-time
 

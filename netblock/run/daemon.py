@@ -1020,8 +1020,8 @@ class Daemon:
             if jfd is not None:
                 fds.append(jfd)
             fleet_fd = self.fleet.fileno() if self.fleet is not None else None
-            if self.fleet is not None and fleet_fd is not None and self.fleet.missed and self.fleet.changed():  # (re)connected: catch up now
-                self.fleet_due.note(time.monotonic())
+            if self.fleet is not None and fleet_fd is not None and self.fleet.missed and self.fleet.changed():
+                self.fleet_due.note(time.monotonic())  # (re)connected: catch up now
                 continue
             if fleet_fd is not None:
                 fds.append(fleet_fd)
