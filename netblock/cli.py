@@ -15,11 +15,15 @@ import json
 import os
 import sys
 from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from netblock import __version__, clock
 from netblock.errors import NetblockError
 from netblock.printable import printable
+
+if TYPE_CHECKING:  # both are imported on first use
+    from netblock.firewall import Backend
+    from netblock.store import Store
 
 COMMAND_MODULES = (
     "netblock.commands.blocks",
@@ -55,8 +59,8 @@ class Context:
         self.stderr = stderr or sys.stderr
         self.stdin = stdin or sys.stdin
         self._config = None
-        self._store = None
-        self._backend = None
+        self._store: Store | None = None
+        self._backend: Backend | None = None
 
     # -- configuration, store, backend ---------------------------------
     @property

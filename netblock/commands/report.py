@@ -123,8 +123,8 @@ def cmd_report(args, ctx) -> int:
         _files(args, store, config, since, until, n, compare)
     if args.kind == "asn" and args.by_asn is not None:
         origins = drops.asn_drops_ranked(store, config, since, until, n, args.by)
-        records = [{"asn": o.asn, "owner": o.owner, "packets": o.packets, "bytes": o.bytes,
-                    "blocks": [str(b.cidr) for b in o.blocks]} for o in origins]
+        records: list[dict] = [{"asn": o.asn, "owner": o.owner, "packets": o.packets, "bytes": o.bytes,
+                                "blocks": [str(b.cidr) for b in o.blocks]} for o in origins]
         return _emit(args, ctx, records, lambda: rep.origin_table(origins, exact=args.exact),
                      fields=["asn", "owner", "packets", "bytes", "blocks"])
     if args.kind == "asn":
@@ -152,7 +152,7 @@ def cmd_report(args, ctx) -> int:
 
         for rec, hosts in zip(records, drops.packets_by_host(rows, per_host_packets(store, since, until))):
             rec["hosts"] = hosts
-    if compare:
+    if gone is not None:  # compare
         records += [drops.row_record(r, True, dropped_out=True) for r in gone]
     fields = ["netblock", "packets", "bytes", "first_seen", "last_seen", "reason", "except"]
     if compare:

@@ -168,12 +168,12 @@ def _iter_offences(store, rules: dict[str, ClassRule], now: datetime, shield_: P
         totals: dict[tuple[IPAddress, str], list] = {}
         rule_of: dict[str, ClassRule | None] = {}
         for (ip, cls), (n, last) in stats.items():
-            rule = rule_of[cls] if cls in rule_of else rule_of.setdefault(cls, rule_for(rules, cls))
-            if rule is None or rule.name not in names:
+            owner = rule_of[cls] if cls in rule_of else rule_of.setdefault(cls, rule_for(rules, cls))
+            if owner is None or owner.name not in names:
                 continue  # a class with a rule of its own, counted there
-            entry = totals.get((ip, rule.name))
+            entry = totals.get((ip, owner.name))
             if entry is None:
-                totals[ip, rule.name] = [n, (cls,), last]
+                totals[ip, owner.name] = [n, (cls,), last]
             else:
                 entry[0] += n
                 entry[1] += (cls,)

@@ -284,8 +284,8 @@ def blocks(offences: Iterable, table: Table, s: Settings, protected: Sequence[IP
         return []
     out = []
     for c in find(list(expiry), table, s, protected):
-        ends = [expiry[ip] for ip in c.offenders]
-        expires = None if None in ends else max(ends)
+        ends = [e for ip in c.offenders if (e := expiry[ip]) is not None]
+        expires = max(ends) if len(ends) == len(c.offenders) else None
         if expires is not None and expires <= now:
             continue
         text = reason(c, table)

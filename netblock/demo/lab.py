@@ -230,6 +230,7 @@ class Scene:
         )
         self._listener = subprocess.Popen(["ip", "netns", "exec", self.server, sys.executable, "-c", code],
                                           stdout=subprocess.PIPE, text=True)
+        assert self._listener.stdout is not None  # stdout=PIPE
         assert self._listener.stdout.readline().strip() == "ready"
 
     def close(self) -> None:

@@ -175,7 +175,7 @@ def run(backend: str = "nftables", keep: bool = False, out=sys.stdout, seed: int
         rng = random.Random(seed)
         sent = {}
         for ip in knockers:
-            k = {"dense /24 (DNSBL)": 60, "dense /24 (dynamic, bad HELO)": 45}.get(storm.zombies.get(ip), 20)
+            k = {"dense /24 (DNSBL)": 60, "dense /24 (dynamic, bad HELO)": 45}.get(storm.zombies.get(ip, ""), 20)
             k += rng.randint(0, 20)
             sent[ip] = sc.syn(ip, k)
         admitted = {ip: sc.probe(ip) for ip in storm.legit}

@@ -142,8 +142,10 @@ def fast_members(blob: bytes, v6: bool, lists: bool = True) -> Members | None:
     # (length, type) of every attribute header; the kernel sets the byte-order flag on some, not all.
     expect = {"h": (size, A_DATA), "iph": (8 + iplen, D_IP, 4 + iplen, ipaddr), "ch": (5, D_CIDR),
               "th": (8, D_TIMEOUT), "bh": (12, D_BYTES), "ph": (12, D_PACKETS)}
+    fields = dtype.fields
+    assert fields is not None  # a structured dtype
     for name, values in expect.items():
-        offset = dtype.fields[name][1] // 4
+        offset = fields[name][1] // 4
         for i in range(0, len(values), 2):
             column = words[:, offset + i // 2] & 0x3FFFFFFF
             if not (column == (values[i] | values[i + 1] << 16)).all():
@@ -312,13 +314,16 @@ def _v4_keys(nets: list, cache: dict | None):
 
     last = cache.get("nets") if cache else None
     start = 0
+    old = None
     if last and len(last) <= len(nets) and _same_start(nets, last):
+        assert cache is not None  # last came from it
         start = len(last)
+        old = cache["keys"], cache["mine"]
         if start == len(nets):
-            return cache["keys"], cache["mine"]
+            return old
     keys, mine = _convert_v4(nets[start:] if start else nets)
-    if start:
-        old_keys, old_mine = cache["keys"], cache["mine"]
+    if old is not None:
+        old_keys, old_mine = old
         keys = np.concatenate((old_keys, keys))
         if mine is not None or old_mine is not None:
             mine = np.concatenate((np.ones(len(old_keys), bool) if old_mine is None else old_mine,
@@ -460,8 +465,8 @@ class StreamDiff:
         self.hit = np.zeros(len(keys), dtype=bool)  # per wanted key: the kernel has it
         self.size = 0  # members fed so far
         room = len(keys) + LIST_BATCH * 1024  # as many members as wanted, and a batch more
-        self.columns = (np.empty(room, np.uint64), np.empty(room, np.int64), np.empty(room, np.uint64),
-                        np.empty(room, np.uint64))  # as Members.arrays
+        self.columns: tuple[np.ndarray, ...] = (  # as Members.arrays
+            np.empty(room, np.uint64), np.empty(room, np.int64), np.empty(room, np.uint64), np.empty(room, np.uint64))
         self.deleted: list = []  # per batch, indexes of the members not wanted
         self.changed: list = []  # per batch, (member indexes, their wanted keys' positions) to re-time
 
@@ -474,6 +479,7 @@ class StreamDiff:
         members = fast_members(blob, False, lists=False)
         if members is None:
             return False
+        assert members.arrays is not None  # lists=False fills only them
         have = members.arrays[0]
         first = self.size
         self._store(members.arrays)

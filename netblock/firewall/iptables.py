@@ -246,7 +246,7 @@ def _net(key: Key) -> IPNetwork:
 class _Row:
     index: int
     key: Key | None  # None: the source mask is not a prefix
-    ours: bool  # exactly `-s CIDR <verdict>` as netblock writes it
+    ours: bool  # exactly `-s CIDR <verdict>` as netblock writes it (so never with key None)
     counters: tuple[int, int]
 
 
@@ -615,13 +615,13 @@ class IptablesBackend(BackendBase):
         out: dict[Key, tuple[int, int]] = {}
         for fam in self._families():
             for row in self._read(fam):
-                if row.ours:
+                if row.ours and row.key is not None:
                     packets, nbytes = out.get(row.key, (0, 0))
                     out[row.key] = (packets + row.counters[0], nbytes + row.counters[1])
         return {_net(k): v for k, v in out.items()}
 
     def installed(self) -> dict[IPNetwork, datetime | None]:
-        keys = {row.key for fam in self._families() for row in self._read(fam) if row.ours}
+        keys = {row.key for fam in self._families() for row in self._read(fam) if row.ours and row.key is not None}
         return {_net(k): None for k in keys}
 
     def remove(self) -> None:

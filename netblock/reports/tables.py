@@ -228,14 +228,13 @@ def group(pieces: Iterable[Row], *decisions: Decisions) -> list[Row]:
     out: dict[tuple[int, int], Row] = {}
     for row in pieces:
         lo_hi = span(row.netblock)
-        found = key = None
+        found: tuple[Decisions, int] | None = None
+        key = lo_hi
         for ds in decisions:
             i = ds._at(*lo_hi)
             if i is not None:
                 found, key = (ds, i), (ds._firsts[i], ds._lasts[i])
                 break
-        if found is None:
-            key = lo_hi
         target = out.get(key)
         if target is None and key == lo_hi:
             if found is not None:
@@ -243,6 +242,7 @@ def group(pieces: Iterable[Row], *decisions: Decisions) -> list[Row]:
             out[key] = row
             continue
         if target is None:
+            assert found is not None  # key differs from lo_hi only for a found decision
             d = found[0]._decision(found[1])
             target = out[key] = Row(d.netblock, reason=d.reason)
         target.merge(row)

@@ -113,7 +113,7 @@ class Runner:
         self.applied: dict[IPNetwork, datetime | None] | None = None
         self.applied_v4: int | None = None  # IPv4 addresses it covers (the coverage cap, limits.py)
         self._notes: list[str] = []  # store blocks the last sync left out, as logged
-        self._refused: dict[str, str] = {}  # source path -> why it is not read, as logged
+        self._refused: dict[str, str | None] = {}  # source path -> why it is not read, as logged
         self.last_tick: datetime | None = None
         self.last_result = TickResult()
         self.tracker: Tracker | None = None  # the daemon's in-memory view of recent offences
@@ -375,16 +375,16 @@ class Runner:
             if result.decided and not result.errors:
                 self._sync(now, result)
         else:
-            changed = self._decide_new(now, result)
+            changed = self._decide_new(self.tracker, now, result)
             if changed and not result.errors:
                 self._push(changed, now, result)
         for err in result.errors:
             self.log(f"event handling failed: {err} (retrying next tick)")
         return result
 
-    def _decide_new(self, now: datetime, result: TickResult) -> list[Block]:
+    def _decide_new(self, tracker: Tracker, now: datetime, result: TickResult) -> list[Block]:
         try:
-            blocks = self.tracker.decide(self.store, self.config, now)
+            blocks = tracker.decide(self.store, self.config, now)
             if not blocks:
                 return []
             with self.store.transaction():
@@ -523,7 +523,7 @@ class Runner:
             # An element the kernel's own timeout took a moment before the store's expiry is no drift.
             soon = now + timedelta(seconds=5)
             vanished = [n for n in self.applied if n in res.desired and n not in res.installed_before
-                        and (res.desired[n] is None or res.desired[n] > soon)]
+                        and ((expires := res.desired[n]) is None or expires > soon)]
             if vanished:
                 result.restored = len(vanished)
                 shown = ", ".join(str(n) for n in sorted(vanished, key=lambda n: (n.version, n.first))[:5])
@@ -863,7 +863,8 @@ class Tracker:
                 if old is not None and (old.expires is None or old.expires > now):
                     continue
                 ends = [self._widening_expiry(ip, now)[1] for ip in w.offenders]
-                expires = None if None in ends else max(ends)
+                known = [e for e in ends if e is not None]
+                expires = max(known) if len(known) == len(ends) else None
                 if expires is not None and expires <= now:
                     continue
                 block = Block(w.netblock, f"widened: {len(w.offenders)} offenders in {w.netblock}",
@@ -982,6 +983,7 @@ class Daemon:
                 next_tick = min(next_tick, time.monotonic() + tick_every)
             now_m = time.monotonic()
             if next_watchdog is not None and now_m >= next_watchdog:
+                assert watchdog is not None  # next_watchdog is set only with it
                 self.notifier.watchdog()
                 next_watchdog = now_m + watchdog
             if now_m >= next_tick:
@@ -996,7 +998,7 @@ class Daemon:
                 react_at = None
                 next_tick = time.monotonic() + tick_every
                 continue
-            if self.fleet_due.ready(now_m):
+            if self.fleet is not None and self.fleet_due.ready(now_m):  # only the listener notes one due
                 tables = self.fleet.take_tables()
                 did = fleet.follow_change(runner, tables, full_allowed=self.fleet_due.full_allowed(now_m))
                 if did == "deferred":
@@ -1018,8 +1020,8 @@ class Daemon:
             if jfd is not None:
                 fds.append(jfd)
             fleet_fd = self.fleet.fileno() if self.fleet is not None else None
-            if fleet_fd is not None and self.fleet.missed and self.fleet.changed():  # (re)connected: catch up now
-                self.fleet_due.note(time.monotonic())
+            if self.fleet is not None and fleet_fd is not None and self.fleet.missed and self.fleet.changed():
+                self.fleet_due.note(time.monotonic())  # (re)connected: catch up now
                 continue
             if fleet_fd is not None:
                 fds.append(fleet_fd)
@@ -1031,7 +1033,7 @@ class Daemon:
                 ready = []
             if self._wake_r in ready:
                 _drain(self._wake_r)
-            if fleet_fd is not None and fleet_fd in ready:
+            if self.fleet is not None and fleet_fd is not None and fleet_fd in ready:
                 if self.fleet.changed():
                     self.fleet_due.note(time.monotonic())
                 ready.remove(fleet_fd)

@@ -101,7 +101,7 @@ def _route(program: str, group: str | None) -> tuple[str, str | None, str | None
         route = _GENERAL
     else:
         # _FAST holds every Postfix pattern: none matched means none would.
-        branch = _FAST_GROUPS.get(group)
+        branch = None if group is None else _FAST_GROUPS.get(group)
         if branch is None or branch[1] != found[1]:
             route = _NOTHING
         else:
@@ -120,6 +120,7 @@ def _program(program: str) -> tuple[str, str] | None:
         return _PROGRAMS[program]
     except KeyError:
         pass
+    found: tuple[str, str] | None
     if exim.PROGRAM.match(program):
         found = ("exim", "exim")
     elif sendmail.PROGRAM.match(program):
@@ -219,15 +220,17 @@ def parse_line(
                 if hit is None:
                     return None
                 ip, cls = hit[1], hit[2]
-            elif cls is None:
-                hit = postfix.finish(name, m.group(ip_group), line, m.end())
-                if hit is None or (not marks and hit[2][0] == MARK):
-                    return None
-                ip, cls = hit[1], hit[2]
             else:
-                ip = client_ip(m.group(ip_group))
-                if ip is None:
-                    return None
+                assert ip_group is not None  # only a queue-ID pattern (qmgr's) has no address
+                if cls is None:
+                    hit = postfix.finish(name, m.group(ip_group), line, m.end())
+                    if hit is None or (not marks and hit[2][0] == MARK):
+                        return None
+                    ip, cls = hit[1], hit[2]
+                else:
+                    ip = client_ip(m.group(ip_group))
+                    if ip is None:
+                        return None
             time = syslog.timestamp(syslog.BSD, m.group(1), year, now)
             if time is None:
                 return None

@@ -179,6 +179,7 @@ def _only(msg: str, marker: str, start: int, name: str):
 def match(msg: str) -> tuple[str, IPAddress, str] | None:
     """(pattern name, client address, class) of an Exim log message, or None."""
     p = _PREFIX.match(msg)
+    assert p is not None  # every part of _PREFIX is optional: it matches any text
     if p.end():
         msg = msg[p.end():]
     c = msg[:2]

@@ -285,10 +285,12 @@ class Follower:
         current = self._path_id()
         rotated = current is not None and current != self._fd_id
         lines, end, overlong = scan(self._fd, start, size, self.max_line, final=rotated)
+        assert self._fd_id is not None  # set with self._fd
         dev, ino = self._fd_id
         after = Position(dev, ino, end)
         finished_old = rotated and end >= size
         if finished_old:
+            assert current is not None  # rotated: another file is at the path
             after = Position(current[0], current[1], 0)
         return Batch(lines, after, overlong, restarted, finished_old)
 

@@ -29,7 +29,7 @@ import signal
 import subprocess
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import Iterable, Mapping, Sequence
+from typing import IO, Iterable, Mapping, Sequence
 
 from netblock.errors import ToolMissing
 
@@ -238,6 +238,12 @@ def file_source_forgery_warning(choice: Choice) -> str | None:
             "journal = \"auto\": the journal's trusted fields tell who wrote a line")
 
 
+def _stdout(proc: subprocess.Popen) -> IO[bytes]:
+    """journalctl's output: Journal.start() always opens it as a pipe."""
+    assert proc.stdout is not None
+    return proc.stdout
+
+
 class Journal:
     """One journalctl child and the entries it has printed but nobody has committed yet."""
 
@@ -261,18 +267,19 @@ class Journal:
                                           stdin=subprocess.DEVNULL, close_fds=True)
         except FileNotFoundError:
             raise ToolMissing(f"journalctl: {self.journalctl!r} not found (sources.journal = true needs it)") from None
-        os.set_blocking(self._proc.stdout.fileno(), False)
+        os.set_blocking(_stdout(self._proc).fileno(), False)
         self._buf = b""
 
     def fileno(self) -> int | None:
-        return None if self._proc is None else self._proc.stdout.fileno()
+        return None if self._proc is None else _stdout(self._proc).fileno()
 
     def read(self, *, wait: bool = False) -> Batch:
         """Entries available now (all remaining ones when ``wait`` and not following)."""
         if self._proc is None:
             self.start()
+            assert self._proc is not None  # start() sets it or raises
         batch = Batch()
-        fd = self._proc.stdout.fileno()
+        fd = _stdout(self._proc).fileno()
         if wait:
             os.set_blocking(fd, True)
         try:
@@ -333,4 +340,4 @@ class Journal:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-        proc.stdout.close()
+        _stdout(proc).close()

@@ -336,6 +336,7 @@ def finish(name: str, ip_text: str | None, msg: str, end: int,
             return name, None, FIXED_CLASS[name] + qid
         ip = client_ip(ip_text)
         return None if ip is None else (name, ip, FIXED_CLASS[name] + qid)
+    assert ip_text is not None  # every pattern without a queue ID has a mandatory ip group
     ip = client_ip(ip_text)
     if ip is None:
         return None

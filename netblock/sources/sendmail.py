@@ -184,5 +184,6 @@ def match(msg: str) -> tuple[str, IPAddress | None, str] | None:
             ruleset = msg[8:msg.find(",")]
             cls = reject_class(ruleset, msg[at + m.end():])
     elif name == "sendmail-from":
+        assert qid is not None  # the from= branch above returned without one
         cls += qid
     return name, ip, cls

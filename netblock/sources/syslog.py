@@ -163,6 +163,7 @@ def _bsd(stamp: str, year: int) -> datetime | None:
             base = _MINUTES[minute]
         except KeyError:
             base = _MINUTES[minute] = _bsd_exact(stamp[:-3] + ":00", year)
+    t: datetime | None
     if base is not None:
         t = base + _SECONDS[int(ss)]
     else:
@@ -179,11 +180,15 @@ def _bsd_exact(stamp: str, year: int) -> datetime | None:
     month = _MONTHS.get(stamp[:3])
     day, clock = stamp[4:].split()
     hh, mm, ss = clock.split(":")
+    if month is None:
+        return None
     try:
         hour = (year, month, int(day), int(hh))
         offset = _OFFSETS.get(hour)
         if offset is None:
-            offset = _OFFSETS[hour] = datetime(*hour).astimezone().utcoffset()
+            local = datetime(*hour).astimezone().utcoffset()
+            assert local is not None  # astimezone() gives an aware datetime, which has an offset
+            offset = _OFFSETS[hour] = local
         return datetime(*hour, int(mm), int(ss), tzinfo=timezone.utc) - offset
     except (ValueError, TypeError):  # Feb 29 of a year without one, 25:00:00, "Foo 1", ...
         return None

@@ -61,10 +61,17 @@ class NetlinkError(OSError):
 
     @property
     def code(self) -> int:
+        assert self.errno is not None  # __init__ always passes OSError a code
         return self.errno
 
     def __reduce__(self):
         return type(self), (self.errno, self.strerror, self.reply, self.lineno)
+
+
+def _from_os(exc: OSError, what: str) -> NetlinkError:
+    """A socket call's OSError as a NetlinkError (the socket module raises them from errno, never without one)."""
+    assert exc.errno is not None
+    return NetlinkError(exc.errno, f"netlink {what}: {exc.strerror}")
 
 
 def pad(n: int) -> int:
@@ -131,12 +138,12 @@ class Socket:
         try:
             self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
         except OSError as exc:
-            raise NetlinkError(exc.errno, f"netlink socket: {exc.strerror}") from None
+            raise _from_os(exc, "socket") from None
         try:
             self.sock.bind((0, 0))
         except OSError as exc:
             self.sock.close()
-            raise NetlinkError(exc.errno, f"netlink bind: {exc.strerror}") from None
+            raise _from_os(exc, "bind") from None
         # Extended errors; acks without a copy of each (up to 64 KiB) request; room for a whole dump burst.
         for opt in (NETLINK_EXT_ACK, NETLINK_CAP_ACK):
             try:
@@ -180,7 +187,7 @@ class Socket:
         try:
             self.sock.sendall(data)
         except OSError as exc:
-            raise NetlinkError(exc.errno, f"netlink send: {exc.strerror}") from None
+            raise _from_os(exc, "send") from None
 
     def receive(self, flags: int = 0) -> bytes | memoryview:
         """One datagram (BlockingIOError passes through, for a non-blocking drain)."""
@@ -192,7 +199,7 @@ class Socket:
         except BlockingIOError:
             raise
         except OSError as exc:
-            raise NetlinkError(exc.errno, f"netlink receive: {exc.strerror}") from None
+            raise _from_os(exc, "receive") from None
         self.seen = time.time()
         return data
 
