@@ -209,7 +209,7 @@ def cmd_add(args, ctx) -> int:
     for b in blocks:
         for prot, label in guard.carved(b.netblock):
             ctx.print(f"carved out {host_mask(prot)} from {host_mask(b.netblock)} ({label.removeprefix('protected: ')})")
-        for prot, _ in guard.delivered.carved(b.netblock):
+        for prot, _ in guard.delivered.carved(b.netblock) if guard.delivered is not None else ():
             ctx.print(f"not carved out: {host_mask(prot)} delivered mail within {window}, "
                       f"but a block made by hand wins ({host_mask(b.netblock)})")
     report_sync(ctx, change_after_write(ctx, [b.netblock for b in blocks], cap_checked=True))
@@ -276,8 +276,8 @@ def cmd_list(args, ctx) -> int:
         if b.expires is None:
             expires = "never"
         else:
-            expires = iso(b.expires) + (" (expired)" if b.expires <= now else "")
-        rows.append([str(b.netblock), expires, iso(b.created), printable(b.source), str(b.reblocks),
+            expires = f"{iso(b.expires)}{' (expired)' if b.expires <= now else ''}"
+        rows.append([str(b.netblock), expires, iso(b.created) or "-", printable(b.source), str(b.reblocks),
                      printable(b.reason) or "-"])
     for line in table(rows, ["NETBLOCK", "EXPIRES", "CREATED", "SOURCE", "REBLOCKS", "REASON"]):
         ctx.print(line)

@@ -827,6 +827,7 @@ def _wanted(desired: Desired, families, now: float):
     for fam in families:
         version, bits = _FAMILY[fam]
         module = _MODULES[version]
+        idx: Any  # the positions of this family's live elements; None: all of them
         if len(modules) > 1:
             idx = np.flatnonzero((module_ids == id(module)) & live)
         elif module in modules:
@@ -1059,7 +1060,7 @@ def _translate(exc: OSError, what: str) -> NetblockError:
         return PermissionDenied(f"nftables: {what}: operation not permitted (needs CAP_NET_ADMIN)")
     if exc.errno in (errno.EPROTONOSUPPORT, errno.EAFNOSUPPORT):
         return KernelFeatureMissing(f"nftables: {what}: the kernel has no nf_tables support")
-    return KernelError(f"nftables: {what}: kernel refused: {exc.strerror or errno.errorcode.get(exc.errno)}")
+    return KernelError(f"nftables: {what}: kernel refused: {exc.strerror or errno.errorcode.get(exc.errno or 0)}")
 
 
 def create(settings: Settings) -> NftablesBackend:

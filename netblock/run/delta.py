@@ -182,10 +182,10 @@ def _try(store, backend, config, nets, now: datetime, cap_checked: bool):
             if (version, sibling) in new:
                 sexp = new.pop((version, sibling))
             else:
-                i = installed[version].index(sibling)
-                if i is None or (version, sibling) in elements:
+                at = installed[version].index(sibling)
+                if at is None or (version, sibling) in elements:
                     continue
-                sexp = installed[version].expiry[i]
+                sexp = installed[version].expiry[at]
                 if sexp <= now_ts:
                     return None
                 gone[(version, sibling)] = sexp

@@ -48,6 +48,15 @@ def received(store, blocks: list[Block]) -> list[Block]:
     return within_floors(store, blocks)
 
 
+def _netblocks_and_expiries(blocks: Iterable[Block]) -> tuple[list[IPNetwork], list[datetime | None]]:
+    """The two columns compute_desired needs; its own frame keeps no Block once this returns."""
+    blocked, ends = [], []
+    for block in blocks:
+        blocked.append(block.netblock)
+        ends.append(block.expires)
+    return blocked, ends
+
+
 def compute_desired(blocks: Iterable[Block], protect: Iterable[IPNetwork]) -> dict[IPNetwork, datetime | None]:
     """{CIDR: expiry} for the kernel: aggregated blocks minus protected.
 
@@ -58,11 +67,8 @@ def compute_desired(blocks: Iterable[Block], protect: Iterable[IPNetwork]) -> di
     # Only the netblocks and expiries are needed: dropping the Blocks here
     # frees a storm's 100k reasons before aggregation runs (when the caller
     # passed the only reference, as desired_for does).
-    blocked, ends = [], []
-    for block in blocks:
-        blocked.append(block.netblock)
-        ends.append(block.expires)
-    blocks = block = None
+    blocked, ends = _netblocks_and_expiries(blocks)
+    blocks = ()
     nets = aggregate(blocked, list(protect))
     families: dict[int, tuple[list[int], list[int], list[int]]] = {}
     for i, net in enumerate(nets):

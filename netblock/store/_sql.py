@@ -194,9 +194,9 @@ def split_window(since: datetime | None, until: datetime | None
     if d0 is not None and d1 is not None and d0 >= d1:
         return [(since, until)], None
     pieces: list[tuple[datetime | None, datetime | None]] = []
-    if s is not None and s < d0 * DAY:
+    if s is not None and d0 is not None and s < d0 * DAY:
         pieces.append((since, dt(d0 * DAY - 1)))
-    if u is not None and u >= d1 * DAY:
+    if u is not None and d1 is not None and u >= d1 * DAY:
         pieces.append((dt(d1 * DAY), until))
     return pieces, (d0, d1)
 
@@ -274,7 +274,7 @@ class StoreCommon:
     def _drop_deltas(self, since: datetime | None, until: datetime | None) -> Iterable[tuple[str, int, int, int]]:
         raise NotImplementedError
 
-    def _daily_totals(self, d0: int | None, d1: int | None) -> list[tuple[str, int, int, int, int]]:
+    def _daily_totals(self, d0: int | None, d1: int | None) -> list[tuple[str, int, int, int | None, int | None]]:
         raise NotImplementedError
 
     def _daily_per_day(self, d0: int | None, d1: int | None) -> list[tuple[int, int, int]]:

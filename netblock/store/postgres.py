@@ -953,8 +953,7 @@ class PgStore(StoreCommon):
             self._execute("DELETE FROM drops_daily")
             self._execute(DAILY_BACKFILL)
 
-    # StoreCommon's annotation in _sql.py lacks the `| None` its fold checks for; the ignore goes when it gains it.
-    def _daily_totals(  # type: ignore[override]
+    def _daily_totals(
             self, d0: int | None, d1: int | None) -> list[tuple[str, int, int, int | None, int | None]]:
         """(netblock, packets, bytes, first, last) over the roll-up's days d0 <= day < d1, of
         ``view_host`` or summed over the fleet's hosts."""

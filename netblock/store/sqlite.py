@@ -204,6 +204,14 @@ class SqliteFile:
         with self._errors():
             return self._conn.execute(sql, tuple(params)).fetchone()
 
+    def _row(self, sql: str, params: Iterable = ()) -> tuple:
+        """The row a query always yields (an aggregate); StoreError when a damaged store has none,
+        never a traceback."""
+        row = self._one(sql, params)
+        if row is None:
+            raise StoreError(f"{self.path}: damaged store: no row for {sql}")
+        return row
+
 
 def _v4_net_cols(net: IPNetwork) -> tuple[str, int, bytes, bytes, int]:
     """_net_cols() straight from the integers for a canonical IPv4 CIDR (what `add -` of 100k writes);
@@ -359,20 +367,20 @@ class SqliteStore(SqliteFile, StoreCommon):
 
     def count_blocks(self, now: datetime | None = None) -> int:
         if now is None:
-            return self._one("SELECT count(*) FROM blocks")[0]
-        return self._one(
+            return self._row("SELECT count(*) FROM blocks")[0]
+        return self._row(
             "SELECT count(*) FROM blocks WHERE expires IS NULL OR expires > ?", (_ts(now),)
         )[0]
 
     def v4_block_space(self, now: datetime) -> int:
         """The sizes of the active IPv4 blocks summed (overlaps counted twice): a cheap bound for the cap."""
-        row = self._one("SELECT sum(1 << (32 - prefixlen)) FROM blocks "
+        row = self._row("SELECT sum(1 << (32 - prefixlen)) FROM blocks "
                         "WHERE family = 4 AND (expires IS NULL OR expires > ?)", (_ts(now),))
         return int(row[0] or 0)
 
     def next_expiry(self, now: datetime) -> datetime | None:
         """When the next active block runs out (what the daemon sleeps towards)."""
-        return _opt_dt(self._one("SELECT min(expires) FROM blocks WHERE expires > ?", (_ts(now),))[0])
+        return _opt_dt(self._row("SELECT min(expires) FROM blocks WHERE expires > ?", (_ts(now),))[0])
 
     def oldest_block(self) -> Block | None:
         row = self._one(f"SELECT {_BLOCK_COLS} FROM blocks ORDER BY created, family, first LIMIT 1")

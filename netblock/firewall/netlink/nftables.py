@@ -151,7 +151,7 @@ class ElemSpec:
         if not self.udata and len(key) % 4 == 0:
             # Everything but the key and the timeout value is fixed: splice them into a prepared frame.
             head, tail = _FRAMES.get((len(key), self.end, timed)) or _frame(len(key), self.end, timed)
-            if not timed:
+            if expires is None:
                 return head + key + tail
             ms = 0 if expires == 0 else max(1, math.ceil((expires - now) * 1000))
             return head + key + tail + ms.to_bytes(8, "big")
@@ -372,8 +372,8 @@ def _parse_elements(buf: bytes, start: int, end: int, out: list[Element], seen: 
                 if elen < 4:
                     break
                 layout = _LAYOUTS.get(elen)
-                fields = layout[0].unpack_from(buf, lpos) if layout else None
-                if fields and layout[1](fields) == layout[2]:
+                fields = layout[0].unpack_from(buf, lpos) if layout is not None else None
+                if layout is not None and fields and layout[1](fields) == layout[2]:
                     out.append(layout[3](fields, seen))
                 else:
                     el = _parse_element(buf, lpos + 4, lpos + elen)
