@@ -31,8 +31,8 @@ from netns import scene as make_scene, wait_for
 
 from netblock import config as config_mod
 from netblock.decide import policy
+from netblock.decide.tracker import Tracker
 from netblock.model import Observation
-from netblock.run.daemon import Tracker
 from netblock.store.sqlite import Store
 
 pytestmark = pytest.mark.kernel

@@ -24,8 +24,9 @@ from helpers import append, daemon_toml, dnsbl_policy, run_daemon, runner  # noq
 from loglines import delivery, dnsbl_reject  # noqa: E402
 
 from netblock import config as config_mod  # noqa: E402
+from netblock.decide.tracker import newly_crossing  # noqa: E402
 from netblock.errors import KernelError  # noqa: E402
-from netblock.run.daemon import Daemon, newly_crossing  # noqa: E402
+from netblock.run.daemon import Daemon  # noqa: E402
 from netblock.store.sqlite import Store  # noqa: E402
 from netblock.system import hostaddrs
 from netblock.system.sdnotify import Notifier  # noqa: E402
