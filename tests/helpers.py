@@ -95,7 +95,7 @@ def runner(cfg, store, backend=None, *, factory=None, clock, follow_mode: bool =
     ``factory`` makes at each, its sources opened; stderr goes to a StringIO unless given."""
     import io
 
-    from netblock.run.daemon import Runner
+    from netblock.run.tick import Runner
 
     r = Runner(cfg, store, factory or (lambda: backend), clock=clock, follow_mode=follow_mode,
                stderr=io.StringIO() if stderr is None else stderr)

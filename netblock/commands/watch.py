@@ -1,9 +1,10 @@
 """Commands that read the mail logs: ingest, daemon, run-once, why.
 
 Parse, call, print: ``ingest`` calls run/ingest.py (finished files read once,
-then the policy and sync), ``daemon`` and ``run-once`` the tick in
-run/daemon.py (``run-once`` continues from the positions the daemon saves,
-for the systemd timer mode), ``why`` decide/explain.py.
+then the policy and sync), ``run-once`` the tick in run/tick.py (it
+continues from the positions the daemon saves, for the systemd timer mode),
+``daemon`` the loop around that tick in run/daemon.py, ``why``
+decide/explain.py.
 """
 
 from __future__ import annotations
@@ -124,7 +125,7 @@ def cmd_ingest(args, ctx) -> int:
 # ---------------------------------------------------------------- daemon, run-once
 
 def _runner(ctx, *, follow_mode: bool, log_level: str | None = None):
-    from netblock.run.daemon import Runner
+    from netblock.run.tick import Runner
 
     if ctx.config.routed.enabled:
         # A routing table that cannot be read would stop every decision of every

@@ -1,7 +1,7 @@
 """The event path's memory of recent offences: a threshold crossing seen as its line is read.
 
-The daemon (netblock/run/daemon.py) feeds every new offence to a Tracker
-between ticks; what crosses goes to the kernel at once, and the tick's full
+The daemon's Runner (netblock/run/tick.py) feeds every new offence to a
+Tracker between ticks; what crosses goes to the kernel at once, and the tick's full
 policy.decide() stays the reference that catches up on anything missed.
 """
 

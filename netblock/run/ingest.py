@@ -1,6 +1,6 @@
 """`netblock ingest`: finished mail log files read once, then one decision and one sync.
 
-The daemon's tick (run/daemon.py) follows the configured sources and keeps
+The daemon's tick (run/tick.py) follows the configured sources and keeps
 their positions; ingest reads the files it is given from the start (plain,
 gzip or stdin) and keeps none, so a file ingested twice counts twice. One
 sources.join runs over all the files in the order given: a message whose

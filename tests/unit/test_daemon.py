@@ -264,11 +264,11 @@ def test_daemon_reacts_at_once_coalesces_reloads_and_stops(tmp_path, store, monk
 
 
 def test_daemon_is_ready_before_reading_a_backlog_and_reads_it_in_steps(tmp_path, store, monkeypatch):
-    from netblock.run import daemon as daemon_mod
+    from netblock.run import tick as tick_mod
     from netblock.sources import follow
 
     monkeypatch.setattr(follow, "BATCH_LINES", 4)
-    monkeypatch.setattr(daemon_mod, "MAX_BATCHES_PER_WAKE", 2)
+    monkeypatch.setattr(tick_mod, "MAX_BATCHES_PER_WAKE", 2)
     cfg, log = make_config(tmp_path, tick="1h")
     for i in range(20):
         append(log, reject(f"198.18.{20 + i}.1", 1), reject(f"198.18.{20 + i}.1", 2))
