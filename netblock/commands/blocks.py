@@ -6,11 +6,12 @@ writes the store in one transaction, and ends with sync(), so the kernel
 always equals the store: a refused input changes neither.
 
 The rules they apply live below: what `add` stores and refuses in
-decide/manual.py, the kernel side in run/sync.py and run/delta.py.
+decide/manual.py, what `expire` records and purges in decide/expiry.py, the
+IPv4 cap tried before a write in run/cap.py, the kernel side in run/sync.py
+and run/delta.py.
 
 Why this module is long: the parsers and printers of the ten commands above
-live together. Two pieces of domain work are still here: check_cap (the
-IPv4 cap tried before a write) and expire's bookkeeping.
+live together.
 """
 
 from __future__ import annotations
@@ -21,14 +22,14 @@ from datetime import datetime, timedelta, timezone
 from netaddr import IPNetwork
 
 from netblock import durations
-from netblock.decide import manual
+from netblock.decide import expiry, manual
 from netblock.errors import BadInput, NetblockError
 from netblock.model import AllowEntry, Block, host_mask
 from netblock.printable import printable
+from netblock.run.cap import check_cap
 from netblock.system.lock import kernel_lock
 
 MAX_WARNINGS = 5  # host-bit warnings shown one by one before they are only counted
-EXPIRE_STATE_KEY = "cli.expire.last"
 
 
 # ---------------------------------------------------------------- formatting
@@ -216,33 +217,6 @@ def cmd_add(args, ctx) -> int:
     return 0
 
 
-def check_cap(store, config, now: datetime, *, add=(), unallow=()) -> None:
-    """LimitExceeded before a write whose sync would block more IPv4 space than the cap (limits.py).
-
-    ``add`` are blocks about to be stored (hand-made), ``unallow`` allowlist
-    entries about to be removed. The union of the active blocks is cheap to
-    measure and only ever larger than what sync installs, so the exact
-    aggregation runs only near the cap.
-    """
-    from netblock import limits
-    from netblock.decide.protect import for_sync as protected
-    from netblock.run.sync import compute_desired, max_elements, screen
-
-    # The stored blocks' sizes summed, overlaps twice: one query, and never less than what sync installs.
-    if store.v4_block_space(now) + limits.v4_addresses((b.netblock for b in add), disjoint=True) \
-            <= limits.MAX_V4_ADDRESSES:
-        return
-    active = {b.netblock: b for b in store.blocks(now=now)}
-    active.update((b.netblock, b) for b in add)
-    prot = protected(store, config, now=now)
-    gone = set(unallow)
-    prot = dataclasses.replace(prot, allowlist=[n for n in prot.allowlist if n not in gone],
-                               manual=prot.manual + [b.netblock for b in add])
-    carve = prot.all()
-    limits.check_coverage(compute_desired(screen(active.values(), carve, max_elements(config), [], []), carve),
-                          "refused, nothing changed")
-
-
 def cmd_del(args, ctx) -> int:
     nets = parse_targets([(t, "argument") for t in args.targets], ctx, any_width=True)
     store = ctx.store()
@@ -330,27 +304,9 @@ def cmd_allow_list(args, ctx) -> int:
     return 0
 
 
-def _parse_time(text: str | None) -> datetime | None:
-    """A time this module stored; anything unreadable counts as never (all expiries are news)."""
-    try:
-        when = datetime.fromisoformat(text) if text else None
-    except ValueError:
-        return None
-    return when if when is None or when.tzinfo else when.replace(tzinfo=timezone.utc)
-
-
 def cmd_expire(args, ctx) -> int:
-    config = ctx.config
-    store = ctx.store()
-    now = ctx.now()
-    keep = config.blocks.max_ttl
-    with store.transaction():
-        expired = store.expired_blocks(now)
-        last = _parse_time(store.get_state(EXPIRE_STATE_KEY))
-        newly = [b for b in expired if last is None or b.expires > last]
-        purge = [b for b in expired if keep is not None and b.expires <= now - keep]
-        store.delete_blocks([b.netblock for b in purge])
-        store.set_state(EXPIRE_STATE_KEY, now.isoformat())
+    done = expiry.expire(ctx.store(), ctx.now(), ctx.config.blocks.max_ttl)
+    newly, purge = done.newly, done.purged
     result = sync_after_write(ctx)
     if args.json:
         ctx.print_json({"expired": [block_json(b) for b in newly], "purged": [block_json(b) for b in purge],
