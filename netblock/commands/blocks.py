@@ -146,8 +146,7 @@ def report_sync(ctx, result) -> None:
     for note in result.notes:
         ctx.warn(note)
     c = result.change
-    count = result.count if hasattr(result, "count") else len(result.desired)
-    ctx.print(f"kernel: {count} netblocks "
+    ctx.print(f"kernel: {result.count} netblocks "
               f"(+{len(c.added)} -{len(c.removed)} ~{len(c.updated)})")
 
 

@@ -39,6 +39,11 @@ class SyncResult:
     missing: str | None = None  # dry run only: why nothing could be read (skeleton not installed)
     notes: list[str] = field(default_factory=list)  # store blocks left out (Plan.notes())
 
+    @property
+    def count(self) -> int:
+        """How many netblocks the kernel holds after this sync (what delta.DeltaResult.count says too)."""
+        return len(self.desired)
+
 
 def received(store, blocks: list[Block]) -> list[Block]:
     """The store's blocks that pass validation on receipt (see netblock.store.receipt): a row breaking
