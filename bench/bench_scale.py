@@ -170,7 +170,7 @@ def ipset_peer_file(work: Path, nets: list[str]) -> Path:
 
 # ---------------------------------------------------------------- the rows
 
-def bench_backend(b: Bench, runs: int, bulk_runs: int) -> None:
+def bench_backend(b: Bench, runs: int, bulk_runs: int, idle_only: bool = False) -> None:
     nets = cidrs(b.n)
     b.list_file.write_text("\n".join(nets) + "\n")
     nft, ipset = shutil.which("nft") or "nft", shutil.which("ipset") or "ipset"
@@ -192,6 +192,8 @@ def bench_backend(b: Bench, runs: int, bulk_runs: int) -> None:
             (False, ["sh", "-c", f"{ipset} destroy nbpeer4 2>/dev/null; true"], None),
             (True, [ipset, "restore", "-f", str(peer_all)], None))])
         b.row(f"add - of {b.n}", bulk, "ipset restore", peer)
+    if idle_only:
+        return
 
     # one change: add, then del of the same block (alternating, so the state returns)
     add_del = b.steps([s for _ in range(runs) for s in (
@@ -309,6 +311,8 @@ def main(argv=None) -> int:
     ap.add_argument("--backends", default="nftables,ipset")
     ap.add_argument("--iptables-n", type=int, default=2000, help="rules for the iptables rows (0: skip)")
     ap.add_argument("--idle-minutes", type=float, default=10.0, help="0: skip the idle daemon")
+    ap.add_argument("--idle-only", action="store_true",
+                    help="of the per-backend rows only `add -` (the load the idle daemon needs), then the idle daemon")
     opts = ap.parse_args(argv)
     if os.geteuid() != 0:
         print("bench_scale: needs root (network namespaces)", file=sys.stderr)
@@ -332,7 +336,7 @@ def main(argv=None) -> int:
         print(fmt_row("-", "netblock --version", floor[opts.runs:], "", None), flush=True)
         for backend in opts.backends.split(","):
             b = Bench(sc.server, work, backend, opts.n)
-            bench_backend(b, opts.runs, opts.bulk_runs)
+            bench_backend(b, opts.runs, opts.bulk_runs, opts.idle_only)
             if opts.idle_minutes > 0:
                 bench_idle(b, opts.idle_minutes)
             run_in_netns(sc.server, _reset, backend, str(b.db), b.nb("remove-rules"))

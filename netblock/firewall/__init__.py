@@ -117,9 +117,10 @@ class Backend(Protocol):
         rule is not there or matches no setting."""
         ...
 
-    def region_view(self) -> RegionView | None:
+    def region_view(self, whole: bool = False) -> RegionView | None:
         """What netblock last wrote, if the backend can prove the kernel still holds it; else None
-        (then `add`/`del` take the full sync, and the tick never skips one)."""
+        (then `add`/`del` take the full sync, and the tick never skips one). ``whole``: the caller
+        (the daemon's tick) needs every element proven, ``exact``, and the backend may read for it."""
         ...
 
     def installed_proven(self) -> dict[IPNetwork, datetime | None] | None:
@@ -153,7 +154,7 @@ class BackendBase:
     def add(self, additions: Desired) -> Change | None:
         return None
 
-    def region_view(self) -> RegionView | None:
+    def region_view(self, whole: bool = False) -> RegionView | None:
         return None
 
     def installed_proven(self) -> dict[IPNetwork, datetime | None] | None:

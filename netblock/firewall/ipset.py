@@ -340,11 +340,18 @@ class IpsetBackend(BackendBase):
 
     # -------------------------------------------------------------- one change, priced by the change
 
-    def region_view(self) -> region.RegionView | None:
-        """netblock's last write, while the sets' headers still agree with it; else None (see ipset_region.py)."""
+    def region_view(self, whole: bool = False) -> region.RegionView | None:
+        """netblock's last write, while the sets' headers still agree with it; else None (see ipset_region.py).
+
+        ``whole`` (the daemon's tick): the sets are listed too and compared with it, member by member,
+        in arrays; the view is ``exact`` when they agree.
+        """
         with self._netlink() as nl:
             try:
-                return region.region_view(nl, self._families())
+                view = region.region_view(nl, self._families())
+                if whole and view is not None:
+                    view.exact = region.proves_whole(nl, self._families(), view)
+                return view
             except NetlinkError:
                 return None
 

@@ -48,7 +48,7 @@ from pathlib import Path
 from netaddr import IPNetwork
 
 from netblock import firewall
-from netblock.firewall.ipset_diff import MAX_TIMEOUT, V4, V6, decode, network
+from netblock.firewall.ipset_diff import MAX_TIMEOUT, TOLERANCE, V4, V6, decode, network
 from netblock.firewall.names import IPSET_SET
 from netblock.firewall.netlink.core import ATTR as _ATTR
 from netblock.firewall.netlink.ipset import (
@@ -184,6 +184,43 @@ def region_view(nl: Netlink, families) -> RegionView | None:
     except (LookupError, TypeError, ValueError):
         return None
     return RegionView(0, cookie, sets, exact=False, heads=data["heads"], earliest=data["earliest"])
+
+
+def proves_whole(nl: Netlink, families, view: RegionView) -> bool:
+    """Whether the sets hold exactly the view's members, each with the timeout the full sync would leave.
+
+    One listing per set (about 40 ms of kernel time at 100k) compared in
+    arrays, no Python object per member: what lets the daemon's tick skip its
+    full sync on ipset while still catching any hand edit, a swap that keeps
+    the header included.
+    """
+    import numpy as np
+
+    now = time.time()
+    for family in families:
+        version = _VERSION[family]
+        keys, expiry = view.sets[version]
+        _headers, blob = nl.list(IPSET_SET[family])
+        members = decode(blob, version == 6, lists=False)
+        if members.arrays is not None:
+            got_keys, got_timeouts = members.arrays[0], members.arrays[1]
+        else:
+            got_keys = np.array(members.keys, dtype=object if version == 6 else np.uint64)
+            got_timeouts = np.array(members.timeouts, dtype=np.int64)
+        if len(got_keys) != len(keys):
+            return False
+        order = np.argsort(got_keys, kind="stable")
+        want = np.frombuffer(keys, dtype=np.uint64) if version == 4 else np.array(list(keys), dtype=object)
+        if not np.array_equal(got_keys[order], want):
+            return False
+        left = np.frombuffer(expiry, dtype=np.float64) - now  # NaN: permanent
+        wanted = np.where(np.isnan(left) | (left > MAX_TIMEOUT), 0,
+                          np.maximum(1, np.floor(np.nan_to_num(left) + 0.5))).astype(np.int64)
+        kernel = got_timeouts[order].astype(np.int64)
+        zero = (kernel == 0) | (wanted == 0)
+        if np.any(np.where(zero, kernel != wanted, np.abs(kernel - wanted) > TOLERANCE)):
+            return False
+    return True
 
 
 def installed_proven(view: RegionView) -> dict[IPNetwork, datetime | None]:

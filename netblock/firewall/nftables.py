@@ -537,8 +537,10 @@ class NftablesBackend:
 
     # ------------------------------------------------------------ one change, priced by the change
 
-    def region_view(self) -> "RegionView | None":
+    def region_view(self, whole: bool = False) -> "RegionView | None":
         """The sets as netblock's last commit left them, if the ruleset generation proves it; else None.
+
+        The generation proves every element, so ``whole`` asks for nothing more.
 
         Read from the snapshot file without numpy and without a Python
         object per element: sorted keys and expiries as memoryviews that

@@ -477,7 +477,7 @@ class Runner:
             expired = self.store.next_expiry(last)
             if expired is not None and expired <= now:
                 return False
-            view = self.backend().region_view()
+            view = self.backend().region_view(whole=True)
             return view is not None and view.exact  # ipset's view vouches for the zone of a change only
         except TRANSIENT:
             return False

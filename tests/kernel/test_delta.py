@@ -253,6 +253,29 @@ def test_ipset_hand_edits_make_the_change_take_the_full_sync_and_the_tick_repair
     assert _ipset_in_sync(nb)
 
 
+def test_ipset_tick_skips_its_full_sync_only_while_a_listing_proves_every_member(scene, tmp_path):
+    nb = Cli(scene, tmp_path, backend="ipset")
+    log = tmp_path / "mail.log"
+    log.touch()
+    nb.conf.write_text(nb.conf.read_text() + f'[sources]\nfiles = ["{log}"]\n')
+    nb("add", "198.18.16.0/24", "198.18.20.0/24", "2001:db8:5::/48")
+    nb("run-once")  # the first tick of this store syncs in full
+    quiet = json.loads(nb("run-once", "--json"))
+    assert quiet["synced"] is False and quiet["errors"] == []  # nothing new, every member proven
+    # A swap of one member for another of the same size can leave the set's header as it was: the
+    # tick's listing still sees it, syncs in full and repairs it.
+    scene.server_exec("ipset", "del", "netblock4", "198.18.20.0/24")
+    scene.server_exec("ipset", "add", "netblock4", "203.0.113.0/24")
+    repaired = json.loads(nb("run-once", "--json"))
+    assert repaired["synced"] is True and repaired["added"] == 1 and repaired["removed"] == 1, repaired
+    saved = scene.server_exec("ipset", "save", "netblock4").stdout
+    assert "203.0.113.0" not in saved and "198.18.20.0/24" in saved
+    # A member re-timed by hand is no longer what netblock wrote either.
+    scene.server_exec("ipset", "add", "-exist", "netblock4", "198.18.16.0/24", "timeout", "5")
+    retimed = json.loads(nb("run-once", "--json"))
+    assert retimed["synced"] is True and retimed["updated"] == 1, retimed
+
+
 @pytest.mark.slow
 def test_ipset_at_100k_installed_add_del_allow_list_no_set(scene, tmp_path):
     nb = Cli(scene, tmp_path, backend="ipset")
