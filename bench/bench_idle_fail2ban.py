@@ -30,6 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench.bench_scale import load_avg, proc_mem
 from netblock.demo.lab import scene
 
 BASE = 0xF0000000  # 240.0.0.0/4: reserved, never routed, inside our own namespace
@@ -95,19 +96,6 @@ def _proc_cpu(pid: int) -> tuple[float, float]:
     return (int(fields[11]) + int(fields[12])) / tck, (int(fields[13]) + int(fields[14])) / tck
 
 
-def _proc_mem(pid: int) -> tuple[float, float]:
-    vals = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(("VmRSS:", "VmHWM:")):
-            key, value = line.split(":", 1)
-            vals[key] = int(value.split()[0]) / 1024
-    return vals["VmRSS"], vals["VmHWM"]
-
-
-def load_avg() -> str:
-    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--n", type=int, default=100_000)
@@ -148,7 +136,7 @@ def main(argv=None) -> int:
             (own0, kids0), t0 = _proc_cpu(server.pid), time.monotonic()
             time.sleep(opts.idle_minutes * 60)
             (own1, kids1), t1 = _proc_cpu(server.pid), time.monotonic()
-            rss, hwm = _proc_mem(server.pid)
+            rss, hwm = proc_mem(server.pid)
         finally:
             client(sc.server, conf, "stop", check=False)
             try:

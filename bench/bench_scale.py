@@ -269,7 +269,7 @@ def _proc_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _proc_mem(pid: int) -> tuple[float, float]:
+def proc_mem(pid: int) -> tuple[float, float]:
     vals = {}
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith(("VmRSS:", "VmHWM:")):
@@ -289,7 +289,7 @@ def bench_idle(b: Bench, minutes: float, settle: float = 90.0) -> None:
         c0, t0 = _proc_cpu(proc.pid), time.monotonic()
         time.sleep(minutes * 60)
         c1, t1 = _proc_cpu(proc.pid), time.monotonic()
-        rss, hwm = _proc_mem(proc.pid)
+        rss, hwm = proc_mem(proc.pid)
     finally:
         proc.terminate()
         try:

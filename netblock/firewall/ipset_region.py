@@ -39,8 +39,6 @@ import marshal
 import math
 import os
 import time
-from array import array
-from bisect import bisect_left
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -48,6 +46,7 @@ from pathlib import Path
 from netaddr import IPNetwork
 
 from netblock import firewall
+from netblock.firewall.columns import spliced
 from netblock.firewall.ipset_diff import MAX_TIMEOUT, TOLERANCE, V4, V6, decode, network
 from netblock.firewall.names import IPSET_SET
 from netblock.firewall.netlink.core import ATTR as _ATTR
@@ -347,31 +346,7 @@ def apply_region(nl: Netlink, families, view: RegionView, removed: list[tuple[in
     if heads is None:
         forget(view.cookie)
         return False
-    sets = {_FAMILY[v]: _spliced(keys, expiry, v, removed, added, updated) for v, (keys, expiry) in view.sets.items()}
+    sets = {_FAMILY[v]: spliced(keys, expiry, v, removed, added, updated) for v, (keys, expiry) in view.sets.items()}
     changed = [e for _v, _k, e in added + updated if e is not None]
     write(view.cookie, sets, heads, min([view.earliest, *changed]))
     return True
-
-
-def _spliced(keys, expiry, version: int, removed, added, updated):
-    """The snapshot form of one set after apply_region(): the arrays with the few changes spliced in."""
-    # From bytes, which array() copies in one go (from a memoryview it would read element by element).
-    arr_k = array("Q", bytes(keys)) if version == 4 else list(keys)
-    arr_e = array("d", bytes(expiry))
-    for v, k in removed:
-        if v == version:
-            i = bisect_left(arr_k, k)
-            if i < len(arr_k) and arr_k[i] == k:
-                del arr_k[i]
-                del arr_e[i]
-    for v, k, e in updated:
-        if v == version:
-            i = bisect_left(arr_k, k)
-            if i < len(arr_k) and arr_k[i] == k:
-                arr_e[i] = math.nan if e is None else e
-    for v, k, e in added:
-        if v == version:
-            i = bisect_left(arr_k, k)
-            arr_k.insert(i, k)
-            arr_e.insert(i, math.nan if e is None else e)
-    return (arr_k.tobytes() if isinstance(arr_k, array) else arr_k), arr_e.tobytes()

@@ -46,7 +46,7 @@ from netaddr import IPAddress, IPNetwork, iprange_to_cidrs
 
 from netblock.errors import KernelError, KernelFeatureMissing, NameClash, NetblockError, PermissionDenied, ToolMissing
 from netblock.firewall import VERDICTS, Change, Desired, RegionView, Settings, names
-from netblock.firewall.columns import np, timestamps
+from netblock.firewall.columns import np, spliced, timestamps
 from netblock.firewall.netlink import nftables as nl
 
 # Expiry differences below this are not worth a kernel update (no churn on repeated applies).
@@ -660,7 +660,7 @@ class NftablesBackend:
             sets = {}
             for version, (keys, expiry) in view.sets.items():
                 fam = _VERSION_FAMILY[version]
-                sets[fam] = _spliced(keys, expiry, version, removed, added, updated)
+                sets[fam] = (*spliced(keys, expiry, version, removed, added, updated), [])
             _write_snapshot(sock, nl.next_genid(view.genid), sets)
         return True
 
@@ -1013,33 +1013,6 @@ def _forget_snapshot(sock: nl.Nfnl) -> None:
 
 COUNTER_MARGIN = 2.0  # seconds: an element this close to its timeout may be gone before it is asked for
 COUNTER_CHUNK = 4096  # keys asked per round: their replies fit the socket's receive buffer
-
-
-def _spliced(keys, expiry, version: int, removed, added, updated):
-    """The snapshot form of one set after apply_region(): the arrays with the few changes spliced in."""
-    from array import array
-    from bisect import bisect_left
-
-    arr_k: Any = array("Q", keys) if version == 4 else list(keys)  # IPv4 keys packed, IPv6 keys (128 bits) as ints
-    arr_e = array("d", expiry)
-    nan = float("nan")
-    for v, k in removed:
-        if v == version:
-            i = bisect_left(arr_k, k)
-            if i < len(arr_k) and arr_k[i] == k:
-                del arr_k[i]
-                del arr_e[i]
-    for v, k, e in updated:
-        if v == version:
-            i = bisect_left(arr_k, k)
-            if i < len(arr_k) and arr_k[i] == k:
-                arr_e[i] = nan if e is None else e
-    for v, k, e in added:
-        if v == version:
-            i = bisect_left(arr_k, k)
-            arr_k.insert(i, k)
-            arr_e.insert(i, nan if e is None else e)
-    return (arr_k.tobytes() if version == 4 else arr_k), arr_e.tobytes(), []
 
 
 def _differs(current: float | None, wanted: float | None, now: float) -> bool:
