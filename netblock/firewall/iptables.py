@@ -66,6 +66,7 @@ _TARGET = {"drop": "DROP", "reject": "REJECT", "count": "RETURN"}  # per-netbloc
 TARGET_HEADER = 32  # sizeof(struct xt_entry_target): the payload follows it
 # Tables python-iptables opened in this process: the tests tell the one-change path, which opens none, from a sync.
 TABLE_OPENS = 0
+JUST_READ_S = 1.0  # how long the tables ensure() proved stand for region_view(), unless netblock wrote since
 
 
 @dataclass(frozen=True)
@@ -494,6 +495,7 @@ class IptablesBackend(BackendBase):
     settings: Settings
     name: str = NAME
     description: str = field(init=False)
+    _just_read: tuple | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         ports_match(self.settings.ports)
@@ -532,17 +534,21 @@ class IptablesBackend(BackendBase):
         data = None if cookie is None else region.read(cookie)
         if data is None or data.get("settings") != self._settings_key():
             return False
+        tables = {}
         try:
             for fam in self._families():
                 table = region.read_table(fam.version)
                 start = None if table is None else region.chain_start(table)
                 if table is None or start is None or region.jump_facts(table, start) != data["families"][fam.name]["jump"]:
                     return False
+                tables[fam.version] = table
         except (LookupError, TypeError):
             return False
+        self._just_read = (time.monotonic(), tables)
         return True
 
     def ensure(self) -> None:
+        self._just_read = None
         if self._skeleton_proven():
             return
         # Every family is checked before any is changed, so a clash in ip6tables
@@ -569,6 +575,7 @@ class IptablesBackend(BackendBase):
     def apply(self, desired: Desired) -> Change:
         now = datetime.now(timezone.utc)
         change = Change()
+        self._just_read = None
         cookie = region.netns_cookie()
         region.forget(cookie)  # until this write is recorded, the one-change path reads nothing old
         recorded: dict | None = {}
@@ -692,8 +699,11 @@ class IptablesBackend(BackendBase):
 
     def region_view(self) -> region.RegionView | None:
         """netblock's last write, while the chain's digest and the jump prove it; else None (see iptables_region.py)."""
+        # The tables ensure() read a moment ago, once: delta.py asks for the view right after ensure().
+        just, self._just_read = self._just_read, None
+        tables = just[1] if just is not None and time.monotonic() - just[0] < JUST_READ_S else None
         try:
-            found = region.snapshot_view(self._settings_key(), [f.name for f in self._families()])
+            found = region.snapshot_view(self._settings_key(), [f.name for f in self._families()], tables)
         except OSError:
             return None
         return None if found is None else found[0]
@@ -716,6 +726,7 @@ class IptablesBackend(BackendBase):
                      added: list[tuple[int, int, float | None]],
                      updated: list[tuple[int, int, float | None]]) -> bool:
         """Delete and append the given rules by position, one libiptc commit per family; False: the full sync."""
+        self._just_read = None
         if not isinstance(view, region.RegionView):
             return False
         with _xtables_lock():
@@ -723,6 +734,7 @@ class IptablesBackend(BackendBase):
                                        view, removed, added, updated)
 
     def remove(self) -> None:
+        self._just_read = None
         region.forget(region.netns_cookie())
         for fam in FAMILIES.values():
             try:

@@ -13,9 +13,11 @@ on top grows with the change only, and it never imports python-iptables:
   found by its head entry. Its rules, with counters and the kernel's
   ``comefrom`` marks zeroed by strided slice assignment, hash to the
   snapshot's digest; the chain's tail follows them at once, and the jump
-  from INPUT is the one netblock wrote. The digest was taken right after
-  netblock's write and checked then, column by column, against the
-  snapshot's keys, so an equal digest proves every rule: the view is exact.
+  from INPUT is the one netblock wrote. After a full sync the digest is
+  taken from the chain read back and checked then, column by column,
+  against the snapshot's keys; after a change it is computed from the
+  proven chain with the change applied (the next view compares the kernel
+  with it). So an equal digest proves every rule: the view is exact.
 * The write: libiptc through ctypes (libip4tc/libip6tc), deleting by
   position and appending, one commit per family.
 
@@ -392,8 +394,11 @@ def columns(pairs, version: int, now: float) -> tuple:
 
 # ---------------------------------------------------------------- the four calls
 
-def snapshot_view(settings: tuple, families) -> tuple[RegionView, dict] | None:
-    """(the view, {version: Table}) when every family's chain and jump are what the snapshot recorded."""
+def snapshot_view(settings: tuple, families, tables_read: dict | None = None) -> tuple[RegionView, dict] | None:
+    """(the view, {version: Table}) when every family's chain and jump are what the snapshot recorded.
+
+    ``tables_read``: tables read a moment ago (by ensure()), taken instead of reading them again.
+    """
     cookie = netns_cookie()
     data = None if cookie is None else read(cookie)
     if cookie is None or data is None or data["settings"] != settings or data["earliest"] <= time.time() + EXPIRY_MARGIN:
@@ -403,7 +408,7 @@ def snapshot_view(settings: tuple, families) -> tuple[RegionView, dict] | None:
         for family in families:
             version = _VERSION[family]
             rec = data["families"][family]
-            table = read_table(version)
+            table = (tables_read or {}).get(version) or read_table(version)
             if table is None or table.cookie != cookie:
                 return None
             start = proven(table, rec)
@@ -511,7 +516,8 @@ def apply_region(settings: tuple, families, view: RegionView, removed: list[tupl
     for version in sorted(touched):
         rec = view.facts[version]
         table = read_table(version)
-        if table is None or table.cookie != cookie or proven(table, rec) is None:
+        start = None if table is None or table.cookie != cookie else proven(table, rec)
+        if table is None or start is None:
             forget(cookie)
             return False
         order = _order(rec, version)
@@ -556,8 +562,12 @@ def apply_region(settings: tuple, families, view: RegionView, removed: list[tupl
                 return False
         finally:
             ipt.free(handle)
-        after = read_table(version)
-        facts = None if after is None else record(after, order, rec["template"])
+        facts = _expected(table, start, rec, sorted(doomed), fresh)
+        if facts is None:  # no rule to take the kernel's form from: read what the commit left
+            after = read_table(version)
+            facts = None if after is None else record(after, order, rec["template"])
+        else:
+            facts["order"] = order.tobytes() if isinstance(order, array) else list(order)
         if facts is None:
             unrecorded = True
             continue
@@ -573,6 +583,33 @@ def apply_region(settings: tuple, families, view: RegionView, removed: list[tupl
     changed = [e for _v, _k, e in added + updated if e is not None]
     write(cookie, settings, out, min([view.earliest, *changed]))
     return True
+
+
+def _expected(table: Table, start: int, rec: dict, doomed: list[int], fresh: list[int]) -> dict | None:
+    """The digest the chain will have after deleting the rules at ``doomed`` and appending ``fresh``.
+
+    Computed from the proven chain rather than read back: every rule of
+    ours has the same bytes but for its source (record() checked that when
+    the digest was taken), so a new rule is an old one with another source.
+    The next view compares the kernel with it: a commit that left anything
+    else makes that view fail, and the full sync follows.
+    """
+    lay, stride, count = table.layout, rec["stride"], rec["count"]
+    if not count:
+        return None
+    rules = _normalized(table.data[start:start + count * stride], lay, stride, count)
+    model = bytes(rules[:stride])
+    for i in reversed(doomed):
+        del rules[i * stride:(i + 1) * stride]
+    bits = 8 * lay.addr
+    for k in fresh:
+        entry = bytearray(model)
+        entry[lay.src:lay.src + lay.addr] = (k >> 8).to_bytes(lay.addr, "big")
+        mask = ((1 << bits) - 1) ^ ((1 << (bits - (k & 255))) - 1)
+        entry[lay.smsk:lay.smsk + lay.addr] = mask.to_bytes(lay.addr, "big")
+        rules += entry
+    left = count - len(doomed) + len(fresh)
+    return {"digest": hashlib.sha256(rules if left else b"").digest(), "count": left, "stride": stride if left else 0}
 
 
 def _spliced(keys, expiry, version: int, removed, added, updated):
