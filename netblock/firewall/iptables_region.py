@@ -25,6 +25,10 @@ Rule order: the full sync (IptablesBackend.apply) keeps surviving rules in
 place and appends new ones sorted; apply_region() deletes and appends the
 same way, so the chain after a change is the chain the full sync would
 leave, and the digest (which depends on order) stays valid for both.
+
+Why this module is long: the kernel's table layout, the proof, the
+snapshot file and the libiptc write are one format, read and written here
+without python-iptables.
 """
 
 from __future__ import annotations
