@@ -441,3 +441,26 @@ def test_iptables_change_keeps_the_counters_of_survivors_and_policies_and_sample
         last = st.last_samples(["198.18.20.0/24"])
     assert last["198.18.20.0/24"][1:] == (5, 500)
     assert counted()[":INPUT"] == "[11:1100]"
+
+
+@pytest.mark.slow
+def test_iptables_at_10k_rules_add_del_allow_open_no_table(scene, tmp_path):
+    nb = Cli(scene, tmp_path, backend="iptables")
+    now = datetime.now(timezone.utc)
+    expires = now + timedelta(days=1)
+    v4 = [IPNetwork((0xC6120400 + 2 * i, 32), version=4) for i in range(8_000)]
+    v6 = [IPNetwork((0x20010DB8FFFF << 80 | 2 * i, 128), version=6) for i in range(2_000)]
+    with Store.open(str(nb.db)) as st:
+        st.put_blocks(Block(n, "scale", "list", now, expires) for n in v4 + v6)
+    nb("sync")  # the full sync: reads the chains, installs 10k rules, leaves its snapshot
+    for args in (("add", "203.0.113.0/24"), ("del", "203.0.113.0/24"),
+                 ("allow", "add", str(v4[10].ip)), ("add", "--permanent", str(v4[20])), ("del", str(v6[5]))):
+        before = _chains(scene)
+        rc, out, opened = nb.opened(*args)
+        assert rc == 0 and opened == 0, (args, out)
+        after = _chains(scene)
+        assert after == _as_the_full_sync_orders(before, after), (args, out)
+    rules = _chains(scene)
+    assert f"-A NETBLOCK -s {v4[10]} -j DROP" not in rules and f"-A NETBLOCK -s {v4[11]} -j DROP" in rules
+    assert not any(f"-s {v6[5]} " in r for r in rules)
+    assert "(+0 -0 " in nb("sync") and _chains(scene) == rules
