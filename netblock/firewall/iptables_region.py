@@ -177,7 +177,10 @@ def read_table(version: int) -> Table | None:
             hooks, under, total = fields[1:6], fields[6:11], fields[12]
         else:
             return None
-        cookie = struct.unpack("=Q", sock.getsockopt(socket.SOL_SOCKET, SO_NETNS_COOKIE, 8))[0]
+        try:
+            cookie = struct.unpack("=Q", sock.getsockopt(socket.SOL_SOCKET, SO_NETNS_COOKIE, 8))[0]
+        except OSError:
+            return None  # a kernel before 5.14 names no namespace: no snapshot can be matched to it
         return Table(lay, tuple(hooks), tuple(under), buf.raw[40:40 + total], cookie)
 
 
