@@ -87,13 +87,16 @@ class RegionView:
     the network namespace), handed back to ``apply_region()``, which refuses
     once the kernel moved on. ``exact``: the proof covers every element, so
     the daemon's tick may skip its full sync (nftables' generation does;
-    ipset's set headers vouch only for the zone of a change).
+    ipset's set headers vouch only for the zone of a change). ``timed``: the
+    kernel holds the expiries (iptables holds none: its expiries are only
+    what netblock wanted, and a new one changes no rule).
     """
 
     genid: int
     cookie: int
     sets: dict
     exact: bool = True
+    timed: bool = True
 
 
 class Backend(Protocol):

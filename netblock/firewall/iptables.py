@@ -27,9 +27,11 @@ from __future__ import annotations
 import ctypes
 import fcntl
 import glob
+import math
 import os
 import struct
 import time
+from array import array
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
@@ -39,6 +41,7 @@ from typing import Any
 
 from netaddr import IPNetwork
 
+from netblock import firewall
 from netblock.errors import (
     Busy,
     KernelError,
@@ -48,7 +51,7 @@ from netblock.errors import (
     PermissionDenied,
     ToolMissing,
 )
-from netblock.firewall import VERDICTS, BackendBase, Change, Desired, Settings
+from netblock.firewall import VERDICTS, BackendBase, Change, Desired, Settings, iptables_region as region
 from netblock.firewall.names import IPT_CHAIN, IPT_COMMENT, IPT_PARENT
 from netblock.firewall.xtables import SYN_FLAGS, ports_match
 
@@ -61,6 +64,9 @@ LOCK_WAIT_S = 10.0
 STANDARD_VERDICTS = {"ACCEPT", "DROP", "QUEUE", "RETURN"}
 _TARGET = {"drop": "DROP", "reject": "REJECT", "count": "RETURN"}  # per-netblock rule target by verdict
 TARGET_HEADER = 32  # sizeof(struct xt_entry_target): the payload follows it
+# Tables python-iptables opened in this process: the tests tell the one-change path, which opens none, from a sync.
+TABLE_OPENS = 0
+JUST_READ_S = 1.0  # how long the tables ensure() proved stand for region_view(), unless netblock wrote since
 
 
 @dataclass(frozen=True)
@@ -260,6 +266,8 @@ class _FamilyTable:
     table: Any = field(init=False)
 
     def __post_init__(self) -> None:
+        global TABLE_OPENS
+        TABLE_OPENS += 1
         try:
             self.table = getattr(self.iptc, self.fam.table_cls)(TABLE, autocommit=False)
             self.table.refresh()  # python-iptables caches tables per process
@@ -487,6 +495,7 @@ class IptablesBackend(BackendBase):
     settings: Settings
     name: str = NAME
     description: str = field(init=False)
+    _just_read: tuple | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         ports_match(self.settings.ports)
@@ -514,7 +523,34 @@ class IptablesBackend(BackendBase):
                 ft.discard()
                 raise _translate(exc, fam, action) from None
 
+    def _settings_key(self) -> tuple:
+        """What the snapshot's chain and jump were written under: another setting, another skeleton."""
+        s = self.settings
+        return (tuple(s.ports), s.verdict, tuple(f for f in ("ipv4", "ipv6") if f in s.families))
+
+    def _skeleton_proven(self) -> bool:
+        """Whether every family's chain and jump are the ones netblock's last write recorded (no python-iptables)."""
+        cookie = region.netns_cookie()
+        data = None if cookie is None else region.read(cookie)
+        if data is None or data.get("settings") != self._settings_key():
+            return False
+        tables = {}
+        try:
+            for fam in self._families():
+                table = region.read_table(fam.version)
+                start = None if table is None else region.chain_start(table)
+                if table is None or start is None or region.jump_facts(table, start) != data["families"][fam.name]["jump"]:
+                    return False
+                tables[fam.version] = table
+        except (LookupError, TypeError):
+            return False
+        self._just_read = (time.monotonic(), tables)
+        return True
+
     def ensure(self) -> None:
+        self._just_read = None
+        if self._skeleton_proven():
+            return
         # Every family is checked before any is changed, so a clash in ip6tables
         # does not leave a fresh iptables skeleton behind.
         for fam in self._families():
@@ -533,11 +569,17 @@ class IptablesBackend(BackendBase):
                     ft.delete_at(IPT_PARENT, index)
                 # First in INPUT, so an earlier accept rule cannot let a blocked sender through.
                 ft.table.insert_entry(IPT_PARENT, wanted.rule, 0)
+                region.forget(region.netns_cookie())
                 ft.commit()
 
     def apply(self, desired: Desired) -> Change:
         now = datetime.now(timezone.utc)
         change = Change()
+        self._just_read = None
+        cookie = region.netns_cookie()
+        region.forget(cookie)  # until this write is recorded, the one-change path reads nothing old
+        recorded: dict | None = {}
+        earliest = math.inf
         for fam in self._families():
             # Netblocks arrive canonical (host bits clear) from aggregation.
             want = {key for net, expiry in desired.items()
@@ -548,6 +590,7 @@ class IptablesBackend(BackendBase):
                                       "call ensure() before apply()")
                 _check_ours(ft)
                 kept: set[Key] = set()
+                order: list[Key] = []  # the chain's rules after this write, in chain order
                 doomed: list[int] = []
                 seen: set[Key] = set()
                 # A rule replaced by one with another verdict (drop <-> count) hands its
@@ -556,6 +599,7 @@ class IptablesBackend(BackendBase):
                 for row in ft.rows():
                     if row.ours and row.key in want and row.key not in kept:
                         kept.add(row.key)
+                        order.append(row.key)
                     else:
                         doomed.append(row.index)
                         if row.key in want and not row.ours:
@@ -564,18 +608,45 @@ class IptablesBackend(BackendBase):
                     if row.key is not None:
                         seen.add(row.key)
                 added = sorted(want - kept)
-                if not doomed and not added:
-                    continue
-                for index in reversed(doomed):
-                    ft.delete_at(IPT_CHAIN, index)
                 template = ft.template()
-                for net in added:
-                    ft.append(template, net, carried.get(net))
-                ft.commit()
+                if doomed or added:
+                    for index in reversed(doomed):
+                        ft.delete_at(IPT_CHAIN, index)
+                    for net in added:
+                        ft.append(template, net, carried.get(net))
+                    ft.commit()
+                if recorded is not None:
+                    recorded, earliest = self._record(fam, recorded, earliest, order + added, template, desired, now)
                 change.added += [_net(k) for k in added if k not in seen]
                 change.updated += [_net(k) for k in added if k in seen]
                 change.removed += [_net(k) for k in sorted(seen - want)]
+        if recorded is not None and cookie is not None:
+            region.write(cookie, self._settings_key(), recorded, earliest)
         return change
+
+    def _record(self, fam: _Family, recorded: dict, earliest: float, order: list[Key], template: bytes,
+                desired: Desired, now: datetime) -> tuple[dict | None, float]:
+        """Add one family's chain, as just written, to the one-change path's snapshot (see iptables_region.py).
+
+        Called under the xtables lock, right after the commit; None when the
+        chain read back is not exactly ``order`` (then no snapshot is written).
+        """
+        table = region.read_table(fam.version)
+        keys = [k[1] << 8 | k[2] for k in order]
+        facts = None if table is None else region.record(
+            table, array("Q", keys) if fam.version == 4 else keys, template)
+        if facts is None:
+            return None, earliest
+        pairs = []
+        for net, expiry in desired.items():
+            key = _key(net)
+            if key[0] == fam.version and (expiry is None or expiry > now):
+                stamp = None if expiry is None else expiry.timestamp()
+                pairs.append((key[1] << 8 | key[2], stamp))
+                if stamp is not None:
+                    earliest = min(earliest, stamp)
+        facts["keys"], facts["expiry"] = region.columns(pairs, fam.version, now.timestamp())
+        return {**recorded, fam.name: facts}, earliest
 
     def verdict(self) -> str | None:
         """The verdict of the installed rules: the one whose jump and per-netblock rules they all are."""
@@ -624,7 +695,50 @@ class IptablesBackend(BackendBase):
         keys = {row.key for fam in self._families() for row in self._read(fam) if row.ours and row.key is not None}
         return {_net(k): None for k in keys}
 
+    # -------------------------------------------------------------- one change, priced by the change
+
+    def region_view(self, whole: bool = False) -> region.RegionView | None:
+        """netblock's last write, while the chain's digest and the jump prove it; else None (see iptables_region.py).
+
+        The digest covers every rule, so ``whole`` asks for nothing more.
+        """
+        # The tables ensure() read a moment ago, once: delta.py asks for the view right after ensure().
+        just, self._just_read = self._just_read, None
+        tables = just[1] if just is not None and time.monotonic() - just[0] < JUST_READ_S else None
+        try:
+            found = region.snapshot_view(self._settings_key(), [f.name for f in self._families()], tables)
+        except OSError:
+            return None
+        return None if found is None else found[0]
+
+    def installed_proven(self) -> dict[IPNetwork, datetime | None] | None:
+        """installed() from netblock's last write while the digest proves it, else None (no expiries, as installed())."""
+        view = self.region_view()
+        if view is None:
+            return None
+        return {IPNetwork((k >> 8, k & 255), version=v): None for v, (keys, _e) in view.sets.items() for k in keys}
+
+    def counters_of(self, view: firewall.RegionView, keys: list[tuple[int, int]]) -> dict[IPNetwork, tuple[int, int]]:
+        """{netblock: (packets, bytes)} of the rules ``keys``, from their raw entries."""
+        found = region.counters_of(view, keys) if isinstance(view, region.RegionView) else None
+        if found is None:
+            raise NetblockError("iptables: the chain changed since its view was taken")
+        return {IPNetwork((k >> 8, k & 255), version=v): c for (v, k), c in found.items()}
+
+    def apply_region(self, view: firewall.RegionView, removed: list[tuple[int, int]],
+                     added: list[tuple[int, int, float | None]],
+                     updated: list[tuple[int, int, float | None]]) -> bool:
+        """Delete and append the given rules by position, one libiptc commit per family; False: the full sync."""
+        self._just_read = None
+        if not isinstance(view, region.RegionView):
+            return False
+        with _xtables_lock():
+            return region.apply_region(self._settings_key(), [f.name for f in self._families()],
+                                       view, removed, added, updated)
+
     def remove(self) -> None:
+        self._just_read = None
+        region.forget(region.netns_cookie())
         for fam in FAMILIES.values():
             try:
                 self._remove(fam)

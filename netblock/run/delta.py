@@ -13,7 +13,7 @@ installed sibling as aggregation would have merged them.
 This is only a shortcut, taken when it is provably equal to sync: the
 backend must show that the kernel still holds what netblock last wrote
 (nftables by its ruleset generation; ipset by its set headers, checking the
-zone's own members as it writes; iptables always runs the full sync), and
+zone's own members as it writes; iptables by a digest of its chain), and
 the zone must stay small.
 Otherwise ``sync_change`` runs sync() itself. Whatever this path leaves,
 the next full sync (the daemon's tick, `run-once`, `sync`) would leave too.
@@ -209,7 +209,8 @@ def _try(store, backend, config, nets, now: datetime, cap_checked: bool):
             have = gone.pop((version, k))
             if _differs(have, exp, now_ts):
                 updated.append((version, k, None if math.isnan(exp) else exp))
-                change.updated.append(net)
+                if view.timed:  # as sync's diff(): a kernel without expiries has nothing to re-time
+                    change.updated.append(net)
         else:
             added.append((version, k, None if math.isnan(exp) else exp))
             change.added.append(net)

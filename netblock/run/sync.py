@@ -331,7 +331,7 @@ def drift(store, backend, config, *, now: datetime) -> Drift:
                 extra += 1
                 continue
             found += 1
-            if have == have and (wanted != wanted or abs(have - wanted) > tolerance):
+            if view.timed and have == have and (wanted != wanted or abs(have - wanted) > tolerance):
                 expiry += 1
     return Drift(len(want), installed, len(want) - found, extra, expiry)
 

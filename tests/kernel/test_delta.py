@@ -72,6 +72,20 @@ class Cli:
 
         return self.scene.in_server(run, self.argv(*args))
 
+    def opened(self, *args):
+        """In one process in the server namespace: (exit status, output, iptables tables python-iptables opened)."""
+        def run(argv):
+            from netblock import cli
+            from netblock.firewall import iptables
+
+            out = io.StringIO()
+            before = iptables.TABLE_OPENS
+            with redirect_stdout(out), redirect_stderr(out):
+                rc = cli.main(argv)
+            return rc, out.getvalue(), iptables.TABLE_OPENS - before
+
+        return self.scene.in_server(run, self.argv(*args))
+
     def pending(self):
         """What a full sync would still change: nothing, if the shortcut left what sync leaves."""
         return json.loads(self("sync", "--dry-run", "--json"))
@@ -321,3 +335,155 @@ def test_the_daemons_counter_read_asks_the_proven_keys_and_equals_the_dump(scene
     assert dumps == 0 and asked == dumped and len(asked[4][0]) == 2 and len(asked[6][0]) == 1
     asked, dumped, dumps = scene.in_server(read, True)  # someone else committed: the keys prove nothing
     assert dumps > 0 and asked == dumped and len(asked[4][0]) == 3
+
+
+def _chains(scene) -> list[str]:
+    """The NETBLOCK chains' rules in chain order, as iptables-legacy -S prints them."""
+    return [line for tool in ("iptables-legacy", "ip6tables-legacy")
+            for line in scene.server_exec(tool, "-S", "NETBLOCK").stdout.splitlines() if line.startswith("-A ")]
+
+
+def _source(rule: str) -> IPNetwork:
+    return IPNetwork(rule.split(" -s ")[1].split()[0])
+
+
+def _as_the_full_sync_orders(before: list[str], after: list[str]) -> list[str]:
+    """The chain the full sync would leave from ``before`` with ``after``'s rules: survivors in place, new ones
+    appended sorted (per family)."""
+    out = []
+    for version in (4, 6):
+        old = [r for r in before if _source(r).version == version]
+        new = [r for r in after if _source(r).version == version]
+        out += [r for r in old if r in new] + sorted((r for r in new if r not in old),
+                                                     key=lambda r: (_source(r).first, _source(r).prefixlen))
+    return out
+
+
+def test_iptables_changes_leave_what_the_full_sync_leaves_and_open_no_table(scene, tmp_path):
+    nb = Cli(scene, tmp_path, backend="iptables")
+    nb("add", "--ttl", "2h", "198.18.16.0/24", "198.18.18.0/24", "2001:db8:5::/48")
+    rng = random.Random(17)
+    pool = [f"198.18.{16 + i // 4}.{(i % 4) * 64}/26" for i in range(16)] + ["198.18.16.0/23", "198.18.20.0/22",
+                                                                              "198.18.17.77", "2001:db8:5:1::/64"]
+    blocked, allowed = set(), set()
+    taken = 0
+    for step in range(24):
+        op = rng.choice(["add", "add", "del", "allow", "unallow"])
+        if op == "add":
+            net = rng.choice(pool)
+            ttl = rng.choice(["1h", "3h", None])
+            args = ("add", *(["--ttl", ttl] if ttl else ["--permanent"]), net)
+            blocked.add(str(IPNetwork(net).cidr))
+        elif op == "del" and blocked:
+            net = rng.choice(sorted(blocked))
+            blocked.discard(net)
+            args = ("del", net)
+        elif op == "allow" and len(allowed) < 3:
+            net = f"198.18.{rng.randrange(16, 24)}.{rng.randrange(256)}"
+            allowed.add(net)
+            args = ("allow", "add", net)
+        elif op == "unallow" and allowed:
+            net = rng.choice(sorted(allowed))
+            allowed.discard(net)
+            args = ("allow", "del", net)
+        else:
+            continue
+        before = _chains(scene)
+        rc, out, opened = nb.opened(*args)
+        assert rc == 0, out
+        assert opened == 0, (step, args, out)  # no python-iptables table: the one-change path
+        after = _chains(scene)
+        assert after == _as_the_full_sync_orders(before, after), (step, args, out)
+        taken += 1
+        assert "(+0 -0 " in nb("sync"), (step, args, out)  # a following full sync changes nothing...
+        assert _chains(scene) == after, (step, args, out)  # ...not even the order
+    assert taken > 10
+    assert _left_to_do(nb.pending()) == {}
+
+
+def test_iptables_hand_edits_make_the_change_take_the_full_sync_and_the_tick_repairs(scene, tmp_path):
+    nb = Cli(scene, tmp_path, backend="iptables")
+    log = tmp_path / "mail.log"
+    log.touch()
+    nb.conf.write_text(nb.conf.read_text() + f'[sources]\nfiles = ["{log}"]\n')
+    nb("add", "198.18.16.0/24", "198.18.20.0/24", "2001:db8:7::/48")
+    rc, out, opened = nb.opened("add", "198.18.40.0/24")
+    assert rc == 0 and opened == 0, out
+    hand_edits = [
+        ("iptables-legacy", "-A", "NETBLOCK", "-s", "203.0.113.0/24", "-j", "DROP"),  # appended
+        ("iptables-legacy", "-I", "NETBLOCK", "1", "-s", "203.0.113.0/24", "-j", "DROP"),  # inserted first
+        ("iptables-legacy", "-D", "NETBLOCK", "-s", "198.18.20.0/24", "-j", "DROP"),  # one of ours gone
+        ("iptables-legacy", "-R", "NETBLOCK", "1", "-s", "203.0.113.0/24", "-j", "DROP"),  # one swapped
+        ("iptables-legacy", "-R", "NETBLOCK", "1", "-s", "198.18.16.0/24", "-j", "ACCEPT"),  # another target
+        ("ip6tables-legacy", "-A", "NETBLOCK", "-s", "2001:db8:8::/48", "-j", "DROP"),  # the other family
+        ("iptables-legacy", "-F", "NETBLOCK"),  # flushed
+    ]
+    for i, edit in enumerate(hand_edits):
+        scene.server_exec(*edit)
+        net = f"198.18.{60 + i}.0/24"
+        rc, out, opened = nb.opened("add", net)
+        assert rc == 0 and opened > 0, (edit, out)  # the change took the full sync...
+        rules = _chains(scene)
+        assert not any("203.0.113.0" in r or "2001:db8:8::" in r or "ACCEPT" in r for r in rules), (edit, rules)
+        assert any("198.18.20.0/24" in r for r in rules) and any(net in r for r in rules), (edit, rules)
+        rc, out, opened = nb.opened("del", net)  # ...and netblock's own write is proven again
+        assert rc == 0 and opened == 0, (edit, out)
+    # A hand edit no change touches is repaired by the next tick: the digest no longer proves the chain.
+    scene.server_exec("iptables-legacy", "-A", "NETBLOCK", "-s", "203.0.113.0/24", "-j", "DROP")
+    nb("run-once")
+    rules = _chains(scene)
+    assert not any("203.0.113.0" in r for r in rules) and any("198.18.40.0/24" in r for r in rules)
+    assert "(+0 -0 " in nb("sync")
+
+
+def test_iptables_change_keeps_the_counters_of_survivors_and_policies_and_samples_the_removed(scene, tmp_path):
+    nb = Cli(scene, tmp_path, backend="iptables")
+    nb("add", "198.18.16.0/24", "198.18.20.0/24")
+
+    def counted():
+        save = scene.server_exec("iptables-legacy-save", "-c", "-t", "filter").stdout
+        return {line.split("] ")[1]: line.split("]")[0] for line in save.splitlines() if line.startswith("[")
+                and "NETBLOCK -s" in line} | {line.split()[0]: line.split()[2] for line in save.splitlines()
+                                              if line.startswith(":INPUT")}
+
+    scene.server_exec("iptables-legacy", "-Z")
+    # Counters by hand: packets as the kernel would count them, set through iptables-legacy -c.
+    scene.server_exec("iptables-legacy", "-R", "NETBLOCK", "1", "-c", "7", "700", "-s", "198.18.16.0/24", "-j", "DROP")
+    scene.server_exec("iptables-legacy", "-R", "NETBLOCK", "2", "-c", "5", "500", "-s", "198.18.20.0/24", "-j", "DROP")
+    scene.server_exec("iptables-legacy", "-P", "INPUT", "ACCEPT", "-c", "11", "1100")
+    nb("sync")  # the hand-set counters changed no match: the full sync rewrites nothing and records the chain
+    rc, out, opened = nb.opened("add", "198.18.40.0/24")
+    assert rc == 0 and opened == 0, out
+    have = counted()
+    assert have["-A NETBLOCK -s 198.18.16.0/24 -j DROP"] == "[7:700"
+    assert have["-A NETBLOCK -s 198.18.20.0/24 -j DROP"] == "[5:500"
+    assert have[":INPUT"] == "[11:1100]"
+    rc, out, opened = nb.opened("del", "198.18.20.0/24")
+    assert rc == 0 and opened == 0, out
+    with Store.open(str(nb.db)) as st:
+        last = st.last_samples(["198.18.20.0/24"])
+    assert last["198.18.20.0/24"][1:] == (5, 500)
+    assert counted()[":INPUT"] == "[11:1100]"
+
+
+@pytest.mark.slow
+def test_iptables_at_10k_rules_add_del_allow_open_no_table(scene, tmp_path):
+    nb = Cli(scene, tmp_path, backend="iptables")
+    now = datetime.now(timezone.utc)
+    expires = now + timedelta(days=1)
+    v4 = [IPNetwork((0xC6120400 + 2 * i, 32), version=4) for i in range(8_000)]
+    v6 = [IPNetwork((0x20010DB8FFFF << 80 | 2 * i, 128), version=6) for i in range(2_000)]
+    with Store.open(str(nb.db)) as st:
+        st.put_blocks(Block(n, "scale", "list", now, expires) for n in v4 + v6)
+    nb("sync")  # the full sync: reads the chains, installs 10k rules, leaves its snapshot
+    for args in (("add", "203.0.113.0/24"), ("del", "203.0.113.0/24"),
+                 ("allow", "add", str(v4[10].ip)), ("add", "--permanent", str(v4[20])), ("del", str(v6[5]))):
+        before = _chains(scene)
+        rc, out, opened = nb.opened(*args)
+        assert rc == 0 and opened == 0, (args, out)
+        after = _chains(scene)
+        assert after == _as_the_full_sync_orders(before, after), (args, out)
+    rules = _chains(scene)
+    assert f"-A NETBLOCK -s {v4[10]} -j DROP" not in rules and f"-A NETBLOCK -s {v4[11]} -j DROP" in rules
+    assert not any(f"-s {v6[5]} " in r for r in rules)
+    assert "(+0 -0 " in nb("sync") and _chains(scene) == rules

@@ -107,3 +107,32 @@ def test_missing_python_iptables_is_tool_missing():
 def test_host_bits_never_reach_the_kernel():
     assert ipt._key(IPNetwork("192.0.2.77/24")) == (4, int(IPNetwork("192.0.2.0/24").value), 24)
     assert ipt._net(ipt._key(IPNetwork("2001:db8::1/32"))) == IPNetwork("2001:db8::/32")
+
+
+def test_the_change_paths_source_columns_are_the_same_from_an_array_and_from_ints():
+    """The C-speed columns (from an array's bytes, translate for the masks) say what the per-rule form says."""
+    import random
+    from array import array
+
+    from netblock.firewall import iptables_region as region
+
+    rng = random.Random(5)
+    keys = []
+    for _ in range(300):
+        plen = rng.randrange(33)
+        first = rng.getrandbits(32) >> (32 - plen) << (32 - plen) if plen else 0
+        keys.append(first << 8 | plen)
+    assert region._source_columns(array("Q", keys), 4) == region._source_columns(keys, 4)
+    assert region._source_columns(array("Q"), 4) == region._source_columns([], 4)
+
+
+def test_the_change_paths_snapshot_splice_keeps_keys_sorted_with_their_expiries():
+    from array import array
+
+    from netblock.firewall import iptables_region as region
+    from netblock.firewall.columns import spliced
+
+    keys, expiry = region.columns([(3 << 8 | 32, None), (1 << 8 | 32, 10.0)], 4, 0.0)
+    k2, e2 = spliced(memoryview(keys).cast("Q"), memoryview(expiry).cast("d"), 4,
+                     [(4, 3 << 8 | 32)], [(4, 2 << 8 | 32, 20.0), (6, 9, None)], [(4, 1 << 8 | 32, 15.0)])
+    assert list(array("Q", k2)) == [1 << 8 | 32, 2 << 8 | 32] and list(array("d", e2)) == [15.0, 20.0]
