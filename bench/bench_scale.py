@@ -253,12 +253,14 @@ def bench_iptables(ns: str, work: Path, n: int, runs: int) -> None:
     b.steps([(False, b.nb("add", "--ttl", "1d", "-"), str(b.list_file))])
     add_del = b.steps([s for _ in range(runs) for s in (
         (True, b.nb("add", "--ttl", "1d", NEW), None), (True, b.nb("del", NEW), None))])
-    ipt = shutil.which("iptables") or "iptables"
+    # The peer edits the table that holds the N rules: the legacy filter table, which libiptc reads and
+    # replaces whole (plain `iptables` here is iptables-nft, another table altogether).
+    ipt = shutil.which("iptables-legacy") or "iptables-legacy"
     peer = b.steps([s for _ in range(runs) for s in (
         (True, [ipt, "-I", "INPUT", "-s", NEW, "-p", "tcp", "--dport", "25", "-j", "DROP"], None),
         (True, [ipt, "-D", "INPUT", "-s", NEW, "-p", "tcp", "--dport", "25", "-j", "DROP"], None))])
-    b.row(f"add {NEW} ({n} rules)", add_del[0::2], "iptables -I", peer[0::2])
-    b.row(f"del of it ({n} rules)", add_del[1::2], "iptables -D", peer[1::2])
+    b.row(f"add {NEW} ({n} rules)", add_del[0::2], "iptables-legacy -I", peer[0::2])
+    b.row(f"del of it ({n} rules)", add_del[1::2], "iptables-legacy -D", peer[1::2])
     run_in_netns(ns, _reset, "iptables", str(b.db), b.nb("remove-rules"))
 
 
