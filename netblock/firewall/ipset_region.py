@@ -35,13 +35,10 @@ Python object per listed member.
 
 from __future__ import annotations
 
-import marshal
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from pathlib import Path
 
 from netaddr import IPNetwork
 
@@ -61,10 +58,9 @@ from netblock.firewall.netlink.ipset import (
     encode_member,
     walk,
 )
+from netblock.firewall.snapshot import SnapshotFile
 
-SNAPSHOT_DIR = Path("/run/netblock/ipset")
-SNAPSHOT_FORMAT = 1
-SNAPSHOTS_KEPT = 32  # network namespaces; losing one costs that namespace one full sync
+SNAPSHOT = SnapshotFile("ipset", 1)
 EXPIRY_MARGIN = 2.0  # seconds: a member this close to its expiry may or may not be counted by the kernel
 FIND_UP_TO = 16  # removed members looked up by a byte search of the listing; more: one decode of it all
 
@@ -91,62 +87,17 @@ class RegionView(firewall.RegionView):
 
 # ---------------------------------------------------------------- the snapshot file
 
-def _path(cookie: int) -> Path:
-    return SNAPSHOT_DIR / f"ipset-{cookie}.snapshot"
-
-
-def read(cookie: int):
-    """The snapshot of this namespace, or None (missing, unreadable, another format, an unsafe directory)."""
-    try:
-        st = SNAPSHOT_DIR.stat()
-        if st.st_uid != os.geteuid() or st.st_mode & 0o022:
-            return None  # only a directory nobody else can write to is trusted
-        data = marshal.loads(_path(cookie).read_bytes())
-        if data["format"] != SNAPSHOT_FORMAT:
-            return None
-        return data
-    except (OSError, LookupError, ValueError, EOFError, TypeError):
-        return None
+def read(cookie: int) -> dict | None:
+    return SNAPSHOT.read(cookie)
 
 
 def write(cookie: int, sets: dict, heads: dict, earliest: float) -> None:
     """Write the snapshot: ``sets`` {family: (keys, expiries)} in file form, ``heads`` {family: header facts}."""
-    try:
-        SNAPSHOT_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
-        path = _path(cookie)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(marshal.dumps({"format": SNAPSHOT_FORMAT, "sets": sets, "heads": heads, "earliest": earliest}))
-        new = not path.exists()
-        os.replace(tmp, path)
-    except (OSError, ValueError):
-        forget(cookie)
-        return
-    if new:
-        _prune()
+    SNAPSHOT.write(cookie, {"sets": sets, "heads": heads, "earliest": earliest})
 
 
 def forget(cookie: int) -> None:
-    try:
-        _path(cookie).unlink(missing_ok=True)
-    except OSError:
-        pass
-
-
-def _prune() -> None:
-    """Keep the newest few: a namespace that is gone never comes back to read its snapshot."""
-    def age(path: Path) -> float:
-        try:
-            return -path.stat().st_mtime
-        except OSError:
-            return 0.0
-
-    try:
-        for old in sorted(SNAPSHOT_DIR.glob("ipset-*.snapshot"), key=age)[SNAPSHOTS_KEPT:]:
-            old.unlink(missing_ok=True)
-    except OSError:
-        pass
+    SNAPSHOT.forget(cookie)
 
 
 def heads_of(nl: Netlink, families) -> dict | None:

@@ -36,24 +36,20 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import hashlib
-import marshal
 import math
-import os
 import socket
 import struct
 import sys
 import time
 from array import array
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from netblock import firewall
 from netblock.firewall.columns import spliced
 from netblock.firewall.names import IPT_CHAIN, IPT_COMMENT
+from netblock.firewall.snapshot import SnapshotFile
 
-SNAPSHOT_DIR = Path("/run/netblock/iptables")
-SNAPSHOT_FORMAT = 1
-SNAPSHOTS_KEPT = 32  # network namespaces; losing one costs that namespace one full sync
+SNAPSHOT = SnapshotFile("iptables", 1)
 EXPIRY_MARGIN = 2.0  # seconds: a rule this close to its wanted expiry goes by the full sync
 SO_NETNS_COOKIE = 71
 TABLE = b"filter"
@@ -336,59 +332,18 @@ def proven(table: Table, facts: dict) -> int | None:
 
 # ---------------------------------------------------------------- the snapshot file
 
-def _path(cookie: int) -> Path:
-    return SNAPSHOT_DIR / f"iptables-{cookie}.snapshot"
-
-
 def read(cookie: int) -> dict | None:
-    """The snapshot of this namespace, or None (missing, unreadable, another format, an unsafe directory)."""
-    try:
-        st = SNAPSHOT_DIR.stat()
-        if st.st_uid != os.geteuid() or st.st_mode & 0o022:
-            return None
-        data = marshal.loads(_path(cookie).read_bytes())
-        if data["format"] != SNAPSHOT_FORMAT:
-            return None
-        return data
-    except (OSError, LookupError, ValueError, EOFError, TypeError):
-        return None
+    return SNAPSHOT.read(cookie)
 
 
 def write(cookie: int, settings: tuple, families: dict, earliest: float) -> None:
     """``families`` {family: record() facts plus "keys" and "expiry"}."""
-    try:
-        SNAPSHOT_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
-        path = _path(cookie)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(marshal.dumps({"format": SNAPSHOT_FORMAT, "settings": settings, "families": families,
-                                   "earliest": earliest}))
-        new = not path.exists()
-        os.replace(tmp, path)
-    except (OSError, ValueError):
-        forget(cookie)
-        return
-    if new:
-        try:
-            def age(p: Path) -> float:
-                try:
-                    return -p.stat().st_mtime
-                except OSError:
-                    return 0.0
-            for old in sorted(SNAPSHOT_DIR.glob("iptables-*.snapshot"), key=age)[SNAPSHOTS_KEPT:]:
-                old.unlink(missing_ok=True)
-        except OSError:
-            pass
+    SNAPSHOT.write(cookie, {"settings": settings, "families": families, "earliest": earliest})
 
 
 def forget(cookie: int | None) -> None:
-    if cookie is None:
-        return
-    try:
-        _path(cookie).unlink(missing_ok=True)
-    except OSError:
-        pass
+    if cookie is not None:
+        SNAPSHOT.forget(cookie)
 
 
 def columns(pairs, version: int, now: float) -> tuple:

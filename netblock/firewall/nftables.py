@@ -31,8 +31,6 @@ from __future__ import annotations
 
 import errno
 import hashlib
-import marshal
-import os
 import re
 import string
 from dataclasses import dataclass, field, replace
@@ -48,6 +46,7 @@ from netblock.errors import KernelError, KernelFeatureMissing, NameClash, Netblo
 from netblock.firewall import VERDICTS, Change, Desired, RegionView, Settings, names
 from netblock.firewall.columns import np, spliced, timestamps
 from netblock.firewall.netlink import nftables as nl
+from netblock.firewall.snapshot import SnapshotFile
 
 # Expiry differences below this are not worth a kernel update (no churn on repeated applies).
 EXPIRY_TOLERANCE = 2.0  # seconds
@@ -419,8 +418,8 @@ class NftablesBackend:
         moves the generation on.
         """
         try:
-            data = _read_snapshot_file(sock)
-            if data["format"] != SNAPSHOT_FORMAT or data["genid"] != genid:
+            data = SNAPSHOT.read(sock.netns_cookie())
+            if data is None or data["genid"] != genid:
                 return None
             return {fam: _Column.load(data["sets"][fam], _FAMILY[fam][1]) for fam in self.settings.families}
         except (OSError, LookupError, ValueError, EOFError, TypeError):
@@ -559,8 +558,8 @@ class NftablesBackend:
                                       else col.keys.tolist(), memoryview(col.expiry.tobytes()).cast("d"))
                     for fam, col in memo[2].items()})
             try:
-                data = _read_snapshot_file(sock)
-                if data["format"] != SNAPSHOT_FORMAT or data["genid"] != genid:
+                data = SNAPSHOT.read(sock.netns_cookie())
+                if data is None or data["genid"] != genid:
                     return None
                 sets = {}
                 for fam in self.settings.families:
@@ -950,21 +949,11 @@ def _plan_columns(nets: list, wanted: dict, current: dict, now: float):
 # commit. It is only ever a shortcut: a missing, unreadable or outdated
 # snapshot means a dump, and counters()/installed() always read the kernel.
 
-SNAPSHOT_DIR = Path("/run/netblock/nftables")
-SNAPSHOT_FORMAT = 2  # sorted key and expiry arrays (1: a list of tuples)
-SNAPSHOTS_KEPT = 32  # network namespaces; losing one costs that namespace one dump
+SNAPSHOT = SnapshotFile("nftables", 2)  # format 2: sorted key and expiry arrays (1: a list of tuples)
 
 
 def _snapshot_path(sock: nl.Nfnl) -> Path:
-    return SNAPSHOT_DIR / f"nftables-{sock.netns_cookie()}.snapshot"
-
-
-def _read_snapshot_file(sock: nl.Nfnl):
-    path = _snapshot_path(sock)
-    st = SNAPSHOT_DIR.stat()
-    if st.st_uid != os.geteuid() or st.st_mode & 0o022:
-        return None  # only a directory nobody else can write to is trusted
-    return marshal.loads(path.read_bytes())
+    return SNAPSHOT.path(sock.netns_cookie())
 
 
 def _save_snapshot(sock: nl.Nfnl, genid: int, state: dict) -> None:
@@ -973,42 +962,11 @@ def _save_snapshot(sock: nl.Nfnl, genid: int, state: dict) -> None:
 
 def _write_snapshot(sock: nl.Nfnl, genid: int, sets: dict) -> None:
     """Write the snapshot of sets already in file form ({family: (keys, expiries, ranges)})."""
-    try:
-        SNAPSHOT_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
-        path = _snapshot_path(sock)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(marshal.dumps({"format": SNAPSHOT_FORMAT, "genid": genid, "sets": sets}))
-        new = not path.exists()
-        os.replace(tmp, path)
-    except (OSError, ValueError):
-        _forget_snapshot(sock)
-        return
-    if new:
-        _prune_snapshots()
-
-
-def _prune_snapshots() -> None:
-    """Keep the newest few: a namespace that is gone never comes back to read its snapshot."""
-    def age(path: Path) -> float:
-        try:
-            return -path.stat().st_mtime
-        except OSError:
-            return 0.0  # pruned by another netblock meanwhile
-
-    try:
-        for old in sorted(SNAPSHOT_DIR.glob("nftables-*.snapshot"), key=age)[SNAPSHOTS_KEPT:]:
-            old.unlink(missing_ok=True)
-    except OSError:
-        pass
+    SNAPSHOT.write(sock.netns_cookie(), {"genid": genid, "sets": sets})
 
 
 def _forget_snapshot(sock: nl.Nfnl) -> None:
-    try:
-        _snapshot_path(sock).unlink(missing_ok=True)
-    except OSError:
-        pass
+    SNAPSHOT.forget(sock.netns_cookie())
 
 
 COUNTER_MARGIN = 2.0  # seconds: an element this close to its timeout may be gone before it is asked for
