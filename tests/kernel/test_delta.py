@@ -96,38 +96,43 @@ def _left_to_do(report):
     return {k: report[k] for k in ("added", "removed") if report.get(k)}
 
 
-def test_changes_leave_what_the_full_sync_leaves_and_read_no_set(scene, tmp_path):
-    """add, del, allow add and allow del in a random order over overlapping and adjacent netblocks."""
-    nb = Cli(scene, tmp_path)
-    nb("add", "--ttl", "2h", "198.18.16.0/24", "198.18.18.0/24", "2001:db8:5::/48")
+def _random_changes(steps: int):
+    """(step, argv) of add, del, allow add and allow del in a random but fixed order over overlapping and
+    adjacent netblocks: the walk every backend's change path is compared with the full sync on."""
     rng = random.Random(17)
     pool = [f"198.18.{16 + i // 4}.{(i % 4) * 64}/26" for i in range(16)] + ["198.18.16.0/23", "198.18.20.0/22",
                                                                               "198.18.17.77", "2001:db8:5:1::/64"]
     blocked, allowed = set(), set()
-    for step in range(30):
+    for step in range(steps):
         op = rng.choice(["add", "add", "del", "allow", "unallow"])
         if op == "add":
             net = rng.choice(pool)
             ttl = rng.choice(["1h", "3h", None])
-            rc, out, dumps = nb.counted("add", *(["--ttl", ttl] if ttl else ["--permanent"]), net)
+            yield step, ("add", *(["--ttl", ttl] if ttl else ["--permanent"]), net)
             blocked.add(str(IPNetwork(net).cidr))
         elif op == "del" and blocked:
             net = rng.choice(sorted(blocked))
             blocked.discard(net)
-            rc, out, dumps = nb.counted("del", net)
+            yield step, ("del", net)
         elif op == "allow" and len(allowed) < 3:
             net = f"198.18.{rng.randrange(16, 24)}.{rng.randrange(256)}"
             allowed.add(net)
-            rc, out, dumps = nb.counted("allow", "add", net)
+            yield step, ("allow", "add", net)
         elif op == "unallow" and allowed:
             net = rng.choice(sorted(allowed))
             allowed.discard(net)
-            rc, out, dumps = nb.counted("allow", "del", net)
-        else:
-            continue
+            yield step, ("allow", "del", net)
+
+
+def test_changes_leave_what_the_full_sync_leaves_and_read_no_set(scene, tmp_path):
+    """add, del, allow add and allow del in a random order over overlapping and adjacent netblocks."""
+    nb = Cli(scene, tmp_path)
+    nb("add", "--ttl", "2h", "198.18.16.0/24", "198.18.18.0/24", "2001:db8:5::/48")
+    for step, args in _random_changes(30):
+        rc, out, dumps = nb.counted(*args)
         assert rc == 0, out
-        assert dumps == 0, (step, op, out)
-        assert _left_to_do(nb.pending()) == {}, (step, op, out)
+        assert dumps == 0, (step, args, out)
+        assert _left_to_do(nb.pending()) == {}, (step, args, out)
 
 
 def test_a_hand_edit_makes_the_change_take_the_full_sync(scene, tmp_path):
@@ -200,32 +205,8 @@ def _ipset_in_sync(nb) -> bool:
 def test_ipset_changes_leave_what_the_full_sync_leaves_and_list_no_set(scene, tmp_path):
     nb = Cli(scene, tmp_path, backend="ipset")
     nb("add", "--ttl", "2h", "198.18.16.0/24", "198.18.18.0/24", "2001:db8:5::/48")
-    rng = random.Random(17)
-    pool = [f"198.18.{16 + i // 4}.{(i % 4) * 64}/26" for i in range(16)] + ["198.18.16.0/23", "198.18.20.0/22",
-                                                                              "198.18.17.77", "2001:db8:5:1::/64"]
-    blocked, allowed = set(), set()
     taken = 0
-    for step in range(24):
-        op = rng.choice(["add", "add", "del", "allow", "unallow"])
-        if op == "add":
-            net = rng.choice(pool)
-            ttl = rng.choice(["1h", "3h", None])
-            args = ("add", *(["--ttl", ttl] if ttl else ["--permanent"]), net)
-            blocked.add(str(IPNetwork(net).cidr))
-        elif op == "del" and blocked:
-            net = rng.choice(sorted(blocked))
-            blocked.discard(net)
-            args = ("del", net)
-        elif op == "allow" and len(allowed) < 3:
-            net = f"198.18.{rng.randrange(16, 24)}.{rng.randrange(256)}"
-            allowed.add(net)
-            args = ("allow", "add", net)
-        elif op == "unallow" and allowed:
-            net = rng.choice(sorted(allowed))
-            allowed.discard(net)
-            args = ("allow", "del", net)
-        else:
-            continue
+    for step, args in _random_changes(24):
         rc, out, listings, for_counters = nb.listed(*args)
         assert rc == 0, out
         assert listings == for_counters, (step, args, out)  # no listing but the removed members' counters
@@ -362,32 +343,8 @@ def _as_the_full_sync_orders(before: list[str], after: list[str]) -> list[str]:
 def test_iptables_changes_leave_what_the_full_sync_leaves_and_open_no_table(scene, tmp_path):
     nb = Cli(scene, tmp_path, backend="iptables")
     nb("add", "--ttl", "2h", "198.18.16.0/24", "198.18.18.0/24", "2001:db8:5::/48")
-    rng = random.Random(17)
-    pool = [f"198.18.{16 + i // 4}.{(i % 4) * 64}/26" for i in range(16)] + ["198.18.16.0/23", "198.18.20.0/22",
-                                                                              "198.18.17.77", "2001:db8:5:1::/64"]
-    blocked, allowed = set(), set()
     taken = 0
-    for step in range(24):
-        op = rng.choice(["add", "add", "del", "allow", "unallow"])
-        if op == "add":
-            net = rng.choice(pool)
-            ttl = rng.choice(["1h", "3h", None])
-            args = ("add", *(["--ttl", ttl] if ttl else ["--permanent"]), net)
-            blocked.add(str(IPNetwork(net).cidr))
-        elif op == "del" and blocked:
-            net = rng.choice(sorted(blocked))
-            blocked.discard(net)
-            args = ("del", net)
-        elif op == "allow" and len(allowed) < 3:
-            net = f"198.18.{rng.randrange(16, 24)}.{rng.randrange(256)}"
-            allowed.add(net)
-            args = ("allow", "add", net)
-        elif op == "unallow" and allowed:
-            net = rng.choice(sorted(allowed))
-            allowed.discard(net)
-            args = ("allow", "del", net)
-        else:
-            continue
+    for step, args in _random_changes(24):
         before = _chains(scene)
         rc, out, opened = nb.opened(*args)
         assert rc == 0, out
