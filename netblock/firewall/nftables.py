@@ -638,13 +638,7 @@ class NftablesBackend:
                    for v, k, e in updated if v == version]
             adds = [e for v, k, x in added if v == version
                     for e in _network_elements(k >> 8, k & 255, bits, x)]
-            set_name = names.NFT_SET[fam]
-            if dels:
-                ops.append(nl.SetOp(set_name, True, dels))
-            if ups:
-                ops.append(nl.SetOp(set_name, False, ups, exclusive=False))
-            if adds:
-                ops.append(nl.SetOp(set_name, False, adds))
+            ops += _set_ops(names.NFT_SET[fam], dels, ups, adds)
         if not ops:
             return True
         self._memo = None
@@ -710,12 +704,7 @@ def _plan(want, current, now: float):
             state[key] = (expires, 0, 0, (key[0], last, last + 1 < 1 << bits))
         for first, last, has_end in sorted(gone):
             dels.extend(_range_elements(first, last, has_end, bits))
-        if dels:
-            ops.append(nl.SetOp(set_name, True, dels))
-        if updates:
-            ops.append(nl.SetOp(set_name, False, updates, exclusive=False))
-        if adds:
-            ops.append(nl.SetOp(set_name, False, adds))
+        ops += _set_ops(set_name, dels, updates, adds)
         after[fam] = state
     return change, ops, after
 
@@ -971,6 +960,19 @@ def _forget_snapshot(sock: nl.Nfnl) -> None:
 
 COUNTER_MARGIN = 2.0  # seconds: an element this close to its timeout may be gone before it is asked for
 COUNTER_CHUNK = 4096  # keys asked per round: their replies fit the socket's receive buffer
+
+
+def _set_ops(set_name: str, dels: list, updates: list, adds: list) -> list[nl.SetOp]:
+    """One set's part of a batch, in the order the kernel needs: removals first (an addition may overlap
+    what they free), then re-timings of elements that stay (no exclusive flag: they exist), then additions."""
+    ops = []
+    if dels:
+        ops.append(nl.SetOp(set_name, True, dels))
+    if updates:
+        ops.append(nl.SetOp(set_name, False, updates, exclusive=False))
+    if adds:
+        ops.append(nl.SetOp(set_name, False, adds))
+    return ops
 
 
 def _differs(current: float | None, wanted: float | None, now: float) -> bool:
