@@ -47,11 +47,6 @@ FULL_SYNC_KEY = "full_sync"  # state key: when run-once last synced in full
 SAMPLED_KEY = "counters_sampled"  # state key: when run-once last read the counters
 
 
-def log(message: str, stream=None) -> None:
-    """One line on stderr (journald adds the time)."""
-    print(f"netblock: {printable(message)}", file=stream or sys.stderr, flush=True)
-
-
 def failure(exc: BaseException) -> str:
     """One line: the message of a NetblockError; type, message and the failing line of anything else."""
     if isinstance(exc, NetblockError):
