@@ -156,7 +156,8 @@ def cmd_run_once(args, ctx) -> int:
         ctx.print_json({"observations": result.observations, "decided": result.decided,
                         "blocks": result.blocks, "added": result.added, "removed": result.removed,
                         "updated": result.updated, "restored": result.restored, "errors": result.errors,
-                        "synced": not result.skipped})  # False: the kernel was proven as netblock left it
+                        "synced": not result.skipped,  # False: the kernel was proven as netblock left it
+                        "expired": result.expired})  # blocks that ran out, carried as a change (not synced)
     else:
         ctx.print(f"{result.observations} observations, {result.decided} blocks decided, "
                   f"{result.blocks} active; kernel +{result.added} -{result.removed} ~{result.updated}")

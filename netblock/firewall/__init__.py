@@ -29,7 +29,7 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Mapping, Protocol
+from typing import Mapping, Protocol, Sequence
 
 from netaddr import IPNetwork
 
@@ -136,9 +136,10 @@ class Backend(Protocol):
 
     def apply_region(self, view: RegionView, removed: list[tuple[int, int]],
                      added: list[tuple[int, int, float | None]],
-                     updated: list[tuple[int, int, float | None]]) -> bool:
+                     updated: list[tuple[int, int, float | None]], lapsed: Sequence[tuple[int, int]] = ()) -> bool:
         """Remove, add and re-time elements in one transaction guarded by ``view``; False when the
-        kernel moved on since (the caller runs the full sync)."""
+        kernel moved on since (the caller runs the full sync). ``lapsed``: elements past their expiry
+        that a kernel with timeouts dropped by itself; they leave only what netblock remembers."""
         ...
 
     def counter_columns(self) -> dict[int, tuple] | None:
@@ -169,7 +170,7 @@ class BackendBase:
 
     def apply_region(self, view: RegionView, removed: list[tuple[int, int]],
                      added: list[tuple[int, int, float | None]],
-                     updated: list[tuple[int, int, float | None]]) -> bool:
+                     updated: list[tuple[int, int, float | None]], lapsed: Sequence[tuple[int, int]] = ()) -> bool:
         return False
 
     def counter_columns(self) -> dict[int, tuple] | None:

@@ -51,6 +51,7 @@ import math
 import time
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
+from typing import Sequence
 
 from netaddr import IPNetwork
 
@@ -370,10 +371,10 @@ class IpsetBackend(BackendBase):
 
     def apply_region(self, view: firewall.RegionView, removed: list[tuple[int, int]],
                      added: list[tuple[int, int, float | None]],
-                     updated: list[tuple[int, int, float | None]]) -> bool:
+                     updated: list[tuple[int, int, float | None]], lapsed: Sequence[tuple[int, int]] = ()) -> bool:
         """Add, re-time and remove the given members without a listing; False: the caller runs the full sync."""
-        if not isinstance(view, region.RegionView):
-            return False  # another backend's view proves nothing about these sets
+        if not isinstance(view, region.RegionView) or lapsed:
+            return False  # another backend's view proves nothing; a lapsed member: its view refuses those
         if not (removed or added or updated):
             return True
         with self._netlink() as nl:

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from importlib import resources
 from string import Template
-from typing import Any
+from typing import Any, Sequence
 
 from netaddr import IPNetwork
 
@@ -727,11 +727,11 @@ class IptablesBackend(BackendBase):
 
     def apply_region(self, view: firewall.RegionView, removed: list[tuple[int, int]],
                      added: list[tuple[int, int, float | None]],
-                     updated: list[tuple[int, int, float | None]]) -> bool:
+                     updated: list[tuple[int, int, float | None]], lapsed: Sequence[tuple[int, int]] = ()) -> bool:
         """Delete and append the given rules by position, one libiptc commit per family; False: the full sync."""
         self._just_read = None
-        if not isinstance(view, region.RegionView):
-            return False
+        if not isinstance(view, region.RegionView) or lapsed:
+            return False  # rules never lapse: only their removal takes them out
         with _xtables_lock():
             return region.apply_region(self._settings_key(), [f.name for f in self._families()],
                                        view, removed, added, updated)

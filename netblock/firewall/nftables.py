@@ -38,7 +38,7 @@ from datetime import datetime, timezone
 from importlib import resources
 from operator import attrgetter, countOf
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from netaddr import IPAddress, IPNetwork, iprange_to_cidrs
 
@@ -616,13 +616,16 @@ class NftablesBackend:
 
     def apply_region(self, view: "RegionView", removed: list[tuple[int, int]],
                      added: list[tuple[int, int, float | None]],
-                     updated: list[tuple[int, int, float | None]]) -> bool:
+                     updated: list[tuple[int, int, float | None]], lapsed: Sequence[tuple[int, int]] = ()) -> bool:
         """Remove, add and re-time the given elements in one transaction guarded by the view's generation.
 
         Keys are (version, first << 8 | prefixlen), expiries epoch seconds
         (None: permanent). False when the kernel moved on since the view
         (the caller runs the full sync); the snapshot is then updated in
-        place, so the next change needs no dump either.
+        place, so the next change needs no dump either. ``lapsed`` elements
+        timed out in the kernel: they leave the snapshot and need no message
+        (a delete of one would fail with ENOENT); were one still there, an
+        element added over it is refused and the full sync takes over.
         """
         ops = []
         for version in (4, 6):
@@ -639,22 +642,25 @@ class NftablesBackend:
             adds = [e for v, k, x in added if v == version
                     for e in _network_elements(k >> 8, k & 255, bits, x)]
             ops += _set_ops(names.NFT_SET[fam], dels, ups, adds)
-        if not ops:
+        if not ops and not lapsed:
             return True
         self._memo = None
         with self._netlink() as sock:
             if sock.netns_cookie() != view.cookie:
                 return False
-            try:
-                sock.batch(ops, genid=view.genid)
-            except nl.NetlinkError:
-                _forget_snapshot(sock)
-                return False  # the kernel moved on, or refused: the full sync reads it afresh and says why
+            genid = view.genid
+            if ops:
+                try:
+                    sock.batch(ops, genid=view.genid)
+                except nl.NetlinkError:
+                    _forget_snapshot(sock)
+                    return False  # the kernel moved on, or refused: the full sync reads it afresh and says why
+                genid = nl.next_genid(view.genid)
             sets = {}
             for version, (keys, expiry) in view.sets.items():
                 fam = _VERSION_FAMILY[version]
-                sets[fam] = (*spliced(keys, expiry, version, removed, added, updated), [])
-            _write_snapshot(sock, nl.next_genid(view.genid), sets)
+                sets[fam] = (*spliced(keys, expiry, version, [*removed, *lapsed], added, updated), [])
+            _write_snapshot(sock, genid, sets)
         return True
 
     def remove(self) -> None:

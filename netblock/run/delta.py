@@ -17,6 +17,12 @@ zone's own members as it writes; iptables by a digest of its chain), and
 the zone must stay small.
 Otherwise ``sync_change`` runs sync() itself. Whatever this path leaves,
 the next full sync (the daemon's tick, `run-once`, `sync`) would leave too.
+
+Blocks that ran out are a change too: the daemon's tick hands their
+netblocks here instead of syncing 100k in full (run/tick.py, _carry). An
+element past its expiry in a kernel that times elements out (nftables) is
+*lapsed*: the kernel dropped it itself and refuses to delete it, so it
+leaves only the snapshot, and an element wanted again is added anew.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from __future__ import annotations
 import math
 from bisect import bisect_left, bisect_right
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timezone
 
 from netaddr import IPNetwork
 
@@ -34,16 +40,27 @@ from netblock.system import hostaddrs
 from netblock.system.lock import DEFAULT_TIMEOUT, kernel_lock
 
 ZONE_LIMIT = 4096  # blocks or elements in the zone past which the full sync is cheaper to reason about
+# Seconds past its expiry after which an element is surely gone from a kernel that times elements out:
+# the kernel starts an element's timeout when it processes the element, up to a large batch's length
+# after netblock computed it. Closer to its expiry than this, an element takes the full sync.
+LAPSE_GRACE = 5.0
 _BITS = {4: 32, 6: 128}
 
 
 @dataclass
 class DeltaResult:
-    """What report_sync() prints: the change and how many netblocks the kernel holds now."""
+    """What report_sync() prints: the change and how many netblocks the kernel holds now.
+
+    ``before`` and ``after`` are the zone's elements with their expiries (None: permanent), as the
+    kernel held them (lapsed ones included) and as it holds them now: outside the zone nothing
+    changed, so the daemon updates its memory of the kernel and says what expired from them alone.
+    """
 
     change: object
     count: int
     notes: list[str] = field(default_factory=list)
+    before: dict = field(default_factory=dict)
+    after: dict = field(default_factory=dict)
 
 
 def sync_change(store, backend, config, nets, *, now: datetime, lock_timeout: float = DEFAULT_TIMEOUT,
@@ -112,6 +129,7 @@ def _try(store, backend, config, nets, now: datetime, cap_checked: bool):
     zone = {_folded(n) for n in nets}
     blocks: dict = {}
     elements: dict[tuple[int, int], float] = {}
+    lapsed: dict[tuple[int, int], float] = {}  # past their expiry: the kernel dropped them itself
     for _round in range(64):
         grown = set()
         for version, first, plen in zone:
@@ -120,8 +138,13 @@ def _try(store, backend, config, nets, now: datetime, cap_checked: bool):
             last = first + (1 << (_BITS[version] - plen)) - 1
             inst = installed[version]
             for i in inst.overlapping(first, last):
-                k = inst.keys[i]
-                elements[(version, k)] = inst.expiry[i]
+                k, e = inst.keys[i], inst.expiry[i]
+                if view.timed and e <= now_ts:
+                    if e > now_ts - LAPSE_GRACE:
+                        return None  # the kernel may hold it a moment longer: the full sync reads it
+                    lapsed[(version, k)] = e
+                else:
+                    elements[(version, k)] = e
                 if (k & 255) < plen:
                     grown.add((version, k >> 8, k & 255))
             for b in store.blocks_touching(version, first, plen, now):
@@ -136,8 +159,6 @@ def _try(store, backend, config, nets, now: datetime, cap_checked: bool):
         zone = _outermost(zone | grown)
     else:
         return None
-    if any(e <= now_ts for e in elements.values()):
-        return None  # expired but maybe not collected yet: the full apply knows how to replace it
 
     from netblock.aggregate import protected_builtin
     from netblock.decide.protect import Protection, fleet_members
@@ -183,17 +204,22 @@ def _try(store, backend, config, nets, now: datetime, cap_checked: bool):
                 sexp = new.pop((version, sibling))
             else:
                 at = installed[version].index(sibling)
-                if at is None or (version, sibling) in elements:
+                if at is None or (version, sibling) in elements or (version, sibling) in lapsed:
                     continue
                 sexp = installed[version].expiry[at]
-                if sexp <= now_ts:
-                    return None
+                if view.timed and sexp <= now_ts:
+                    if sexp > now_ts - LAPSE_GRACE:
+                        return None
+                    lapsed[(version, sibling)] = sexp  # gone from the kernel: nothing to merge with
+                    continue
                 gone[(version, sibling)] = sexp
             exp = new.pop((version, k))
             exp = math.nan if math.isnan(exp) or math.isnan(sexp) else max(exp, sexp)
             parent = plen - 1
             new[(version, _key(first >> (bits - parent) << (bits - parent), parent))] = exp
             merged = True
+
+    zone_before = {**gone, **lapsed}  # what the zone held: the change's input, as the kernel had it
 
     # The cap: only a change that blocks more IPv4 space can cross it. `add` checked it before writing
     # (check_cap); otherwise the stored blocks summed, never less than what sync installs, must be under it.
@@ -227,14 +253,28 @@ def _try(store, backend, config, nets, now: datetime, cap_checked: bool):
         except NetblockError:
             return None  # the full sync reads them with the rest
         sampling.record(store, counted, now)
-    if not backend.apply_region(view, removed, added, updated):
+    if not backend.apply_region(view, removed, added, updated, sorted(lapsed)):
         return None
-    count = sum(len(inst.keys) for inst in installed.values()) + len(added) - len(removed)
+    if view.timed:  # elements that lapsed outside the zone are out of the kernel too, if not of the snapshot
+        count = sum(1 for inst in installed.values() for e in inst.expiry if not e <= now_ts)
+        count += len(added) - len(removed)
+    else:
+        count = sum(len(inst.keys) for inst in installed.values()) + len(added) - len(removed)
     notes = [f"{b.netblock} [{b.source}] ignored: {limits.width_refusal(b.netblock)}" for b in too_wide]
     notes += [f"{b.netblock} [{b.source}] left out: cutting the protected addresses out of it takes more "
               f"than {budget} kernel elements ([policy] max_elements_per_block); its offenders are "
               "blocked one by one instead" for b, _cost in over_budget]
-    return DeltaResult(change=change, count=count, notes=notes)
+    return DeltaResult(change=change, count=count, notes=notes,
+                       before={_net(v, k): _when(e) for (v, k), e in zone_before.items()},
+                       after={_net(v, k): _when(e) for (v, k), e in new.items()})
+
+
+def _net(version: int, key: int) -> IPNetwork:
+    return IPNetwork((key >> 8, key & 255), version=version)
+
+
+def _when(expires: float) -> datetime | None:
+    return None if math.isnan(expires) else datetime.fromtimestamp(expires, timezone.utc)
 
 
 def _v4_size(elements) -> int:

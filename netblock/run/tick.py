@@ -45,6 +45,7 @@ SMALL_JOIN, JOIN_SAVE_S = 1000, 5.0  # open transactions saved with every batch 
 MAX_BATCHES_PER_WAKE = 20  # then look at signals and the clock before reading on
 FULL_SYNC_KEY = "full_sync"  # state key: when run-once last synced in full
 SAMPLED_KEY = "counters_sampled"  # state key: when run-once last read the counters
+CARRIED_KEY = "expiries_carried"  # state key: up to when run-once carried expiries as a change
 
 
 def failure(exc: BaseException) -> str:
@@ -76,6 +77,7 @@ class TickResult:
     restored: int = 0  # netblocks put back after they vanished from the kernel
     backlog: bool = False  # lines were left for the daemon loop to read
     skipped: bool = False  # no full sync: nothing new and the kernel proven unchanged (Runner._quiet)
+    expired: int = 0  # blocks that ran out, carried to the kernel as a change instead of a full sync
     errors: list[str] = field(default_factory=list)
 
     @property
@@ -114,6 +116,7 @@ class Runner:
         self.choice: journal.Choice | None = None  # the sources open_sources() chose
         self._said_sources: str | None = None
         self.full_at: datetime | None = None  # the last full sync by this process
+        self.carried_to: datetime | None = None  # expiries up to here went to the kernel as changes (_carry)
         self.sampled_at: datetime | None = None  # the last counter read by this process
         self._counted: dict | None = None  # that read as arrays (the daemon's, see _sample_changed)
 
@@ -324,9 +327,14 @@ class Runner:
         self._decide(now, result)
         if self.tracker is not None and not result.errors:
             self.tracker.settled(now)  # the full decision covered whatever was pending
-        if self._quiet(now, result):
+        quiet = self._quiet(now, result)
+        if quiet is not None:
             result.skipped = True
-        else:
+            if quiet.ran_out:
+                self._carry(quiet, now, result)
+            elif quiet.until is not None:
+                self._carried(quiet.until)
+        if not result.skipped:
             self._sync(now, result)
             if self.follow_mode:
                 _give_back_memory()  # a full sync at 100k builds and drops about a million objects
@@ -449,33 +457,87 @@ class Runner:
         except (*TRANSIENT, ValueError):
             return None
 
-    def _quiet(self, now: datetime, result: TickResult) -> bool:
-        """Whether this tick may leave the kernel as it is, because a full sync would change nothing.
+    def _quiet(self, now: datetime, result: TickResult) -> Quiet | None:
+        """Whether this tick may leave the kernel as it is but for the blocks that ran out; None: sync in full.
 
-        True only when nothing was read or decided, no block expired since
-        the last full sync, that sync is younger than ``[daemon]
-        reconcile_every`` (what catches a deliverer's protection running
-        out, or any store change made without a sync), the store is this
-        host's own (a fleet's peers write to it), and the backend proves
-        with the ruleset generation that the kernel still holds what
-        netblock last wrote: a hand edit always takes the full sync.
+        Quiet only when nothing was read or decided, the last full sync is
+        younger than ``[daemon] reconcile_every`` (what catches a
+        deliverer's protection running out, or any store change made
+        without a sync), the store is this host's own (a fleet's peers
+        write to it), and the backend proves that the kernel still holds
+        what netblock last wrote (nftables: the ruleset generation): a
+        hand edit always takes the full sync. Blocks that ran out since are
+        carried as a change of their netblocks (_carry), once the kernel
+        has surely timed their elements out (delta.LAPSE_GRACE); the ones
+        closer to their expiry wait for the next tick.
         """
+        from netblock.run.delta import LAPSE_GRACE
+
         if result.observations or result.decided or result.errors:
-            return False
+            return None
         if self.store.fleet:
-            return False
+            return None
         last = self.full_at or self._stored_time(FULL_SYNC_KEY)
         every = self.config.daemon.reconcile_every
         if last is None or not timedelta(0) <= now - last < every:
-            return False
+            return None
+        carried = self.carried_to or self._stored_time(CARRIED_KEY)
+        since = max(last, carried) if carried is not None and carried <= now else last
+        until = now - timedelta(seconds=LAPSE_GRACE)
         try:
-            expired = self.store.next_expiry(last)
-            if expired is not None and expired <= now:
-                return False
+            expired = self.store.next_expiry(since)
+            ran_out = []
+            if expired is not None and expired <= until:
+                ran_out = self.store.expired_between(since, until)
             view = self.backend().region_view(whole=True)
-            return view is not None and view.exact  # ipset's view vouches for the zone of a change only
+            if view is None or not view.exact:  # ipset's view vouches for the zone of a change only
+                return None
         except TRANSIENT:
-            return False
+            return None
+        return Quiet(ran_out, until if until > since else None)
+
+    def _carry(self, quiet: Quiet, now: datetime, result: TickResult) -> None:
+        """Carry the blocks that ran out to the kernel as a change of their netblocks (netblock/run/delta.py).
+
+        What would make a full sync of 100k netblocks cost seconds of CPU
+        for each expiry costs what the change costs; whenever the change
+        path cannot prove itself, the full sync runs after all.
+        """
+        from netblock.run.delta import sync_change
+
+        assert quiet.until is not None
+        try:
+            res = sync_change(self.store, self.backend(), self.config, [b.netblock for b in quiet.ran_out],
+                              now=now, full=lambda: None)
+        except TRANSIENT as exc:
+            result.errors.append(f"carrying expiries: {failure(exc)}")
+            result.skipped = False
+            return
+        if res is None:
+            result.skipped = False  # the full sync it is
+            return
+        result.expired = len(quiet.ran_out)
+        change = res.change
+        result.added, result.removed, result.updated = len(change.added), len(change.removed), len(change.updated)
+        self.logger.debug(f"expiries: {result.expired} blocks ran out; kernel +{result.added} -{result.removed} "
+                          f"~{result.updated} ({res.count} netblocks)")
+        if self.applied is not None:
+            self._say_gone(res.before, res.after, now)
+            for net in res.before:
+                self.applied.pop(net, None)
+            self.applied.update(res.after)
+        if self.applied_v4 is not None:
+            self.applied_v4 += limits.v4_addresses(res.after, disjoint=True) - limits.v4_addresses(res.before,
+                                                                                                   disjoint=True)
+        self._carried(quiet.until)
+
+    def _carried(self, until: datetime) -> None:
+        self.carried_to = until
+        if not self.follow_mode:
+            try:
+                self.store.set_state(CARRIED_KEY, str(until.timestamp()))
+            except TRANSIENT:
+                pass  # the next run-once carries them again: a change already made changes nothing
 
     def sync_now(self) -> list[str]:
         """Make the kernel equal to the store at once, outside a tick; the errors, if any."""
@@ -638,6 +700,14 @@ class Runner:
         counting = self.config.firewall.verdict == "count"
         counting = "counting only (nothing dropped), " if counting else ""
         return printable(f"{counting}{r.blocks} blocks, last tick {when} {state}")  # one line for sd_notify's STATUS=
+
+
+@dataclass
+class Quiet:
+    """A tick that needs no full sync: the blocks that ran out in (the last look, ``until``]."""
+
+    ran_out: list[Block]
+    until: datetime | None  # None: nothing new is settled by this tick
 
 
 def _give_back_memory() -> None:

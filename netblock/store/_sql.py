@@ -271,6 +271,13 @@ class StoreCommon:
         rows = self._all(f"SELECT {BLOCK_COLS} FROM blocks WHERE expires <= {self.P} {BLOCK_ORDER}", (ts(now),))
         return receipt.blocks(self, rows, full=False)
 
+    def expired_between(self, since: datetime, until: datetime) -> list[Block]:
+        """Blocks that ran out in (since, until]: what the daemon's tick carries to the kernel as a change
+        (netblock/run/delta.py) instead of a full sync. One index range on ``expires``."""
+        rows = self._all(f"SELECT {BLOCK_COLS} FROM blocks WHERE expires > {self.P} AND expires <= {self.P} "
+                         f"{BLOCK_ORDER}", (ts(since), ts(until)))
+        return receipt.blocks(self, rows, full=False)
+
     def _drop_deltas(self, since: datetime | None, until: datetime | None) -> Iterable[tuple[str, int, int, int]]:
         raise NotImplementedError
 
