@@ -280,8 +280,23 @@ def proc_mem(pid: int) -> tuple[float, float]:
     return vals["VmRSS"], vals["VmHWM"]
 
 
-def bench_idle(b: Bench, minutes: float, settle: float = 90.0) -> None:
-    """The daemon at N, no log traffic: CPU share over ``minutes`` after ``settle`` s, and RSS."""
+def expiring(k: int) -> list[str]:
+    """K addresses outside the N (198.18.0.0/15, the benchmark range), for blocks that run out while idle."""
+    return [f"198.18.{200 + i // 250}.{1 + i % 250}" for i in range(k)]
+
+
+def bench_idle(b: Bench, minutes: float, settle: float = 90.0, expire: int = 0) -> None:
+    """The daemon at N, no log traffic: CPU share over ``minutes`` after ``settle`` s, and RSS.
+
+    ``expire`` more blocks are added first, whose TTLs run out one after the other, evenly over the
+    measured minutes: what an idle daemon meets every day as its week-old blocks expire.
+    """
+    if expire:
+        start = time.monotonic()
+        targets = expiring(expire)
+        for i, ip in enumerate(targets):
+            ttl = settle + (i + 1) * minutes * 60 / (expire + 1) - (time.monotonic() - start)
+            b.steps([(False, b.nb("add", "--ttl", f"{max(1, round(ttl))}s", ip), None)])
     proc = subprocess.Popen(["ip", "netns", "exec", b.ns, *b.nb("daemon")],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -300,7 +315,8 @@ def bench_idle(b: Bench, minutes: float, settle: float = 90.0) -> None:
             proc.kill()
             proc.wait()
     share = 100 * (c1 - c0) / (t1 - t0)
-    line = (f"{b.backend:9} idle daemon, {minutes:g} min at {b.n}: {share:.2f}% of a core "
+    what = f", {expire} blocks expiring" if expire else ""
+    line = (f"{b.backend:9} idle daemon, {minutes:g} min at {b.n}{what}: {share:.2f}% of a core "
             f"({c1 - c0:.1f} s CPU), RSS {rss:.0f} MB (high-water {hwm:.0f} MB)")
     print(line, flush=True)
 
@@ -313,6 +329,8 @@ def main(argv=None) -> int:
     ap.add_argument("--backends", default="nftables,ipset")
     ap.add_argument("--iptables-n", type=int, default=2000, help="rules for the iptables rows (0: skip)")
     ap.add_argument("--idle-minutes", type=float, default=10.0, help="0: skip the idle daemon")
+    ap.add_argument("--idle-expiring", type=int, default=0, metavar="K",
+                    help="K more blocks in the idle run, running out evenly over its minutes (default 0)")
     ap.add_argument("--idle-only", action="store_true",
                     help="of the per-backend rows only `add -` (the load the idle daemon needs), then the idle daemon")
     opts = ap.parse_args(argv)
@@ -340,7 +358,7 @@ def main(argv=None) -> int:
             b = Bench(sc.server, work, backend, opts.n)
             bench_backend(b, opts.runs, opts.bulk_runs, opts.idle_only)
             if opts.idle_minutes > 0:
-                bench_idle(b, opts.idle_minutes)
+                bench_idle(b, opts.idle_minutes, expire=opts.idle_expiring)
             run_in_netns(sc.server, _reset, backend, str(b.db), b.nb("remove-rules"))
             print(f"# load {load_avg()}", flush=True)
         if opts.iptables_n:

@@ -119,3 +119,44 @@ def test_ingest_and_run_once_take_the_same_path(scene, tmp_path):
     assert scene.probe(NEIGHBOUR4, timeout=PROBE_S) == "timeout"
     why = run(scene, tmp_path, "why", NEIGHBOUR4)
     assert why.splitlines()[0].startswith(f"{NEIGHBOUR4}: blocked: {NEIGHBOUR4}/32 (2 dnsbl (dnsbl:zen.example)")
+
+
+def test_daemon_carries_expiries_as_a_change_and_unblocks_what_ran_out(scene, tmp_path):
+    """Blocks that run out while the daemon idles go to the kernel as a change of their netblocks (no
+    full sync): the half of a merged /24 that ran out connects again, the other half stays dropped."""
+    from netblock.run.delta import LAPSE_GRACE
+
+    log = tmp_path / "mail.log"
+    log.touch()
+    conf = tmp_path / "netblock.toml"
+    conf.write_text(daemon_toml(f"{tmp_path}/run/netblock.lock", [log], tick="1s", backend="nftables",
+                                daemon='log_level = "debug"'))
+    ran_out, kept, alone = "198.18.61.5", "198.18.61.200", "198.18.62.7"
+    ttl = 8
+    run(scene, tmp_path, "add", "198.18.61.128/25")
+    run(scene, tmp_path, "add", "--ttl", f"{ttl}s", "198.18.61.0/25", alone)
+    scene.add_client(ran_out, kept, alone)
+    scene.listen()
+    notify = Notify(tmp_path / "notify", WAIT_S)
+    errlog = open(tmp_path / "daemon.err", "w+")
+    proc = start_daemon(scene.server, conf, errlog, db=tmp_path / "nb.db", notify=notify)
+    try:
+        assert notify.ready()
+        assert {src: scene.probe(src, timeout=PROBE_S) for src in (ran_out, kept, alone)} == \
+            {ran_out: "timeout", kept: "timeout", alone: "timeout"}
+        assert wait_for(lambda: "expiries: 2 blocks ran out" in (tmp_path / "daemon.err").read_text(),
+                        timeout=ttl + LAPSE_GRACE + WAIT_S)
+        assert {src: scene.probe(src, timeout=PROBE_S) for src in (ran_out, kept, alone)} == \
+            {ran_out: "open", kept: "timeout", alone: "open"}
+        listed = scene.server_exec("nft", "list", "set", "inet", "netblock", "block4").stdout
+        assert "198.18.61.128/25" in listed and "198.18.61.0/24" not in listed, listed
+        assert stop_daemon(proc, WAIT_S) == 0
+    finally:
+        stop_daemon(proc, WAIT_S, signal.SIGKILL)
+        notify.close()
+        errlog.seek(0)
+        err = errlog.read()
+        errlog.close()
+    assert "Traceback" not in err, err
+    assert "expiries: 2 blocks ran out; kernel +1 -1 ~0" in err, err
+    assert f"expired {alone}/32" in err and "unblocked 128 of the 256 addresses of 198.18.61.0/24" in err, err
