@@ -27,7 +27,6 @@ from __future__ import annotations
 import ctypes
 import fcntl
 import glob
-import math
 import os
 import struct
 import time
@@ -579,7 +578,6 @@ class IptablesBackend(BackendBase):
         cookie = region.netns_cookie()
         region.forget(cookie)  # until this write is recorded, the one-change path reads nothing old
         recorded: dict | None = {}
-        earliest = math.inf
         for fam in self._families():
             # Netblocks arrive canonical (host bits clear) from aggregation.
             want = {key for net, expiry in desired.items()
@@ -616,16 +614,16 @@ class IptablesBackend(BackendBase):
                         ft.append(template, net, carried.get(net))
                     ft.commit()
                 if recorded is not None:
-                    recorded, earliest = self._record(fam, recorded, earliest, order + added, template, desired, now)
+                    recorded = self._record(fam, recorded, order + added, template, desired, now)
                 change.added += [_net(k) for k in added if k not in seen]
                 change.updated += [_net(k) for k in added if k in seen]
                 change.removed += [_net(k) for k in sorted(seen - want)]
         if recorded is not None and cookie is not None:
-            region.write(cookie, self._settings_key(), recorded, earliest)
+            region.write(cookie, self._settings_key(), recorded)
         return change
 
-    def _record(self, fam: _Family, recorded: dict, earliest: float, order: list[Key], template: bytes,
-                desired: Desired, now: datetime) -> tuple[dict | None, float]:
+    def _record(self, fam: _Family, recorded: dict, order: list[Key], template: bytes,
+                desired: Desired, now: datetime) -> dict | None:
         """Add one family's chain, as just written, to the one-change path's snapshot (see iptables_region.py).
 
         Called under the xtables lock, right after the commit; None when the
@@ -636,17 +634,14 @@ class IptablesBackend(BackendBase):
         facts = None if table is None else region.record(
             table, array("Q", keys) if fam.version == 4 else keys, template)
         if facts is None:
-            return None, earliest
+            return None
         pairs = []
         for net, expiry in desired.items():
             key = _key(net)
             if key[0] == fam.version and (expiry is None or expiry > now):
-                stamp = None if expiry is None else expiry.timestamp()
-                pairs.append((key[1] << 8 | key[2], stamp))
-                if stamp is not None:
-                    earliest = min(earliest, stamp)
+                pairs.append((key[1] << 8 | key[2], None if expiry is None else expiry.timestamp()))
         facts["keys"], facts["expiry"] = region.columns(pairs, fam.version, now.timestamp())
-        return {**recorded, fam.name: facts}, earliest
+        return {**recorded, fam.name: facts}
 
     def verdict(self) -> str | None:
         """The verdict of the installed rules: the one whose jump and per-netblock rules they all are."""

@@ -40,7 +40,6 @@ import math
 import socket
 import struct
 import sys
-import time
 from array import array
 from dataclasses import dataclass, field
 
@@ -50,7 +49,6 @@ from netblock.firewall.names import IPT_CHAIN, IPT_COMMENT
 from netblock.firewall.snapshot import SnapshotFile
 
 SNAPSHOT = SnapshotFile("iptables", 1)
-EXPIRY_MARGIN = 2.0  # seconds: a rule this close to its wanted expiry goes by the full sync
 SO_NETNS_COOKIE = 71
 TABLE = b"filter"
 LOCAL_IN = 1  # NF_INET_LOCAL_IN: INPUT's hook
@@ -106,7 +104,6 @@ class RegionView(firewall.RegionView):
     """
 
     facts: dict = field(default_factory=dict)
-    earliest: float = math.inf
 
 
 # ---------------------------------------------------------------- the table as bytes
@@ -336,9 +333,9 @@ def read(cookie: int) -> dict | None:
     return SNAPSHOT.read(cookie)
 
 
-def write(cookie: int, settings: tuple, families: dict, earliest: float) -> None:
+def write(cookie: int, settings: tuple, families: dict) -> None:
     """``families`` {family: record() facts plus "keys" and "expiry"}."""
-    SNAPSHOT.write(cookie, {"settings": settings, "families": families, "earliest": earliest})
+    SNAPSHOT.write(cookie, {"settings": settings, "families": families})
 
 
 def forget(cookie: int | None) -> None:
@@ -363,7 +360,7 @@ def snapshot_view(settings: tuple, families, tables_read: dict | None = None) ->
     """
     cookie = netns_cookie()
     data = None if cookie is None else read(cookie)
-    if cookie is None or data is None or data["settings"] != settings or data["earliest"] <= time.time() + EXPIRY_MARGIN:
+    if cookie is None or data is None or data["settings"] != settings:
         return None
     sets, facts, tables = {}, {}, {}
     try:
@@ -385,7 +382,7 @@ def snapshot_view(settings: tuple, families, tables_read: dict | None = None) ->
             tables[version] = table
     except (LookupError, TypeError, ValueError):
         return None
-    return RegionView(0, cookie, sets, exact=True, timed=False, facts=facts, earliest=data["earliest"]), tables
+    return RegionView(0, cookie, sets, exact=True, timed=False, facts=facts), tables
 
 
 def _order(rec: dict, version: int):
@@ -542,8 +539,7 @@ def apply_region(settings: tuple, families, view: RegionView, removed: list[tupl
         keys, expiry = view.sets[version]
         k2, e2 = spliced(keys, expiry, version, removed, added, updated)
         out[_FAMILY[version]] = {**rec, "keys": k2, "expiry": e2}
-    changed = [e for _v, _k, e in added + updated if e is not None]
-    write(cookie, settings, out, min([view.earliest, *changed]))
+    write(cookie, settings, out)
     return True
 
 
