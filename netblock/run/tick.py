@@ -332,8 +332,6 @@ class Runner:
             result.skipped = True
             if quiet.ran_out:
                 self._carry(quiet, now, result)
-            elif quiet.until is not None:
-                self._carried(quiet.until)
         if not result.skipped:
             self._sync(now, result)
             if self.follow_mode:
@@ -494,7 +492,7 @@ class Runner:
                 return None
         except TRANSIENT:
             return None
-        return Quiet(ran_out, until if until > since else None)
+        return Quiet(ran_out, until)
 
     def _carry(self, quiet: Quiet, now: datetime, result: TickResult) -> None:
         """Carry the blocks that ran out to the kernel as a change of their netblocks (netblock/run/delta.py).
@@ -505,14 +503,12 @@ class Runner:
         """
         from netblock.run.delta import sync_change
 
-        assert quiet.until is not None
         try:
             res = sync_change(self.store, self.backend(), self.config, [b.netblock for b in quiet.ran_out],
                               now=now, full=lambda: None)
         except TRANSIENT as exc:
-            result.errors.append(f"carrying expiries: {failure(exc)}")
-            result.skipped = False
-            return
+            self.logger.debug(f"expiries: {failure(exc)}; syncing in full")  # which says so if it fails too
+            res = None
         if res is None:
             result.skipped = False  # the full sync it is
             return
@@ -529,13 +525,10 @@ class Runner:
         if self.applied_v4 is not None:
             self.applied_v4 += limits.v4_addresses(res.after, disjoint=True) - limits.v4_addresses(res.before,
                                                                                                    disjoint=True)
-        self._carried(quiet.until)
-
-    def _carried(self, until: datetime) -> None:
-        self.carried_to = until
+        self.carried_to = quiet.until
         if not self.follow_mode:
             try:
-                self.store.set_state(CARRIED_KEY, str(until.timestamp()))
+                self.store.set_state(CARRIED_KEY, str(quiet.until.timestamp()))
             except TRANSIENT:
                 pass  # the next run-once carries them again: a change already made changes nothing
 
@@ -707,7 +700,7 @@ class Quiet:
     """A tick that needs no full sync: the blocks that ran out in (the last look, ``until``]."""
 
     ran_out: list[Block]
-    until: datetime | None  # None: nothing new is settled by this tick
+    until: datetime
 
 
 def _give_back_memory() -> None:
