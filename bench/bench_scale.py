@@ -170,7 +170,7 @@ def ipset_peer_file(work: Path, nets: list[str]) -> Path:
 
 # ---------------------------------------------------------------- the rows
 
-def bench_backend(b: Bench, runs: int, bulk_runs: int, idle_only: bool = False) -> None:
+def bench_backend(b: Bench, runs: int, bulk_runs: int, idle_only: bool = False, expiry_only: bool = False) -> None:
     nets = cidrs(b.n)
     b.list_file.write_text("\n".join(nets) + "\n")
     nft, ipset = shutil.which("nft") or "nft", shutil.which("ipset") or "ipset"
@@ -193,6 +193,9 @@ def bench_backend(b: Bench, runs: int, bulk_runs: int, idle_only: bool = False) 
             (True, [ipset, "restore", "-f", str(peer_all)], None))])
         b.row(f"add - of {b.n}", bulk, "ipset restore", peer)
     if idle_only:
+        return
+    if expiry_only:
+        bench_expiry(b, runs)
         return
 
     # one change: add, then del of the same block (alternating, so the state returns)
@@ -219,6 +222,7 @@ def bench_backend(b: Bench, runs: int, bulk_runs: int, idle_only: bool = False) 
                        ("sync --dry-run", b.nb("sync", "--dry-run")), ("run-once, no news", b.nb("run-once")),
                        ("sample", b.nb("sample"))):
         b.row(what, b.steps([(True, argv, None)] * runs))
+    bench_expiry(b, runs)
 
     # restore after a flush: netblock sync vs the peer's load of the same elements
     if b.backend == "nftables":
@@ -236,6 +240,20 @@ def bench_backend(b: Bench, runs: int, bulk_runs: int, idle_only: bool = False) 
             (False, ["sh", "-c", f"{ipset} destroy nbpeer4 2>/dev/null; true"], None),
             (True, [ipset, "restore", "-f", str(peer_all)], None))])
         b.row("restore after ipset flush", ours, "ipset restore", peer)
+
+
+def bench_expiry(b: Bench, runs: int) -> None:
+    """`run-once` in the tick after one block ran out: what every expiry costs the timer (and the daemon).
+
+    Untimed before each: a one-second block outside the N, then a wait past its end and the kernel's
+    grace (netblock/run/delta.py LAPSE_GRACE, 5 s).
+    """
+    target = expiring(1)[0]
+    steps = []
+    for _ in range(runs):
+        steps += [(False, b.nb("add", "--ttl", "1s", target), None), (False, ["sleep", "7"], None),
+                  (True, b.nb("run-once"), None)]
+    b.row("run-once, a block ran out", b.steps([(False, b.nb("run-once"), None), *steps]))
 
 
 def _reset(backend: str, db: str, remove_argv: list[str]) -> None:
@@ -331,6 +349,8 @@ def main(argv=None) -> int:
     ap.add_argument("--idle-minutes", type=float, default=10.0, help="0: skip the idle daemon")
     ap.add_argument("--idle-expiring", type=int, default=0, metavar="K",
                     help="K more blocks in the idle run, running out evenly over its minutes (default 0)")
+    ap.add_argument("--expiry-only", action="store_true",
+                    help="of the per-backend rows only `add -` and `run-once` after a block ran out")
     ap.add_argument("--idle-only", action="store_true",
                     help="of the per-backend rows only `add -` (the load the idle daemon needs), then the idle daemon")
     opts = ap.parse_args(argv)
@@ -356,7 +376,7 @@ def main(argv=None) -> int:
         print(fmt_row("-", "netblock --version", floor[opts.runs:], "", None), flush=True)
         for backend in opts.backends.split(","):
             b = Bench(sc.server, work, backend, opts.n)
-            bench_backend(b, opts.runs, opts.bulk_runs, opts.idle_only)
+            bench_backend(b, opts.runs, opts.bulk_runs, opts.idle_only, opts.expiry_only)
             if opts.idle_minutes > 0:
                 bench_idle(b, opts.idle_minutes, expire=opts.idle_expiring)
             run_in_netns(sc.server, _reset, backend, str(b.db), b.nb("remove-rules"))
