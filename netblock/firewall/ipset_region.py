@@ -17,9 +17,11 @@ request each), adds with NLM_F_EXCL (a member the snapshot did not know is
 refused, and the adds made so far are taken back) and removes with NLM_F_EXCL
 (a member already gone is refused): any disagreement returns False and the
 caller runs the full sync, which reads the set. And RegionView.exact is
-False: the daemon's tick does not take this view as proof of the whole set,
-so it keeps syncing ipset in full every tick, and a hand edit anywhere is
-repaired by the next tick, as before.
+False: the daemon's tick does not take the headers as proof of the whole
+set. It asks for region_view(whole=True), which also lists each set and
+compares every member and timeout with the snapshot in arrays
+(proves_whole): only then is the view exact and the tick's full sync
+skipped, so a hand edit anywhere is repaired by the next tick, as before.
 
 ipset has no transactions. The order of the writes keeps the set from ever
 blocking less than both the state before and the state after: first every
@@ -30,7 +32,8 @@ it to, and the full sync that follows settles it.
 Counters: ipset cannot read one member's counters without listing the set,
 so counters_of() (called only when a change removes members, to sample them
 first) takes one listing and finds the members in its bytes, with no
-Python object per listed member.
+Python object per listed member; counter_columns() (the daemon's periodic
+sample) decodes the whole listing into arrays.
 """
 
 from __future__ import annotations
@@ -153,9 +156,7 @@ def proves_whole(nl: Netlink, families, view: RegionView, orders: dict | None = 
         version = _VERSION[family]
         keys, expiry = view.sets[version]
         _headers, blob = nl.list(IPSET_SET[family])
-        members = decode(blob, version == 6, lists=False)
-        del blob
-        got_keys, got_timeouts, _packets, _bytes = columns(members, version == 6)
+        got_keys, got_timeouts, _packets, _bytes = columns(decode(blob, version == 6, lists=False), version == 6)
         if len(got_keys) != len(keys):
             return False
         order, got_keys = in_key_order(got_keys, family, {} if orders is None else orders)
@@ -176,14 +177,12 @@ def columns(members: Members, v6: bool) -> tuple:
     """(keys, timeouts, packets, bytes) of a decoded listing as numpy arrays, in the kernel's order.
 
     Keys are uint64 for IPv4, Python ints (dtype object) for IPv6; timeouts
-    int64; counters uint64, native byte order, never views of the listing's
-    buffer, so keeping them does not keep the listing.
+    int64; counters possibly big-endian views of the listing's buffer.
     """
     import numpy as np
 
     if members.arrays is not None:
-        keys, timeouts, packets, nbytes = members.arrays
-        return keys, timeouts, packets.astype(np.uint64), nbytes.astype(np.uint64)
+        return members.arrays
     return (np.array(members.keys, dtype=object if v6 else np.uint64), np.array(members.timeouts, dtype=np.int64),
             np.array(members.packets, dtype=np.uint64), np.array(members.bytes, dtype=np.uint64))
 
@@ -218,6 +217,8 @@ def counter_columns(nl: Netlink, families, orders: dict) -> dict[int, tuple]:
     A missing set has no members. ``orders`` as for proves_whole: the
     daemon samples a set it has just proven, in the same hash order.
     """
+    import numpy as np
+
     out = {}
     for family in families:
         v6 = family == "ipv6"
@@ -228,9 +229,9 @@ def counter_columns(nl: Netlink, families, orders: dict) -> dict[int, tuple]:
                 raise
             blob = bytearray()
         keys, _timeouts, packets, nbytes = columns(decode(blob, v6, lists=False), v6)
-        del blob
         order, keys = in_key_order(keys, family, orders)
-        out[6 if v6 else 4] = (keys, packets[order], nbytes[order])
+        # Copies in native order: what the daemon keeps until its next sample holds no listing.
+        out[6 if v6 else 4] = (keys, packets[order].astype(np.uint64), nbytes[order].astype(np.uint64))
     return out
 
 
