@@ -353,7 +353,7 @@ class IpsetBackend(BackendBase):
                 view = region.region_view(nl, self._families())
                 if whole and view is not None:
                     view.exact = region.proves_whole(nl, self._families(), view, self._orders)
-                    _trim_heap()
+                    region.trim_heap()
                 return view
             except NetlinkError:
                 return None
@@ -577,29 +577,6 @@ class _Plan:
         except NetlinkError:
             pass
         self.deleted = self.written = 0
-
-
-def _trim_heap() -> None:
-    """Give the pages a listing used back to the system: the daemon's tick lists every set every 30 s.
-
-    After its first large free, glibc serves buffers of a listing's size
-    from the heap and keeps them when freed, so without this an idle daemon
-    at 100k members holds about 17 MB more than it uses; malloc_trim takes
-    about a millisecond.
-    """
-    trim = _malloc_trim()
-    if trim is not None:
-        trim(0)
-
-
-@functools.cache
-def _malloc_trim():
-    import ctypes
-
-    try:
-        return ctypes.CDLL(None).malloc_trim
-    except (OSError, AttributeError):
-        return None  # not glibc
 
 
 def create(settings: Settings) -> IpsetBackend:
