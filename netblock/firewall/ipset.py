@@ -120,6 +120,8 @@ class IpsetBackend(BackendBase):
     _named: dict = field(default_factory=dict, repr=False, compare=False)
     # The IPv4 keys apply() last computed, by network: see wanted().
     _converted: dict = field(default_factory=dict, repr=False, compare=False)
+    # Per family, the order that sorted the last listing's keys: see ipset_region.in_key_order().
+    _orders: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def description(self) -> str:
@@ -351,7 +353,8 @@ class IpsetBackend(BackendBase):
             try:
                 view = region.region_view(nl, self._families())
                 if whole and view is not None:
-                    view.exact = region.proves_whole(nl, self._families(), view)
+                    view.exact = region.proves_whole(nl, self._families(), view, self._orders)
+                    region.trim_heap()
                 return view
             except NetlinkError:
                 return None
@@ -388,6 +391,19 @@ class IpsetBackend(BackendBase):
                 members, _ = self._read(nl, IPSET_SET[family], family == "ipv6", missing_ok=True)
                 out.update(zip(self._networks(family, members.keys), zip(members.packets, members.bytes)))
         return out
+
+    def counter_columns(self) -> dict[int, tuple]:
+        """counters() as arrays, {version: (sorted keys, packets, bytes)}, no Python object per member.
+
+        For the daemon's periodic sample (Runner._sample_changed), which
+        hands on only what moved since its last read: one listing per set,
+        as counters() takes, but decoded straight into arrays.
+        """
+        with self._netlink() as nl:
+            try:
+                return region.counter_columns(nl, self._families(), self._orders)
+            except NetlinkError as exc:
+                raise _kernel_error(exc, "reading counters") from None
 
     def installed(self) -> dict[IPNetwork, datetime | None]:
         """Members with the expiry their kernel timeout implies (None: no timeout); a missing set has none."""

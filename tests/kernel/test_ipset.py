@@ -80,6 +80,48 @@ def test_counters_equal_ipset_list_after_real_syns(scene):
     assert 7190 < tool[IPNetwork("198.51.100.0/24")][0] <= 7200
 
 
+def _as_counters(columns: dict) -> dict[IPNetwork, tuple[int, int]]:
+    return {IPNetwork((int(k) >> 8, int(k) & 255), version=v):
+            (int(p), int(b)) for v, (keys, packets, nbytes) in columns.items() for k, p, b in zip(keys, packets, nbytes)}
+
+
+def test_counter_columns_equal_counters_sorted_and_follow_hand_edits(scene):
+    """The daemon's sample reads counter_columns(): the counters() of every member, as sorted arrays.
+
+    One backend reads twice (the second time through the sort order it
+    kept), then once more after hand edits changed the set's hash order.
+    """
+    sends = {"198.51.100.7": ("198.51.100.0/24", 3), "2001:db8:bad::5": ("2001:db8:bad::/48", 2)}
+    scene.add_client(*sends)
+    call(scene, "ensure")
+    later = now() + timedelta(hours=2)
+    desired = {IPNetwork(n): later for n, _ in sends.values()}
+    desired |= {IPNetwork(f"203.0.{i}.0/24"): None for i in range(0, 200, 2)}
+    call(scene, "apply", desired)
+    for src, (_, k) in sends.items():
+        scene.syn(src, k)
+    counted = {IPNetwork("198.51.100.0/24"): (3, 3 * SYN4), IPNetwork("2001:db8:bad::/48"): (2, 2 * SYN6)}
+    assert wait_for(lambda: counted.items() <= call(scene, "counters").items())
+
+    def read():
+        backend = ipset.create(Settings())
+        first = backend.counter_columns()
+        scene.server_exec("ipset", "del", "netblock4", "203.0.10.0/24")
+        scene.server_exec("ipset", "add", "netblock4", "192.0.2.0/28")
+        return first, backend.counter_columns(), backend.counter_columns(), backend.counters()
+
+    first, edited, again, counters = scene.in_server(read)
+    assert edited.keys() == {4, 6}
+    for cols in (first, edited, again):
+        for keys, packets, nbytes in cols.values():
+            assert len(keys) == len(packets) == len(nbytes)
+            assert keys.tolist() == sorted(keys.tolist())
+    assert _as_counters(edited) == _as_counters(again) == counters
+    assert IPNetwork("192.0.2.0/28") in counters and IPNetwork("203.0.10.0/24") not in counters
+    assert counted.items() <= _as_counters(first).items()
+    assert len(_as_counters(first)) == len(desired)
+
+
 def test_rules_as_listed_match_rules_file(scene):
     s = Settings(ports=(25, 587), verdict="reject", maxelem=300_000)
     call(scene, "ensure", settings=s)
@@ -303,6 +345,7 @@ def test_apply_before_ensure_is_a_clear_error(scene):
         call(scene, "apply", {IPNetwork("198.51.100.0/24"): None})
     # Reading finds nothing installed, and remove() finds nothing to do.
     assert call(scene, "counters") == {} and call(scene, "installed") == {}
+    assert {v: [len(c) for c in cols] for v, cols in call(scene, "counter_columns").items()} == {4: [0] * 3, 6: [0] * 3}
     call(scene, "remove")
     assert set_names(scene) == []
 
@@ -457,3 +500,27 @@ def test_streamed_diff_equals_diff_v4():
     assert [m.tolist() for m in members.arrays] == [m.tolist() for m in whole.arrays]
     assert (deleted, added, updated) == ipset_diff.diff_v4(whole, keys, timeouts)
     assert len(deleted) == 200 and len(added) == 300 and 0 < len(updated) < len(kept)
+
+
+def test_a_kept_sort_order_is_used_only_while_it_sorts():
+    """in_key_order() reuses the last order for a listing in the same hash order, and sorts anew otherwise."""
+    import numpy as np
+
+    from netblock.firewall import ipset_region
+
+    rng = np.random.default_rng(3)
+    keys = rng.permutation(np.arange(1000, dtype=np.uint64) << np.uint64(8) | np.uint64(32))
+    orders: dict = {}
+    order, ordered = ipset_region.in_key_order(keys, "ipv4", orders)
+    assert ordered.tolist() == sorted(keys.tolist()) and orders["ipv4"] is order
+    again, ordered = ipset_region.in_key_order(keys.copy(), "ipv4", orders)
+    assert again is order and ordered.tolist() == sorted(keys.tolist())
+    swapped = keys.copy()
+    swapped[[0, 1]] = swapped[[1, 0]]  # the same members, another hash order
+    moved, ordered = ipset_region.in_key_order(swapped, "ipv4", orders)
+    assert moved is not order and ordered.tolist() == sorted(keys.tolist()) and orders["ipv4"] is moved
+    fewer, ordered = ipset_region.in_key_order(swapped[1:], "ipv4", orders)
+    assert ordered.tolist() == sorted(swapped[1:].tolist())
+    v6 = np.array([3 << 100 | 48, 1 << 100 | 64, 2 << 100 | 56], dtype=object)
+    _order, ordered = ipset_region.in_key_order(v6, "ipv6", orders)
+    assert ordered.tolist() == sorted(v6.tolist())
