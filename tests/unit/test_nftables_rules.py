@@ -351,3 +351,16 @@ def test_state_survives_the_snapshot_format_and_expires_on_time():
     assert nftables._Column.load(marshal.loads(marshal.dumps(v6.dump(128))), 128).keys.tolist() == v6.keys.tolist()
     with pytest.raises(ValueError):
         nftables._Column.load((col.keys[::-1].tobytes(), col.expiry.tobytes(), []), 32)  # not sorted: distrusted
+
+
+@pytest.mark.parametrize("expiry", [None, [0.0, 1000.5, 999.0, 1e9 + 0.25]])
+def test_interval_columns_encode_as_their_elements_would(expiry):
+    """nl.Intervals: each pair exactly as ElemSpec.encode() of its start and end (0: never; past: 1 ms)."""
+    firsts = np.array([0x0A000000, 0x0A000100, 0xC6120000, 0xFFFFFF00], dtype=np.uint64)
+    afters = firsts + np.array([256, 1, 65536, 255], dtype=np.uint64)
+    exp = None if expiry is None else np.array(expiry)
+    records, size = nl.Intervals(firsts, afters, exp).records(1000.0)
+    want = [nl.ElemSpec(int(f).to_bytes(4, "big"), False, None if exp is None else float(exp[i])).encode(1000.0)
+            + nl.ElemSpec(int(a).to_bytes(4, "big"), True).encode(1000.0)
+            for i, (f, a) in enumerate(zip(firsts, afters))]
+    assert size == len(want[0]) and records == b"".join(want)

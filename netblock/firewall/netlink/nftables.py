@@ -212,8 +212,9 @@ class Intervals:
         n = len(self.firsts)
         columns: list[tuple[bytes, Any]] = [(s_head, self.firsts.astype(">u4"))]
         if self.expiry is not None:
-            ms = np.ceil((self.expiry - now) * 1000)  # what ElemSpec.encode() computes, element by element
-            columns.append((s_tail, np.maximum(ms, 1).astype(">u8")))
+            # What ElemSpec.encode() computes, element by element (0: never, stated explicitly).
+            ms = np.where(self.expiry == 0, 0, np.maximum(np.ceil((self.expiry - now) * 1000), 1))
+            columns.append((s_tail, ms.astype(">u8")))
             columns.append((e_head, self.afters.astype(">u4")))
         else:
             columns.append((s_tail + e_head, self.afters.astype(">u4")))
