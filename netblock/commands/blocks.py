@@ -319,7 +319,7 @@ class _Screen:
         """The blocks (made from the targets at ``unique``) whose carve-outs are worth asking for."""
         if self.touching is None:
             return blocks
-        touching = self.touching
+        touching = self.touching.tolist()
         return [b for i, b in zip(unique, blocks) if touching[i]]
 
 
