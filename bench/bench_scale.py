@@ -28,7 +28,8 @@ documentation/benchmark ranges, so they come from 240.0.0.0/4 (reserved,
 never routed), inside the namespace of our own.
 
 Run: .venv/bin/python -m bench.bench_scale [--n 100000] [--runs 5] [--idle-minutes 10]
-(root). Quick: --runs 3 --idle-minutes 2.
+(root). Quick: --runs 3 --idle-minutes 2. Only the N-element rows (`add -`, the
+restore after a flush): --bulk-only --idle-minutes 0 --iptables-n 0.
 """
 
 from __future__ import annotations
@@ -170,7 +171,8 @@ def ipset_peer_file(work: Path, nets: list[str]) -> Path:
 
 # ---------------------------------------------------------------- the rows
 
-def bench_backend(b: Bench, runs: int, bulk_runs: int, idle_only: bool = False, expiry_only: bool = False) -> None:
+def bench_backend(b: Bench, runs: int, bulk_runs: int, idle_only: bool = False, bulk_only: bool = False,
+                  expiry_only: bool = False) -> None:
     nets = cidrs(b.n)
     b.list_file.write_text("\n".join(nets) + "\n")
     nft, ipset = shutil.which("nft") or "nft", shutil.which("ipset") or "ipset"
@@ -197,6 +199,14 @@ def bench_backend(b: Bench, runs: int, bulk_runs: int, idle_only: bool = False, 
     if expiry_only:
         bench_expiry(b, runs)
         return
+    if not bulk_only:
+        bench_changes(b, runs)
+    bench_restore(b, bulk_runs, peer_all)
+
+
+def bench_changes(b: Bench, runs: int) -> None:
+    """The one-change, status, sync, run-once and sample rows, with the N installed."""
+    nft, ipset = shutil.which("nft") or "nft", shutil.which("ipset") or "ipset"
 
     # one change: add, then del of the same block (alternating, so the state returns)
     add_del = b.steps([s for _ in range(runs) for s in (
@@ -223,6 +233,11 @@ def bench_backend(b: Bench, runs: int, bulk_runs: int, idle_only: bool = False, 
                        ("sample", b.nb("sample"))):
         b.row(what, b.steps([(True, argv, None)] * runs))
     bench_expiry(b, runs)
+
+
+def bench_restore(b: Bench, bulk_runs: int, peer_all: Path) -> None:
+    """Restore after a flush: netblock sync beside the peer's load of the same elements."""
+    nft, ipset = shutil.which("nft") or "nft", shutil.which("ipset") or "ipset"
 
     # restore after a flush: netblock sync vs the peer's load of the same elements
     if b.backend == "nftables":
@@ -353,6 +368,8 @@ def main(argv=None) -> int:
                     help="of the per-backend rows only `add -` and `run-once` after a block ran out")
     ap.add_argument("--idle-only", action="store_true",
                     help="of the per-backend rows only `add -` (the load the idle daemon needs), then the idle daemon")
+    ap.add_argument("--bulk-only", action="store_true",
+                    help="of the per-backend rows only the N-element ones: `add -` and the restore after a flush")
     opts = ap.parse_args(argv)
     if os.geteuid() != 0:
         print("bench_scale: needs root (network namespaces)", file=sys.stderr)
@@ -376,7 +393,7 @@ def main(argv=None) -> int:
         print(fmt_row("-", "netblock --version", floor[opts.runs:], "", None), flush=True)
         for backend in opts.backends.split(","):
             b = Bench(sc.server, work, backend, opts.n)
-            bench_backend(b, opts.runs, opts.bulk_runs, opts.idle_only, opts.expiry_only)
+            bench_backend(b, opts.runs, opts.bulk_runs, opts.idle_only, opts.bulk_only, opts.expiry_only)
             if opts.idle_minutes > 0:
                 bench_idle(b, opts.idle_minutes, expire=opts.idle_expiring)
             run_in_netns(sc.server, _reset, backend, str(b.db), b.nb("remove-rules"))

@@ -343,11 +343,62 @@ _V4_MAPPED_FIRST = 0xFFFF_0000_0000
 _V4_MAPPED_LAST = 0xFFFF_FFFF_FFFF
 
 
-def span(net: IPNetwork) -> tuple[int, int, int]:
-    """(family, first, last) with IPv4-mapped IPv6 folded into IPv4, as aggregation does."""
+def _span_checked(net: IPNetwork) -> tuple[int, int, int]:
     if net.version == 6 and _V4_MAPPED_FIRST <= net.first and net.last <= _V4_MAPPED_LAST:
         return 4, net.first - _V4_MAPPED_FIRST, net.last - _V4_MAPPED_FIRST
     return net.version, net.first, net.last
+
+
+# netaddr's IPNetwork is a slotted (_value, _prefixlen, _module) object whose
+# properties cost more than the arithmetic behind them; `add -` of 100k asks
+# for the span of every target three times over. The shortcuts below are used
+# only while a probe of this netaddr says they give what its own API gives.
+_new = object.__new__
+_V4_MODULE = IPNetwork("0.0.0.0/0")._module
+
+
+def _span_v4(net: IPNetwork) -> tuple[int, int, int]:
+    if type(net) is IPNetwork and net._module is _V4_MODULE:
+        value = net._value
+        host = (1 << (32 - net._prefixlen)) - 1
+        return 4, value & ~host, value | host
+    return _span_checked(net)
+
+
+def _v4_network_fast(value: int, prefixlen: int) -> IPNetwork:
+    net = _new(IPNetwork)
+    net._value = value
+    net._prefixlen = prefixlen
+    net._module = _V4_MODULE
+    return net
+
+
+def _v4_network_checked(value: int, prefixlen: int) -> IPNetwork:
+    return IPNetwork((value, prefixlen), version=4)
+
+
+def _probe_fast() -> bool:
+    try:
+        for text in ("198.18.7.9/24", "0.0.0.0/0", "255.255.255.255/32", "10.0.0.0/8"):
+            net = IPNetwork(text)
+            fast = _v4_network_fast(net.value, net.prefixlen)
+            if (_span_v4(net) != _span_checked(net) or fast != net or hash(fast) != hash(net)
+                    or str(fast) != str(net) or fast.first != net.first or fast.cidr != net.cidr
+                    or fast.version != 4 or "__dict__" in dir(fast)):
+                return False
+        return _span_v4(IPNetwork("::ffff:198.18.0.0/112")) == (4, 0xC6120000, 0xC612FFFF)
+    except Exception:  # any other netaddr: its own API
+        return False
+
+
+_FAST = _probe_fast()
+
+span = _span_v4 if _FAST else _span_checked
+span.__doc__ = """(family, first, last) with IPv4-mapped IPv6 folded into IPv4, as aggregation does."""
+
+v4_network = _v4_network_fast if _FAST else _v4_network_checked
+v4_network.__doc__ = """IPNetwork((value, prefixlen), version=4) of a value and prefix length already checked
+(an int below 2**32, 0..32): a bulk load builds 100k of them."""
 
 
 # --------------------------------------------------------------------------

@@ -17,7 +17,10 @@ live together.
 from __future__ import annotations
 
 import dataclasses
+import re
 from datetime import datetime, timedelta, timezone
+from socket import inet_aton
+from typing import Any, Iterable
 
 from netaddr import IPNetwork
 
@@ -30,6 +33,13 @@ from netblock.run.cap import check_cap
 from netblock.system.lock import kernel_lock
 
 MAX_WARNINGS = 5  # host-bit warnings shown one by one before they are only counted
+SCREEN_AT = 1000  # targets from which `add` screens them in arrays first (_Screen)
+
+# An IPv4 address exactly as parse_target() accepts it (four decimal fields, 0-255, no leading zero),
+# and the prefix lengths it accepts at any setting without a warning (/8 to /32, plain decimal).
+_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+_PLAIN_V4 = re.compile(rf"{_OCTET}\.{_OCTET}\.{_OCTET}\.{_OCTET}")
+_PLAIN_V4_PREFIXLEN = {str(n): n for n in range(8, 33)}
 
 
 # ---------------------------------------------------------------- formatting
@@ -69,12 +79,38 @@ def parse_targets(items: list[tuple[str, str]], ctx, *, force: bool = False, any
     """Parse every target or raise BadInput on the first bad one; warnings go to stderr.
 
     ``any_width`` for commands that only name space (del, allow): no width limit applies.
+
+    A canonical IPv4 address or CIDR of /8 to /32 (what a list of 100k holds)
+    is one that parse_target() takes as it is, with no warning, whatever
+    ``force`` and ``any_width`` say: it is read by one regular expression
+    here; anything else goes through parse_target().
     """
+    return _parse(items, ctx, force=force, any_width=any_width, progress=progress)[0]
+
+
+def _parse(items: list[tuple[str, str]], ctx, *, force: bool = False, any_width: bool = False,
+           progress=None) -> tuple[list[IPNetwork], list[int]]:
+    """parse_targets(), and beside each netblock its key ``value << 8 | prefixlen`` when it was read as
+    canonical IPv4 text (-1 otherwise)."""
+    from netblock.aggregate import v4_network
     from netblock.decide.targets import parse_target
 
     nets = []
+    keys = []
     warned = 0
+    plain, prefixlens = _PLAIN_V4.fullmatch, _PLAIN_V4_PREFIXLEN
     for text, where in items:
+        addr, slash, plen_text = text.partition("/")
+        plen = prefixlens.get(plen_text) if slash else 32
+        if plen is not None and plain(addr) is not None:
+            value = int.from_bytes(inet_aton(addr), "big")
+            if not value & ((1 << (32 - plen)) - 1):
+                nets.append(v4_network(value, plen))
+                keys.append(value << 8 | plen)
+                if progress is not None:
+                    progress.advance()
+                continue
+        keys.append(-1)
         try:
             target = parse_target(text, force=force, any_width=any_width)
         except BadInput as exc:
@@ -88,7 +124,7 @@ def parse_targets(items: list[tuple[str, str]], ctx, *, force: bool = False, any
             progress.advance()
     if warned > MAX_WARNINGS:
         ctx.warn(f"{warned - MAX_WARNINGS} more targets had host bits set and were normalised")
-    return nets
+    return nets, keys
 
 
 def parse_ttl(text: str, config) -> timedelta:
@@ -170,32 +206,47 @@ def cmd_add(args, ctx) -> int:
         ctx.warn("no targets read from stdin")
 
     with ctx.progress(len(items), "checking") as bar:
-        nets = parse_targets([(t, w) for t, w, _ in items], ctx, force=args.force,
-                             progress=bar if len(items) > 1000 else None)
+        nets, keys = _parse([(t, w) for t, w, _ in items], ctx, force=args.force,
+                            progress=bar if len(items) > 1000 else None)
     store = ctx.store()
     now = ctx.now()
     guard = manual.refusals(store, config, now)
-    wanted: dict[IPNetwork, str] = {}
-    for net, (text, where, source) in zip(nets, items):
+    screened = _Screen(nets, keys, guard, config, args.force)
+    for i in screened.suspects:
+        net, (text, where, _source) = nets[i], items[i]
         label = f"{where}: {text}" if where.startswith("stdin") else text
         check_width(net, config, args.force, label)
         why = guard.why(net)
         if why:
             raise BadInput(f"{label}: refused: {why}")
-        wanted.setdefault(net, source)
+    first_at: dict = {}  # the key of each netblock -> where it first appears (the first source wins)
+    for i, key in enumerate(keys):
+        first_at.setdefault(key if key >= 0 else _key_of(nets[i]), i)
+    unique = list(first_at.values())
 
     fresh = again = 0
     with store.transaction():
-        known = manual.remembered(store, wanted)
+        # A bulk load into an empty store remembers nothing: spared hashing 100k netblocks to find that out.
+        known = {} if len(unique) > 1000 and not store.count_blocks() else \
+            manual.remembered(store, dict.fromkeys(nets[i] for i in unique))
         blocks = []
-        for net, source in wanted.items():
-            old = known.get(net)
-            blocks.append(manual.block(net, old, now=now, ttl=ttl, permanent=args.permanent,
-                                       reason=args.reason, source=source, rules=config.blocks))
+        first_of: dict[str, Block] = {}  # source -> the first new block made for it
+        for i in unique:
+            net, source = nets[i], items[i][2]
+            old = known.get(net) if known else None
             if old is None:
                 fresh += 1
+                model = first_of.get(source)
+                if model is not None:
+                    blocks.append(_renamed(model, net))
+                    continue
             else:
                 again += 1
+            b = manual.block(net, old, now=now, ttl=ttl, permanent=args.permanent,
+                             reason=args.reason, source=source, rules=config.blocks)
+            blocks.append(b)
+            if old is None:
+                first_of[source] = b
         check_cap(store, config, now, add=blocks)  # refused here, nothing is written
         store.put_blocks(blocks)
     if len(blocks) == 1:
@@ -206,7 +257,7 @@ def cmd_add(args, ctx) -> int:
     else:
         ctx.print(f"blocked {len(blocks)} netblocks ({fresh} new, {again} re-blocked)")
     window = durations.format(config.policy.delivered_window, weeks=True)
-    for b in blocks:
+    for b in screened.carving(unique, blocks):
         for prot, label in guard.carved(b.netblock):
             ctx.print(f"carved out {host_mask(prot)} from {host_mask(b.netblock)} ({label.removeprefix('protected: ')})")
         for prot, _ in guard.delivered.carved(b.netblock) if guard.delivered is not None else ():
@@ -214,6 +265,85 @@ def cmd_add(args, ctx) -> int:
                       f"but a block made by hand wins ({host_mask(b.netblock)})")
     report_sync(ctx, change_after_write(ctx, [b.netblock for b in blocks], cap_checked=True))
     return 0
+
+
+def _key_of(net: IPNetwork):
+    """What tells two netblocks apart, as the key _parse() gives canonical IPv4 text: a netblock is equal
+    to another exactly when (version, first, prefix length) are."""
+    return net.value << 8 | net.prefixlen if net.version == 4 else (net.version, net.value, net.prefixlen)
+
+
+class _Screen:
+    """Which targets of `add` the per-target checks and the carve-out report need to look at.
+
+    check_width() refuses a prefix wider than the config allows; the guard
+    (manual.Refusals) refuses a target inside one of its merged protected
+    spans (``merged``) and carves out of a target those it overlaps. A list of
+    100k IPv4 targets is screened here in arrays against those very spans,
+    so only the targets that may be refused or carved (and every target not
+    read as canonical IPv4) go through the checks themselves, in order: the
+    same first error, the same lines.
+    """
+
+    def __init__(self, nets: list[IPNetwork], keys: list[int], guard, config, force: bool):
+        self.suspects: Iterable[int] = range(len(nets))
+        self.touching: Any = None  # numpy bools: the target may have carve-outs (None: ask for every one)
+        if len(keys) < SCREEN_AT:
+            return
+        from netblock.lazynp import np
+
+        k = np.array(keys, dtype=np.int64)
+        canonical = k >= 0
+        first = k >> 8
+        plen = k & 255
+        last = first + (np.int64(1) << (32 - plen)) - 1
+        suspect = ~canonical
+        if not force:
+            suspect |= canonical & (plen < config.blocks.max_prefix_v4)
+        touching = np.zeros(len(k), dtype=bool)
+        for refusals in (guard, guard.delivered):
+            spans = refusals.merged.get(4) if refusals is not None else None
+            if not spans:
+                continue
+            firsts, lasts = (np.array(v, dtype=np.int64) for v in spans)
+            at = np.searchsorted(firsts, first, side="right") - 1  # the merged span starting at or before us
+            held = (at >= 0) & (lasts[np.maximum(at, 0)] >= last)
+            if refusals is guard:
+                suspect |= canonical & held
+            ends = np.searchsorted(firsts, last, side="right") - 1  # the one starting at or before our last
+            touching |= (ends >= 0) & (lasts[np.maximum(ends, 0)] >= first)
+        self.suspects = np.flatnonzero(suspect).tolist()
+        self.touching = touching | ~canonical
+
+    def carving(self, unique: list[int], blocks: list[Block]) -> Iterable[Block]:
+        """The blocks (made from the targets at ``unique``) whose carve-outs are worth asking for."""
+        if self.touching is None:
+            return blocks
+        touching = self.touching.tolist()
+        return [b for i, b in zip(unique, blocks) if touching[i]]
+
+
+def _renamed_checked(block: Block, net: IPNetwork) -> Block:
+    return dataclasses.replace(block, netblock=net)
+
+
+def _renamed_fast(block: Block, net: IPNetwork) -> Block:
+    new = _new_block(Block)
+    fields = new.__dict__
+    fields.update(block.__dict__)
+    fields["netblock"] = net
+    return new
+
+
+_new_block = object.__new__
+# manual.block() of a netblock the store does not remember depends on the netblock only in its
+# netblock field: `add -` of 100k makes the first such block and copies it with the others' netblocks.
+# Filling a copy's fields directly is a fifth of dataclasses.replace()'s cost, and is used while Block
+# is the plain frozen dataclass it was written for (equal, and just as immutable).
+_renamed = (_renamed_fast
+            if [f.name for f in dataclasses.fields(Block)] == list(Block.__annotations__)
+            and not hasattr(Block, "__slots__") and not hasattr(Block, "__post_init__")
+            else _renamed_checked)
 
 
 def cmd_del(args, ctx) -> int:

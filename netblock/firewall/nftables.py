@@ -864,15 +864,56 @@ def _plan_fresh(nets: list, wanted: dict):
     state = {}
     for fam, (keys, expiry, idx) in wanted.items():
         bits = _FAMILY[fam][1]
-        adds: list[nl.ElemSpec] = []
-        extend = adds.extend
-        for k, e in zip(keys.tolist(), expiry.tolist()):
-            extend(_network_elements(k >> 8, k & 255, bits, None if e != e else e))
         change.added.extend(nets[i] for i in idx.tolist())
-        if adds:
-            ops.append(nl.SetOp(names.NFT_SET[fam], False, adds))
+        fresh = _fresh_intervals(names.NFT_SET[fam], keys, expiry) if bits == 32 else None
+        if fresh is not None:
+            ops += fresh
+        else:
+            adds: list[nl.ElemSpec] = []
+            extend = adds.extend
+            for k, e in zip(keys.tolist(), expiry.tolist()):
+                extend(_network_elements(k >> 8, k & 255, bits, None if e != e else e))
+            if adds:
+                ops.append(nl.SetOp(names.NFT_SET[fam], False, adds))
         state[fam] = _Column(keys, expiry, {})
     return change, ops, state
+
+
+_MAX_RUNS = 64  # timed and permanent CIDRs alternating more often than this are sent element by element
+
+
+def _fresh_intervals(set_name: str, keys, expiry) -> list[nl.SetOp] | None:
+    """_plan_fresh()'s additions to an IPv4 set as nl.Intervals columns, in the same order and with the
+    same bytes as element by element; None when they do not fit that form (the caller goes element by
+    element).
+
+    One op per run of timed or permanent CIDRs; the CIDR that reaches the top of the address space (it
+    has no end element) can only be the last key, and goes as an element of its own.
+    """
+    n = len(keys)
+    if not n:
+        return []
+    firsts = keys >> np.uint64(8)
+    plens = keys & np.uint64(255)
+    afters = firsts + (np.uint64(1) << (np.uint64(32) - plens))
+    reaches_top = afters >> np.uint64(32) != 0
+    last: list[nl.ElemSpec] = []
+    if reaches_top.any():
+        if reaches_top[:-1].any():
+            return None
+        n -= 1
+        e = float(expiry[n])
+        last = _network_elements(int(firsts[n]), int(plens[n]), 32, None if e != e else e)
+    permanent = np.isnan(expiry[:n])
+    cuts = (np.flatnonzero(permanent[1:] != permanent[:-1]) + 1).tolist()
+    if len(cuts) >= _MAX_RUNS:
+        return None
+    ops = [nl.SetOp(set_name, False, intervals=nl.Intervals(firsts[a:b], afters[a:b],
+                                                           None if permanent[a] else expiry[a:b]))
+           for a, b in zip([0, *cuts], [*cuts, n]) if b > a]
+    if last:
+        ops.append(nl.SetOp(set_name, False, last))
+    return ops
 
 
 def _want_dict(nets: list, cols, bits: int) -> dict:

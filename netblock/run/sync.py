@@ -16,7 +16,7 @@ from typing import Iterable, Mapping
 from netaddr import IPNetwork
 
 from netblock import limits
-from netblock.aggregate import aggregate, span
+from netblock.aggregate import aggregate, span, v4_network
 from netblock.decide import protect
 from netblock.errors import NetblockError
 from netblock.firewall import Change
@@ -172,8 +172,10 @@ def plan(store, config, *, now: datetime, own: Iterable[IPNetwork] | None = None
     """
     keyed = plan_keys(store, config, now=now, own=own)
     if keyed is not None:
-        desired = {IPNetwork((k >> 8, k & 255), version=v): None if e != e else _EPOCH + timedelta(seconds=e)
-                   for (v, k), e in sorted(keyed.desired.items())}
+        ends = {e: None if e != e else _EPOCH + timedelta(seconds=e) for e in set(keyed.desired.values())}
+        want = keyed.desired
+        desired = {(v4_network(k >> 8, k & 255) if v == 4 else IPNetwork((k >> 8, k & 255), version=v)):
+                   ends[want[v, k]] for v, k in sorted(want)}
         v4 = sum(1 << (32 - (k & 255)) for v, k in keyed.desired if v == 4)
         return Plan(desired, keyed.too_wide, keyed.over_budget, max_elements(config), v4)
     return plan_objects(store, config, now=now, own=own)

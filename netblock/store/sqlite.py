@@ -334,11 +334,15 @@ class SqliteStore(SqliteFile, StoreCommon):
 
     def put_blocks(self, blocks: Iterable[Block]) -> int:
         """Insert or replace each block (keyed by its canonical netblock)."""
-        rows = [
-            (*_v4_net_cols(b.netblock), b.reason, b.source, _ts(b.created),
-             None if b.expires is None else _ts(b.expires), b.reblocks)
-            for b in blocks
-        ]
+        seconds: dict[datetime | None, int | None] = {None: None}  # a bulk load's blocks share their times
+
+        def ts(when: datetime | None) -> int | None:
+            if when not in seconds:
+                seconds[when] = _ts(when)  # type: ignore[arg-type]
+            return seconds[when]
+
+        rows = [(*_v4_net_cols(b.netblock), b.reason, b.source, ts(b.created), ts(b.expires), b.reblocks)
+                for b in blocks]
         with self.transaction(), self._errors():
             self._conn.executemany(
                 """INSERT INTO blocks (netblock, family, first, last, prefixlen,

@@ -385,6 +385,51 @@ def test_large_lists_escalate_the_rows_the_store_remembers(nb):
     assert nb.block("198.18.5.199").expires == NOW + timedelta(days=30 + 14)
 
 
+def _bulk_list(bad: str | None = None, at: int = 0) -> str:
+    """1,500 targets: canonical IPv4 of every width, host bits, IPv6, repeats, blocks with carve-outs."""
+    lines = [f"198.18.{i // 256}.{i % 256}" if i % 3 else f"198.{20 + i % 200}.{i // 8}.0/{21 + i % 4 * 3}"
+             for i in range(1200)]
+    lines[7:7] = ["198.18.7.0/24", "203.0.113.0/24 ; holds this host's address", "2001:db8::/48",
+                  "198.18.0.7/24", "198.18.0.1", "198.18.0.0/24", "::ffff:198.18.9.9", "198.16.0.0/12"]
+    lines += [f"2001:db8:{i:x}::/64" for i in range(300)] + ["198.18.7.3/24"]
+    if bad is not None:
+        lines.insert(at, bad)
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize("bad,at,named", [
+    (None, 0, None), ("198.18.7.5", 1300, "allowlisted"), ("203.0.113.25", 900, "own address"),
+    ("198.0.0.0/7", 1000, "wider than /8"), ("127.0.0.1", 5, "built-in"), ("1.2.3.4.5", 1400, "1.2.3.4.5"),
+])
+def test_a_large_list_is_screened_in_arrays_exactly_as_target_by_target(nb, tmp_path, monkeypatch, bad, at, named):
+    """From SCREEN_AT targets on, `add -` screens them in arrays first: the same output, the same first
+    refusal, the same store, as when every target goes through the checks one by one."""
+    from netblock.commands import blocks
+
+    def run(screen_at: int, db: str):
+        monkeypatch.setattr(blocks, "SCREEN_AT", screen_at)
+        (tmp_path / db).mkdir()
+        harness = Harness(tmp_path / db, monkeypatch)
+        harness.ok("allow", "add", "198.18.7.0/28", "--comment", "partner")
+        harness.ok("add", "198.19.0.0/24", "--reason", "earlier")
+        rc, out, err = harness("add", "-", stdin=_bulk_list(bad, at))
+        return rc, out, err, harness.rows(), dict(harness.backend.elements)
+
+    bulk, one_by_one = run(1000, "bulk"), run(10**9, "each")
+    assert bulk[:3] == one_by_one[:3], bulk[2]
+    assert sorted(map(str, bulk[3])) == sorted(map(str, one_by_one[3]))
+    assert [(str(k), v) for k, v in sorted(bulk[3].items(), key=lambda kv: str(kv[0]))] == \
+        [(str(k), v) for k, v in sorted(one_by_one[3].items(), key=lambda kv: str(kv[0]))]
+    assert bulk[4] == one_by_one[4]
+    if named is None:
+        assert bulk[0] == 0, bulk[2]
+        assert "carved out 198.18.7.0/28 from 198.18.7.0/24" in bulk[1]
+        assert "carved out 203.0.113.25 from 203.0.113.0/24" in bulk[1]
+    else:
+        errors = [line for line in bulk[2].splitlines() if not line.startswith("netblock: warning:")]
+        assert bulk[0] == 2 and len(errors) == 1 and named in errors[0]
+
+
 def test_config_prints_the_effective_configuration(tmp_path, capsys, monkeypatch):
     import tomllib
 
@@ -570,3 +615,36 @@ def test_status_says_once_that_file_sources_can_be_forged(nb):
     data = json.loads(nb.ok("status", "--json"))
     assert data["forgeable"] is True and data["sources"]["files"] == ["/var/log/mail.log", "/var/log/exim4/mainlog"]
     assert data["sources"]["journal"] is True
+
+
+PLAIN_OR_NOT = ["198.18.1.7", "198.18.1.0/24", "0.0.0.0", "255.255.255.255/32", "10.0.0.0/8", "10.0.0.0/7",
+                "198.18.1.7/24", "198.18.1.0/024", "198.18.1.0/", "198.18.01.0/24", "198.18.1.256", "1.2.3",
+                "1.2.3.4.5", "١.٢.٣.٤", "1.2.3.4/33", "1.2.3.4/+8", "240.0.0.0/4", "0.0.0.0/0", "127.0.0.1",
+                "::ffff:198.18.1.1", "2001:db8::/48", "198.18.1.1;x", "198.18.1.0/24\x00", "198.18.1.0/8"]
+
+
+@pytest.mark.parametrize("force", [False, True])
+@pytest.mark.parametrize("text", PLAIN_OR_NOT)
+def test_the_plain_ipv4_shortcut_parses_exactly_as_parse_target(text, force):
+    """parse_targets() reads canonical IPv4 text itself: the same netblock, warning or error as parse_target()."""
+    from netblock.commands.blocks import parse_targets
+    from netblock.decide.targets import parse_target
+    from netblock.errors import BadInput
+
+    class Ctx:
+        warnings: list[str] = []
+
+        def warn(self, text):
+            self.warnings.append(text)
+
+    try:
+        want = parse_target(text, force=force)
+    except BadInput as exc:
+        with pytest.raises(type(exc)) as got:
+            parse_targets([(text, "argument")], Ctx(), force=force)
+        assert str(got.value) == str(exc)
+        return
+    ctx = Ctx()
+    got = parse_targets([(text, "argument")], ctx, force=force)
+    assert got == [want.netblock] and str(got[0]) == str(want.netblock) and hash(got[0]) == hash(want.netblock)
+    assert ctx.warnings == ([want.warning] if want.warning else [])

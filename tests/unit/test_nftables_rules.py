@@ -295,13 +295,41 @@ def test_planning_into_empty_sets_equals_planning_everything(seed):
     c1, ops1, after1 = nftables._plan(full, {"ipv4": {}, "ipv6": {}}, now)
     c2, ops2, state2 = nftables._plan_fresh(nets, wanted)
     assert list(map(str, c1.added)) == list(map(str, c2.added)) and not c2.removed and not c2.updated
-    frames = lambda ops: [(op.set, op.delete, op.exclusive, e.key, e.end, e.expires, e.udata)  # noqa: E731
-                          for op in ops for e in op.elements]
-    assert frames(ops1) == frames(ops2)
+    assert _sent(ops1, now) == _sent(ops2, now)
     for fam, bits in (("ipv4", 32), ("ipv6", 128)):
         expect = nftables._Column.of(after1[fam], bits)
         assert state2[fam].keys.tolist() == expect.keys.tolist() and state2[fam].ranges == expect.ranges
         assert np.array_equal(state2[fam].expiry, expect.expiry, equal_nan=True)
+
+
+def _sent(ops, now):
+    """What a batch of ``ops`` sends per set and kind, elements encoded at ``now``, message boundaries left out."""
+    out: list = []
+    for op in ops:
+        data = op.intervals.records(now)[0] if op.intervals is not None else b""
+        data += b"".join(e.encode(now) for e in op.elements)
+        if out and out[-1][0] == (op.set, op.delete, op.exclusive):
+            out[-1][1] += data
+        else:
+            out.append([(op.set, op.delete, op.exclusive), data])
+    return out
+
+
+@pytest.mark.parametrize("runs", [1, 2, 5, 100])
+def test_a_fresh_bulk_load_is_encoded_in_columns_exactly_as_element_by_element(runs):
+    """_plan_fresh() sends IPv4 additions as nl.Intervals: the same bytes, in the same order, as ElemSpecs
+    would (timed and permanent runs, the top of the address space, an element by element fallback)."""
+    now = 1_800_000_000.5
+    texts = [f"10.{i // 256}.{i % 256}.0/{24 + i % 9}" for i in range(0, 2000, 2)] + ["255.255.255.0/24"]
+    when = [datetime.fromtimestamp(now + 3600.25 + i, timezone.utc) for i in range(len(texts))]
+    desired = {IPNetwork(t): None if (i * runs // len(texts)) % 2 else w for i, (t, w) in enumerate(zip(texts, when))}
+    nets, wanted = nftables._wanted(desired, ("ipv4",), now)
+    full = {fam: nftables._want_dict(nets, wanted[fam], nftables._FAMILY[fam][1]) for fam in wanted}
+    _c1, ops1, _after1 = nftables._plan(full, {"ipv4": {}}, now)
+    _c2, ops2, _state2 = nftables._plan_fresh(nets, wanted)
+    assert any(op.intervals is not None for op in ops2) == (runs < nftables._MAX_RUNS)
+    assert _sent(ops1, now + 0.75) == _sent(ops2, now + 0.75)
+    assert ops1[-1].elements[-1].udata != b""  # the top /24 has no end element
 
 
 def test_state_survives_the_snapshot_format_and_expires_on_time():
@@ -323,3 +351,16 @@ def test_state_survives_the_snapshot_format_and_expires_on_time():
     assert nftables._Column.load(marshal.loads(marshal.dumps(v6.dump(128))), 128).keys.tolist() == v6.keys.tolist()
     with pytest.raises(ValueError):
         nftables._Column.load((col.keys[::-1].tobytes(), col.expiry.tobytes(), []), 32)  # not sorted: distrusted
+
+
+@pytest.mark.parametrize("expiry", [None, [0.0, 1000.5, 999.0, 1e9 + 0.25]])
+def test_interval_columns_encode_as_their_elements_would(expiry):
+    """nl.Intervals: each pair exactly as ElemSpec.encode() of its start and end (0: never; past: 1 ms)."""
+    firsts = np.array([0x0A000000, 0x0A000100, 0xC6120000, 0xFFFFFF00], dtype=np.uint64)
+    afters = firsts + np.array([256, 1, 65536, 255], dtype=np.uint64)
+    exp = None if expiry is None else np.array(expiry)
+    records, size = nl.Intervals(firsts, afters, exp).records(1000.0)
+    want = [nl.ElemSpec(int(f).to_bytes(4, "big"), False, None if exp is None else float(exp[i])).encode(1000.0)
+            + nl.ElemSpec(int(a).to_bytes(4, "big"), True).encode(1000.0)
+            for i, (f, a) in enumerate(zip(firsts, afters))]
+    assert size == len(want[0]) and records == b"".join(want)
