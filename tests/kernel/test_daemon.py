@@ -11,6 +11,7 @@ from __future__ import annotations
 import gzip
 import json
 import signal
+from contextlib import contextmanager
 
 import pytest
 from helpers import (
@@ -40,6 +41,18 @@ def scene():
         yield sc
 
 
+@contextmanager
+def running(scene, conf, tmp_path, notify):
+    """`netblock daemon` with its stderr in tmp_path/daemon.err; killed if the test left it running."""
+    with open(tmp_path / "daemon.err", "w") as errlog:
+        proc = start_daemon(scene.server, conf, errlog, db=tmp_path / "nb.db", notify=notify)
+        try:
+            yield proc
+        finally:
+            stop_daemon(proc, WAIT_S, signal.SIGKILL)
+            notify.close()
+
+
 def test_daemon_blocks_from_the_log_repairs_drift_and_stops_cleanly(scene, tmp_path):
     log = tmp_path / "mail.log"
     log.touch()
@@ -52,9 +65,7 @@ def test_daemon_blocks_from_the_log_repairs_drift_and_stops_cleanly(scene, tmp_p
     assert {src: scene.probe(src, timeout=PROBE_S) for src in (SPAM4, NEIGHBOUR4, GOOD4)} == \
         {SPAM4: "open", NEIGHBOUR4: "open", GOOD4: "open"}
 
-    errlog = open(tmp_path / "daemon.err", "w+")
-    proc = start_daemon(scene.server, conf, errlog, db=tmp_path / "nb.db", notify=notify)
-    try:
+    with running(scene, conf, tmp_path, notify) as proc:
         assert notify.ready()
 
         append(log, delivered(GOOD4))
@@ -75,12 +86,7 @@ def test_daemon_blocks_from_the_log_repairs_drift_and_stops_cleanly(scene, tmp_p
         assert scene.probe(GOOD4, timeout=PROBE_S) == "open"
         listed = scene.server_exec("nft", "list", "table", "inet", "netblock").stdout
         assert "198.51.100.7" in listed or "198.51.100.0/" in listed
-    finally:
-        stop_daemon(proc, WAIT_S, signal.SIGKILL)
-        notify.close()
-        errlog.seek(0)
-        err = errlog.read()
-        errlog.close()
+    err = (tmp_path / "daemon.err").read_text()
     assert "Traceback" not in err, err
 
 
@@ -138,9 +144,7 @@ def test_daemon_carries_expiries_as_a_change_and_unblocks_what_ran_out(scene, tm
     scene.add_client(ran_out, kept, alone)
     scene.listen()
     notify = Notify(tmp_path / "notify", WAIT_S)
-    errlog = open(tmp_path / "daemon.err", "w+")
-    proc = start_daemon(scene.server, conf, errlog, db=tmp_path / "nb.db", notify=notify)
-    try:
+    with running(scene, conf, tmp_path, notify) as proc:
         assert notify.ready()
         assert {src: scene.probe(src, timeout=PROBE_S) for src in (ran_out, kept, alone)} == \
             {ran_out: "timeout", kept: "timeout", alone: "timeout"}
@@ -151,12 +155,7 @@ def test_daemon_carries_expiries_as_a_change_and_unblocks_what_ran_out(scene, tm
         listed = scene.server_exec("nft", "list", "set", "inet", "netblock", "block4").stdout
         assert "198.18.61.128/25" in listed and "198.18.61.0/24" not in listed, listed
         assert stop_daemon(proc, WAIT_S) == 0
-    finally:
-        stop_daemon(proc, WAIT_S, signal.SIGKILL)
-        notify.close()
-        errlog.seek(0)
-        err = errlog.read()
-        errlog.close()
+    err = (tmp_path / "daemon.err").read_text()
     assert "Traceback" not in err, err
     assert "expiries: 2 blocks ran out; kernel +1 -1 ~0" in err, err
     assert f"expired {alone}/32" in err and "unblocked 128 of the 256 addresses of 198.18.61.0/24" in err, err
