@@ -19,7 +19,7 @@ from netblock import limits
 from netblock.aggregate import aggregate, span, v4_network
 from netblock.decide import protect
 from netblock.errors import NetblockError
-from netblock.firewall import Change
+from netblock.firewall import Change, KeyedDesired
 from netblock.model import Block
 from netblock.system.lock import DEFAULT_TIMEOUT, kernel_lock
 
@@ -33,7 +33,7 @@ EXPIRY_TOLERANCE = timedelta(seconds=5)
 
 @dataclass
 class SyncResult:
-    desired: dict[IPNetwork, datetime | None]
+    desired: Mapping[IPNetwork, datetime | None]  # a KeyedDesired, built into a dict only when read
     change: Change
     installed_before: dict[IPNetwork, datetime | None] = field(default_factory=dict)
     missing: str | None = None  # dry run only: why nothing could be read (skeleton not installed)
@@ -108,7 +108,7 @@ def compute_desired(blocks: Iterable[Block], protect: Iterable[IPNetwork]) -> di
 class Plan:
     """What sync will install, and the store's blocks it leaves out (and why)."""
 
-    desired: dict[IPNetwork, datetime | None]
+    desired: Mapping[IPNetwork, datetime | None]
     too_wide: list[Block] = field(default_factory=list)  # wider than netblock's floor (limits.py)
     over_budget: list[tuple[Block, int]] = field(default_factory=list)  # (policy prefix, cost counted past budget)
     budget: int = limits.DEFAULT_MAX_ELEMENTS_PER_BLOCK
@@ -172,13 +172,18 @@ def plan(store, config, *, now: datetime, own: Iterable[IPNetwork] | None = None
     """
     keyed = plan_keys(store, config, now=now, own=own)
     if keyed is not None:
-        ends = {e: None if e != e else _EPOCH + timedelta(seconds=e) for e in set(keyed.desired.values())}
         want = keyed.desired
-        desired = {(v4_network(k >> 8, k & 255) if v == 4 else IPNetwork((k >> 8, k & 255), version=v)):
-                   ends[want[v, k]] for v, k in sorted(want)}
-        v4 = sum(1 << (32 - (k & 255)) for v, k in keyed.desired if v == 4)
-        return Plan(desired, keyed.too_wide, keyed.over_budget, max_elements(config), v4)
+        v4 = sum(1 << (32 - (k & 255)) for v, k in want if v == 4)
+        return Plan(KeyedDesired(want, lambda: _networks_of(want)), keyed.too_wide, keyed.over_budget,
+                    max_elements(config), v4)
     return plan_objects(store, config, now=now, own=own)
+
+
+def _networks_of(want: dict[tuple[int, int], float]) -> dict[IPNetwork, datetime | None]:
+    """KeyPlan.desired as plan()'s {IPNetwork: expiry}, in key order."""
+    ends = {e: None if e != e else _EPOCH + timedelta(seconds=e) for e in set(want.values())}
+    return {(v4_network(k >> 8, k & 255) if v == 4 else IPNetwork((k >> 8, k & 255), version=v)):
+            ends[want[v, k]] for v, k in sorted(want)}
 
 
 def plan_objects(store, config, *, now: datetime, own: Iterable[IPNetwork] | None = None) -> Plan:
