@@ -17,6 +17,7 @@ live together.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import re
 from datetime import datetime, timedelta, timezone
 from socket import inet_aton
@@ -189,6 +190,23 @@ def report_sync(ctx, result) -> None:
 # ---------------------------------------------------------------- handlers
 
 def cmd_add(args, ctx) -> int:
+    """_add() without the cyclic garbage collector.
+
+    `add -` of 100k makes some million objects that live to the end (targets,
+    blocks, store rows, plan keys) and no reference cycles: each collection
+    walked them all again, a tenth of the run. Acyclic garbage is still freed
+    as it goes; the collector is back on when the command returns.
+    """
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        return _add(args, ctx)
+    finally:
+        if collecting:
+            gc.enable()
+
+
+def _add(args, ctx) -> int:
     if args.permanent and args.ttl is not None:
         raise BadInput(f"--ttl {args.ttl} and --permanent exclude each other")
     config = ctx.config

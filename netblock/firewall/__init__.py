@@ -29,7 +29,7 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Mapping, Protocol, Sequence
+from typing import Callable, Iterator, Mapping, Protocol, Sequence
 
 from netaddr import IPNetwork
 
@@ -41,6 +41,54 @@ BACKENDS = ("nftables", "ipset", "iptables", "dryrun")  # dryrun: records what i
 VERDICTS = ("drop", "reject", "count")
 
 Desired = Mapping[IPNetwork, "datetime | None"]
+
+
+class KeyedDesired(Mapping[IPNetwork, "datetime | None"]):
+    """A desired state planned in integers: ``by_key`` {(version, first << 8 | prefixlen): epoch seconds,
+    NaN permanent}, the {IPNetwork: expiry} dict built by ``build`` only when someone reads it.
+
+    A full sync of 100k netblocks plans in integers (run/sync.plan_keys); the nftables backend applies
+    ``by_key`` as it is, and the CLI only counts it, so neither pays for 100k IPNetworks and their
+    hashes. Every other reader sees the very dict the plan always made.
+    """
+
+    def __init__(self, by_key: dict[tuple[int, int], float],
+                 build: Callable[[], dict[IPNetwork, "datetime | None"]]) -> None:
+        self.by_key = by_key
+        self._build: Callable[[], dict[IPNetwork, datetime | None]] | None = build
+        self._built: dict[IPNetwork, datetime | None] = {}
+
+    def _dict(self) -> dict[IPNetwork, "datetime | None"]:
+        if self._build is not None:
+            self._built, self._build = self._build(), None
+        return self._built
+
+    def __len__(self) -> int:
+        return len(self.by_key)
+
+    def __getitem__(self, net: IPNetwork) -> "datetime | None":
+        return self._dict()[net]
+
+    def __iter__(self) -> Iterator[IPNetwork]:
+        return iter(self._dict())
+
+    def __contains__(self, net: object) -> bool:
+        return net in self._dict()
+
+    def keys(self):
+        return self._dict().keys()
+
+    def values(self):
+        return self._dict().values()
+
+    def items(self):
+        return self._dict().items()
+
+    def get(self, net, default=None):
+        return self._dict().get(net, default)
+
+    def __repr__(self) -> str:
+        return repr(self._dict())
 
 
 @dataclass(frozen=True)

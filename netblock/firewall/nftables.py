@@ -42,8 +42,9 @@ from typing import Any, Sequence
 
 from netaddr import IPAddress, IPNetwork, iprange_to_cidrs
 
+from netblock.aggregate import v4_network
 from netblock.errors import KernelError, KernelFeatureMissing, NameClash, NetblockError, PermissionDenied, ToolMissing
-from netblock.firewall import VERDICTS, Change, Desired, RegionView, Settings, names
+from netblock.firewall import VERDICTS, Change, Desired, KeyedDesired, RegionView, Settings, names
 from netblock.firewall.columns import np, spliced, timestamps
 from netblock.firewall.netlink import nftables as nl
 from netblock.firewall.snapshot import SnapshotFile
@@ -809,6 +810,8 @@ def _wanted(desired: Desired, families, now: float):
     Expired entries and other families are left out; keys are canonical
     (host bits cleared) whatever address the IPNetwork was written with.
     """
+    if isinstance(desired, KeyedDesired):
+        return _wanted_keys(desired.by_key, families, now)
     nets = list(desired)
     n = len(nets)
     v4 = countOf(map(_MODULE, nets), _MODULES[4])
@@ -857,7 +860,43 @@ def _wanted(desired: Desired, families, now: float):
     return nets, out
 
 
-def _plan_fresh(nets: list, wanted: dict):
+class _KeyNets:
+    """The desired networks of a KeyedDesired by position, each made only when a plan names it."""
+
+    def __init__(self, keys: list[tuple[int, int]]) -> None:
+        self.keys = keys
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def __getitem__(self, i: int) -> IPNetwork:
+        v, k = self.keys[i]
+        return v4_network(k >> 8, k & 255) if v == 4 else IPNetwork((k >> 8, k & 255), version=v)
+
+
+def _wanted_keys(by_key: dict, families, now: float):
+    """_wanted() of KeyedDesired's integers: the same arrays, no IPNetwork read (those in a Change are made
+    from the keys, as the plan makes them)."""
+    keys = list(by_key)
+    n = len(keys)
+    expiry = np.fromiter(by_key.values(), dtype=np.float64, count=n)
+    versions = np.fromiter((v for v, _k in keys), dtype=np.int64, count=n)
+    live = ~(expiry <= now)
+    out = {}
+    for fam in families:
+        version, bits = _FAMILY[fam]
+        idx = np.flatnonzero((versions == version) & live)
+        picked = [keys[i][1] for i in idx.tolist()]
+        k = np.array(picked, dtype=np.uint64) if bits == 32 else np.array(picked, dtype=object)
+        exp = expiry[idx]
+        if len(k) > 1 and not (k[1:] > k[:-1]).all():
+            order = np.argsort(k, kind="stable")
+            k, idx, exp = k[order], idx[order], exp[order]
+        out[fam] = (k, exp, idx)
+    return _KeyNets(keys), out
+
+
+def _plan_fresh(nets: Sequence, wanted: dict):
     """_plan() into empty sets: every wanted entry added, the state the wanted arrays themselves."""
     change = Change()
     ops: list[nl.SetOp] = []
@@ -916,14 +955,14 @@ def _fresh_intervals(set_name: str, keys, expiry) -> list[nl.SetOp] | None:
     return ops
 
 
-def _want_dict(nets: list, cols, bits: int) -> dict:
+def _want_dict(nets: Sequence, cols, bits: int) -> dict:
     """_plan()'s form of one family's wanted entries."""
     keys, expiry, idx = cols
     return {(k >> 8, k & 255): (nets[i], None if e != e else e)
             for k, e, i in zip(keys.tolist(), expiry.tolist(), idx.tolist())}
 
 
-def _plan_columns(nets: list, wanted: dict, current: dict, now: float):
+def _plan_columns(nets: Sequence, wanted: dict, current: dict, now: float):
     """_plan() of only what differs between the wanted arrays and the state: (Change, [SetOp], new state).
 
     The arrays single out the entries that are new, gone, re-timed, or

@@ -19,7 +19,7 @@ from netblock import limits
 from netblock.aggregate import aggregate, span, v4_network
 from netblock.decide import protect
 from netblock.errors import NetblockError
-from netblock.firewall import Change
+from netblock.firewall import Change, KeyedDesired
 from netblock.model import Block
 from netblock.system.lock import DEFAULT_TIMEOUT, kernel_lock
 
@@ -33,7 +33,7 @@ EXPIRY_TOLERANCE = timedelta(seconds=5)
 
 @dataclass
 class SyncResult:
-    desired: dict[IPNetwork, datetime | None]
+    desired: Mapping[IPNetwork, datetime | None]  # a KeyedDesired, built into a dict only when read
     change: Change
     installed_before: dict[IPNetwork, datetime | None] = field(default_factory=dict)
     missing: str | None = None  # dry run only: why nothing could be read (skeleton not installed)
@@ -108,7 +108,7 @@ def compute_desired(blocks: Iterable[Block], protect: Iterable[IPNetwork]) -> di
 class Plan:
     """What sync will install, and the store's blocks it leaves out (and why)."""
 
-    desired: dict[IPNetwork, datetime | None]
+    desired: Mapping[IPNetwork, datetime | None]
     too_wide: list[Block] = field(default_factory=list)  # wider than netblock's floor (limits.py)
     over_budget: list[tuple[Block, int]] = field(default_factory=list)  # (policy prefix, cost counted past budget)
     budget: int = limits.DEFAULT_MAX_ELEMENTS_PER_BLOCK
@@ -172,13 +172,18 @@ def plan(store, config, *, now: datetime, own: Iterable[IPNetwork] | None = None
     """
     keyed = plan_keys(store, config, now=now, own=own)
     if keyed is not None:
-        ends = {e: None if e != e else _EPOCH + timedelta(seconds=e) for e in set(keyed.desired.values())}
         want = keyed.desired
-        desired = {(v4_network(k >> 8, k & 255) if v == 4 else IPNetwork((k >> 8, k & 255), version=v)):
-                   ends[want[v, k]] for v, k in sorted(want)}
-        v4 = sum(1 << (32 - (k & 255)) for v, k in keyed.desired if v == 4)
-        return Plan(desired, keyed.too_wide, keyed.over_budget, max_elements(config), v4)
+        v4 = sum(1 << (32 - (k & 255)) for v, k in want if v == 4)
+        return Plan(KeyedDesired(want, lambda: _networks_of(want)), keyed.too_wide, keyed.over_budget,
+                    max_elements(config), v4)
     return plan_objects(store, config, now=now, own=own)
+
+
+def _networks_of(want: dict[tuple[int, int], float]) -> dict[IPNetwork, datetime | None]:
+    """KeyPlan.desired as plan()'s {IPNetwork: expiry}, in key order."""
+    ends = {e: None if e != e else _EPOCH + timedelta(seconds=e) for e in set(want.values())}
+    return {(v4_network(k >> 8, k & 255) if v == 4 else IPNetwork((k >> 8, k & 255), version=v)):
+            ends[want[v, k]] for v, k in sorted(want)}
 
 
 def plan_objects(store, config, *, now: datetime, own: Iterable[IPNetwork] | None = None) -> Plan:
@@ -232,6 +237,9 @@ def plan_keys(store, config, *, now: datetime, own: Iterable[IPNetwork] | None =
         bits = 32 if fam == 4 else 128
         firsts, lasts = guarded.get(fam, ([], []))
         reach = maxlast.get(fam, [])
+        if fam == 4 and len(mine) >= ALONE_IN_ARRAYS:
+            tangled += _alone_v4(mine, firsts, reach, desired)
+            continue
         before = -2
         for i, k in enumerate(mine):
             first = k[1]
@@ -255,6 +263,33 @@ def plan_keys(store, config, *, now: datetime, own: Iterable[IPNetwork] | None =
             plen = net.prefixlen - (96 if net.version == 6 and fam == 4 else 0)
             desired[(fam, first << 8 | plen)] = math.nan if when is None else when.timestamp()
     return KeyPlan(desired, too_wide, over_budget)
+
+
+ALONE_IN_ARRAYS = 1000  # IPv4 keys from which plan_keys() finds the lone ones in arrays (_alone_v4)
+
+
+def _alone_v4(mine: list[tuple], firsts: list[int], reach: list[int],
+              desired: dict[tuple[int, int], float]) -> list[tuple]:
+    """plan_keys()' loop over sorted IPv4 keys in numpy: the lone ones go into ``desired`` (in the same
+    order), the rows of the others are returned. At 100k keys the loop cost a tenth of a second."""
+    from netblock.lazynp import np
+
+    n = len(mine)
+    first = np.fromiter((k[1] for k in mine), dtype=np.int64, count=n)
+    plen = np.fromiter((k[2] for k in mine), dtype=np.int64, count=n)
+    ends = np.fromiter((math.nan if k[3] is None else k[3] for k in mine), dtype=np.float64, count=n)
+    last = first + (np.int64(1) << (32 - plen)) - 1
+    before = np.empty(n, dtype=np.int64)  # the furthest last of the keys before each
+    before[0] = -2
+    np.maximum.accumulate(last[:-1], out=before[1:])
+    alone = before + 1 < first
+    alone[:-1] &= last[:-1] + 1 < first[1:]
+    if firsts:
+        j = np.searchsorted(np.array(firsts, dtype=np.int64), last, side="right") - 1
+        alone &= (j < 0) | (np.array(reach, dtype=np.int64)[np.maximum(j, 0)] < first)
+    pick = np.flatnonzero(alone)
+    desired.update(zip([(4, k) for k in ((first[pick] << 8) | plen[pick]).tolist()], ends[pick].tolist()))
+    return [mine[i][4] for i in np.flatnonzero(~alone).tolist()]
 
 
 def _running_max(values: list[int]) -> list[int]:

@@ -26,7 +26,7 @@ import time
 from bisect import bisect_right
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from netaddr import IPNetwork
 
@@ -579,7 +579,7 @@ class Runner:
                 self.log(note)
             self._notes = res.notes
 
-    def _say_gone(self, before: dict, after: dict, now: datetime) -> None:
+    def _say_gone(self, before: dict, after: Mapping, now: datetime) -> None:
         """A line per netblock whose addresses left the kernel: expired, or deleted/allowed in the store.
 
         A netblock that only merged into a wider one (or was split around a

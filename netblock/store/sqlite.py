@@ -24,6 +24,7 @@ here by design, with its migrations.
 from __future__ import annotations
 
 import os
+import socket
 import sqlite3
 import stat
 from contextlib import contextmanager
@@ -213,6 +214,9 @@ class SqliteFile:
         return row
 
 
+_ntoa = socket.inet_ntoa  # dotted quad of 4 bytes, as netaddr writes IPv4
+
+
 def _v4_net_cols(net: IPNetwork) -> tuple[str, int, bytes, bytes, int]:
     """_net_cols() straight from the integers for a canonical IPv4 CIDR (what `add -` of 100k writes);
     anything else through canonical_net()."""
@@ -220,7 +224,7 @@ def _v4_net_cols(net: IPNetwork) -> tuple[str, int, bytes, bytes, int]:
         value, plen = net.value, net.prefixlen
         host = (1 << (32 - plen)) - 1
         if not value & host:
-            return (f"{value >> 24}.{value >> 16 & 255}.{value >> 8 & 255}.{value & 255}/{plen}", 4,
+            return (f"{_ntoa(value.to_bytes(4, 'big'))}/{plen}", 4,
                     value.to_bytes(16, "big"), (value | host).to_bytes(16, "big"), plen)
     return _net_cols(net)
 

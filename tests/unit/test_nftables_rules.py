@@ -246,6 +246,40 @@ def test_wanted_arrays_are_canonical_sorted_and_drop_the_expired():
     assert (key6 >> 8, key6 & 255) == (IPNetwork("2001:db8::").value, 48)
 
 
+def test_keyed_desired_plans_as_its_dict():
+    """A KeyedDesired (run/sync.plan()'s integers) gives _wanted() and _plan_fresh() what its dict gives."""
+    import math
+
+    from netblock.firewall import KeyedDesired
+    from netblock.run.sync import _networks_of
+
+    now = 1_800_000_000.0
+    by_key = {(4, IPNetwork(t).first << 8 | IPNetwork(t).prefixlen): e for t, e in
+              [("203.0.113.0/24", now + 3600), ("192.0.2.7/32", math.nan), ("198.51.100.0/24", now - 1),
+               ("10.0.0.0/8", now + 7200), ("255.255.255.0/24", math.nan)]}
+    by_key[(6, IPNetwork("2001:db8::").value << 8 | 48)] = now + 60
+    keyed = KeyedDesired(by_key, lambda: _networks_of(by_key))
+    plain = _networks_of(by_key)
+    assert len(keyed) == len(plain) and keyed == plain
+    for families in (("ipv4",), ("ipv4", "ipv6"), ("ipv6",)):
+        nets1, wanted1 = nftables._wanted(plain, families, now)
+        nets2, wanted2 = nftables._wanted(KeyedDesired(by_key, lambda: _networks_of(by_key)), families, now)
+        for fam in families:
+            (k1, e1, i1), (k2, e2, i2) = wanted1[fam], wanted2[fam]
+            assert k1.tolist() == k2.tolist() and np.array_equal(e1, e2, equal_nan=True)
+            assert [nets1[i] for i in i1.tolist()] == [nets2[i] for i in i2.tolist()]
+        c1, ops1, _ = nftables._plan_fresh(nets1, wanted1)
+        c2, ops2, _ = nftables._plan_fresh(nets2, wanted2)
+        assert c1 == c2 and [str(n) for n in c1.added] == [str(n) for n in c2.added]
+        assert [_op_form(op) for op in ops1] == [_op_form(op) for op in ops2]
+
+
+def _op_form(op) -> tuple:
+    cols = op.intervals
+    return (op.set, op.delete, op.elements, op.exclusive, cols and (
+        cols.firsts.tolist(), cols.afters.tolist(), None if cols.expiry is None else cols.expiry.tolist()))
+
+
 @pytest.mark.parametrize("seed", range(4))
 def test_planning_from_arrays_equals_planning_everything(seed):
     """_plan_columns() must send what _plan() sends for the whole sets, and leave the same state."""

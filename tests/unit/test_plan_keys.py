@@ -19,6 +19,7 @@ from fakes import fake_config  # noqa: E402
 
 from netblock.limits import v4_addresses  # noqa: E402
 from netblock.model import AllowEntry, Block, Observation  # noqa: E402
+from netblock.run import sync  # noqa: E402
 from netblock.run.sync import plan, plan_keys, plan_objects  # noqa: E402
 from netblock.store.sqlite import Store  # noqa: E402
 from netblock.system import hostaddrs  # noqa: E402
@@ -74,6 +75,31 @@ def test_plan_keys_is_plan(tmp_path, monkeypatch, seed):
             sorted((str(b.netblock), c) for b, c in slow.over_budget)
         got = plan(store, config, now=NOW)  # plan() takes the keys and gives plan_objects()' answer
         assert replace(got, v4=None) == slow and got.v4 == v4_addresses(slow.desired, disjoint=True)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_lone_ipv4_keys_found_in_arrays_as_one_by_one(tmp_path, monkeypatch, seed):
+    """_alone_v4() (plan_keys() from ALONE_IN_ARRAYS IPv4 keys) keeps and leaves what the loop does, in its order."""
+    monkeypatch.setattr(hostaddrs, "own_addresses", lambda: list(OWN))
+    rng = random.Random(seed)
+    config = fake_config(str(tmp_path / "lock"), toml="[policy]\nmax_elements_per_block = 3\n")
+    config = replace(config, blocks=replace(config.blocks, allow=("198.18.3.128/26",)))
+    with Store.open(tmp_path / "nb.db") as store:
+        blocks = random_blocks(rng, rng.choice([5, 60, 400]))
+        blocks += [Block(IPNetwork((0xC6130000 + (i << 9), 24), version=4), "t", "list", NOW - timedelta(hours=1),
+                         rng.choice([None, NOW + timedelta(days=1)])) for i in range(rng.choice([0, 30]))]
+        store.put_blocks(blocks)
+        store.allow_add([AllowEntry(IPNetwork(f"198.19.{rng.randrange(40)}.0/27"), "partner", NOW)])
+        monkeypatch.setattr(sync, "ALONE_IN_ARRAYS", 10 ** 9)
+        loop = plan_keys(store, config, now=NOW)
+        monkeypatch.setattr(sync, "ALONE_IN_ARRAYS", 1)
+        arrays = plan_keys(store, config, now=NOW)
+        assert loop is not None and arrays is not None
+        assert list(loop.desired) == list(arrays.desired) and same(loop.desired, arrays.desired)
+        assert all(type(e) is float for e in arrays.desired.values())
+        assert [str(b.netblock) for b in loop.too_wide] == [str(b.netblock) for b in arrays.too_wide]
+        assert [(str(b.netblock), c) for b, c in loop.over_budget] == \
+            [(str(b.netblock), c) for b, c in arrays.over_budget]
 
 
 def test_isolated_blocks_stay_integers_and_a_bad_row_is_recorded_as_plan_records_it(tmp_path, monkeypatch):
