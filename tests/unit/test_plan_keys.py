@@ -55,12 +55,16 @@ def random_blocks(rng: random.Random, n: int) -> list[Block]:
     return list(out.values())
 
 
+def _random_setup(tmp_path, monkeypatch, seed: int):
+    """(rng, config) of a random plan test: this host's addresses, a tight element budget, a config allow."""
+    monkeypatch.setattr(hostaddrs, "own_addresses", lambda: list(OWN))
+    config = fake_config(str(tmp_path / "lock"), toml="[policy]\nmax_elements_per_block = 3\n")
+    return random.Random(seed), replace(config, blocks=replace(config.blocks, allow=("198.18.3.128/26",)))
+
+
 @pytest.mark.parametrize("seed", range(40))
 def test_plan_keys_is_plan(tmp_path, monkeypatch, seed):
-    monkeypatch.setattr(hostaddrs, "own_addresses", lambda: list(OWN))
-    rng = random.Random(seed)
-    config = fake_config(str(tmp_path / "lock"), toml="[policy]\nmax_elements_per_block = 3\n")
-    config = replace(config, blocks=replace(config.blocks, allow=("198.18.3.128/26",)))
+    rng, config = _random_setup(tmp_path, monkeypatch, seed)
     with Store.open(tmp_path / "nb.db") as store:
         store.put_blocks(random_blocks(rng, rng.choice([5, 60, 400])))
         store.allow_add([AllowEntry(IPNetwork("198.18.9.0/27"), "partner", NOW)])
@@ -80,10 +84,7 @@ def test_plan_keys_is_plan(tmp_path, monkeypatch, seed):
 @pytest.mark.parametrize("seed", range(20))
 def test_lone_ipv4_keys_found_in_arrays_as_one_by_one(tmp_path, monkeypatch, seed):
     """_alone_v4() (plan_keys() from ALONE_IN_ARRAYS IPv4 keys) keeps and leaves what the loop does, in its order."""
-    monkeypatch.setattr(hostaddrs, "own_addresses", lambda: list(OWN))
-    rng = random.Random(seed)
-    config = fake_config(str(tmp_path / "lock"), toml="[policy]\nmax_elements_per_block = 3\n")
-    config = replace(config, blocks=replace(config.blocks, allow=("198.18.3.128/26",)))
+    rng, config = _random_setup(tmp_path, monkeypatch, seed)
     with Store.open(tmp_path / "nb.db") as store:
         blocks = random_blocks(rng, rng.choice([5, 60, 400]))
         blocks += [Block(IPNetwork((0xC6130000 + (i << 9), 24), version=4), "t", "list", NOW - timedelta(hours=1),
