@@ -15,7 +15,9 @@ cmd=${1:?usage: $0 start|stop|destroy DIR [DBNAME]}
 dir=${2:?usage: $0 start|stop|destroy DIR [DBNAME]}
 db=${3:-netblock}
 
-as_postgres() { runuser -u postgres -- "$@"; }
+# Under scripts/test-clock.sh, libfaketime in a postgres-owned process cannot open the semaphore the
+# root `faketime` made for FAKETIME_SHARED (and then fails the command); the offset alone needs no sharing.
+as_postgres() { env -u FAKETIME_SHARED runuser -u postgres -- "$@"; }
 
 case "$cmd" in
 start)

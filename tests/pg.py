@@ -44,10 +44,10 @@ class PgServer:
 
     def psql(self, sql: str, db: str = "postgres") -> str:
         done = subprocess.run(
-            ["runuser", "-u", "postgres", "--", "psql", "-h", self.dir, "-U", "postgres", "-d", db,
+            ["env", "-u", "FAKETIME_SHARED", "runuser", "-u", "postgres", "--", "psql", "-h", self.dir, "-U", "postgres", "-d", db,
              "-v", "ON_ERROR_STOP=1", "-Atqc", sql],
             capture_output=True, text=True, timeout=60)
-        if done.returncode:
+        if done.returncode:  # (FAKETIME_SHARED: see as_postgres in scripts/pg-test-server.sh)
             raise RuntimeError(f"psql {sql!r}: {done.stderr.strip()}")
         return done.stdout.strip()
 
