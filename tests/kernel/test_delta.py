@@ -44,51 +44,37 @@ class Cli:
 
     def counted(self, *args):
         """In one process in the server namespace: (exit status, output, set dumps it took)."""
-        def run(argv):
-            from netblock import cli
-            from netblock.firewall.netlink import nftables as nl
-
-            out = io.StringIO()
-            before = nl.DUMPS
-            with redirect_stdout(out), redirect_stderr(out):
-                rc = cli.main(argv)
-            return rc, out.getvalue(), nl.DUMPS - before
-
-        return self.scene.in_server(run, self.argv(*args))
+        return self.scene.in_server(_counting, self.argv(*args), [("netblock.firewall.netlink.nftables", "DUMPS")])
 
     def listed(self, *args):
         """In one process in the server namespace: (exit status, output, ipset listings it took, of which
         for the counters of removed members)."""
-        def run(argv):
-            from netblock import cli
-            from netblock.firewall import ipset_region
-            from netblock.firewall.netlink import ipset as nlipset
-
-            out = io.StringIO()
-            before, for_counters = nlipset.LISTINGS, ipset_region.COUNTER_LISTINGS
-            with redirect_stdout(out), redirect_stderr(out):
-                rc = cli.main(argv)
-            return rc, out.getvalue(), nlipset.LISTINGS - before, ipset_region.COUNTER_LISTINGS - for_counters
-
-        return self.scene.in_server(run, self.argv(*args))
+        return self.scene.in_server(_counting, self.argv(*args), [("netblock.firewall.netlink.ipset", "LISTINGS"),
+                                                                 ("netblock.firewall.ipset_region", "COUNTER_LISTINGS")])
 
     def opened(self, *args):
         """In one process in the server namespace: (exit status, output, iptables tables python-iptables opened)."""
-        def run(argv):
-            from netblock import cli
-            from netblock.firewall import iptables
-
-            out = io.StringIO()
-            before = iptables.TABLE_OPENS
-            with redirect_stdout(out), redirect_stderr(out):
-                rc = cli.main(argv)
-            return rc, out.getvalue(), iptables.TABLE_OPENS - before
-
-        return self.scene.in_server(run, self.argv(*args))
+        return self.scene.in_server(_counting, self.argv(*args), [("netblock.firewall.iptables", "TABLE_OPENS")])
 
     def pending(self):
         """What a full sync would still change: nothing, if the shortcut left what sync leaves."""
         return json.loads(self("sync", "--dry-run", "--json"))
+
+
+def _counting(argv, counters):
+    """cli.main(argv) in this process: (exit status, output, how far each (module, counter) moved)."""
+    import importlib
+
+    from netblock import cli
+
+    def read():
+        return [getattr(importlib.import_module(module), name) for module, name in counters]
+
+    out = io.StringIO()
+    before = read()
+    with redirect_stdout(out), redirect_stderr(out):
+        rc = cli.main(argv)
+    return (rc, out.getvalue(), *(now - then for now, then in zip(read(), before)))
 
 
 def _left_to_do(report):
