@@ -77,6 +77,23 @@ def _counting(argv, counters):
     return (rc, out.getvalue(), *(now - then for now, then in zip(read(), before)))
 
 
+def _stored_scale(nb, n4: int, n6: int) -> tuple[list[IPNetwork], list[IPNetwork]]:
+    """n4 IPv4 and n6 IPv6 single addresses stored as blocks for a day: every other address from
+    198.18.4.0 and of a v6 /48, so none are adjacent and none merge."""
+    now = datetime.now(timezone.utc)
+    v4 = [IPNetwork((0xC6120400 + 2 * i, 32), version=4) for i in range(n4)]
+    v6 = [IPNetwork((0x20010DB8FFFF << 80 | 2 * i, 128), version=6) for i in range(n6)]
+    with Store.open(str(nb.db)) as st:
+        st.put_blocks(Block(n, "scale", "list", now, now + timedelta(days=1)) for n in v4 + v6)
+    return v4, v6
+
+
+def _scale_changes(v4: list[IPNetwork], v6: list[IPNetwork]):
+    """The one-change commands the scale tests run against the stored blocks: add, del, allow, re-time, del."""
+    return (("add", "203.0.113.0/24"), ("del", "203.0.113.0/24"), ("allow", "add", str(v4[10].ip)),
+            ("add", "--permanent", str(v4[20])), ("del", str(v6[5])))
+
+
 def _left_to_do(report):
     # (an expiry within the backend's tolerance is left as it is by either path; sync --dry-run flags 5 s)
     return {k: report[k] for k in ("added", "removed") if report.get(k)}
@@ -136,16 +153,9 @@ def test_a_hand_edit_makes_the_change_take_the_full_sync(scene, tmp_path):
 @pytest.mark.slow
 def test_at_100k_installed_add_del_allow_read_no_set(scene, tmp_path):
     nb = Cli(scene, tmp_path)
-    now = datetime.now(timezone.utc)
-    expires = now + timedelta(days=1)
-    # Not adjacent, so none merge: every other address of 198.18.4.0-198.19.255.255 and of a v6 /48.
-    v4 = [IPNetwork((0xC6120400 + 2 * i, 32), version=4) for i in range(50_000)]
-    v6 = [IPNetwork((0x20010DB8FFFF << 80 | 2 * i, 128), version=6) for i in range(50_000)]
-    with Store.open(str(nb.db)) as st:
-        st.put_blocks(Block(n, "scale", "list", now, expires) for n in v4 + v6)
+    v4, v6 = _stored_scale(nb, 50_000, 50_000)
     nb("sync")  # the full sync: reads the kernel, installs 100k, leaves its snapshot
-    for args in (("add", "203.0.113.0/24"), ("del", "203.0.113.0/24"),
-                 ("allow", "add", str(v4[10].ip)), ("add", "--permanent", str(v4[20])), ("del", str(v6[5]))):
+    for args in _scale_changes(v4, v6):
         rc, out, dumps = nb.counted(*args)
         assert rc == 0 and dumps == 0, (args, out)
     rc, out, dumps = nb.counted("status")  # the desired set as integers against the proven snapshot
@@ -325,15 +335,9 @@ def test_ipset_tick_skips_its_full_sync_only_while_a_listing_proves_every_member
 @pytest.mark.slow
 def test_ipset_at_100k_installed_add_del_allow_list_no_set(scene, tmp_path):
     nb = Cli(scene, tmp_path, backend="ipset")
-    now = datetime.now(timezone.utc)
-    expires = now + timedelta(days=1)
-    v4 = [IPNetwork((0xC6120400 + 2 * i, 32), version=4) for i in range(50_000)]
-    v6 = [IPNetwork((0x20010DB8FFFF << 80 | 2 * i, 128), version=6) for i in range(50_000)]
-    with Store.open(str(nb.db)) as st:
-        st.put_blocks(Block(n, "scale", "list", now, expires) for n in v4 + v6)
+    v4, v6 = _stored_scale(nb, 50_000, 50_000)
     nb("sync")  # the full sync: lists the sets, installs 100k, leaves its snapshot
-    for args in (("add", "203.0.113.0/24"), ("del", "203.0.113.0/24"),
-                 ("allow", "add", str(v4[10].ip)), ("add", "--permanent", str(v4[20])), ("del", str(v6[5]))):
+    for args in _scale_changes(v4, v6):
         rc, out, listings, for_counters = nb.listed(*args)
         assert rc == 0 and listings == for_counters, (args, out)
         assert for_counters == 0 or _removed(out) > 0, (args, out)
@@ -477,15 +481,9 @@ def test_iptables_change_keeps_the_counters_of_survivors_and_policies_and_sample
 @pytest.mark.slow
 def test_iptables_at_10k_rules_add_del_allow_open_no_table(scene, tmp_path):
     nb = Cli(scene, tmp_path, backend="iptables")
-    now = datetime.now(timezone.utc)
-    expires = now + timedelta(days=1)
-    v4 = [IPNetwork((0xC6120400 + 2 * i, 32), version=4) for i in range(8_000)]
-    v6 = [IPNetwork((0x20010DB8FFFF << 80 | 2 * i, 128), version=6) for i in range(2_000)]
-    with Store.open(str(nb.db)) as st:
-        st.put_blocks(Block(n, "scale", "list", now, expires) for n in v4 + v6)
+    v4, v6 = _stored_scale(nb, 8_000, 2_000)
     nb("sync")  # the full sync: reads the chains, installs 10k rules, leaves its snapshot
-    for args in (("add", "203.0.113.0/24"), ("del", "203.0.113.0/24"),
-                 ("allow", "add", str(v4[10].ip)), ("add", "--permanent", str(v4[20])), ("del", str(v6[5]))):
+    for args in _scale_changes(v4, v6):
         before = _chains(scene)
         rc, out, opened = nb.opened(*args)
         assert rc == 0 and opened == 0, (args, out)
