@@ -28,10 +28,15 @@ pytestmark = pytest.mark.kernel
 
 
 class Cli:
-    def __init__(self, scene, tmp_path, backend="nftables"):
+    def __init__(self, scene, tmp_path, backend="nftables", *, mail_log: bool = False):
+        """``mail_log``: the config reads an empty tmp_path/mail.log, as run-once needs a source."""
         self.scene, self.db, self.conf = scene, tmp_path / "nb.db", tmp_path / "netblock.toml"
         self.backend = backend
-        self.conf.write_text(f'lock_file = "{tmp_path}/run/netblock.lock"\n')
+        text = f'lock_file = "{tmp_path}/run/netblock.lock"\n'
+        if mail_log:
+            (tmp_path / "mail.log").touch()
+            text += f'[sources]\nfiles = ["{tmp_path / "mail.log"}"]\n'
+        self.conf.write_text(text)
 
     def argv(self, *args):
         return ["--config", str(self.conf), "--db", str(self.db), "--backend", self.backend, *args]
@@ -167,10 +172,7 @@ def test_at_100k_installed_add_del_allow_read_no_set(scene, tmp_path):
 
 
 def test_run_once_with_no_news_reads_no_set_until_the_ruleset_changes(scene, tmp_path):
-    nb = Cli(scene, tmp_path)
-    log = tmp_path / "mail.log"
-    log.touch()
-    nb.conf.write_text(nb.conf.read_text() + f'[sources]\nfiles = ["{log}"]\n')
+    nb = Cli(scene, tmp_path, mail_log=True)
     nb("add", "198.18.16.0/24")
     rc, out, dumps = nb.counted("run-once")  # syncs in full and reads the counters, key by key: `add` proved them
     assert rc == 0 and dumps == 0, out
@@ -191,10 +193,7 @@ def test_run_once_carries_expiries_as_a_change_and_reads_no_set(scene, tmp_path,
 
     from netblock.run.delta import LAPSE_GRACE
 
-    nb = Cli(scene, tmp_path, backend=backend)
-    log = tmp_path / "mail.log"
-    log.touch()
-    nb.conf.write_text(nb.conf.read_text() + f'[sources]\nfiles = ["{log}"]\n')
+    nb = Cli(scene, tmp_path, backend=backend, mail_log=True)
 
     def kernel() -> str:
         if backend == "nftables":
@@ -278,10 +277,7 @@ def test_ipset_changes_leave_what_the_full_sync_leaves_and_list_no_set(scene, tm
 
 
 def test_ipset_hand_edits_make_the_change_take_the_full_sync_and_the_tick_repairs(scene, tmp_path):
-    nb = Cli(scene, tmp_path, backend="ipset")
-    log = tmp_path / "mail.log"
-    log.touch()
-    nb.conf.write_text(nb.conf.read_text() + f'[sources]\nfiles = ["{log}"]\n')
+    nb = Cli(scene, tmp_path, backend="ipset", mail_log=True)
     nb("add", "198.18.16.0/24", "198.18.20.0/24")
     rc, out, listings, _ = nb.listed("add", "198.18.40.0/24")
     assert rc == 0 and listings == 0, out
@@ -310,10 +306,7 @@ def test_ipset_hand_edits_make_the_change_take_the_full_sync_and_the_tick_repair
 
 
 def test_ipset_tick_skips_its_full_sync_only_while_a_listing_proves_every_member(scene, tmp_path):
-    nb = Cli(scene, tmp_path, backend="ipset")
-    log = tmp_path / "mail.log"
-    log.touch()
-    nb.conf.write_text(nb.conf.read_text() + f'[sources]\nfiles = ["{log}"]\n')
+    nb = Cli(scene, tmp_path, backend="ipset", mail_log=True)
     nb("add", "198.18.16.0/24", "198.18.20.0/24", "2001:db8:5::/48")
     nb("run-once")  # the first tick of this store syncs in full
     quiet = json.loads(nb("run-once", "--json"))
@@ -414,10 +407,7 @@ def test_iptables_changes_leave_what_the_full_sync_leaves_and_open_no_table(scen
 
 
 def test_iptables_hand_edits_make_the_change_take_the_full_sync_and_the_tick_repairs(scene, tmp_path):
-    nb = Cli(scene, tmp_path, backend="iptables")
-    log = tmp_path / "mail.log"
-    log.touch()
-    nb.conf.write_text(nb.conf.read_text() + f'[sources]\nfiles = ["{log}"]\n')
+    nb = Cli(scene, tmp_path, backend="iptables", mail_log=True)
     nb("add", "198.18.16.0/24", "198.18.20.0/24", "2001:db8:7::/48")
     rc, out, opened = nb.opened("add", "198.18.40.0/24")
     assert rc == 0 and opened == 0, out
