@@ -401,6 +401,16 @@ v4_network.__doc__ = """IPNetwork((value, prefixlen), version=4) of a value and 
 (an int below 2**32, 0..32): a bulk load builds 100k of them."""
 
 
+def key_network(version: int, key: int) -> IPNetwork:
+    """The netblock of a kernel key (first << 8 | prefixlen), as sync's integer plans and the backends' snapshots
+    hold them.
+
+    >>> key_network(4, 0xC6120000 << 8 | 24), key_network(6, 0x20010DB8 << 104 | 32)
+    (IPNetwork('198.18.0.0/24'), IPNetwork('2001:db8::/32'))
+    """
+    return v4_network(key >> 8, key & 255) if version == 4 else IPNetwork((key >> 8, key & 255), version=version)
+
+
 # --------------------------------------------------------------------------
 # Density widening.
 

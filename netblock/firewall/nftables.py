@@ -42,7 +42,7 @@ from typing import Any, Sequence
 
 from netaddr import IPAddress, IPNetwork, iprange_to_cidrs
 
-from netblock.aggregate import v4_network
+from netblock.aggregate import key_network
 from netblock.errors import KernelError, KernelFeatureMissing, NameClash, NetblockError, PermissionDenied, ToolMissing
 from netblock.firewall import VERDICTS, Change, Desired, KeyedDesired, RegionView, Settings, names
 from netblock.firewall.columns import np, spliced, timestamps
@@ -870,8 +870,7 @@ class _KeyNets:
         return len(self.keys)
 
     def __getitem__(self, i: int) -> IPNetwork:
-        v, k = self.keys[i]
-        return v4_network(k >> 8, k & 255) if v == 4 else IPNetwork((k >> 8, k & 255), version=v)
+        return key_network(*self.keys[i])
 
 
 def _wanted_keys(by_key: dict, families, now: float):

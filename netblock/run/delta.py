@@ -35,6 +35,7 @@ from datetime import datetime, timezone
 from netaddr import IPNetwork
 
 from netblock import limits
+from netblock.aggregate import key_network
 from netblock.model import MANUAL_SOURCES
 from netblock.system import hostaddrs
 from netblock.system.lock import DEFAULT_TIMEOUT, kernel_lock
@@ -230,7 +231,7 @@ def _try(store, backend, config, nets, now: datetime, cap_checked: bool):
     added, updated, removed = [], [], []
     change = Change()
     for (version, k), exp in sorted(new.items()):
-        net = IPNetwork((k >> 8, k & 255), version=version)
+        net = key_network(version, k)
         if (version, k) in gone:
             have = gone.pop((version, k))
             if _differs(have, exp, now_ts):
@@ -242,7 +243,7 @@ def _try(store, backend, config, nets, now: datetime, cap_checked: bool):
             change.added.append(net)
     for version, k in sorted(gone):
         removed.append((version, k))
-        change.removed.append(IPNetwork((k >> 8, k & 255), version=version))
+        change.removed.append(key_network(version, k))
 
     if removed:  # their counters go with them: keep what they counted, for these elements only
         from netblock.errors import NetblockError
@@ -265,12 +266,8 @@ def _try(store, backend, config, nets, now: datetime, cap_checked: bool):
               f"than {budget} kernel elements ([policy] max_elements_per_block); its offenders are "
               "blocked one by one instead" for b, _cost in over_budget]
     return DeltaResult(change=change, count=count, notes=notes,
-                       before={_net(v, k): _when(e) for (v, k), e in zone_before.items()},
-                       after={_net(v, k): _when(e) for (v, k), e in new.items()})
-
-
-def _net(version: int, key: int) -> IPNetwork:
-    return IPNetwork((key >> 8, key & 255), version=version)
+                       before={key_network(v, k): _when(e) for (v, k), e in zone_before.items()},
+                       after={key_network(v, k): _when(e) for (v, k), e in new.items()})
 
 
 def _when(expires: float) -> datetime | None:

@@ -16,7 +16,7 @@ from typing import Iterable, Mapping
 from netaddr import IPNetwork
 
 from netblock import limits
-from netblock.aggregate import aggregate, span, v4_network
+from netblock.aggregate import aggregate, key_network, span
 from netblock.decide import protect
 from netblock.errors import NetblockError
 from netblock.firewall import Change, KeyedDesired
@@ -182,8 +182,7 @@ def plan(store, config, *, now: datetime, own: Iterable[IPNetwork] | None = None
 def _networks_of(want: dict[tuple[int, int], float]) -> dict[IPNetwork, datetime | None]:
     """KeyPlan.desired as plan()'s {IPNetwork: expiry}, in key order."""
     ends = {e: None if e != e else _EPOCH + timedelta(seconds=e) for e in set(want.values())}
-    return {(v4_network(k >> 8, k & 255) if v == 4 else IPNetwork((k >> 8, k & 255), version=v)):
-            ends[want[v, k]] for v, k in sorted(want)}
+    return {key_network(v, k): ends[want[v, k]] for v, k in sorted(want)}
 
 
 def plan_objects(store, config, *, now: datetime, own: Iterable[IPNetwork] | None = None) -> Plan:
